@@ -1,0 +1,32 @@
+"""The quicvoice error tree: every error raised on purpose derives from ``QuicVoiceError``."""
+
+from __future__ import annotations
+
+
+class QuicVoiceError(Exception):
+    """Base class of every error quicvoice raises on purpose."""
+
+
+class ProtocolError(QuicVoiceError):
+    """The peer broke the voice protocol; the session is closed with ``error_code``."""
+
+    def __init__(self, message: str, error_code: int = 0x100) -> None:
+        super().__init__(message)
+        #: The application error code sent to the peer when the session closes.
+        self.error_code = error_code
+
+
+class ConfigurationError(QuicVoiceError, ValueError):
+    """A configuration value, file or command-line argument is invalid; the message names it."""
+
+
+class CodecError(QuicVoiceError, ValueError):
+    """Audio or connection-ID data could not be encoded or decoded."""
+
+
+class StoreError(QuicVoiceError):
+    """The session store failed or returned data that cannot be trusted."""
+
+
+class NonceExhaustedError(QuicVoiceError):
+    """A connection-ID generator used every nonce of its configuration; rotate to a new one."""
