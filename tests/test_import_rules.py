@@ -37,6 +37,8 @@ def load_layers() -> list[Layer]:
 
 
 def matches(module: str, prefix: str) -> bool:
+    if prefix.startswith("="):
+        return module == prefix[1:]
     return module == prefix or module.startswith(prefix + ".")
 
 

@@ -1,0 +1,135 @@
+"""The backend's configuration (``quicvoice serve --config backend.toml``).
+
+The file may be the forwarder's own: the forwarder's keys are accepted and ignored here, and
+both read the same ``[[configs]]`` tables and ``reset_key``::
+
+    listen = "127.0.0.1:4434"
+    server_id = "0a000001"          # hex, server_id_len octets of every config
+    reset_key = "<32+ hex digits>"  # shared by every backend (and the forwarder)
+    forwarder = "127.0.0.1:4435"    # optional: the forwarder's backend_listen address
+    certificate = "cert.pem"        # optional, with private_key; else self-signed P-256
+    private_key = "key.pem"
+
+    [[configs]]
+    id = 0
+    server_id_len = 4
+    nonce_len = 12
+    key = "<32 hex digits>"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lb.config import FORWARDER_KEYS, Address, format_address, parse_address
+
+from ..errors import ConfigurationError
+from ..quiclb import LoadBalancerConfig
+
+BACKEND_KEYS = frozenset(
+    {"listen", "server_id", "configs", "reset_key", "forwarder", "certificate", "private_key"}
+)
+#: Keys the forwarder reads that the backend ignores, so one file can serve both.
+IGNORED_KEYS = FORWARDER_KEYS - BACKEND_KEYS
+MIN_RESET_KEY_LEN = 16
+DEFAULT_LISTEN: Address = ("127.0.0.1", 4433)
+
+__all__ = ["BackendConfig", "format_address"]
+
+
+def _hex(value: object, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{where}: must be a string of hex digits")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise ConfigurationError(f"{where}: {value!r} is not hex") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendConfig:
+    """Everything one backend needs to serve voice sessions behind QUIC-LB."""
+
+    #: UDP address to listen on.
+    listen: Address = DEFAULT_LISTEN
+    #: This backend's QUIC-LB server ID (``server_id_len`` octets of every config).
+    server_id: bytes = b"\x00\x00\x00\x01"
+    #: QUIC-LB configurations; the last one issues new CIDs, all of them validate.
+    configs: tuple[LoadBalancerConfig, ...] = ()
+    #: Shared stateless-reset key (>= 16 octets); random per process when not configured,
+    #: which means no other backend can reset this one's connections.
+    reset_key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    #: The forwarder's backend-facing address, for encapsulated traffic; ``None``: direct only.
+    forwarder: Address | None = None
+    #: PEM certificate and key paths; ``None``: a self-signed ECDSA P-256 certificate.
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        for index, config in enumerate(self.configs):
+            if len(self.server_id) != config.server_id_len:
+                raise ConfigurationError(
+                    f"server_id: {len(self.server_id)} octets, but configs[{index}] has "
+                    f"server_id_len = {config.server_id_len}"
+                )
+        ids = [config.config_id for config in self.configs]
+        if len(set(ids)) != len(ids):
+            raise ConfigurationError("configs: a config id is defined twice")
+        if len(self.reset_key) < MIN_RESET_KEY_LEN:
+            raise ConfigurationError(f"reset_key: must be at least {MIN_RESET_KEY_LEN} octets")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ConfigurationError("certificate: give both certificate and private_key, or neither")
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any], base: Path | None = None) -> BackendConfig:
+        """Build a configuration from a parsed TOML document; errors name the key."""
+        for name in table:
+            if name not in BACKEND_KEYS and name not in IGNORED_KEYS:
+                raise ConfigurationError(
+                    f"{name}: unknown key (backend keys: {', '.join(sorted(BACKEND_KEYS))})"
+                )
+        arguments: dict[str, Any] = {}
+        if "listen" in table:
+            arguments["listen"] = parse_address(table["listen"], "listen")
+        if "server_id" in table:
+            arguments["server_id"] = _hex(table["server_id"], "server_id")
+            if not arguments["server_id"]:
+                raise ConfigurationError("server_id: must not be empty")
+        configs = table.get("configs", [])
+        if not isinstance(configs, list):
+            raise ConfigurationError("configs: must be an array of tables [[configs]]")
+        try:
+            arguments["configs"] = tuple(
+                LoadBalancerConfig.from_mapping(entry, f"configs[{index}]")
+                for index, entry in enumerate(configs)
+            )
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        if "reset_key" in table:
+            arguments["reset_key"] = _hex(table["reset_key"], "reset_key")
+        if "forwarder" in table:
+            arguments["forwarder"] = parse_address(table["forwarder"], "forwarder")
+        for name in ("certificate", "private_key"):
+            if name in table:
+                if not isinstance(table[name], str):
+                    raise ConfigurationError(f"{name}: must be a path string")
+                path = Path(table[name])
+                arguments[name] = path if path.is_absolute() or base is None else base / path
+        return cls(**arguments)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BackendConfig:
+        """Read and validate a TOML file."""
+        path = Path(path)
+        try:
+            document = tomllib.loads(path.read_text())
+        except OSError as error:
+            raise ConfigurationError(f"{path}: cannot read: {error.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigurationError(f"{path}: not valid TOML: {error}") from None
+        return cls.from_mapping(document, base=path.parent)

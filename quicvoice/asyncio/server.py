@@ -1,0 +1,520 @@
+"""The backend: a UDP endpoint of our own that serves voice sessions with QUIC-LB CIDs.
+
+aioquic's stock ``serve()`` makes its own CIDs and drops unknown DCIDs silently, so this
+endpoint routes datagrams itself: DCID -> connection, new connections from Initials, version
+negotiation, stateless resets for CIDs of this deployment that no connection owns, and the
+forwarder's encapsulation (``lb.encapsulation``) when a forwarder is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    ProtocolNegotiated,
+    QuicEvent,
+)
+from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_version_negotiation
+
+from lb.config import format_address
+from lb.encapsulation import unwrap, wrap
+
+from .. import __version__
+from ..certificates import generate_certificate
+from ..quic import QuicLbConnection, check_aioquic_version, parse_header
+from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
+from ..session.codes import ErrorCode
+from ..session.connection import SessionLimits, VoiceConnection
+from ..session.events import (
+    HelloReceived,
+    SessionClosed,
+    SessionStarted,
+    TurnCancelled,
+    VoiceEvent,
+)
+from ..session.messages import Hello, Welcome
+from ..session.stats import Migration, SessionStats
+from ..session.transport import (
+    ALPN_H3,
+    ALPN_VOICE,
+    RawQuicTransport,
+    VoiceTransport,
+    WebTransportTransport,
+)
+from .config import BackendConfig
+from .udp import open_udp_endpoint
+
+logger = logging.getLogger("quicvoice.server")
+
+#: Codecs this server accepts, in its order of preference when the client offers several.
+SUPPORTED_CODECS = ("L16/16000", "L16/24000", "L16/48000", "L16/8000", "PCMU/8000", "opus/48000")
+#: RFC 9000 §14.1: Initial datagrams are padded to at least 1200 octets.
+MIN_INITIAL_SIZE = 1200
+#: RFC 9000 §10.3: a stateless reset is at least 21 octets, and smaller than what caused it.
+MIN_STATELESS_RESET = 21
+MAX_STATELESS_RESET = 43
+#: Stateless resets per second this endpoint sends at most (RFC 9000 §10.3 asks for a bound).
+RESETS_PER_SECOND = 100
+QUIC_VERSION_1 = 0x00000001
+
+SessionHandler = Callable[["ServerSession"], Awaitable[None]]
+Address = tuple[str, int]
+
+
+class ServerSession:
+    """One voice session as the server application sees it.
+
+    Events arrive through ``receive()`` (or ``async for``); turns go out through
+    ``start_turn``/``send_turn_audio``/``end_turn``. Sending never blocks: data is queued and
+    transmitted at the end of the current event-loop iteration, so a frame sent while handling
+    a received one leaves in the same packet as the acknowledgement.
+    """
+
+    def __init__(
+        self,
+        connection: _ServerConnection,
+        hello: Hello,
+        started: SessionStarted,
+        events: asyncio.Queue[VoiceEvent],
+    ) -> None:
+        self._connection = connection
+        #: What the client asked for.
+        self.hello = hello
+        #: The session as accepted.
+        self.started = started
+        #: Application state, free for the handler to use.
+        self.state: dict[str, Any] = {}
+        self._events = events
+        self.closed = False
+
+    @property
+    def session_id(self) -> str:
+        """The session's ID."""
+        return self.started.session_id
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The client's current address (changes when it migrates)."""
+        return self._connection.peer_address
+
+    async def receive(self) -> VoiceEvent:
+        """Wait for the next event; after ``SessionClosed`` it is returned again forever."""
+        event = await self._events.get()
+        if isinstance(event, SessionClosed):
+            self._events.put_nowait(event)
+        return event
+
+    def __aiter__(self) -> ServerSession:
+        return self
+
+    async def __anext__(self) -> VoiceEvent:
+        if self.closed and self._events.empty():
+            raise StopAsyncIteration
+        event = await self.receive()
+        if isinstance(event, SessionClosed):
+            self.closed = True
+        return event
+
+    def start_turn(self) -> int:
+        """Open a response turn; return its ID."""
+        turn_id = self._connection.voice_connection().start_turn()
+        self._connection.transmit_soon()
+        return turn_id
+
+    def send_turn_audio(self, turn_id: int, payload: bytes, timestamp: int) -> bool:
+        """Queue a frame of a turn; False when the turn was cancelled (stop generating it)."""
+        sent = self._connection.voice_connection().send_turn_audio(turn_id, payload, timestamp)
+        self._connection.transmit_soon()
+        return sent
+
+    def end_turn(self, turn_id: int) -> None:
+        """Finish a turn."""
+        self._connection.voice_connection().end_turn(turn_id)
+        self._connection.transmit_soon()
+
+    def cancel_turn(self, turn_id: int) -> None:
+        """Cancel a turn from the server side (the agent changed its mind)."""
+        for event in self._connection.voice_connection().cancel_turn(turn_id):
+            if isinstance(event, TurnCancelled):
+                self._events.put_nowait(event)
+        self._connection.transmit_soon()
+
+    def send_event(self, name: str, data: Any = None) -> None:
+        """Send an application event to the client."""
+        self._connection.voice_connection().send_event(name, data)
+        self._connection.transmit_soon()
+
+    def send_bye(self) -> None:
+        """Tell the client how many uplink frames arrived."""
+        self._connection.voice_connection().send_bye()
+        self._connection.transmit_soon()
+
+    def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Close the session's connection."""
+        self._connection.voice_connection().close(code, reason)
+        self._connection.transmit_soon()
+
+    def stats(self) -> SessionStats:
+        """A snapshot of the session's statistics."""
+        return self._connection.stats()
+
+
+class _ServerConnection:
+    """One QUIC connection of the endpoint and the voice session on it."""
+
+    def __init__(self, server: VoiceServer, quic: QuicLbConnection, original_dcid: bytes) -> None:
+        self.server = server
+        self.quic = quic
+        self.cids: set[bytes] = {original_dcid, quic.host_cid}
+        self._voice: VoiceConnection | None = None
+        self.session: ServerSession | None = None
+        self.via_forwarder = False
+        self.peer_address: Address | None = None
+        self._last_receive = 0.0
+        self._migrations: list[Migration] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._transmit_handle: asyncio.Handle | None = None
+        self._task: asyncio.Task[None] | None = None
+        #: Voice events for the session's handler.
+        self.events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
+
+    def voice_connection(self) -> VoiceConnection:
+        if self._voice is None:
+            raise RuntimeError("no voice session on this connection yet")
+        return self._voice
+
+    def receive(self, data: bytes, address: Address, via_forwarder: bool, now: float) -> None:
+        self.via_forwarder = via_forwarder
+        self.quic.receive_datagram(data, address, now)
+        peer = self.quic.get_peer_address()
+        if peer is not None:
+            peer = (peer[0], peer[1])
+            if self.peer_address is not None and peer != self.peer_address:
+                self._migrations.append(
+                    Migration(
+                        from_address=format_address(self.peer_address),
+                        to_address=format_address(peer),
+                        gap_ms=(now - self._last_receive) * 1000,
+                    )
+                )
+            self.peer_address = peer
+        self._last_receive = now
+        self.process_events(now)
+        self.transmit_soon()
+
+    def process_events(self, now: float) -> None:
+        event = self.quic.next_event()
+        while event is not None:
+            self._on_quic_event(event, now)
+            event = self.quic.next_event()
+
+    def _on_quic_event(self, event: QuicEvent, now: float) -> None:
+        if isinstance(event, ConnectionIdIssued):
+            self.cids.add(event.connection_id)
+            self.server.register(event.connection_id, self)
+            return
+        if isinstance(event, ConnectionIdRetired):
+            self.cids.discard(event.connection_id)
+            self.server.unregister(event.connection_id)
+            return
+        if isinstance(event, ProtocolNegotiated):
+            transport: VoiceTransport
+            if event.alpn_protocol == ALPN_H3:
+                transport = WebTransportTransport(self.quic, status=self.server.status)
+            else:
+                transport = RawQuicTransport(self.quic)
+            self._voice = VoiceConnection(transport, limits=self.server.limits)
+        if self._voice is not None:
+            for voice_event in self._voice.handle_event(event, now):
+                self._on_voice_event(voice_event)
+        if isinstance(event, ConnectionTerminated):
+            self.server.forget(self)
+
+    def _on_voice_event(self, event: VoiceEvent) -> None:
+        if isinstance(event, HelloReceived):
+            self._accept(event.hello)
+        elif self.session is not None:
+            self.events.put_nowait(event)
+
+    def _accept(self, hello: Hello) -> None:
+        voice = self.voice_connection()
+        codec = next((c for c in hello.codecs if c in SUPPORTED_CODECS), None)
+        if hello.version != 1 or codec is None:
+            voice.reject(ErrorCode.UNSUPPORTED, f"supported codecs: {', '.join(SUPPORTED_CODECS)}")
+            return
+        welcome = Welcome(
+            session_id=secrets.token_hex(8),
+            codec=codec,
+            frame_ms=hello.frame_ms,
+            uplink=hello.uplink,
+            server_id=self.server.config.server_id.hex(),
+        )
+        started = voice.accept(welcome)
+        self.session = ServerSession(self, hello, started, self.events)
+        self._task = asyncio.get_running_loop().create_task(self._run_handler(self.session))
+
+    async def _run_handler(self, session: ServerSession) -> None:
+        try:
+            await self.server.handler(session)
+        except Exception:
+            logger.exception("session %s: handler failed", session.session_id)
+            session.close(ErrorCode.INTERNAL_ERROR, "the server application failed")
+
+    def stats(self) -> SessionStats:
+        base = self.voice_connection().stats()
+        return _with_migrations(base, self._migrations)
+
+    def transmit_soon(self) -> None:
+        if self._transmit_handle is None:
+            self._transmit_handle = asyncio.get_running_loop().call_soon(self.transmit)
+
+    def transmit(self) -> None:
+        self._transmit_handle = None
+        loop = asyncio.get_running_loop()
+        send = self.server.send
+        forwarder = self.server.config.forwarder if self.via_forwarder else None
+        for data, address in self.quic.datagrams_to_send(now=loop.time()):
+            if forwarder is not None:
+                send(wrap((address[0], address[1]), data), forwarder)
+            else:
+                send(data, (address[0], address[1]))
+        timer_at = self.quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = loop.call_at(timer_at, self._on_timer)
+        self._timer_at = timer_at
+
+    def _on_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = max(self._timer_at or 0.0, loop.time())
+        self._timer = None
+        self._timer_at = None
+        self.quic.handle_timer(now)
+        self.process_events(now)
+        self.transmit()
+
+    def cancel_timers(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transmit_handle is not None:
+            self._transmit_handle.cancel()
+
+
+def _with_migrations(stats: SessionStats, migrations: list[Migration]) -> SessionStats:
+    from dataclasses import replace
+
+    return replace(stats, migrations=tuple(migrations))
+
+
+class VoiceServer:
+    """A backend serving voice sessions on raw QUIC (``quicvoice/1``) and WebTransport (``h3``)."""
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        handler: SessionHandler,
+        *,
+        idle_timeout: float = 30.0,
+        limits: SessionLimits | None = None,
+    ) -> None:
+        check_aioquic_version()
+        self.config = config
+        self.handler = handler
+        self.limits = limits
+        active = config.configs[-1] if config.configs else None
+        self.cid_generator = QuicLbConnectionIdGenerator(
+            config.server_id, active, config.reset_key
+        )
+        for older in config.configs[:-1]:
+            if older.cid_len <= self.cid_generator.cid_length:
+                self.cid_generator.rotate(older, config.server_id)
+        if active is not None:
+            self.cid_generator.rotate(active, config.server_id)
+        self._decoder = LoadBalancerDecoder(config.configs)
+        self.quic_configuration = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=[ALPN_VOICE, ALPN_H3],
+            connection_id_length=self.cid_generator.cid_length,
+            max_datagram_frame_size=65536,
+            idle_timeout=idle_timeout,
+        )
+        if config.certificate is not None and config.private_key is not None:
+            self.quic_configuration.load_cert_chain(config.certificate, config.private_key)
+            self.certificate_sha256: bytes | None = None
+        else:
+            development = generate_certificate()
+            self.quic_configuration.certificate = development.certificate
+            self.quic_configuration.private_key = development.private_key
+            self.certificate_sha256 = development.sha256
+        self._connections: dict[bytes, _ServerConnection] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._reset_budget = float(RESETS_PER_SECOND)
+        self._reset_budget_at = 0.0
+        #: Datagrams by what happened to them.
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "datagrams",
+                "unparsable",
+                "bad_encapsulation",
+                "version_negotiation",
+                "new_connections",
+                "stateless_resets",
+                "dropped_unknown_cid",
+            ),
+            0,
+        )
+
+    @property
+    def address(self) -> Address:
+        """The bound UDP address."""
+        if self._transport is None:
+            raise RuntimeError("the server is not started")
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    async def start(self) -> None:
+        """Bind the UDP socket and start serving."""
+        self._transport = await open_udp_endpoint(self.config.listen, self._on_datagram)
+
+    def close(self) -> None:
+        """Close every connection and the socket."""
+        for connection in set(self._connections.values()):
+            connection.quic.close(error_code=ErrorCode.NO_ERROR, reason_phrase="server shutdown")
+            connection.transmit()
+            connection.cancel_timers()
+        self._connections.clear()
+        if self._transport is not None:
+            self._transport.close()
+
+    def status(self) -> dict[str, Any]:
+        """The JSON status served at ``GET /``."""
+        sessions = {id(c) for c in self._connections.values() if c.session is not None}
+        return {
+            "server_id": self.config.server_id.hex(),
+            "version": __version__,
+            "sessions": len(sessions),
+            "alpn": [ALPN_VOICE, ALPN_H3],
+        }
+
+    def sessions(self) -> list[ServerSession]:
+        """The sessions currently open."""
+        found = {id(c): c.session for c in self._connections.values() if c.session is not None}
+        return [s for s in found.values() if s is not None]
+
+    def send(self, data: bytes, address: Address) -> None:
+        """Send one datagram from the server's socket."""
+        if self._transport is not None:
+            self._transport.sendto(data, address)
+
+    def register(self, cid: bytes, connection: _ServerConnection) -> None:
+        """Route datagrams for ``cid`` to ``connection``."""
+        self._connections[cid] = connection
+
+    def unregister(self, cid: bytes) -> None:
+        """Stop routing ``cid``."""
+        self._connections.pop(cid, None)
+
+    def forget(self, connection: _ServerConnection) -> None:
+        """Drop a terminated connection."""
+        for cid in connection.cids:
+            if self._connections.get(cid) is connection:
+                del self._connections[cid]
+        connection.cancel_timers()
+
+    def _on_datagram(self, data: bytes, address: Address) -> None:
+        self.counters["datagrams"] += 1
+        via_forwarder = False
+        if self.config.forwarder is not None and address == self.config.forwarder:
+            try:
+                address, data = unwrap(data)
+            except ValueError:
+                self.counters["bad_encapsulation"] += 1
+                return
+            via_forwarder = True
+        try:
+            header = parse_header(data, self.cid_generator.cid_length)
+        except ValueError:
+            self.counters["unparsable"] += 1
+            return
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(header.destination_cid)
+        if connection is not None:
+            connection.receive(data, address, via_forwarder, loop.time())
+            return
+        if header.version is not None:
+            self._on_unknown_long_header(data, header, address, via_forwarder, loop.time())
+        else:
+            self._maybe_reset(data, header.destination_cid, address, via_forwarder, loop.time())
+
+    def _on_unknown_long_header(
+        self, data: bytes, header: QuicHeader, address: Address, via_forwarder: bool, now: float
+    ) -> None:
+        if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
+            return
+        if header.version not in self.quic_configuration.supported_versions:
+            self.counters["version_negotiation"] += 1
+            self._reply(
+                encode_quic_version_negotiation(
+                    source_cid=header.destination_cid,
+                    destination_cid=header.source_cid,
+                    supported_versions=self.quic_configuration.supported_versions,
+                ),
+                address,
+                via_forwarder,
+            )
+            return
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
+            self.counters["dropped_unknown_cid"] += 1
+            return
+        quic = QuicLbConnection(
+            configuration=self.quic_configuration,
+            cid_generator=self.cid_generator,
+            original_destination_connection_id=header.destination_cid,
+        )
+        connection = _ServerConnection(self, quic, header.destination_cid)
+        for cid in connection.cids:
+            self.register(cid, connection)
+        self.counters["new_connections"] += 1
+        connection.receive(data, address, via_forwarder, now)
+
+    def _maybe_reset(
+        self, data: bytes, dcid: bytes, address: Address, via_forwarder: bool, now: float
+    ) -> None:
+        # RFC 9000 §10.3: answer a short header for a CID of this deployment that no connection
+        # here owns (e.g. after a restart) with a reset smaller than the packet that caused it.
+        self.counters["dropped_unknown_cid"] += 1
+        size = min(len(data) - 1, MAX_STATELESS_RESET)
+        if size < MIN_STATELESS_RESET or not isinstance(self._decoder.decode(dcid), bytes):
+            return
+        self._reset_budget = min(
+            float(RESETS_PER_SECOND),
+            self._reset_budget + (now - self._reset_budget_at) * RESETS_PER_SECOND,
+        )
+        self._reset_budget_at = now
+        if self._reset_budget < 1:
+            return
+        self._reset_budget -= 1
+        token = stateless_reset_token(self.config.reset_key, dcid)
+        unpredictable = os.urandom(size - len(token))
+        # Short-header form: 0b01 then random bits (RFC 9000 §10.3, Figure 10).
+        first = 0x40 | (unpredictable[0] & 0x3F)
+        self.counters["stateless_resets"] += 1
+        self._reply(bytes((first,)) + unpredictable[1:] + token, address, via_forwarder)
+
+    def _reply(self, data: bytes, address: Address, via_forwarder: bool) -> None:
+        if via_forwarder and self.config.forwarder is not None:
+            self.send(wrap(address, data), self.config.forwarder)
+        else:
+            self.send(data, address)

@@ -1,0 +1,178 @@
+"""The one module that touches aioquic's private internals (specs/architecture.md).
+
+aioquic 1.7 has no hook for connection IDs, does not mark locally opened bidirectional
+WebTransport streams, and keeps no public count of unacknowledged stream data. Each fix lives
+here, is small, and is pinned by tests/test_quic_glue.py, which asserts that every private
+attribute used below still exists in the installed aioquic.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+from aioquic._buffer import Buffer
+from aioquic.h3.connection import FrameType, H3Connection, H3Stream
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection, QuicConnectionId
+from aioquic.quic.packet import QuicHeader, pull_quic_header
+
+from .quiclb import Algorithm, ConnectionIdGenerator, QuicLbConnectionIdGenerator
+
+#: The aioquic releases whose internals this module was written against.
+SUPPORTED_AIOQUIC = ((1, 7, 2), (1, 8, 0))
+#: Private names this module relies on, by owner, checked by the glue test.
+PRIVATE_NAMES = {
+    "QuicConnection": (
+        "_host_cids",
+        "_host_cid_seq",
+        "_local_initial_source_connection_id",
+        "_remote_active_connection_id_limit",
+        "_replenish_connection_ids",
+        "_streams",
+        "_is_client",
+        "_loss",
+        "_datagrams_pending",
+    ),
+    "QuicPacketRecovery": ("_rtt_initialized", "_rtt_latest", "_rtt_smoothed", "_rtt_min"),
+    "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
+    "H3Connection": ("_stream",),
+}
+
+
+def aioquic_version() -> tuple[int, ...]:
+    """Return the installed aioquic version as a tuple of integers."""
+    return tuple(int(part) for part in version("aioquic").split(".")[:3])
+
+
+def check_aioquic_version() -> None:
+    """Raise ``RuntimeError`` when the installed aioquic is outside the supported range."""
+    low, high = SUPPORTED_AIOQUIC
+    installed = aioquic_version()
+    if not low <= installed < high:
+        raise RuntimeError(
+            f"quicvoice needs aioquic >= {'.'.join(map(str, low))}, < {'.'.join(map(str, high))};"
+            f" {'.'.join(map(str, installed))} is installed"
+        )
+
+
+class QuicLbConnection(QuicConnection):
+    """A ``QuicConnection`` whose server-side CIDs all come from a ``ConnectionIdGenerator``.
+
+    The first CID (sequence 0, also the initial source connection ID) is replaced right after
+    construction, before any transport parameter is serialised; every spare CID issued in
+    NEW_CONNECTION_ID frames comes from ``_replenish_connection_ids``. Reset tokens are the
+    generator's, so any backend holding the shared key can reset these connections.
+    Clients keep aioquic's random CIDs: only servers sit behind the load balancer.
+    """
+
+    def __init__(
+        self,
+        *,
+        configuration: QuicConfiguration,
+        cid_generator: ConnectionIdGenerator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if cid_generator is not None and configuration.connection_id_length != cid_generator.cid_length:
+            raise ValueError(
+                "configuration.connection_id_length must equal the generator's cid_length"
+            )
+        self._cid_generator = cid_generator
+        super().__init__(configuration=configuration, **kwargs)
+        if cid_generator is not None and not self._is_client:
+            first = self._host_cids[0]
+            first.cid = cid_generator.generate()
+            first.stateless_reset_token = cid_generator.stateless_reset_token(first.cid)
+            self.host_cid = first.cid
+            self._local_initial_source_connection_id = first.cid
+
+    def _replenish_connection_ids(self) -> None:
+        generator = self._cid_generator
+        if generator is None or self._is_client:
+            super()._replenish_connection_ids()
+            return
+        if _issues_no_spare_cids(generator):
+            return
+        while len(self._host_cids) < min(8, self._remote_active_connection_id_limit):
+            cid = generator.generate()
+            self._host_cids.append(
+                QuicConnectionId(
+                    cid=cid,
+                    sequence_number=self._host_cid_seq,
+                    stateless_reset_token=generator.stateless_reset_token(cid),
+                )
+            )
+            self._host_cid_seq += 1
+
+    def host_cids(self) -> list[bytes]:
+        """Return every CID this endpoint has issued and not seen retired."""
+        return [connection_id.cid for connection_id in self._host_cids]
+
+
+def _issues_no_spare_cids(generator: ConnectionIdGenerator) -> bool:
+    # draft-21 §9: plaintext CIDs link every CID of a connection to its server, so a server
+    # using them issues no spare CIDs (and clients therefore cannot migrate actively).
+    return (
+        isinstance(generator, QuicLbConnectionIdGenerator)
+        and generator.active_config is not None
+        and generator.active_config.algorithm is Algorithm.PLAINTEXT
+    )
+
+
+def mark_local_webtransport_stream(h3: H3Connection, stream_id: int, session_id: int) -> None:
+    """Make ``h3`` read the peer's data on a bidirectional WebTransport stream we opened.
+
+    aioquic's ``create_webtransport_stream`` writes the stream's header but leaves the local
+    ``H3Stream`` unmarked, so whatever the peer sends back is parsed as HTTP/3 frames and lost.
+    """
+    stream = h3._stream.get(stream_id)
+    if stream is None:
+        stream = h3._stream[stream_id] = H3Stream(stream_id)
+    stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+    stream.session_id = session_id
+
+
+def unacked_stream_bytes(quic: QuicConnection, stream_id: int) -> int:
+    """Return how many octets written to ``stream_id`` the peer has not acknowledged yet.
+
+    aioquic buffers whatever the application writes, without limit; a peer that never reads
+    would make that buffer grow forever. The voice layer checks this to bound it.
+    """
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    sender = stream.sender
+    # The sender's buffer holds [_buffer_start, _buffer_stop): all that is not acked in order.
+    return int(sender._buffer_stop - sender._buffer_start)
+
+
+def rtt_seconds(quic: QuicConnection) -> tuple[float, float, float] | None:
+    """Return (latest, smoothed, minimum) RTT in seconds, or ``None`` before the first sample."""
+    recovery = quic._loss
+    if not recovery._rtt_initialized:
+        return None
+    return (
+        float(recovery._rtt_latest),
+        float(recovery._rtt_smoothed),
+        float(recovery._rtt_min),
+    )
+
+
+def pending_datagrams(quic: QuicConnection) -> int:
+    """Return how many DATAGRAM frames wait in aioquic's (unbounded) send queue."""
+    return len(quic._datagrams_pending)
+
+
+def drop_oldest_datagrams(quic: QuicConnection, count: int) -> int:
+    """Drop up to ``count`` of the oldest queued DATAGRAM frames; return how many were dropped."""
+    queue = quic._datagrams_pending
+    dropped = 0
+    while queue and dropped < count:
+        queue.popleft()
+        dropped += 1
+    return dropped
+
+
+def parse_header(data: bytes, cid_length: int) -> QuicHeader:
+    """Parse the header of a datagram's first packet; raise ``ValueError`` when malformed."""
+    return pull_quic_header(Buffer(data=data), host_cid_length=cid_length)

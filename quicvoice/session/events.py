@@ -1,0 +1,122 @@
+"""Events of the voice layer: what ``VoiceConnection.handle_event`` reports, as past-tense facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .messages import Hello, UplinkMode
+from .wire import MediaFrame
+
+
+class VoiceEvent:
+    """Base class of voice events."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HelloReceived(VoiceEvent):
+    """Server: a client asked for a session; answer with ``accept()`` or ``reject()``."""
+
+    #: The client's request.
+    hello: Hello
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionStarted(VoiceEvent):
+    """Both sides: the session is established (client: ``welcome`` arrived; server: sent)."""
+
+    #: The session's ID.
+    session_id: str
+    #: The codec in force, ``"NAME/RATE"``.
+    codec: str
+    #: Frame duration in milliseconds.
+    frame_ms: int
+    #: The uplink mode in force.
+    uplink: UplinkMode
+    #: The backend's QUIC-LB server ID in hex.
+    server_id: str
+    #: Whether this continues an earlier session.
+    resumed: bool
+    #: Token to resume the session elsewhere (client side only).
+    resume_token: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AudioReceived(VoiceEvent):
+    """A media frame arrived: uplink at the server, a turn's frame at the client."""
+
+    #: The frame.
+    frame: MediaFrame
+    #: The turn it belongs to (downlink), or ``None`` for uplink audio.
+    turn_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnStarted(VoiceEvent):
+    """Client: the server opened response turn ``turn_id``."""
+
+    #: The turn.
+    turn_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnEnded(VoiceEvent):
+    """Client: turn ``turn_id`` is complete; every frame of it has been reported."""
+
+    #: The turn.
+    turn_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnCancelled(VoiceEvent):
+    """Either side: turn ``turn_id`` was cancelled (barge-in); discard what is left of it."""
+
+    #: The turn.
+    turn_id: int
+    #: True when the peer cancelled it, False when this side did.
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UplinkEnded(VoiceEvent):
+    """Server: the client finished its reliable uplink stream; every frame has been reported."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventReceived(VoiceEvent):
+    """An application event arrived on the control stream."""
+
+    #: Dotted event name.
+    name: str
+    #: Its data.
+    data: Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorReceived(VoiceEvent):
+    """The peer reported an error on the control stream."""
+
+    #: The error code.
+    code: int
+    #: The peer's explanation.
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ByeReceived(VoiceEvent):
+    """The peer is done; carries its uplink frame count (client: sent, server: received)."""
+
+    #: Uplink frames as counted by the peer.
+    uplink_frames: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionClosed(VoiceEvent):
+    """The connection under the session closed."""
+
+    #: The application or transport error code (0: normal).
+    error_code: int
+    #: The reason phrase.
+    reason: str

@@ -1,0 +1,353 @@
+"""One interface over the two ways a voice session rides QUIC: raw QUIC, or WebTransport on HTTP/3.
+
+A transport turns aioquic's QUIC events into ``TransportEvent``s about streams and datagrams of
+the voice session, and maps stream operations back. Both are sans-I/O wrappers around
+``QuicConnection`` (and ``H3Connection``), which queue what they send until the I/O shell asks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aioquic.h3.connection import H3Connection
+from aioquic.h3.events import (
+    DatagramReceived,
+    HeadersReceived,
+    WebTransportStreamDataReceived,
+)
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    DatagramFrameReceived,
+    HandshakeCompleted,
+    QuicEvent,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
+
+from .. import quic as glue
+
+#: ALPN of the raw-QUIC voice protocol.
+ALPN_VOICE = "quicvoice/1"
+#: ALPN of HTTP/3 (WebTransport sessions and the status page).
+ALPN_H3 = "h3"
+WEBTRANSPORT_PATH = "/voice"
+#: Overhead of a QUIC DATAGRAM frame inside a short-header packet, with a 20-octet DCID:
+#: header 1 + 20 + packet number 4, AEAD tag 16, frame type and length 1 + 2.
+DATAGRAM_OVERHEAD = 44
+#: WebTransport datagrams carry the quarter stream ID first (up to 4 octets here).
+WEBTRANSPORT_DATAGRAM_OVERHEAD = 4
+
+
+class TransportEvent:
+    """Base class of transport events."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(TransportEvent):
+    """The voice session can use streams (raw: handshake done; WebTransport: CONNECT accepted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamData(TransportEvent):
+    """Data arrived on a stream of the session."""
+
+    stream_id: int
+    data: bytes
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAborted(TransportEvent):
+    """The peer reset a stream (RESET_STREAM) or asked us to stop sending on it (STOP_SENDING)."""
+
+    stream_id: int
+    error_code: int
+    #: True for RESET_STREAM (its receive side ended), False for STOP_SENDING.
+    reset: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram(TransportEvent):
+    """A datagram of the session arrived."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Closed(TransportEvent):
+    """The connection is closed."""
+
+    error_code: int
+    reason: str
+
+
+class VoiceTransport(Protocol):
+    """Streams and datagrams of one voice session."""
+
+    quic: QuicConnection
+
+    @property
+    def is_client(self) -> bool:
+        """Whether this is the client side."""
+        ...
+
+    @property
+    def max_datagram_payload(self) -> int:
+        """The largest voice datagram that fits one packet."""
+        ...
+
+    def handle_event(self, event: QuicEvent) -> list[TransportEvent]:
+        """Translate one QUIC event."""
+        ...
+
+    def is_peer_bidi_stream(self, stream_id: int) -> bool:
+        """Whether ``stream_id`` is a bidirectional stream the peer opened."""
+        ...
+
+    def open_stream(self, unidirectional: bool) -> int:
+        """Open a stream of the session and return its ID."""
+        ...
+
+    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue ``data`` on a stream."""
+        ...
+
+    def reset(self, stream_id: int, error_code: int) -> None:
+        """Abort sending on a stream (RESET_STREAM)."""
+        ...
+
+    def stop(self, stream_id: int, error_code: int) -> None:
+        """Ask the peer to stop sending on a stream (STOP_SENDING)."""
+        ...
+
+    def send_datagram(self, data: bytes) -> None:
+        """Queue a datagram."""
+        ...
+
+    def close(self, error_code: int, reason: str) -> None:
+        """Close the connection."""
+        ...
+
+
+def _is_bidi(stream_id: int) -> bool:
+    return not stream_id & 2
+
+
+def _is_local(stream_id: int, is_client: bool) -> bool:
+    return bool(stream_id & 1) != is_client
+
+
+class _QuicStreams:
+    """The stream and datagram operations both transports share."""
+
+    quic: QuicConnection
+
+    @property
+    def is_client(self) -> bool:
+        """Whether this is the client side."""
+        return bool(self.quic.configuration.is_client)
+
+    def is_peer_bidi_stream(self, stream_id: int) -> bool:
+        """Whether ``stream_id`` is a bidirectional stream the peer opened."""
+        return _is_bidi(stream_id) and not _is_local(stream_id, self.is_client)
+
+    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue ``data`` on a stream."""
+        self.quic.send_stream_data(stream_id, data, end_stream)
+
+    def reset(self, stream_id: int, error_code: int) -> None:
+        """Abort sending on a stream; a stream already finished or reset is left alone."""
+        try:
+            self.quic.reset_stream(stream_id, error_code)
+        except ValueError:
+            pass
+
+    def stop(self, stream_id: int, error_code: int) -> None:
+        """Ask the peer to stop sending; a stream whose receive side is done is left alone."""
+        try:
+            self.quic.stop_stream(stream_id, error_code)
+        except ValueError:
+            pass
+
+    def close(self, error_code: int, reason: str) -> None:
+        """Close the connection with an application error code."""
+        self.quic.close(error_code=error_code, reason_phrase=reason)
+
+    def _common(self, event: QuicEvent) -> TransportEvent | None:
+        if isinstance(event, StreamReset):
+            return StreamAborted(event.stream_id, event.error_code, reset=True)
+        if isinstance(event, StopSendingReceived):
+            return StreamAborted(event.stream_id, event.error_code, reset=False)
+        if isinstance(event, ConnectionTerminated):
+            return Closed(event.error_code, event.reason_phrase)
+        return None
+
+
+class RawQuicTransport(_QuicStreams):
+    """The voice session is the whole QUIC connection (ALPN ``quicvoice/1``)."""
+
+    def __init__(self, quic: QuicConnection) -> None:
+        self.quic = quic
+
+    @property
+    def max_datagram_payload(self) -> int:
+        """The largest voice datagram that fits one packet."""
+        return int(self.quic.configuration.max_datagram_size) - DATAGRAM_OVERHEAD
+
+    def handle_event(self, event: QuicEvent) -> list[TransportEvent]:
+        """Translate one QUIC event."""
+        if isinstance(event, StreamDataReceived):
+            return [StreamData(event.stream_id, event.data, event.end_stream)]
+        if isinstance(event, DatagramFrameReceived):
+            return [Datagram(event.data)]
+        if isinstance(event, HandshakeCompleted):
+            return [Ready()]
+        common = self._common(event)
+        return [common] if common is not None else []
+
+    def open_stream(self, unidirectional: bool) -> int:
+        """Open a QUIC stream."""
+        return self.quic.get_next_available_stream_id(is_unidirectional=unidirectional)
+
+    def send_datagram(self, data: bytes) -> None:
+        """Queue a QUIC DATAGRAM frame."""
+        self.quic.send_datagram_frame(data)
+
+
+StatusProvider = Callable[[], dict[str, Any]]
+
+
+class WebTransportTransport(_QuicStreams):
+    """The voice session is a WebTransport session (draft-02, as Chromium speaks it) on HTTP/3.
+
+    The server side also answers ``GET /`` with a JSON status, so any HTTP/3 client can probe
+    a backend, and refuses other requests with 404.
+    """
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        *,
+        path: str = WEBTRANSPORT_PATH,
+        authority: str = "localhost",
+        status: StatusProvider | None = None,
+    ) -> None:
+        self.quic = quic
+        self.h3 = H3Connection(quic, enable_webtransport=True)
+        self._path = path
+        self._authority = authority
+        self._status = status
+        #: The stream ID of the CONNECT request, which names the session.
+        self.session_id: int | None = None
+        self._session_streams: set[int] = set()
+        self._connect_sent = False
+
+    @property
+    def max_datagram_payload(self) -> int:
+        """The largest voice datagram that fits one packet."""
+        return (
+            int(self.quic.configuration.max_datagram_size)
+            - DATAGRAM_OVERHEAD
+            - WEBTRANSPORT_DATAGRAM_OVERHEAD
+        )
+
+    def handle_event(self, event: QuicEvent) -> list[TransportEvent]:
+        """Translate one QUIC event, passing it through HTTP/3 first."""
+        out: list[TransportEvent] = []
+        common = self._common(event)
+        if isinstance(common, StreamAborted) and common.stream_id not in self._session_streams:
+            common = None
+        if self.is_client and isinstance(event, HandshakeCompleted) and not self._connect_sent:
+            self._send_connect()
+        for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, WebTransportStreamDataReceived):
+                if h3_event.session_id == self.session_id:
+                    self._session_streams.add(h3_event.stream_id)
+                    out.append(StreamData(h3_event.stream_id, h3_event.data, h3_event.stream_ended))
+                else:
+                    self.reset(h3_event.stream_id, 0x100)
+            elif isinstance(h3_event, DatagramReceived):
+                if h3_event.stream_id == self.session_id:
+                    out.append(Datagram(h3_event.data))
+            elif isinstance(h3_event, HeadersReceived):
+                out.extend(self._on_headers(h3_event))
+        if common is not None:
+            out.append(common)
+        return out
+
+    def _send_connect(self) -> None:
+        self._connect_sent = True
+        stream_id = self.quic.get_next_available_stream_id()
+        self.h3.send_headers(
+            stream_id,
+            [
+                (b":method", b"CONNECT"),
+                (b":scheme", b"https"),
+                (b":authority", self._authority.encode()),
+                (b":path", self._path.encode()),
+                (b":protocol", b"webtransport"),
+            ],
+        )
+        self.session_id = stream_id
+
+    def _on_headers(self, event: HeadersReceived) -> list[TransportEvent]:
+        headers = dict(event.headers)
+        if self.is_client:
+            if event.stream_id == self.session_id:
+                if headers.get(b":status") == b"200":
+                    return [Ready()]
+                status = headers.get(b":status", b"?").decode(errors="replace")
+                self.close(0x100, f"WebTransport CONNECT refused with status {status}")
+            return []
+        method = headers.get(b":method")
+        path = headers.get(b":path")
+        if (
+            method == b"CONNECT"
+            and headers.get(b":protocol") == b"webtransport"
+            and path == self._path.encode()
+            and self.session_id is None
+        ):
+            self.session_id = event.stream_id
+            self.h3.send_headers(
+                event.stream_id,
+                [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")],
+            )
+            return [Ready()]
+        if method == b"GET" and path == b"/" and self._status is not None:
+            body = json.dumps(self._status()).encode()
+            self.h3.send_headers(
+                event.stream_id,
+                [
+                    (b":status", b"200"),
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            )
+            self.h3.send_data(event.stream_id, body, end_stream=True)
+            return []
+        refusal = b"409" if method == b"CONNECT" and self.session_id is not None else b"404"
+        self.h3.send_headers(event.stream_id, [(b":status", refusal)], end_stream=True)
+        return []
+
+    def open_stream(self, unidirectional: bool) -> int:
+        """Open a WebTransport stream of the session."""
+        if self.session_id is None:
+            raise RuntimeError("the WebTransport session is not established")
+        stream_id = self.h3.create_webtransport_stream(self.session_id, unidirectional)
+        if not unidirectional:
+            glue.mark_local_webtransport_stream(self.h3, stream_id, self.session_id)
+        self._session_streams.add(stream_id)
+        return stream_id
+
+    def send_datagram(self, data: bytes) -> None:
+        """Queue an HTTP/3 datagram of the session."""
+        if self.session_id is None:
+            raise RuntimeError("the WebTransport session is not established")
+        self.h3.send_datagram(self.session_id, data)
