@@ -73,7 +73,10 @@ class QuicLbConnection(QuicConnection):
         cid_generator: ConnectionIdGenerator | None = None,
         **kwargs: Any,
     ) -> None:
-        if cid_generator is not None and configuration.connection_id_length != cid_generator.cid_length:
+        if (
+            cid_generator is not None
+            and configuration.connection_id_length != cid_generator.cid_length
+        ):
             raise ValueError(
                 "configuration.connection_id_length must equal the generator's cid_length"
             )

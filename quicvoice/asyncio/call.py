@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import math
-import struct
 import sys
 import wave
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from ..audio.codecs import make_codec
+from ..audio.frames import AudioFrame, Pcm
+from ..audio.resample import Resampler
 from ..errors import ConfigurationError
 from ..session.events import TurnCancelled, TurnEnded
 from ..session.messages import Hello, UplinkMode
@@ -37,36 +40,42 @@ class CallOptions:
     reply_timeout: float = 10.0
 
 
-def tone_frames(rate: int, samples_per_frame: int, seconds: float) -> list[bytes]:
-    """A 440 Hz tone as little-endian 16-bit frames."""
-    count = max(1, round(seconds * rate / samples_per_frame))
-    frames = []
-    for index in range(count):
-        start = index * samples_per_frame
-        samples = (
-            round(TONE_AMPLITUDE * math.sin(2 * math.pi * TONE_HZ * (start + n) / rate))
-            for n in range(samples_per_frame)
-        )
-        frames.append(struct.pack(f"<{samples_per_frame}h", *samples))
-    return frames
+def tone(rate: int, seconds: float) -> Pcm:
+    """A 440 Hz tone, int16 samples at ``rate``."""
+    t = np.arange(round(seconds * rate)) / rate
+    return np.round(TONE_AMPLITUDE * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.int16)
 
 
-def wav_frames(path: str, rate: int, samples_per_frame: int) -> list[bytes]:
-    """Frames of a mono 16-bit WAV file recorded at ``rate``."""
+def read_wav(path: str, rate: int) -> Pcm:
+    """A mono 16-bit WAV file as int16 samples, resampled to ``rate`` if it differs."""
     try:
         with wave.open(path, "rb") as reader:
             if reader.getnchannels() != 1 or reader.getsampwidth() != 2:
                 raise ConfigurationError(f"--wav: {path} must be mono 16-bit PCM")
-            if reader.getframerate() != rate:
-                raise ConfigurationError(
-                    f"--wav: {path} is {reader.getframerate()} Hz; the call codec is {rate} Hz"
-                )
-            data = reader.readframes(reader.getnframes())
+            file_rate = reader.getframerate()
+            samples = np.frombuffer(reader.readframes(reader.getnframes()), "<i2")
     except (OSError, wave.Error, EOFError) as error:
         raise ConfigurationError(f"--wav: cannot read {path}: {error}") from None
-    step = 2 * samples_per_frame
-    data += bytes(-len(data) % step)
-    return [data[i : i + step] for i in range(0, len(data), step)]
+    if file_rate == rate:
+        return samples.astype(np.int16)
+    try:
+        resampler = Resampler(file_rate, rate)
+    except ValueError as error:
+        raise ConfigurationError(f"--wav: {path}: {error}") from None
+    block = resampler.input_multiple
+    padded = np.concatenate([samples, np.zeros(-len(samples) % block, np.int16)])
+    return resampler.process(padded.astype(np.int16))
+
+
+def encode_frames(codec_name: str, frame_ms: int, samples: Pcm) -> list[bytes]:
+    """Split ``samples`` into frames and encode each with the session's codec."""
+    codec = make_codec(codec_name, frame_ms=frame_ms)
+    size = codec.frame_samples
+    samples = np.concatenate([samples, np.zeros(-len(samples) % size, np.int16)])
+    return [
+        codec.encode(AudioFrame(samples=samples[i : i + size], rate=codec.rate, timestamp=i))
+        for i in range(0, len(samples), size)
+    ]
 
 
 async def _stream(client: VoiceClient, frames: list[bytes], frame_seconds: float) -> None:
@@ -99,10 +108,8 @@ async def run_call(options: CallOptions) -> dict[str, Any]:
         connected_at = loop.time()
         rate = int(client.session.codec.partition("/")[2])
         frame_seconds = client.session.frame_ms / 1000
-        if options.wav:
-            frames = wav_frames(options.wav, rate, client.samples_per_frame)
-        else:
-            frames = tone_frames(rate, client.samples_per_frame, options.seconds)
+        samples = read_wav(options.wav, rate) if options.wav else tone(rate, options.seconds)
+        frames = encode_frames(client.session.codec, client.session.frame_ms, samples)
         streaming = loop.create_task(_stream(client, frames, frame_seconds))
         if options.migrate_after is not None and options.migrate_to is not None:
             await asyncio.sleep(options.migrate_after)
@@ -138,6 +145,7 @@ async def run_call(options: CallOptions) -> dict[str, Any]:
 
 async def _wait_reply(client: VoiceClient, timeout: float) -> int:
     """Wait for the agent's reply turn to end; return how many frames it had."""
+
     async def wait() -> None:
         while True:
             event = await client.receive()

@@ -105,9 +105,7 @@ class VoiceClient:
         self._events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
         self._sockets: list[_ClientSocket] = []
         self._active: _ClientSocket | None = None
-        self._started: asyncio.Future[SessionStarted] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self._started: asyncio.Future[SessionStarted] = asyncio.get_running_loop().create_future()
         self._bye: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._closed = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -140,8 +138,9 @@ class VoiceClient:
         try:
             self.session = await asyncio.wait_for(asyncio.shield(self._started), timeout)
         except TimeoutError:
-            raise ConnectionError(f"no voice session with {format_address(self._server)} "
-                                  f"within {timeout} s") from None
+            raise ConnectionError(
+                f"no voice session with {format_address(self._server)} within {timeout} s"
+            ) from None
         rate = _codec_rate(self.session.codec)
         self._samples_per_frame = rate * self.session.frame_ms // 1000
         self.playout = PlayoutBuffer(self._samples_per_frame)
@@ -278,6 +277,7 @@ class VoiceClient:
 
     async def wait_event(self, name: str, timeout: float = 5.0) -> EventReceived:
         """Wait for the application event ``name``, skipping others (audio keeps playing out)."""
+
         async def wait() -> EventReceived:
             while True:
                 event = await self._events.get()

@@ -83,7 +83,9 @@ class BackendConfig:
         if len(self.reset_key) < MIN_RESET_KEY_LEN:
             raise ConfigurationError(f"reset_key: must be at least {MIN_RESET_KEY_LEN} octets")
         if (self.certificate is None) != (self.private_key is None):
-            raise ConfigurationError("certificate: give both certificate and private_key, or neither")
+            raise ConfigurationError(
+                "certificate: give both certificate and private_key, or neither"
+            )
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], base: Path | None = None) -> BackendConfig:

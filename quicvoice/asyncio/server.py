@@ -29,6 +29,7 @@ from lb.config import format_address
 from lb.encapsulation import unwrap, wrap
 
 from .. import __version__
+from ..audio.codecs import DEFAULT_CODECS, CodecSpec, negotiate
 from ..certificates import generate_certificate
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
@@ -55,8 +56,8 @@ from .udp import open_udp_endpoint
 
 logger = logging.getLogger("quicvoice.server")
 
-#: Codecs this server accepts, in its order of preference when the client offers several.
-SUPPORTED_CODECS = ("L16/16000", "L16/24000", "L16/48000", "L16/8000", "PCMU/8000", "opus/48000")
+#: Codecs this server accepts (the client's order of preference wins, RFC 3264 style).
+SUPPORTED_CODECS = DEFAULT_CODECS
 #: RFC 9000 §14.1: Initial datagrams are padded to at least 1200 octets.
 MIN_INITIAL_SIZE = 1200
 #: RFC 9000 §10.3: a stateless reset is at least 21 octets, and smaller than what caused it.
@@ -248,13 +249,20 @@ class _ServerConnection:
 
     def _accept(self, hello: Hello) -> None:
         voice = self.voice_connection()
-        codec = next((c for c in hello.codecs if c in SUPPORTED_CODECS), None)
+        offered = []
+        for text in hello.codecs:
+            try:
+                offered.append(CodecSpec.parse(text))
+            except ValueError:
+                continue  # a codec we cannot even parse is one we do not support
+        codec = negotiate(offered, SUPPORTED_CODECS)
         if hello.version != 1 or codec is None:
-            voice.reject(ErrorCode.UNSUPPORTED, f"supported codecs: {', '.join(SUPPORTED_CODECS)}")
+            names = ", ".join(str(spec) for spec in SUPPORTED_CODECS)
+            voice.reject(ErrorCode.UNSUPPORTED, f"supported codecs: {names}")
             return
         welcome = Welcome(
             session_id=secrets.token_hex(8),
-            codec=codec,
+            codec=str(codec),
             frame_ms=hello.frame_ms,
             uplink=hello.uplink,
             server_id=self.server.config.server_id.hex(),
@@ -334,9 +342,7 @@ class VoiceServer:
         self.handler = handler
         self.limits = limits
         active = config.configs[-1] if config.configs else None
-        self.cid_generator = QuicLbConnectionIdGenerator(
-            config.server_id, active, config.reset_key
-        )
+        self.cid_generator = QuicLbConnectionIdGenerator(config.server_id, active, config.reset_key)
         for older in config.configs[:-1]:
             if older.cid_len <= self.cid_generator.cid_length:
                 self.cid_generator.rotate(older, config.server_id)

@@ -314,8 +314,10 @@ class VoiceConnection:
     def _on_message(self, message: Message, out: list[VoiceEvent]) -> None:
         allowed = ALLOWED_MESSAGES.get((self.is_client, self.state), frozenset())
         if type(message) not in allowed:
-            code = ErrorCode.HELLO_REQUIRED if self.state is State.AWAITING_HELLO else (
-                ErrorCode.PROTOCOL_ERROR
+            code = (
+                ErrorCode.HELLO_REQUIRED
+                if self.state is State.AWAITING_HELLO
+                else (ErrorCode.PROTOCOL_ERROR)
             )
             raise ProtocolError(f"unexpected {message.TYPE} in state {self.state.name}", code)
         if isinstance(message, Hello):

@@ -37,7 +37,9 @@ def _fail(message: str) -> ProtocolError:
     return ProtocolError(message, ErrorCode.MESSAGE_ERROR)
 
 
-def _get(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+def _get(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False
+) -> Any:
     value = body.get(name)
     if value is None:
         if optional:

@@ -71,7 +71,9 @@ class MediaFrame:
 def encode_frame(frame: MediaFrame) -> bytes:
     """Return ``frame`` with its length prefix, as written on a stream."""
     if len(frame.payload) > MAX_FRAME_PAYLOAD:
-        raise ValueError(f"frame payload of {len(frame.payload)} octets exceeds {MAX_FRAME_PAYLOAD}")
+        raise ValueError(
+            f"frame payload of {len(frame.payload)} octets exceeds {MAX_FRAME_PAYLOAD}"
+        )
     body = FRAME_HEADER.pack(frame.seq % U32, frame.timestamp % U32) + frame.payload
     return encode_uint_var(len(body)) + body
 
@@ -88,8 +90,12 @@ def encode_stream_header(kind: StreamKind, turn_id: int | None = None) -> bytes:
 def encode_datagram(frame: MediaFrame, kind: DatagramKind = DatagramKind.UPLINK) -> bytes:
     """Return ``frame`` as a voice datagram payload."""
     if len(frame.payload) > MAX_FRAME_PAYLOAD:
-        raise ValueError(f"frame payload of {len(frame.payload)} octets exceeds {MAX_FRAME_PAYLOAD}")
-    return bytes((kind,)) + FRAME_HEADER.pack(frame.seq % U32, frame.timestamp % U32) + frame.payload
+        raise ValueError(
+            f"frame payload of {len(frame.payload)} octets exceeds {MAX_FRAME_PAYLOAD}"
+        )
+    return (
+        bytes((kind,)) + FRAME_HEADER.pack(frame.seq % U32, frame.timestamp % U32) + frame.payload
+    )
 
 
 def decode_datagram(data: bytes) -> tuple[DatagramKind, MediaFrame]:
@@ -170,7 +176,9 @@ class StreamHeaderReader:
         try:
             kind = StreamKind(kind_value)
         except ValueError:
-            raise ProtocolError(f"unknown stream kind {kind_value}", ErrorCode.STREAM_ERROR) from None
+            raise ProtocolError(
+                f"unknown stream kind {kind_value}", ErrorCode.STREAM_ERROR
+            ) from None
         turn_id = None
         if kind is StreamKind.TURN:
             second = read_varint(self._buffer, position)

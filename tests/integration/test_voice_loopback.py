@@ -1,0 +1,298 @@
+"""Voice sessions over real UDP sockets on loopback: handshake, audio, migration, barge-in."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from quicvoice.asyncio.client import VoiceClient, connect
+from quicvoice.asyncio.server import ServerSession
+from quicvoice.session.events import (
+    SessionClosed,
+    TurnEnded,
+    TurnStarted,
+)
+from quicvoice.session.messages import Hello, UplinkMode
+
+from .voice_harness import FRAME, LB_CONFIG, SERVER_ID, running_server
+
+pytestmark = pytest.mark.integration
+MODES = [False, True]
+MODE_IDS = ["raw", "webtransport"]
+
+
+async def stream(client: VoiceClient, count: int, interval: float = 0.02) -> None:
+    for _ in range(count):
+        client.send_audio(FRAME)
+        await asyncio.sleep(interval)
+
+
+async def next_of(client: VoiceClient, kind: type, timeout: float = 5.0) -> object:
+    async def wait() -> object:
+        while True:
+            event = await client.receive()
+            if isinstance(event, kind):
+                return event
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+@pytest.mark.parametrize("webtransport", MODES, ids=MODE_IDS)
+def test_reliable_call_round_trip(webtransport: bool) -> None:
+    async def scenario() -> None:
+        async with running_server() as server:
+            host, port = server.address
+            async with connect(host, port, webtransport=webtransport, verify=False) as client:
+                assert client.session is not None
+                assert client.session.server_id == SERVER_ID.hex()
+                await stream(client, 25, 0.005)
+                client.end_audio()
+                await next_of(client, TurnEnded)
+                assert await client.bye() == 25
+                assert client.stats().downlink_frames_received == 25
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("webtransport", MODES, ids=MODE_IDS)
+def test_realtime_uplink(webtransport: bool) -> None:
+    async def scenario() -> None:
+        async with running_server() as server:
+            host, port = server.address
+            hello = Hello(uplink=UplinkMode.REALTIME)
+            async with connect(
+                host, port, webtransport=webtransport, hello=hello, verify=False
+            ) as client:
+                await stream(client, 30, 0.01)
+                client.send_event("utterance.end")
+                await next_of(client, TurnEnded)
+                received = await client.bye()
+                # Loopback loses nothing; realtime mode may drop only frames past deadline.
+                assert received == 30 - client.stats().uplink_frames_dropped
+                assert received >= 28
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("webtransport", MODES, ids=MODE_IDS)
+def test_migration_mid_call_loses_no_uplink_frame(webtransport: bool) -> None:
+    async def scenario() -> None:
+        async with running_server() as server:
+            host, port = server.address
+            async with connect(
+                host, port, webtransport=webtransport, local_address="127.0.0.2", verify=False
+            ) as client:
+                streaming = asyncio.get_running_loop().create_task(stream(client, 60))
+                await asyncio.sleep(0.5)
+                migration = await client.migrate("127.0.0.3")
+                await streaming
+                client.end_audio()
+                await next_of(client, TurnEnded)
+                assert await client.bye() == 60
+                assert migration.from_address.startswith("127.0.0.2:")
+                assert migration.to_address.startswith("127.0.0.3:")
+                assert 0 <= migration.gap_ms < 1000
+                sessions = server.sessions()
+                assert len(sessions) == 1
+                peer = sessions[0].peer_address
+                assert peer is not None and peer[0] == "127.0.0.3"
+                assert [m.to_address for m in sessions[0].stats().migrations] == [
+                    migration.to_address
+                ]
+
+    asyncio.run(scenario())
+
+
+def test_nat_rebinding_keeps_the_call() -> None:
+    async def scenario() -> None:
+        async with running_server() as server:
+            host, port = server.address
+            async with connect(host, port, local_address="127.0.0.2", verify=False) as client:
+                await stream(client, 10, 0.005)
+                await client.migrate("127.0.0.2", new_connection_id=False)
+                await stream(client, 10, 0.005)
+                client.end_audio()
+                await next_of(client, TurnEnded)
+                assert await client.bye() == 20
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("webtransport", MODES, ids=MODE_IDS)
+def test_barge_in_flushes_the_turn_on_both_sides(webtransport: bool) -> None:
+    server_saw: list[object] = []
+
+    async def long_talker(session: ServerSession) -> None:
+        turn = session.start_turn()
+        sent = 0
+        while session.send_turn_audio(turn, FRAME, sent * 320):
+            sent += 1
+            await asyncio.sleep(0.002)
+            if sent > 5000:
+                return
+        server_saw.append(("stopped_after", sent))
+        async for event in session:
+            server_saw.append(event)
+            if isinstance(event, SessionClosed):
+                break
+
+    async def scenario() -> None:
+        async with running_server(long_talker) as server:
+            host, port = server.address
+            async with connect(host, port, webtransport=webtransport, verify=False) as client:
+                started = await next_of(client, TurnStarted)
+                assert isinstance(started, TurnStarted)
+                await asyncio.sleep(0.1)
+                loop = asyncio.get_running_loop()
+                cancelled_at = loop.time()
+                client.cancel_turn(started.turn_id)
+                assert client.playout is not None
+                assert client.playout.buffered_frames == 0
+                for _ in range(100):
+                    if server_saw:
+                        break
+                    await asyncio.sleep(0.005)
+                stop_latency = loop.time() - cancelled_at
+                rtt = (client.stats().rtt_smoothed_ms or 1.0) / 1000
+                assert server_saw and server_saw[0][0] == "stopped_after"  # type: ignore[index]
+                # The agent stops within one RTT plus scheduling slack on a shared machine.
+                assert stop_latency < rtt + 0.2
+                await asyncio.sleep(0.05)
+                before = client.stats().downlink_frames_received
+                await asyncio.sleep(0.1)
+                assert client.stats().downlink_frames_received == before
+
+    asyncio.run(scenario())
+
+
+def test_every_server_cid_on_the_wire_decodes_to_the_server_id() -> None:
+    dcids: list[bytes] = []
+
+    def record(data: bytes, address: tuple[str, int]) -> None:
+        if data and not data[0] & 0x80:  # short header: the DCID is ours
+            dcids.append(data[1 : 1 + LB_CONFIG.cid_len])
+
+    async def scenario() -> None:
+        async with running_server(on_datagram=record) as server:
+            host, port = server.address
+            async with connect(host, port, local_address="127.0.0.2", verify=False) as client:
+                await stream(client, 10, 0.005)
+                await client.migrate("127.0.0.3")
+                await stream(client, 10, 0.005)
+                client.end_audio()
+                await next_of(client, TurnEnded)
+                await client.bye()
+
+    asyncio.run(scenario())
+    assert len(set(dcids)) >= 2  # the migration switched to a fresh CID
+    assert all(LB_CONFIG.decode(cid) == SERVER_ID for cid in dcids)
+
+
+def test_garbage_datagrams_do_not_disturb_a_call() -> None:
+    async def scenario() -> None:
+        async with running_server() as server:
+            host, port = server.address
+            async with connect(host, port, verify=False) as client:
+                junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                junk.bind(("127.0.0.4", 0))
+                samples = [b"", b"\x00", b"\xff" * 1500, b"\x40" + bytes(60), b"\xc0" * 1200]
+                streaming = asyncio.get_running_loop().create_task(stream(client, 40, 0.005))
+                for round_ in range(20):
+                    for sample in samples:
+                        junk.sendto(sample + bytes([round_]), (host, port))
+                    await asyncio.sleep(0.005)
+                junk.close()
+                await streaming
+                client.end_audio()
+                await next_of(client, TurnEnded)
+                assert await client.bye() == 40
+                assert server.counters["datagrams"] > 100
+
+    asyncio.run(scenario())
+
+
+def test_stateless_reset_for_an_unknown_cid_of_this_deployment() -> None:
+    async def scenario() -> None:
+        async with running_server() as server:
+            host, port = server.address
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.bind(("127.0.0.1", 0))
+            probe.settimeout(2)
+            cid = LB_CONFIG.encode(SERVER_ID, bytes(12))
+            packet = b"\x40" + cid + bytes(60)
+            await asyncio.get_running_loop().sock_sendto(probe, packet, (host, port))
+            probe.setblocking(False)
+            reply = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(probe, 2048), 2)
+            probe.close()
+            from quicvoice.quiclb import stateless_reset_token
+
+            assert len(reply) < len(packet)
+            assert reply[0] & 0xC0 == 0x40
+            assert reply[-16:] == stateless_reset_token(server.config.reset_key, cid)
+
+    asyncio.run(scenario())
+
+
+def test_plain_http3_get_status() -> None:
+    from aioquic.h3.connection import H3Connection
+    from aioquic.h3.events import DataReceived, HeadersReceived
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    async def scenario() -> None:
+        async with running_server() as server:
+            host, port = server.address
+            quic = QuicConnection(
+                configuration=QuicConfiguration(
+                    is_client=True, alpn_protocols=["h3"], verify_mode=0
+                )
+            )
+            h3 = H3Connection(quic)
+            loop = asyncio.get_running_loop()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            quic.connect((host, port), loop.time())
+            body = b""
+            sent = False
+            for _ in range(200):
+                for data, addr in quic.datagrams_to_send(loop.time()):
+                    sock.sendto(data, addr)
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 0.05)
+                    quic.receive_datagram(data, (host, port), loop.time())
+                except TimeoutError:
+                    quic.handle_timer(loop.time())
+                event = quic.next_event()
+                while event is not None:
+                    for h3_event in h3.handle_event(event):
+                        if isinstance(h3_event, DataReceived):
+                            body += h3_event.data
+                        elif isinstance(h3_event, HeadersReceived):
+                            assert dict(h3_event.headers)[b":status"] == b"200"
+                    if event.__class__.__name__ == "HandshakeCompleted" and not sent:
+                        stream_id = quic.get_next_available_stream_id()
+                        h3.send_headers(
+                            stream_id,
+                            [
+                                (b":method", b"GET"),
+                                (b":scheme", b"https"),
+                                (b":authority", b"localhost"),
+                                (b":path", b"/"),
+                            ],
+                            end_stream=True,
+                        )
+                        sent = True
+                    event = quic.next_event()
+                if body.endswith(b"}"):
+                    break
+            sock.close()
+            import json
+
+            status = json.loads(body)
+            assert status["server_id"] == SERVER_ID.hex()
+            assert status["sessions"] == 0
+
+    asyncio.run(scenario())
