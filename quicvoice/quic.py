@@ -14,7 +14,8 @@ from typing import Any
 from aioquic._buffer import Buffer
 from aioquic.h3.connection import FrameType, H3Connection, H3Stream
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, QuicConnectionId
+from aioquic import tls
+from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionId
 from aioquic.quic.packet import QuicHeader, pull_quic_header
 
 from .quiclb import Algorithm, ConnectionIdGenerator, QuicLbConnectionIdGenerator
@@ -33,6 +34,8 @@ PRIVATE_NAMES = {
         "_is_client",
         "_loss",
         "_datagrams_pending",
+        "_ack_delay",
+        "_spaces",
     ),
     "QuicPacketRecovery": ("_rtt_initialized", "_rtt_latest", "_rtt_smoothed", "_rtt_min"),
     "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
@@ -56,7 +59,43 @@ def check_aioquic_version() -> None:
         )
 
 
-class QuicLbConnection(QuicConnection):
+#: How long a receiver may hold an ACK back hoping to bundle it with data: just under one
+#: 20 ms frame, and under the 25 ms max_ack_delay aioquic advertises (RFC 9000 §13.2.1).
+VOICE_ACK_DELAY = 0.018
+
+
+class VoiceQuicConnection(QuicConnection):
+    """A ``QuicConnection`` that sends one packet per voice frame, not two.
+
+    aioquic writes an ACK only once its ACK timer fires (1 ms after an ack-eliciting packet),
+    never into a data packet sent earlier, so every frame echoed or answered costs a data
+    packet and a separate ACK packet. Here the ACK timer waits ``VOICE_ACK_DELAY``, and any
+    pending ACK rides in the next data packet whenever there is data to send.
+    """
+
+    def __init__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> None:
+        super().__init__(configuration=configuration, **kwargs)
+        self._ack_delay = VOICE_ACK_DELAY
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """Like aioquic's, with pending ACKs bundled into outgoing data."""
+        space = self._spaces.get(tls.Epoch.ONE_RTT)
+        if (
+            space is not None
+            and space.ack_at is not None
+            and space.ack_at > now
+            and self._has_data_to_send()
+        ):
+            space.ack_at = now
+        return super().datagrams_to_send(now)
+
+    def _has_data_to_send(self) -> bool:
+        if self._datagrams_pending:
+            return True
+        return any(not stream.sender.buffer_is_empty for stream in self._streams.values())
+
+
+class QuicLbConnection(VoiceQuicConnection):
     """A ``QuicConnection`` whose server-side CIDs all come from a ``ConnectionIdGenerator``.
 
     The first CID (sequence 0, also the initial source connection ID) is replaced right after

@@ -17,11 +17,10 @@ from dataclasses import replace
 from typing import Any, cast
 
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
 
 from lb.config import format_address
 
-from ..quic import check_aioquic_version
+from ..quic import VoiceQuicConnection, check_aioquic_version
 from ..session.connection import SessionLimits, VoiceConnection
 from ..session.events import (
     AudioReceived,
@@ -95,7 +94,7 @@ class VoiceClient:
         authority: str,
     ) -> None:
         self._server = server
-        self._quic = QuicConnection(configuration=configuration)
+        self._quic = VoiceQuicConnection(configuration=configuration)
         transport: VoiceTransport = (
             WebTransportTransport(self._quic, authority=authority)
             if webtransport

@@ -29,20 +29,22 @@ from lb.config import format_address
 from lb.encapsulation import unwrap, wrap
 
 from .. import __version__
-from ..audio.codecs import DEFAULT_CODECS, CodecSpec, negotiate
+from ..audio.codecs import DEFAULT_CODECS, CodecSpec, make_codec, negotiate
+from ..audio.jitter import JitterBuffer, JitterBufferConfig
 from ..certificates import generate_certificate
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
 from ..session.codes import ErrorCode
 from ..session.connection import SessionLimits, VoiceConnection
 from ..session.events import (
+    AudioReceived,
     HelloReceived,
     SessionClosed,
     SessionStarted,
     TurnCancelled,
     VoiceEvent,
 )
-from ..session.messages import Hello, Welcome
+from ..session.messages import Hello, UplinkMode, Welcome
 from ..session.stats import Migration, SessionStats
 from ..session.transport import (
     ALPN_H3,
@@ -96,6 +98,15 @@ class ServerSession:
         self.state: dict[str, Any] = {}
         self._events = events
         self.closed = False
+        #: Realtime mode only: the uplink's jitter buffer, fed as datagrams arrive. Call
+        #: ``jitter_buffer.get(now)`` once per frame period for a steady stream of PCM, with
+        #: losses concealed (Opus: FEC, then PLC); ``None`` in reliable mode.
+        self.jitter_buffer: JitterBuffer | None = None
+        if started.uplink is UplinkMode.REALTIME:
+            codec = make_codec(started.codec, frame_ms=started.frame_ms)
+            self.jitter_buffer = JitterBuffer(
+                codec, JitterBufferConfig(frame_samples=codec.frame_samples, rate=codec.rate)
+            )
 
     @property
     def session_id(self) -> str:
@@ -245,6 +256,15 @@ class _ServerConnection:
         if isinstance(event, HelloReceived):
             self._accept(event.hello)
         elif self.session is not None:
+            jitter = self.session.jitter_buffer
+            if jitter is not None and isinstance(event, AudioReceived):
+                frame = event.frame
+                jitter.put(
+                    sequence=frame.seq & 0xFFFF,
+                    timestamp=frame.timestamp,
+                    payload=frame.payload,
+                    now=asyncio.get_running_loop().time(),
+                )
             self.events.put_nowait(event)
 
     def _accept(self, hello: Hello) -> None:

@@ -296,3 +296,55 @@ def test_plain_http3_get_status() -> None:
             assert status["sessions"] == 0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("garbage", "code"),
+    [
+        (b"\x05\xc1\xc1\xc1\xc1\xc1", 0x101),  # a length-5 message that is not msgpack
+        (b"\x80\x10\x00\x00", 0x101),  # a 1 MiB message announced
+        (b"\x03\x81\xa1t", 0x101),  # a map with no type
+    ],
+)
+def test_a_bad_peer_closes_only_its_own_session(garbage: bytes, code: int) -> None:
+    async def scenario() -> None:
+        async with running_server() as server:
+            host, port = server.address
+            async with (
+                connect(host, port, verify=False) as good,
+                connect(host, port, verify=False) as bad,
+            ):
+                streaming = asyncio.get_running_loop().create_task(stream(good, 40, 0.01))
+                bad._quic.send_stream_data(0, garbage)
+                bad._transmit()
+                closed = await next_of(bad, SessionClosed)
+                assert isinstance(closed, SessionClosed) and closed.error_code == code
+                await streaming
+                good.end_audio()
+                await next_of(good, TurnEnded)
+                assert await good.bye() == 40
+
+    asyncio.run(scenario())
+
+
+def test_realtime_uplink_feeds_the_jitter_buffer() -> None:
+    played: list[str] = []
+
+    async def listener(session: ServerSession) -> None:
+        jitter = session.jitter_buffer
+        assert jitter is not None
+        loop = asyncio.get_running_loop()
+        for _ in range(60):
+            await asyncio.sleep(0.02)
+            played.append(jitter.get(loop.time()).kind.value)
+
+    async def scenario() -> None:
+        async with running_server(listener) as server:
+            host, port = server.address
+            hello = Hello(uplink=UplinkMode.REALTIME)
+            async with connect(host, port, hello=hello, verify=False) as client:
+                await stream(client, 40)
+                await asyncio.sleep(0.4)
+
+    asyncio.run(scenario())
+    assert played.count("normal") + played.count("accelerated") >= 30
