@@ -11,10 +11,10 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import Any
 
+from aioquic import tls
 from aioquic._buffer import Buffer
 from aioquic.h3.connection import FrameType, H3Connection, H3Stream
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic import tls
 from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionId
 from aioquic.quic.packet import QuicHeader, pull_quic_header
 
