@@ -59,9 +59,10 @@ def check_aioquic_version() -> None:
         )
 
 
-#: How long a receiver may hold an ACK back hoping to bundle it with data: just under one
-#: 20 ms frame, and under the 25 ms max_ack_delay aioquic advertises (RFC 9000 §13.2.1).
-VOICE_ACK_DELAY = 0.018
+#: How long a receiver may hold an ACK back hoping to bundle it with data: longer than one
+#: 20 ms frame period, so the next frame carries it, and under the 25 ms max_ack_delay that
+#: aioquic advertises (RFC 9000 §13.2.1).
+VOICE_ACK_DELAY = 0.024
 
 
 class VoiceQuicConnection(QuicConnection):

@@ -138,6 +138,9 @@ async def run_call(options: CallOptions) -> dict[str, Any]:
                 {"from": m.from_address, "to": m.to_address, "gap_ms": round(m.gap_ms, 2)}
                 for m in stats.migrations
             ],
+            "packets_sent": stats.packets_sent,
+            "packets_received": stats.packets_received,
+            "jitter_ms": round(stats.jitter_ms, 3),
             "bytes_sent": stats.bytes_sent,
             "bytes_received": stats.bytes_received,
         }

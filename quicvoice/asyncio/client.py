@@ -105,13 +105,16 @@ class VoiceClient:
         self._sockets: list[_ClientSocket] = []
         self._active: _ClientSocket | None = None
         self._started: asyncio.Future[SessionStarted] = asyncio.get_running_loop().create_future()
-        self._bye: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._peer_bye: int | None = None
+        self._peer_bye_event = asyncio.Event()
         self._closed = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
         self._migrations: list[Migration] = []
         self._ping_id = 0
+        self._packets_sent = 0
+        self._packets_received = 0
         self.playout: PlayoutBuffer | None = None
         #: The session as the server accepted it, once started.
         self.session: SessionStarted | None = None
@@ -161,6 +164,7 @@ class VoiceClient:
     # -- I/O -----------------------------------------------------------------------------
 
     def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self._packets_received += 1
         self._quic.receive_datagram(data, addr, now)
         self._process_events(now)
         self._transmit()
@@ -191,15 +195,15 @@ class VoiceClient:
             if playout is not None:
                 playout.cancel(event.turn_id)
         elif isinstance(event, ByeReceived):
-            if not self._bye.done():
-                self._bye.set_result(event.uplink_frames)
+            self._peer_bye = event.uplink_frames
+            self._peer_bye_event.set()
         elif isinstance(event, SessionClosed):
             self._closed.set()
-            for waiter in (self._started, self._bye):
-                if not waiter.done():
-                    waiter.set_exception(
-                        ConnectionError(f"session closed: {event.reason or event.error_code}")
-                    )
+            self._peer_bye_event.set()
+            if not self._started.done():
+                self._started.set_exception(
+                    ConnectionError(f"session closed: {event.reason or event.error_code}")
+                )
         self._events.put_nowait(event)
 
     def _transmit_soon(self) -> None:
@@ -213,6 +217,7 @@ class VoiceClient:
         if active is None or active.transport is None:
             return
         for data, addr in self._quic.datagrams_to_send(now=loop.time()):
+            self._packets_sent += 1
             active.transport.sendto(data, addr)
         timer_at = self._quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
@@ -291,7 +296,10 @@ class VoiceClient:
         """Say goodbye; return how many uplink frames the server says it received."""
         self._voice.send_bye()
         self._transmit_soon()
-        return await asyncio.wait_for(asyncio.shield(self._bye), timeout)
+        await asyncio.wait_for(self._peer_bye_event.wait(), timeout)
+        if self._peer_bye is None:
+            raise ConnectionError("the session closed before the server said goodbye")
+        return self._peer_bye
 
     async def migrate(
         self, local_address: str | Address, *, new_connection_id: bool = True, timeout: float = 3.0
@@ -344,7 +352,12 @@ class VoiceClient:
                 playout_buffer_frames=playout.buffered_frames,
                 concealed_samples=playout.concealed_samples,
             )
-        return replace(stats, migrations=tuple(self._migrations))
+        return replace(
+            stats,
+            migrations=tuple(self._migrations),
+            packets_sent=self._packets_sent,
+            packets_received=self._packets_received,
+        )
 
 
 def _codec_rate(codec: str) -> int:

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -193,6 +194,8 @@ class _ServerConnection:
         self.peer_address: Address | None = None
         self._last_receive = 0.0
         self._migrations: list[Migration] = []
+        self._packets_received = 0
+        self._packets_sent = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
@@ -207,6 +210,7 @@ class _ServerConnection:
 
     def receive(self, data: bytes, address: Address, via_forwarder: bool, now: float) -> None:
         self.via_forwarder = via_forwarder
+        self._packets_received += 1
         self.quic.receive_datagram(data, address, now)
         peer = self.quic.get_peer_address()
         if peer is not None:
@@ -299,8 +303,12 @@ class _ServerConnection:
             session.close(ErrorCode.INTERNAL_ERROR, "the server application failed")
 
     def stats(self) -> SessionStats:
-        base = self.voice_connection().stats()
-        return _with_migrations(base, self._migrations)
+        return replace(
+            self.voice_connection().stats(),
+            migrations=tuple(self._migrations),
+            packets_sent=self._packets_sent,
+            packets_received=self._packets_received,
+        )
 
     def transmit_soon(self) -> None:
         if self._transmit_handle is None:
@@ -312,6 +320,7 @@ class _ServerConnection:
         send = self.server.send
         forwarder = self.server.config.forwarder if self.via_forwarder else None
         for data, address in self.quic.datagrams_to_send(now=loop.time()):
+            self._packets_sent += 1
             if forwarder is not None:
                 send(wrap((address[0], address[1]), data), forwarder)
             else:
@@ -338,12 +347,6 @@ class _ServerConnection:
             self._timer.cancel()
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
-
-
-def _with_migrations(stats: SessionStats, migrations: list[Migration]) -> SessionStats:
-    from dataclasses import replace
-
-    return replace(stats, migrations=tuple(migrations))
 
 
 class VoiceServer:

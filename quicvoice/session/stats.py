@@ -124,3 +124,6 @@ class SessionStats:
     #: Payload octets sent and received (audio and control).
     bytes_sent: int = 0
     bytes_received: int = 0
+    #: UDP datagrams sent and received on this connection (filled in by the I/O shell).
+    packets_sent: int = 0
+    packets_received: int = 0

@@ -10,6 +10,7 @@ import pytest
 from quicvoice.asyncio.client import VoiceClient, connect
 from quicvoice.asyncio.server import ServerSession
 from quicvoice.session.events import (
+    AudioReceived,
     SessionClosed,
     TurnEnded,
     TurnStarted,
@@ -348,3 +349,33 @@ def test_realtime_uplink_feeds_the_jitter_buffer() -> None:
 
     asyncio.run(scenario())
     assert played.count("normal") + played.count("accelerated") >= 30
+
+
+def test_an_echoed_frame_costs_one_packet_each_way() -> None:
+    """ACKs ride in audio packets: without bundling aioquic sends two packets per frame."""
+    server_stats: list[object] = []
+
+    async def echo(session: ServerSession) -> None:
+        turn = session.start_turn()
+        async for event in session:
+            if isinstance(event, AudioReceived):
+                session.send_turn_audio(turn, event.frame.payload, event.frame.timestamp)
+                if event.frame.seq == 49:
+                    server_stats.append(session.stats())
+
+    async def scenario() -> None:
+        async with running_server(echo) as server:
+            host, port = server.address
+            async with connect(host, port, verify=False) as client:
+                before = client.stats()
+                await stream(client, 50)
+                await asyncio.sleep(0.1)
+                after = client.stats()
+                sent = after.packets_sent - before.packets_sent
+                received = after.packets_received - before.packets_received
+                assert after.downlink_frames_received == 50
+                assert sent <= 50 * 1.2, sent
+                assert received <= 50 * 1.2, received
+
+    asyncio.run(scenario())
+    assert server_stats
