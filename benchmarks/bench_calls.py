@@ -42,14 +42,18 @@ async def serve_quicvoice(port: int) -> None:
     from quicvoice.asyncio.config import BackendConfig
     from quicvoice.asyncio.server import ServerSession, VoiceServer
     from quicvoice.quiclb import LoadBalancerConfig
-    from quicvoice.session.events import AudioReceived, SessionClosed
+    from quicvoice.session.events import SessionClosed
+    from quicvoice.session.wire import MediaFrame
 
     async def echo(session: ServerSession) -> None:
         turn = session.start_turn()
+
+        def on_audio(frame: MediaFrame) -> None:
+            session.send_turn_audio(turn, frame.payload, frame.timestamp)
+
+        session.on_audio = on_audio
         async for event in session:
-            if isinstance(event, AudioReceived):
-                session.send_turn_audio(turn, event.frame.payload, event.frame.timestamp)
-            elif isinstance(event, SessionClosed):
+            if isinstance(event, SessionClosed):
                 return
 
     config = BackendConfig(

@@ -43,6 +43,7 @@ from ..session.transport import (
     VoiceTransport,
     WebTransportTransport,
 )
+from .timer import ConnectionTimer
 from .udp import bind_udp_socket
 
 Address = tuple[str, int]
@@ -108,8 +109,7 @@ class VoiceClient:
         self._peer_bye: int | None = None
         self._peer_bye_event = asyncio.Event()
         self._closed = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = ConnectionTimer(self._quic, self._on_timer)
         self._transmit_handle: asyncio.Handle | None = None
         self._migrations: list[Migration] = []
         self._ping_id = 0
@@ -152,8 +152,7 @@ class VoiceClient:
         if not self._closed.is_set():
             self._quic.close()
             self._transmit()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
         for sock in self._sockets:
@@ -219,19 +218,9 @@ class VoiceClient:
         for data, addr in self._quic.datagrams_to_send(now=loop.time()):
             self._packets_sent += 1
             active.transport.sendto(data, addr)
-        timer_at = self._quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = loop.call_at(timer_at, self._on_timer)
-        self._timer_at = timer_at
+        self._timer.update()
 
-    def _on_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = max(self._timer_at or 0.0, loop.time())
-        self._timer = None
-        self._timer_at = None
+    def _on_timer(self, now: float) -> None:
         self._quic.handle_timer(now)
         self._process_events(now)
         self._transmit()

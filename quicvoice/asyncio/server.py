@@ -54,7 +54,9 @@ from ..session.transport import (
     VoiceTransport,
     WebTransportTransport,
 )
+from ..session.wire import MediaFrame
 from .config import BackendConfig
+from .timer import ConnectionTimer
 from .udp import open_udp_endpoint
 
 logger = logging.getLogger("quicvoice.server")
@@ -99,6 +101,10 @@ class ServerSession:
         self.state: dict[str, Any] = {}
         self._events = events
         self.closed = False
+        #: When set, uplink frames go to this callback as they arrive, in the endpoint's own
+        #: call stack, instead of through ``receive()``: no task switch per frame, for
+        #: handlers that process audio synchronously (the benchmark's echo, a VAD).
+        self.on_audio: Callable[[MediaFrame], None] | None = None
         #: Realtime mode only: the uplink's jitter buffer, fed as datagrams arrive. Call
         #: ``jitter_buffer.get(now)`` once per frame period for a steady stream of PCM, with
         #: losses concealed (Opus: FEC, then PLC); ``None`` in reliable mode.
@@ -196,8 +202,7 @@ class _ServerConnection:
         self._migrations: list[Migration] = []
         self._packets_received = 0
         self._packets_sent = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = ConnectionTimer(quic, self._on_timer)
         self._transmit_handle: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
         #: Voice events for the session's handler.
@@ -269,6 +274,9 @@ class _ServerConnection:
                     payload=frame.payload,
                     now=asyncio.get_running_loop().time(),
                 )
+            if isinstance(event, AudioReceived) and self.session.on_audio is not None:
+                self.session.on_audio(event.frame)
+                return
             self.events.put_nowait(event)
 
     def _accept(self, hello: Hello) -> None:
@@ -325,26 +333,15 @@ class _ServerConnection:
                 send(wrap((address[0], address[1]), data), forwarder)
             else:
                 send(data, (address[0], address[1]))
-        timer_at = self.quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = loop.call_at(timer_at, self._on_timer)
-        self._timer_at = timer_at
+        self._timer.update()
 
-    def _on_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = max(self._timer_at or 0.0, loop.time())
-        self._timer = None
-        self._timer_at = None
+    def _on_timer(self, now: float) -> None:
         self.quic.handle_timer(now)
         self.process_events(now)
         self.transmit()
 
     def cancel_timers(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
 
