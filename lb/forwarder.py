@@ -1,0 +1,464 @@
+"""The forwarder's I/O shell: sockets, processes, signals; every decision is the Router's.
+
+Process layout::
+
+    supervisor (quicvoice-lb)         parses the config, binds the sockets, serves /metrics,
+     |                                 validates and relays SIGHUP, restarts dead pumps
+     +- worker 0: uplink pump          VIP socket -> Router.route_from_client -> backend socket
+     |            downlink pump        backend socket -> Router.route_from_backend -> VIP socket
+     +- worker 1: ... (--workers N: N pairs of sockets on the same ports, SO_REUSEPORT)
+
+Each pump is a plain blocking ``recvfrom``/``sendto`` loop in its own process: one system call
+in and one out per datagram, no event loop and no lock shared with the other direction (the
+field notes measured asyncio at 5x the cost of such a loop). The two pumps of a worker share
+its two sockets, inherited across ``fork``: the downlink pump sends from the VIP socket, the
+uplink pump from the backend socket, so backends answer to ``backend_listen``.
+
+A pump reloads on SIGHUP between two datagrams (the next datagram sees the new Router; the
+socket and its queue are untouched, so nothing is dropped) and exits on SIGTERM or SIGINT,
+or when its supervisor is gone (PR_SET_PDEATHSIG, and a parent check when idle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from quicvoice.errors import ConfigurationError
+
+from .config import Address, ForwarderConfig, format_address, load_config
+from .log import JsonLogger
+from .metrics import MetricsServer, read_snapshots, write_snapshot
+from .router import Counters, DropReason, Forward, MetricSample, Reply, Router, Send
+
+#: Larger than any UDP payload: a datagram is never truncated.
+RECV_BUFFER_LEN = 65536
+#: Socket buffers asked for (the kernel may cap them at net.core.[rw]mem_max).
+SOCKET_BUFFER_LEN = 4 * 1024 * 1024
+#: How long a pump blocks in ``recvfrom`` before it looks after itself (SO_RCVTIMEO).
+IDLE_TIMEOUT = 0.25
+#: Counters reach the supervisor about this often (seconds).
+SNAPSHOT_INTERVAL = 1.0
+#: A busy pump looks at the clock once per this many datagrams (a power of two).
+CLOCK_CHECK_PACKETS = 1024
+#: A pump that dies sooner than this after starting is restarted only after this long.
+RESTART_BACKOFF = 1.0
+#: How long the supervisor waits for pumps to exit on SIGTERM before it kills them.
+STOP_GRACE = 2.0
+#: Between relaying SIGHUP to the downlink pumps and to the uplink pumps (seconds): a backend
+#: that a reload adds is trusted on the way back before the first datagram goes to it.
+RELOAD_STAGGER = 0.05
+SUPERVISOR_TICK = 0.1
+#: Linux prctl(2) option: signal to receive when the parent dies.
+PR_SET_PDEATHSIG = 1
+#: Log at most this many unexpected errors per pump, then one in ERROR_LOG_EVERY.
+ERROR_LOG_BURST = 10
+ERROR_LOG_EVERY = 10_000
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+UPLINK = "uplink"
+DOWNLINK = "downlink"
+
+
+class _Stopped(BaseException):
+    """Raised by the SIGTERM/SIGINT handler to leave a blocking loop at once."""
+
+
+def open_socket(address: Address) -> socket.socket:
+    """A UDP socket bound to ``address`` with SO_REUSEPORT and large buffers, blocking.
+
+    SO_RCVTIMEO makes ``recvfrom`` return EAGAIN after ``IDLE_TIMEOUT`` while Python still
+    sees a blocking socket (a Python-level timeout would add a poll() per datagram).
+    """
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        for option, forced in (
+            (socket.SO_RCVBUF, getattr(socket, "SO_RCVBUFFORCE", None)),
+            (socket.SO_SNDBUF, getattr(socket, "SO_SNDBUFFORCE", None)),
+        ):
+            try:
+                if forced is None:
+                    raise PermissionError
+                sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER_LEN)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_LEN)
+        seconds = int(IDLE_TIMEOUT)
+        timeval = struct.pack("@ll", seconds, int((IDLE_TIMEOUT - seconds) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (best effort elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+class Pump:
+    """One direction of one worker: receive, ask the Router, send. Runs in its own process."""
+
+    def __init__(
+        self,
+        *,
+        direction: str,
+        worker: int,
+        config_path: Path,
+        config: ForwarderConfig,
+        vip: socket.socket,
+        backend: socket.socket,
+        snapshot: Path,
+        parent_pid: int,
+        logger: JsonLogger,
+    ) -> None:
+        if direction not in (UPLINK, DOWNLINK):
+            raise ValueError(f"direction must be {UPLINK!r} or {DOWNLINK!r}")
+        self.direction = direction
+        self.worker = worker
+        self.config_path = config_path
+        self.counters = Counters()
+        self.router = Router(config, self.counters)
+        self.logger = logger.bind(pump=direction, worker=worker)
+        self._vip = vip
+        self._backend = backend
+        self._snapshot = snapshot
+        self._parent_pid = parent_pid
+        self._next_snapshot = 0.0
+        self._errors = 0
+        self._reload_pending = False
+        #: The routing call of the hot loop: the router's own method, or, right after a
+        #: SIGHUP, a trampoline that reloads first (so the loop tests no flag per datagram).
+        self.route: Callable[[bytes, Any], object] = self._router_method()
+
+    def _router_method(self) -> Callable[[bytes, Any], object]:
+        if self.direction == UPLINK:
+            return self.router.route_from_client
+        return self.router.route_from_backend
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT or until the supervisor is gone."""
+        _set_parent_death_signal()
+        signal.signal(signal.SIGHUP, self._on_sighup)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        self.logger.info("pump_started", pid=os.getpid())
+        try:
+            if os.getppid() != self._parent_pid:
+                return
+            if self.direction == UPLINK:
+                self._uplink_loop()
+            else:
+                self._downlink_loop()
+        except _Stopped:
+            pass
+        finally:
+            with contextlib.suppress(_Stopped):
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                self.flush()
+                self.logger.info("pump_stopped", pid=os.getpid())
+
+    def _uplink_loop(self) -> None:
+        recvfrom = self._vip.recvfrom
+        to_backend = self._backend.sendto
+        to_client = self._vip.sendto
+        mask = CLOCK_CHECK_PACKETS - 1
+        count = 0
+        while True:
+            try:
+                datagram, client = recvfrom(RECV_BUFFER_LEN)
+            except BlockingIOError:
+                self._idle()
+                continue
+            except OSError as error:
+                self._unexpected("recv_failed", error)
+                continue
+            try:
+                decision = self.route(datagram, client)
+                if type(decision) is Forward:
+                    to_backend(decision[1], decision[0])
+                elif type(decision) is Reply:
+                    to_client(decision[1], decision[0])
+            except OSError:
+                self.counters.uplink_drops[DropReason.SEND_ERROR] += 1
+            except Exception as error:  # a bug must cost one datagram, never the forwarder
+                self._unexpected("route_failed", error)
+            count += 1
+            if not count & mask:
+                self._tick()
+
+    def _downlink_loop(self) -> None:
+        recvfrom = self._backend.recvfrom
+        to_client = self._vip.sendto
+        mask = CLOCK_CHECK_PACKETS - 1
+        count = 0
+        while True:
+            try:
+                datagram, source = recvfrom(RECV_BUFFER_LEN)
+            except BlockingIOError:
+                self._idle()
+                continue
+            except OSError as error:
+                self._unexpected("recv_failed", error)
+                continue
+            try:
+                decision = self.route(datagram, source)
+                if type(decision) is Send:
+                    to_client(decision[1], decision[0])
+            except OSError:
+                self.counters.downlink_drops[DropReason.SEND_ERROR] += 1
+            except Exception as error:  # a bug must cost one datagram, never the forwarder
+                self._unexpected("route_failed", error)
+            count += 1
+            if not count & mask:
+                self._tick()
+
+    def _tick(self) -> None:
+        if time.monotonic() >= self._next_snapshot:
+            self.flush()
+
+    def _idle(self) -> None:
+        if self._reload_pending:
+            self.reload()
+        if os.getppid() != self._parent_pid:
+            self.logger.warning("supervisor_gone")
+            raise _Stopped
+        self._tick()
+
+    def flush(self) -> None:
+        """Publish this pump's counters for the supervisor's metrics endpoint."""
+        self._next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+        try:
+            write_snapshot(self._snapshot, self.counters.samples())
+        except OSError as error:
+            self._unexpected("snapshot_failed", error)
+
+    def reload(self) -> None:
+        """Read the configuration file again; keep the old Router if it is invalid."""
+        self._reload_pending = False
+        try:
+            config = load_config(self.config_path)
+        except ConfigurationError as error:
+            self.logger.error("reload_failed", error=str(error))
+            config = None
+        if config is not None:
+            old = self.router.config
+            for key in ("listen", "backend_listen"):
+                if getattr(config, key) != getattr(old, key):
+                    self.logger.warning("reload_ignores_key", key=key, reason="restart to rebind")
+            self.router = Router(config, self.counters)
+            self.logger.info(
+                "reloaded",
+                backends=len(config.backends),
+                healthy=self.router.healthy_backends,
+            )
+        self.route = self._router_method()
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_pending = True
+        direct = self._router_method()
+
+        def reload_then_route(datagram: bytes, address: Any) -> object:
+            self.reload()
+            return self.route(datagram, address)
+
+        if self.route == direct:
+            self.route = reload_then_route
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        raise _Stopped
+
+    def _unexpected(self, event: str, error: BaseException) -> None:
+        self._errors += 1
+        if self._errors <= ERROR_LOG_BURST or not self._errors % ERROR_LOG_EVERY:
+            self.logger.error(event, error=repr(error), count=self._errors)
+
+
+def _run_pump(kwargs: dict[str, Any]) -> None:
+    Pump(**kwargs).run()
+
+
+class Supervisor:
+    """Starts ``workers`` pairs of pumps, relays signals, serves metrics, restarts dead pumps."""
+
+    def __init__(
+        self, config_path: Path, config: ForwarderConfig, workers: int, logger: JsonLogger
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.config_path = config_path
+        self.config = config
+        self.workers = workers
+        self.logger = logger.bind(role="supervisor")
+        self._context = multiprocessing.get_context("fork")
+        self._run_dir = Path(tempfile.mkdtemp(prefix="quicvoice-lb-"))
+        self._sockets: list[tuple[socket.socket, socket.socket]] = []
+        self._pumps: dict[tuple[int, str], BaseProcess] = {}
+        self._started: dict[tuple[int, str], float] = {}
+        self._stopping = False
+        self._reload_requested = False
+        self._reloads = {"ok": 0, "error": 0}
+        self._restarts = 0
+        self._metrics: MetricsServer | None = None
+
+    def collect(self) -> list[MetricSample]:
+        """Every pump's latest counters plus the supervisor's own."""
+        samples = read_snapshots(self._run_dir)
+        samples.append(("quicvoice_lb_workers", (), self.workers))
+        samples.append(("quicvoice_lb_pump_restarts_total", (), self._restarts))
+        for result, count in self._reloads.items():
+            samples.append(("quicvoice_lb_config_reloads_total", (("result", result),), count))
+        return samples
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit status."""
+        try:
+            self._bind()
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+            try:
+                for worker in range(self.workers):
+                    for direction in (DOWNLINK, UPLINK):
+                        self._start(worker, direction)
+                signal.signal(signal.SIGHUP, self._on_sighup)
+                signal.signal(signal.SIGTERM, self._on_stop)
+                signal.signal(signal.SIGINT, self._on_stop)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            if self.config.metrics is not None:
+                self._metrics = MetricsServer(self.config.metrics, self.collect)
+                self._metrics.start()
+                self.logger.info("metrics_listening", address=format_address(self._metrics.address))
+            self.logger.info(
+                "forwarding",
+                listen=format_address(self.config.listen),
+                backend_listen=format_address(self.config.backend_listen),
+                workers=self.workers,
+                backends=len(self.config.backends),
+                pid=os.getpid(),
+            )
+            while not self._stopping:
+                time.sleep(SUPERVISOR_TICK)
+                if self._reload_requested:
+                    self._reload()
+                self._reap()
+            return 0
+        finally:
+            self._shutdown()
+
+    def _bind(self) -> None:
+        for _ in range(self.workers):
+            vip = backend = None
+            try:
+                vip = open_socket(self.config.listen)
+                backend = open_socket(self.config.backend_listen)
+            except OSError as error:
+                for sock in (vip, backend):
+                    if sock is not None:
+                        sock.close()
+                key = "listen" if vip is None else "backend_listen"
+                address = getattr(self.config, key)
+                raise ConfigurationError(
+                    f"{key}: cannot bind {format_address(address)}: {error.strerror or error}"
+                ) from None
+            self._sockets.append((vip, backend))
+
+    def _start(self, worker: int, direction: str) -> None:
+        vip, backend = self._sockets[worker]
+        kwargs = {
+            "direction": direction,
+            "worker": worker,
+            "config_path": self.config_path,
+            "config": self.config,
+            "vip": vip,
+            "backend": backend,
+            "snapshot": self._run_dir / f"worker{worker}-{direction}.json",
+            "parent_pid": os.getpid(),
+            "logger": self.logger.bind(role="pump"),
+        }
+        process = self._context.Process(
+            target=_run_pump, args=(kwargs,), name=f"quicvoice-lb {direction} {worker}"
+        )
+        process.start()
+        self._pumps[(worker, direction)] = process
+        self._started[(worker, direction)] = time.monotonic()
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for key, process in list(self._pumps.items()):
+            if process.is_alive() or self._stopping:
+                continue
+            if now - self._started[key] < RESTART_BACKOFF:
+                continue  # it died young: wait before trying again
+            self.logger.error("pump_died", worker=key[0], pump=key[1], exit_code=process.exitcode)
+            process.join(0)
+            self._restarts += 1
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+            try:
+                self._start(*key)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+
+    def _reload(self) -> None:
+        self._reload_requested = False
+        try:
+            config = load_config(self.config_path)
+        except ConfigurationError as error:
+            self._reloads["error"] += 1
+            self.logger.error("reload_refused", error=str(error))
+            return
+        self._reloads["ok"] += 1
+        for key in ("listen", "backend_listen", "metrics"):
+            if getattr(config, key) != getattr(self.config, key):
+                self.logger.warning("reload_ignores_key", key=key, reason="restart to rebind")
+        self.config = config
+        for direction in (DOWNLINK, UPLINK):
+            for (_, pump_direction), process in self._pumps.items():
+                if pump_direction == direction and process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
+            if direction == DOWNLINK:
+                time.sleep(RELOAD_STAGGER)
+        self.logger.info("reload_relayed", backends=len(config.backends))
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        for process in self._pumps.values():
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for process in self._pumps.values():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+        if self._metrics is not None:
+            self._metrics.close()
+        for pair in self._sockets:
+            for sock in pair:
+                sock.close()
+        shutil.rmtree(self._run_dir, ignore_errors=True)
+        self.logger.info("stopped")
