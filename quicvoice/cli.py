@@ -90,18 +90,21 @@ def _serve(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    server_id = None
+    if args.server_id is not None:
+        try:
+            server_id = bytes.fromhex(args.server_id)
+        except ValueError:
+            raise ConfigurationError(f"--server-id: {args.server_id!r} is not hex") from None
     if args.config:
-        config = BackendConfig.load(args.config)
+        config = BackendConfig.load(args.config, server_id=server_id, listen=args.listen)
     else:
         # Standalone: single-pass QUIC-LB CIDs under a key of this process only.
         config = BackendConfig(configs=(LoadBalancerConfig(0, 4, 12, os.urandom(16)),))
-    if args.listen is not None:
-        config = replace(config, listen=args.listen)
-    if args.server_id is not None:
-        try:
-            config = replace(config, server_id=bytes.fromhex(args.server_id))
-        except ValueError:
-            raise ConfigurationError(f"--server-id: {args.server_id!r} is not hex") from None
+        if args.listen is not None:
+            config = replace(config, listen=args.listen)
+        if server_id is not None:
+            config = replace(config, server_id=server_id)
 
     async def serve() -> None:
         server = VoiceServer(config, demo_agent)

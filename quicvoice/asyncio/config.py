@@ -1,7 +1,10 @@
 """The backend's configuration (``quicvoice serve --config backend.toml``).
 
-The file may be the forwarder's own: the forwarder's keys are accepted and ignored here, and
-both read the same ``[[configs]]`` tables and ``reset_key``::
+The file may be the forwarder's own (``examples/lb.toml``): both read the same
+``[[configs]]`` tables and ``reset_key``. In such a file (it has ``[[backends]]``) the top-level
+``listen`` is the forwarder's VIP, so a backend finds its own address in the ``[[backends]]``
+entry with its ``server_id`` (given with ``--server-id``), sends its replies to the
+forwarder's ``backend_listen``, and ignores the other forwarder keys. A backend-only file::
 
     listen = "127.0.0.1:4434"
     server_id = "0a000001"          # hex, server_id_len octets of every config
@@ -34,6 +37,8 @@ from ..quiclb import LoadBalancerConfig
 BACKEND_KEYS = frozenset(
     {"listen", "server_id", "configs", "reset_key", "forwarder", "certificate", "private_key"}
 )
+#: Keys of the forwarder's that a shared file uses to place this backend.
+SHARED_KEYS = frozenset({"backends", "backend_listen"})
 #: Keys the forwarder reads that the backend ignores, so one file can serve both.
 IGNORED_KEYS = FORWARDER_KEYS - BACKEND_KEYS
 MIN_RESET_KEY_LEN = 16
@@ -88,20 +93,39 @@ class BackendConfig:
             )
 
     @classmethod
-    def from_mapping(cls, table: Mapping[str, Any], base: Path | None = None) -> BackendConfig:
-        """Build a configuration from a parsed TOML document; errors name the key."""
+    def from_mapping(
+        cls,
+        table: Mapping[str, Any],
+        base: Path | None = None,
+        *,
+        server_id: bytes | None = None,
+        listen: Address | None = None,
+    ) -> BackendConfig:
+        """Build a configuration from a parsed TOML document; errors name the key.
+
+        ``server_id`` and ``listen`` (the command line's) win over the file's.
+        """
         for name in table:
             if name not in BACKEND_KEYS and name not in IGNORED_KEYS:
                 raise ConfigurationError(
                     f"{name}: unknown key (backend keys: {', '.join(sorted(BACKEND_KEYS))})"
                 )
         arguments: dict[str, Any] = {}
-        if "listen" in table:
-            arguments["listen"] = parse_address(table["listen"], "listen")
-        if "server_id" in table:
-            arguments["server_id"] = _hex(table["server_id"], "server_id")
-            if not arguments["server_id"]:
+        if server_id is None and "server_id" in table:
+            server_id = _hex(table["server_id"], "server_id")
+        if server_id is not None:
+            if not server_id:
                 raise ConfigurationError("server_id: must not be empty")
+            arguments["server_id"] = server_id
+        shared = "backends" in table
+        if listen is not None:
+            arguments["listen"] = listen
+        elif shared:
+            arguments["listen"] = _own_address(table, server_id)
+        elif "listen" in table:
+            arguments["listen"] = parse_address(table["listen"], "listen")
+        if shared and "forwarder" not in table and "backend_listen" in table:
+            arguments["forwarder"] = parse_address(table["backend_listen"], "backend_listen")
         configs = table.get("configs", [])
         if not isinstance(configs, list):
             raise ConfigurationError("configs: must be an array of tables [[configs]]")
@@ -125,8 +149,10 @@ class BackendConfig:
         return cls(**arguments)
 
     @classmethod
-    def load(cls, path: str | Path) -> BackendConfig:
-        """Read and validate a TOML file."""
+    def load(
+        cls, path: str | Path, *, server_id: bytes | None = None, listen: Address | None = None
+    ) -> BackendConfig:
+        """Read and validate a TOML file; ``server_id`` and ``listen`` override it."""
         path = Path(path)
         try:
             document = tomllib.loads(path.read_text())
@@ -134,4 +160,24 @@ class BackendConfig:
             raise ConfigurationError(f"{path}: cannot read: {error.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigurationError(f"{path}: not valid TOML: {error}") from None
-        return cls.from_mapping(document, base=path.parent)
+        return cls.from_mapping(document, base=path.parent, server_id=server_id, listen=listen)
+
+
+def _own_address(table: Mapping[str, Any], server_id: bytes | None) -> Address:
+    """This backend's address from the ``[[backends]]`` entry with its server ID."""
+    if server_id is None:
+        raise ConfigurationError(
+            "server_id: this is a forwarder file ([[backends]]); say which backend this is "
+            "with --server-id"
+        )
+    backends = table["backends"]
+    if not isinstance(backends, list):
+        raise ConfigurationError("backends: must be an array of tables [[backends]]")
+    for index, entry in enumerate(backends):
+        if not isinstance(entry, Mapping):
+            raise ConfigurationError(f"backends[{index}]: must be a table")
+        if isinstance(entry.get("server_id"), str) and _hex(
+            entry["server_id"], f"backends[{index}].server_id"
+        ) == server_id:
+            return parse_address(entry.get("address"), f"backends[{index}].address")
+    raise ConfigurationError(f"server_id: {server_id.hex()} is not in [[backends]]")

@@ -17,7 +17,7 @@ from quicvoice.session.events import (
 )
 from quicvoice.session.messages import Hello, UplinkMode
 
-from .voice_harness import FRAME, LB_CONFIG, SERVER_ID, running_server
+from .voice_harness import FRAME, LB_CONFIG, SERVER_ID, http3_get_status, running_server
 
 pytestmark = pytest.mark.integration
 MODES = [False, True]
@@ -237,67 +237,13 @@ def test_stateless_reset_for_an_unknown_cid_of_this_deployment() -> None:
 
 
 def test_plain_http3_get_status() -> None:
-    from aioquic.h3.connection import H3Connection
-    from aioquic.h3.events import DataReceived, HeadersReceived
-    from aioquic.quic.configuration import QuicConfiguration
-    from aioquic.quic.connection import QuicConnection
-
     async def scenario() -> None:
         async with running_server() as server:
-            host, port = server.address
-            quic = QuicConnection(
-                configuration=QuicConfiguration(
-                    is_client=True, alpn_protocols=["h3"], verify_mode=0
-                )
-            )
-            h3 = H3Connection(quic)
-            loop = asyncio.get_running_loop()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind(("127.0.0.1", 0))
-            sock.setblocking(False)
-            quic.connect((host, port), loop.time())
-            body = b""
-            sent = False
-            for _ in range(200):
-                for data, addr in quic.datagrams_to_send(loop.time()):
-                    sock.sendto(data, addr)
-                try:
-                    data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 0.05)
-                    quic.receive_datagram(data, (host, port), loop.time())
-                except TimeoutError:
-                    quic.handle_timer(loop.time())
-                event = quic.next_event()
-                while event is not None:
-                    for h3_event in h3.handle_event(event):
-                        if isinstance(h3_event, DataReceived):
-                            body += h3_event.data
-                        elif isinstance(h3_event, HeadersReceived):
-                            assert dict(h3_event.headers)[b":status"] == b"200"
-                    if event.__class__.__name__ == "HandshakeCompleted" and not sent:
-                        stream_id = quic.get_next_available_stream_id()
-                        h3.send_headers(
-                            stream_id,
-                            [
-                                (b":method", b"GET"),
-                                (b":scheme", b"https"),
-                                (b":authority", b"localhost"),
-                                (b":path", b"/"),
-                            ],
-                            end_stream=True,
-                        )
-                        sent = True
-                    event = quic.next_event()
-                if body.endswith(b"}"):
-                    break
-            sock.close()
-            import json
-
-            status = json.loads(body)
+            status = await http3_get_status(*server.address)
             assert status["server_id"] == SERVER_ID.hex()
             assert status["sessions"] == 0
 
     asyncio.run(scenario())
-
 
 @pytest.mark.parametrize(
     ("garbage", "code"),
