@@ -1,0 +1,57 @@
+"""Session state that survives the network and the backend (specs/store.md).
+
+``open_store(url)`` gives a ``SessionStore``: ``memory://`` (default) or ``redis://HOST:PORT/DB``.
+``redis`` is imported only when a Redis store is opened; ``quicvoice.store.tickets`` (aioquic's
+ticket callbacks) is imported on demand by the I/O shell.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    MAX_STATE_LEN,
+    CorruptRecordError,
+    SessionRecord,
+    SessionStore,
+    StaleWriteError,
+    StoreStatistics,
+    StoreUnavailableError,
+)
+from .checkpoint import (
+    AsyncCheckpointer,
+    CheckpointConflicted,
+    Checkpointer,
+    CheckpointEvent,
+    CheckpointFailed,
+    CheckpointStatistics,
+    CheckpointWritten,
+)
+from .codec import pack_state, unpack_state
+from .config import DEFAULT_URL, StoreConfig, open_store
+from .memory import MemoryStore
+from .tokens import RefusalReason, ResumeRefused, ResumeTokenIssuer
+
+__all__ = [
+    "DEFAULT_URL",
+    "MAX_STATE_LEN",
+    "AsyncCheckpointer",
+    "CheckpointConflicted",
+    "CheckpointEvent",
+    "CheckpointFailed",
+    "CheckpointStatistics",
+    "CheckpointWritten",
+    "Checkpointer",
+    "CorruptRecordError",
+    "MemoryStore",
+    "RefusalReason",
+    "ResumeRefused",
+    "ResumeTokenIssuer",
+    "SessionRecord",
+    "SessionStore",
+    "StaleWriteError",
+    "StoreConfig",
+    "StoreStatistics",
+    "StoreUnavailableError",
+    "open_store",
+    "pack_state",
+    "unpack_state",
+]

@@ -1,0 +1,241 @@
+"""The Redis session store (``redis://``), on redis-py's asyncio client.
+
+The only module that imports ``redis``; ``open_store`` imports it when a ``redis://`` URL is
+opened. Keys (``P`` is the configured prefix, specs/store.md):
+
+    P s:<session_id>    hash  v = version (decimal), d = record envelope (codec.py); PEXPIRE
+    P t:<label hex>     string, an encoded TLS session ticket; PX
+
+A save is one Lua script (atomic on the server): compare ``v`` with the expected version, then
+write both fields and the expiry. Every call is bounded by ``timeout``; redis-py's own retries are
+off, so a slow or dead Redis gives ``StoreUnavailableError`` within that bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from quicvoice.errors import StoreError
+
+from .base import (
+    MAX_TICKET_LEN,
+    CorruptRecordError,
+    SessionRecord,
+    StaleWriteError,
+    StoreStatistics,
+    StoreUnavailableError,
+    check_for_save,
+    check_session_id,
+    check_ticket_label,
+    check_ttl,
+)
+from .codec import decode_record, encode_record
+from .config import StoreConfig
+
+#: Most pooled connections to Redis per store.
+MAX_CONNECTIONS = 32
+
+#: Compare-and-set. KEYS[1] record key; ARGV: expected version, new version, envelope, TTL ms.
+#: Returns {1, new} on success, {0, actual} when stale, {-1, ""} when the key holds garbage.
+#: Versions are compared as decimal strings, so no Lua number precision is involved.
+CAS_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], 'v')
+if not current then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, ''} end
+  current = '0'
+end
+if current ~= ARGV[1] then return {0, current} end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {1, ARGV[2]}
+"""
+
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class _Counters:
+    operations: int = 0
+    errors: int = 0
+    stale_writes: int = 0
+    corrupt: int = 0
+
+
+class RedisStore:
+    """A ``SessionStore`` in Redis, shared by every backend that names the same Redis."""
+
+    def __init__(self, config: StoreConfig, *, clock: Callable[[], float] = time.time) -> None:
+        if config.kind != "redis":
+            raise ValueError("RedisStore needs a redis:// configuration")
+        self._config = config
+        self._clock = clock
+        self._timeout = config.timeout
+        self._prefix = config.prefix.encode("utf-8")
+        self._client = aioredis.Redis(
+            host=config.host,
+            port=config.port,
+            db=config.db,
+            username=config.username,
+            password=config.password,
+            socket_timeout=config.timeout,
+            socket_connect_timeout=config.timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            max_connections=MAX_CONNECTIONS,
+            decode_responses=False,
+        )
+        self._cas = self._client.register_script(CAS_SCRIPT)
+        self._counters = _Counters()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._config!r})"
+
+    async def load(self, session_id: str) -> SessionRecord | None:
+        """The session's current record, or ``None`` if there is none or it has expired."""
+        check_session_id(session_id)
+        fields = await self._call(self._client.hmget(self._record_key(session_id), "v", "d"))
+        if not isinstance(fields, list | tuple) or len(fields) != 2:
+            raise self._corrupt(f"session {session_id!r}: unexpected reply to HMGET")
+        raw_version, envelope = fields
+        if raw_version is None and envelope is None:
+            return None
+        version = self._parse_version(raw_version, session_id)
+        try:
+            record = decode_record(envelope, session_id)
+        except CorruptRecordError:
+            self._counters.errors += 1
+            self._counters.corrupt += 1
+            raise
+        if record.version != version:
+            raise self._corrupt(f"session {session_id!r}: version field disagrees with record")
+        if record.expires_at <= self._clock():
+            return None
+        return record
+
+    async def save(self, record: SessionRecord, expected_version: int) -> SessionRecord:
+        """Compare-and-set ``record`` against ``expected_version`` (see ``SessionStore.save``)."""
+        now = self._clock()
+        check_for_save(record, expected_version, now)
+        ttl_ms = max(1, math.ceil((record.expires_at - now) * 1000))
+        reply = await self._call(
+            self._cas(
+                keys=[self._record_key(record.session_id)],
+                args=[
+                    str(expected_version),
+                    str(record.version),
+                    encode_record(record),
+                    str(ttl_ms),
+                ],
+            )
+        )
+        if not isinstance(reply, list | tuple) or len(reply) != 2 or type(reply[0]) is not int:
+            raise self._corrupt(f"session {record.session_id!r}: unexpected reply to the CAS")
+        outcome, detail = reply
+        if outcome == 1:
+            return record
+        if outcome == 0:
+            actual = self._parse_version(detail, record.session_id)
+            self._counters.stale_writes += 1
+            raise StaleWriteError(record.session_id, expected_version, actual)
+        raise self._corrupt(f"session {record.session_id!r}: the key holds no valid record")
+
+    async def delete(self, session_id: str) -> bool:
+        """Remove the session's record; ``True`` if there was one."""
+        check_session_id(session_id)
+        removed = await self._call(self._client.delete(self._record_key(session_id)))
+        return bool(removed)
+
+    async def put_ticket(self, label: bytes, ticket: bytes, ttl: float) -> None:
+        """Keep ``ticket`` under ``label`` for ``ttl`` seconds."""
+        check_ticket_label(label)
+        check_ttl(ttl)
+        if not isinstance(ticket, bytes):
+            raise TypeError("ticket must be bytes")
+        if len(ticket) > MAX_TICKET_LEN:
+            self._counters.operations += 1
+            self._counters.errors += 1
+            raise StoreError(f"ticket of {len(ticket)} octets exceeds {MAX_TICKET_LEN}")
+        ttl_ms = max(1, math.ceil(ttl * 1000))
+        await self._call(self._client.set(self._ticket_key(label), ticket, px=ttl_ms))
+
+    async def take_ticket(self, label: bytes) -> bytes | None:
+        """Remove and return the ticket under ``label`` (GETDEL: one taker wins), or ``None``."""
+        check_ticket_label(label)
+        value = await self._call(self._client.getdel(self._ticket_key(label)))
+        if value is None:
+            return None
+        if not isinstance(value, bytes) or len(value) > MAX_TICKET_LEN:
+            raise self._corrupt("ticket entry is not a bounded byte string")
+        return value
+
+    def statistics(self) -> StoreStatistics:
+        """Counters since the store was opened."""
+        return StoreStatistics(
+            operations=self._counters.operations,
+            errors=self._counters.errors,
+            stale_writes=self._counters.stale_writes,
+            corrupt=self._counters.corrupt,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._client.aclose()
+        except (RedisError, OSError, TimeoutError):
+            pass
+
+    def _record_key(self, session_id: str) -> bytes:
+        return self._prefix + b"s:" + session_id.encode("utf-8")
+
+    def _ticket_key(self, label: bytes) -> bytes:
+        return self._prefix + b"t:" + label.hex().encode("ascii")
+
+    async def _call(self, command: Awaitable[_T]) -> _T:
+        """Run one Redis command under the timeout, turning every failure into ``StoreError``."""
+        self._counters.operations += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await command
+        except TimeoutError as exc:
+            self._counters.errors += 1
+            raise StoreUnavailableError(
+                f"redis at {self._config.host}:{self._config.port} did not answer within "
+                f"{self._timeout} s"
+            ) from exc
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._counters.errors += 1
+            raise StoreUnavailableError(
+                f"redis at {self._config.host}:{self._config.port} unavailable: {exc}"
+            ) from exc
+        except ResponseError as exc:
+            self._counters.errors += 1
+            if "WRONGTYPE" in str(exc):
+                self._counters.corrupt += 1
+                raise CorruptRecordError(f"redis key holds the wrong type: {exc}") from exc
+            raise StoreError(f"redis refused the command: {exc}") from exc
+        except RedisError as exc:
+            self._counters.errors += 1
+            raise StoreError(f"redis failed: {exc}") from exc
+
+    def _parse_version(self, raw: Any, session_id: str) -> int:
+        if isinstance(raw, bytes) and 0 < len(raw) <= 19 and raw.isdigit():
+            return int(raw)
+        raise self._corrupt(f"session {session_id!r}: version field is not a decimal number")
+
+    def _corrupt(self, message: str) -> CorruptRecordError:
+        self._counters.errors += 1
+        self._counters.corrupt += 1
+        return CorruptRecordError(message)
