@@ -25,6 +25,7 @@ from .session.events import (
     TurnCancelled,
     UplinkEnded,
 )
+from .session.messages import UplinkMode
 from .session.wire import MediaFrame
 
 logger = logging.getLogger("quicvoice.agent")
@@ -65,6 +66,7 @@ def handle_order(session: ServerSession, name: str, data: Any) -> None:
         index = data.get("index") if isinstance(data, dict) else None
         if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(cart):
             cart.pop(index)
+    session.checkpoint()
     session.send_event("order.cart", {"items": list(cart)})
 
 
@@ -84,6 +86,8 @@ async def demo_agent(session: ServerSession, speedup: float = DEFAULT_SPEEDUP) -
     frame_seconds = session.started.frame_ms / 1000
     heard: list[MediaFrame] = []
     speaking: asyncio.Task[None] | None = None
+    realtime = session.started.uplink is UplinkMode.REALTIME
+    uplink_ended = bye_asked = False
 
     def answer() -> None:
         nonlocal heard, speaking
@@ -102,12 +106,18 @@ async def demo_agent(session: ServerSession, speedup: float = DEFAULT_SPEEDUP) -
             elif event.name == "utterance.end":
                 answer()
         elif isinstance(event, UplinkEnded):
+            uplink_ended = True
             answer()
         elif isinstance(event, ByeReceived):
+            bye_asked = True
+        if bye_asked and (uplink_ended or realtime):
+            # The uplink and control streams are not ordered with each other: the count in
+            # our goodbye must include every frame sent before the client's.
             if speaking is not None:
                 await speaking
             session.send_bye()
-        elif isinstance(event, TurnCancelled):
+            bye_asked = False
+        if isinstance(event, TurnCancelled):
             logger.info("session %s: turn %d cancelled", session.session_id, event.turn_id)
         elif isinstance(event, SessionClosed):
             break

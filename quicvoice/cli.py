@@ -42,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="backend TOML file (the forwarder's file works too)")
     serve.add_argument("--listen", type=_address, help="HOST:PORT, overrides the config")
     serve.add_argument("--server-id", help="hex server ID, overrides the config")
+    serve.add_argument(
+        "--web",
+        type=_address,
+        metavar="HOST:PORT",
+        help="also serve the browser demo page over HTTP here",
+    )
+    serve.add_argument(
+        "--public-address",
+        type=_address,
+        metavar="HOST:PORT",
+        help="the address browsers reach for WebTransport (the forwarder's VIP; default: listen)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
     call = commands.add_parser("call", help="place a call: stream audio, print a JSON report")
@@ -127,8 +139,16 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if not config.configs:
             logging.warning("no [[configs]]: connection IDs are unroutable (0b111)")
+        web = None
+        if args.web is not None:
+            from .asyncio.web import start_web
+
+            web = await start_web(server, args.web, public_address=args.public_address)
+            print(json.dumps({"web": f"http://{web.address[0]}:{web.address[1]}/"}), flush=True)
         await stop.wait()
-        server.close()
+        if web is not None:
+            web.close()
+        await server.aclose()
 
     asyncio.run(serve())
     return 0

@@ -36,6 +36,8 @@ PRIVATE_NAMES = {
         "_datagrams_pending",
         "_ack_delay",
         "_spaces",
+        "_peer_cid",
+        "_peer_cid_available",
     ),
     "QuicPacketRecovery": ("_rtt_initialized", "_rtt_latest", "_rtt_smoothed", "_rtt_min"),
     "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
@@ -219,3 +221,29 @@ def drop_oldest_datagrams(quic: QuicConnection, count: int) -> int:
 def parse_header(data: bytes, cid_length: int) -> QuicHeader:
     """Parse the header of a datagram's first packet; raise ``ValueError`` when malformed."""
     return pull_quic_header(Buffer(data=data), host_cid_length=cid_length)
+
+
+def stream_send_offsets(quic: QuicConnection, stream_id: int) -> tuple[int, int]:
+    """Return (acknowledged, written) stream offsets of what we sent on ``stream_id``.
+
+    Everything before the first offset has been acknowledged by the peer; the second is the
+    offset after the last octet written. The client keeps uplink frames between the two so
+    that it can send them again if the connection dies.
+    """
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0, 0
+    sender = stream.sender
+    return int(sender._buffer_start), int(sender._buffer_stop)
+
+
+def peer_reset_tokens(quic: QuicConnection) -> set[bytes]:
+    """Return the stateless-reset tokens the peer gave for the CIDs we may send to.
+
+    aioquic 1.7 never checks incoming datagrams against them (RFC 9000 §10.3.1), so a client
+    would sit out the idle timeout after its backend is gone; the client checks itself.
+    """
+    tokens = {quic._peer_cid.stateless_reset_token}
+    tokens.update(cid.stateless_reset_token for cid in quic._peer_cid_available)
+    tokens.discard(b"")
+    return {token for token in tokens if token}

@@ -4,36 +4,51 @@ The client owns its UDP sockets, so it can move the connection to another local 
 mid-call (``migrate``): it binds a new socket, switches to a fresh connection ID from the
 server's pool (RFC 9000 §9.5), sends from the new socket at once, and keeps the old one open
 for about one RTT so that nothing already in flight towards it is lost (make-before-break).
+
+When the connection itself dies (its backend is gone: a stateless reset, or nothing heard for
+``liveness_timeout`` while sending), the client reconnects to the same address and resumes the
+session with the token from ``welcome``. Uplink frames the dead connection never got
+acknowledged, and those captured during the gap, are kept and sent on the new connection, so
+no speech is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from aioquic.quic.configuration import QuicConfiguration
 
 from lb.config import format_address
 
-from ..quic import VoiceQuicConnection, check_aioquic_version
+from ..quic import (
+    VoiceQuicConnection,
+    check_aioquic_version,
+    peer_reset_tokens,
+    stream_send_offsets,
+)
+from ..session.codes import ErrorCode
 from ..session.connection import SessionLimits, VoiceConnection
 from ..session.events import (
     AudioReceived,
     ByeReceived,
     EventReceived,
     SessionClosed,
+    SessionResumed,
     SessionStarted,
     TurnCancelled,
     TurnEnded,
     TurnStarted,
     VoiceEvent,
 )
-from ..session.messages import Hello
+from ..session.messages import Hello, UplinkMode
 from ..session.playout import PlayoutBuffer
 from ..session.stats import Migration, SessionStats
 from ..session.transport import (
@@ -46,9 +61,22 @@ from ..session.transport import (
 from .timer import ConnectionTimer
 from .udp import bind_udp_socket
 
+logger = logging.getLogger("quicvoice.client")
+
 Address = tuple[str, int]
 #: How long the old socket stays open after a migration, at least (make-before-break).
 MIN_OLD_PATH_LINGER = 0.05
+#: Uplink frames kept for resending after a reconnection: 60 s of 20 ms frames.
+MAX_KEPT_FRAMES = 3000
+#: Pause between reconnection attempts, doubling up to the maximum.
+RECONNECT_BACKOFF = 0.05
+RECONNECT_BACKOFF_MAX = 1.0
+#: A reconnection attempt waits this many RTTs (of the lost connection) for ``welcome``, at
+#: least the minimum: an attempt whose first flight went to the dead backend (the forwarder
+#: may not know yet) is abandoned quickly, and the next one hashes elsewhere.
+ATTEMPT_RTTS = 8
+MIN_ATTEMPT_TIMEOUT = 0.3
+LIVENESS_CHECK_INTERVAL = 0.05
 
 
 class _ClientSocket(asyncio.DatagramProtocol):
@@ -81,6 +109,156 @@ class _ClientSocket(asyncio.DatagramProtocol):
             self.transport.close()
 
 
+@dataclass(frozen=True, slots=True)
+class _KeptFrame:
+    """An uplink frame kept until the server acknowledges it (or resent after a resume)."""
+
+    seq: int
+    timestamp: int
+    payload: bytes
+    #: Where the frame ends on the uplink stream; acknowledged once the peer's ACKs pass it.
+    stream_end: int
+
+
+class _Link:
+    """One QUIC connection of the call, its voice session and its sockets."""
+
+    def __init__(
+        self,
+        server: Address,
+        configuration: QuicConfiguration,
+        *,
+        webtransport: bool,
+        hello: Hello,
+        limits: SessionLimits | None,
+        authority: str,
+        on_event: Callable[[_Link, VoiceEvent], None],
+        on_reset: Callable[[_Link], None],
+    ) -> None:
+        self.server = server
+        self.quic = VoiceQuicConnection(configuration=configuration)
+        transport: VoiceTransport = (
+            WebTransportTransport(self.quic, authority=authority)
+            if webtransport
+            else RawQuicTransport(self.quic)
+        )
+        self.voice = VoiceConnection(transport, hello=hello, limits=limits)
+        self._on_event = on_event
+        self._on_reset = on_reset
+        self.sockets: list[_ClientSocket] = []
+        self.active: _ClientSocket | None = None
+        self.timer = ConnectionTimer(self.quic, self._on_timer)
+        self._transmit_handle: asyncio.Handle | None = None
+        self.started: asyncio.Future[SessionStarted] = asyncio.get_running_loop().create_future()
+        self.closed = False
+        self.packets_sent = 0
+        self.packets_received = 0
+        self.last_send = 0.0
+        self.last_receive = 0.0
+
+    async def open_socket(self, local_address: Address) -> _ClientSocket:
+        loop = asyncio.get_running_loop()
+        sock = bind_udp_socket(local_address)
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: _ClientSocket(self._on_datagram), sock=sock
+        )
+        self.sockets.append(protocol)
+        return protocol
+
+    async def start(self, local_address: Address) -> None:
+        self.active = await self.open_socket(local_address)
+        self.quic.connect(self.server, now=asyncio.get_running_loop().time())
+        self.transmit()
+
+    def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        if self.closed:
+            return
+        self.packets_received += 1
+        self.last_receive = now
+        if self._is_stateless_reset(data):
+            self._on_reset(self)
+            return
+        self.quic.receive_datagram(data, addr, now)
+        self.process_events(now)
+        self.transmit()
+
+    def _is_stateless_reset(self, data: bytes) -> bool:
+        # RFC 9000 §10.3.1: a short-header-looking datagram of at least 21 octets whose last
+        # 16 octets are a reset token the peer gave us.
+        if len(data) < 21 or data[0] & 0x80:
+            return False
+        return data[-16:] in peer_reset_tokens(self.quic)
+
+    def process_events(self, now: float) -> None:
+        event = self.quic.next_event()
+        while event is not None:
+            for voice_event in self.voice.handle_event(event, now):
+                if isinstance(voice_event, SessionStarted) and not self.started.done():
+                    self.started.set_result(voice_event)
+                elif isinstance(voice_event, SessionClosed) and not self.started.done():
+                    self.started.set_exception(
+                        ConnectionError(f"session refused: {voice_event.reason}")
+                    )
+                self._on_event(self, voice_event)
+            event = self.quic.next_event()
+
+    def transmit_soon(self) -> None:
+        if self._transmit_handle is None and not self.closed:
+            self._transmit_handle = asyncio.get_running_loop().call_soon(self.transmit)
+
+    def transmit(self) -> None:
+        self._transmit_handle = None
+        active = self.active
+        if self.closed or active is None or active.transport is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for data, addr in self.quic.datagrams_to_send(now=now):
+            self.packets_sent += 1
+            self.last_send = now
+            active.transport.sendto(data, addr)
+        self.timer.update()
+
+    def _on_timer(self, now: float) -> None:
+        self.quic.handle_timer(now)
+        self.process_events(now)
+        self.transmit()
+
+    def retire_socket(self, sock: _ClientSocket) -> None:
+        if sock is not self.active and sock in self.sockets:
+            sock.close()
+            self.sockets.remove(sock)
+
+    def close(self, *, say_goodbye: bool) -> None:
+        """Close the connection (with CONNECTION_CLOSE when ``say_goodbye``) and its sockets."""
+        if self.closed:
+            return
+        if say_goodbye:
+            self.quic.close()
+            self.transmit()
+        self.closed = True
+        self.timer.cancel()
+        if self._transmit_handle is not None:
+            self._transmit_handle.cancel()
+        for sock in self.sockets:
+            sock.close()
+        self.sockets.clear()
+        if not self.started.done():
+            self.started.cancel()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resumption:
+    """One reconnection that resumed the session, possibly on another backend."""
+
+    #: The backend (server ID, hex) before and after.
+    from_server: str
+    to_server: str
+    #: From the moment the old connection was declared dead to the new ``welcome``, ms.
+    gap_ms: float
+    #: Uplink frames sent again on the new connection (unacknowledged, or captured meanwhile).
+    frames_resent: int
+
+
 class VoiceClient:
     """A voice call from the client side. Create it with ``connect()``."""
 
@@ -93,52 +271,61 @@ class VoiceClient:
         hello: Hello,
         limits: SessionLimits | None,
         authority: str,
+        reconnect: bool,
+        liveness_timeout: float,
+        reconnect_timeout: float,
     ) -> None:
         self._server = server
-        self._quic = VoiceQuicConnection(configuration=configuration)
-        transport: VoiceTransport = (
-            WebTransportTransport(self._quic, authority=authority)
-            if webtransport
-            else RawQuicTransport(self._quic)
-        )
-        self._voice = VoiceConnection(transport, hello=hello, limits=limits)
+        self._configuration = configuration
+        self._webtransport = webtransport
+        self._hello = hello
+        self._limits = limits
+        self._authority = authority
+        self._reconnect = reconnect
+        self._liveness_timeout = liveness_timeout
+        self._reconnect_timeout = reconnect_timeout
+        self._link = self._new_link(hello)
         self._events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
-        self._sockets: list[_ClientSocket] = []
-        self._active: _ClientSocket | None = None
-        self._started: asyncio.Future[SessionStarted] = asyncio.get_running_loop().create_future()
         self._peer_bye: int | None = None
         self._peer_bye_event = asyncio.Event()
         self._closed = asyncio.Event()
-        self._timer = ConnectionTimer(self._quic, self._on_timer)
-        self._transmit_handle: asyncio.Handle | None = None
+        self._closing = False
         self._migrations: list[Migration] = []
+        self._resumptions: list[Resumption] = []
         self._ping_id = 0
         self._packets_sent = 0
         self._packets_received = 0
+        self._next_seq = 0
+        self._kept: deque[_KeptFrame] = deque()
+        self._frames_dropped = 0
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._liveness: asyncio.Task[None] | None = None
+        self._local_host = "0.0.0.0"
         self.playout: PlayoutBuffer | None = None
-        #: The session as the server accepted it, once started.
+        #: The session as the server accepted it (after a resume: the latest ``welcome``).
         self.session: SessionStarted | None = None
         self._samples_per_frame = 320
 
     # -- life cycle ----------------------------------------------------------------------
 
-    async def _open_socket(self, local_address: Address) -> _ClientSocket:
-        loop = asyncio.get_running_loop()
-        sock = bind_udp_socket(local_address)
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: _ClientSocket(self._on_datagram), sock=sock
+    def _new_link(self, hello: Hello) -> _Link:
+        return _Link(
+            self._server,
+            self._configuration,
+            webtransport=self._webtransport,
+            hello=hello,
+            limits=self._limits,
+            authority=self._authority,
+            on_event=self._on_link_event,
+            on_reset=self._on_link_reset,
         )
-        self._sockets.append(protocol)
-        return protocol
 
     async def open(self, local_address: Address, timeout: float) -> None:
         """Bind ``local_address``, handshake, and wait for the session (``connect()`` does this)."""
-        self._active = await self._open_socket(local_address)
-        loop = asyncio.get_running_loop()
-        self._quic.connect(self._server, now=loop.time())
-        self._transmit()
+        self._local_host = local_address[0]
+        await self._link.start(local_address)
         try:
-            self.session = await asyncio.wait_for(asyncio.shield(self._started), timeout)
+            self.session = await asyncio.wait_for(asyncio.shield(self._link.started), timeout)
         except TimeoutError:
             raise ConnectionError(
                 f"no voice session with {format_address(self._server)} within {timeout} s"
@@ -146,41 +333,42 @@ class VoiceClient:
         rate = _codec_rate(self.session.codec)
         self._samples_per_frame = rate * self.session.frame_ms // 1000
         self.playout = PlayoutBuffer(self._samples_per_frame)
+        if self._reconnect:
+            self._liveness = asyncio.get_running_loop().create_task(self._watch_liveness())
 
     async def close(self) -> None:
         """Close the connection and every socket."""
-        if not self._closed.is_set():
-            self._quic.close()
-            self._transmit()
-        self._timer.cancel()
-        if self._transmit_handle is not None:
-            self._transmit_handle.cancel()
-        for sock in self._sockets:
-            sock.close()
-        self._sockets.clear()
+        self._closing = True
+        for task in (self._liveness, self._reconnecting):
+            if task is not None:
+                task.cancel()
+        self._link.close(say_goodbye=True)
         self._closed.set()
 
-    # -- I/O -----------------------------------------------------------------------------
+    # -- events --------------------------------------------------------------------------
 
-    def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        self._packets_received += 1
-        self._quic.receive_datagram(data, addr, now)
-        self._process_events(now)
-        self._transmit()
-
-    def _process_events(self, now: float) -> None:
-        event = self._quic.next_event()
-        while event is not None:
-            for voice_event in self._voice.handle_event(event, now):
-                self._on_voice_event(voice_event)
-            event = self._quic.next_event()
-
-    def _on_voice_event(self, event: VoiceEvent) -> None:
-        playout = self.playout
-        if isinstance(event, SessionStarted):
-            if not self._started.done():
-                self._started.set_result(event)
+    def _on_link_event(self, link: _Link, event: VoiceEvent) -> None:
+        if link is not self._link:
             return
+        if isinstance(event, SessionStarted):
+            return  # open() and the reconnection take it from link.started
+        if isinstance(event, SessionClosed) and self._should_resume(event):
+            self._begin_reconnect(f"connection closed: {event.reason or event.error_code}")
+            return
+        self._deliver(event)
+
+    def _on_link_reset(self, link: _Link) -> None:
+        if link is self._link:
+            if self._should_resume(None):
+                self._begin_reconnect("stateless reset: the backend lost the connection")
+            else:
+                link.close(say_goodbye=False)
+                self._deliver(
+                    SessionClosed(error_code=ErrorCode.NO_ERROR, reason="stateless reset")
+                )
+
+    def _deliver(self, event: VoiceEvent) -> None:
+        playout = self.playout
         if isinstance(event, AudioReceived):
             if playout is not None and event.turn_id is not None:
                 playout.push(event.turn_id, event.frame.payload)
@@ -199,70 +387,184 @@ class VoiceClient:
         elif isinstance(event, SessionClosed):
             self._closed.set()
             self._peer_bye_event.set()
-            if not self._started.done():
-                self._started.set_exception(
-                    ConnectionError(f"session closed: {event.reason or event.error_code}")
-                )
         self._events.put_nowait(event)
 
-    def _transmit_soon(self) -> None:
-        if self._transmit_handle is None:
-            self._transmit_handle = asyncio.get_running_loop().call_soon(self._transmit)
+    def _should_resume(self, event: SessionClosed | None) -> bool:
+        """Resume after a reset or a silent death, never after the peer closed on purpose."""
+        transport_death = event is None or event.reason == "Idle timeout"
+        return (
+            transport_death
+            and self._reconnect
+            and not self._closing
+            and self.session is not None
+            and self.session.resume_token is not None
+        )
 
-    def _transmit(self) -> None:
-        self._transmit_handle = None
+    # -- reconnection --------------------------------------------------------------------
+
+    async def _watch_liveness(self) -> None:
+        """Declare the connection dead when we keep sending and hear nothing back."""
+        while True:
+            await asyncio.sleep(LIVENESS_CHECK_INTERVAL)
+            link = self._link
+            if self._reconnecting is not None or link.closed or link.last_receive == 0.0:
+                continue
+            silent = link.last_send - link.last_receive
+            if silent > self._liveness_timeout:
+                self._begin_reconnect(f"nothing heard for {silent:.2f} s while sending")
+
+    def _begin_reconnect(self, reason: str) -> None:
+        if self._reconnecting is None and not self._closing:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._resume(reason))
+
+    async def _resume(self, reason: str) -> None:
         loop = asyncio.get_running_loop()
-        active = self._active
-        if active is None or active.transport is None:
+        started_at = loop.time()
+        old = self._link
+        before = self.session
+        assert before is not None and before.resume_token is not None
+        self._prune_kept(old)
+        self._packets_sent += old.packets_sent
+        self._packets_received += old.packets_received
+        old.close(say_goodbye=False)
+        backoff = RECONNECT_BACKOFF
+        rtt = (old.voice.stats().rtt_smoothed_ms or 100.0) / 1000
+        attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, ATTEMPT_RTTS * rtt)
+        deadline = started_at + self._reconnect_timeout
+        token = before.resume_token
+        while loop.time() < deadline:
+            hello = replace(self._hello, codecs=(before.codec,), resume_token=token)
+            link = self._new_link(hello)
+            self._link = link
+            try:
+                await link.start((self._local_host, 0))
+                remaining = max(0.05, deadline - loop.time())
+                started = await asyncio.wait_for(
+                    asyncio.shield(link.started), min(remaining, attempt_timeout)
+                )
+            except (TimeoutError, ConnectionError, OSError, asyncio.CancelledError) as error:
+                refused = isinstance(error, ConnectionError) and "refused" in str(error)
+                logger.info("resume attempt failed: %r", error)
+                link.close(say_goodbye=False)
+                if refused:
+                    break
+                await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, RECONNECT_BACKOFF_MAX)
+                attempt_timeout = min(2 * attempt_timeout, RECONNECT_BACKOFF_MAX * 2)
+                continue
+            self.session = started
+            resent = self._resend_kept()
+            resumption = Resumption(
+                from_server=before.server_id,
+                to_server=started.server_id,
+                gap_ms=(loop.time() - started_at) * 1000,
+                frames_resent=resent,
+            )
+            self._resumptions.append(resumption)
+            self._reconnecting = None
+            self._deliver(
+                SessionResumed(
+                    session_id=started.session_id,
+                    server_id=started.server_id,
+                    gap_ms=resumption.gap_ms,
+                    reason=reason,
+                )
+            )
             return
-        for data, addr in self._quic.datagrams_to_send(now=loop.time()):
-            self._packets_sent += 1
-            active.transport.sendto(data, addr)
-        self._timer.update()
+        self._reconnecting = None
+        self._deliver(
+            SessionClosed(
+                error_code=ErrorCode.INTERNAL_ERROR,
+                reason=f"{reason}; could not resume the session",
+            )
+        )
 
-    def _on_timer(self, now: float) -> None:
-        self._quic.handle_timer(now)
-        self._process_events(now)
-        self._transmit()
+    def _prune_kept(self, link: _Link) -> None:
+        stream_id = link.voice.uplink_stream_id
+        if stream_id is None:
+            return
+        acked, _ = stream_send_offsets(link.quic, stream_id)
+        kept = self._kept
+        while kept and kept[0].stream_end <= acked:
+            kept.popleft()
+
+    def _resend_kept(self) -> int:
+        frames = list(self._kept)
+        self._kept.clear()
+        for frame in frames:
+            self._send_now(frame.seq, frame.timestamp, frame.payload)
+        return len(frames)
 
     # -- the call ------------------------------------------------------------------------
 
     @property
     def local_address(self) -> Address:
         """The local address audio is currently sent from."""
-        assert self._active is not None
-        return self._active.local_address
+        assert self._link.active is not None
+        return self._link.active.local_address
 
     @property
     def samples_per_frame(self) -> int:
         """Samples in one frame at the session's codec rate."""
         return self._samples_per_frame
 
+    @property
+    def resumptions(self) -> tuple[Resumption, ...]:
+        """Reconnections that resumed this session."""
+        return tuple(self._resumptions)
+
     def send_audio(self, payload: bytes, timestamp: int | None = None) -> int:
-        """Send one uplink frame; ``timestamp`` defaults to seq x samples per frame."""
-        loop = asyncio.get_running_loop()
-        seq = self._voice.stats().uplink_frames_sent
+        """Send one uplink frame; ``timestamp`` defaults to seq x samples per frame.
+
+        While the call is reconnecting the frame is kept (reliable mode) and sent after the
+        resume; in realtime mode it is dropped and counted.
+        """
+        seq = self._next_seq
+        self._next_seq = (seq + 1) % (1 << 32)
         if timestamp is None:
             timestamp = seq * self._samples_per_frame
-        sent = self._voice.send_audio(payload, timestamp, loop.time())
-        self._transmit_soon()
-        return sent
+        if self._reconnecting is not None:
+            if self.session is not None and self.session.uplink is UplinkMode.RELIABLE:
+                self._keep(_KeptFrame(seq, timestamp, payload, stream_end=0))
+            else:
+                self._frames_dropped += 1
+            return seq
+        self._send_now(seq, timestamp, payload)
+        return seq
+
+    def _send_now(self, seq: int, timestamp: int, payload: bytes) -> None:
+        link = self._link
+        loop = asyncio.get_running_loop()
+        link.voice.send_audio(payload, timestamp, loop.time(), seq=seq)
+        stream_id = link.voice.uplink_stream_id
+        if stream_id is not None:
+            _, written = stream_send_offsets(link.quic, stream_id)
+            self._keep(_KeptFrame(seq, timestamp, payload, stream_end=written))
+            if len(self._kept) % 32 == 0:
+                self._prune_kept(link)
+        link.transmit_soon()
+
+    def _keep(self, frame: _KeptFrame) -> None:
+        if len(self._kept) >= MAX_KEPT_FRAMES:
+            self._kept.popleft()
+            self._frames_dropped += 1
+        self._kept.append(frame)
 
     def end_audio(self) -> None:
         """Finish the reliable uplink: the server then knows every frame has arrived."""
-        self._voice.end_audio()
-        self._transmit_soon()
+        self._link.voice.end_audio()
+        self._link.transmit_soon()
 
     def send_event(self, name: str, data: Any = None) -> None:
         """Send an application event to the server."""
-        self._voice.send_event(name, data)
-        self._transmit_soon()
+        self._link.voice.send_event(name, data)
+        self._link.transmit_soon()
 
     def cancel_turn(self, turn_id: int) -> None:
         """Barge in: stop turn ``turn_id`` here at once and tell the server to stop sending it."""
-        for event in self._voice.cancel_turn(turn_id):
-            self._on_voice_event(event)
-        self._transmit_soon()
+        for event in self._link.voice.cancel_turn(turn_id):
+            self._deliver(event)
+        self._link.transmit_soon()
 
     async def receive(self) -> VoiceEvent:
         """Wait for the next event."""
@@ -281,10 +583,24 @@ class VoiceClient:
 
         return await asyncio.wait_for(wait(), timeout)
 
+    async def wait_resumed(self, timeout: float = 10.0) -> SessionResumed:
+        """Wait until the call has resumed after losing its connection."""
+
+        async def wait() -> SessionResumed:
+            while True:
+                event = await self._events.get()
+                if isinstance(event, SessionResumed):
+                    return event
+                if isinstance(event, SessionClosed):
+                    raise ConnectionError(f"session closed: {event.reason}")
+
+        return await asyncio.wait_for(wait(), timeout)
+
     async def bye(self, timeout: float = 5.0) -> int:
-        """Say goodbye; return how many uplink frames the server says it received."""
-        self._voice.send_bye()
-        self._transmit_soon()
+        """Finish the uplink and say goodbye; return how many uplink frames the server got."""
+        self._link.voice.end_audio()
+        self._link.voice.send_bye(uplink_frames=self._next_seq)
+        self._link.transmit_soon()
         await asyncio.wait_for(self._peer_bye_event.wait(), timeout)
         if self._peer_bye is None:
             raise ConnectionError("the session closed before the server said goodbye")
@@ -300,24 +616,26 @@ class VoiceClient:
         """
         if isinstance(local_address, str):
             local_address = (local_address, 0)
-        old = self._active
+        link = self._link
+        old = link.active
         assert old is not None
-        new = await self._open_socket(local_address)
+        new = await link.open_socket(local_address)
         loop = asyncio.get_running_loop()
         last_on_old = old.last_receive or loop.time()
-        self._active = new
+        link.active = new
+        self._local_host = local_address[0]
         if new_connection_id:
-            self._quic.change_connection_id()
+            link.quic.change_connection_id()
         # An ack-eliciting packet right away: the server answers on the new path at once.
         self._ping_id += 1
-        self._quic.send_ping(self._ping_id)
-        self._transmit()
+        link.quic.send_ping(self._ping_id)
+        link.transmit()
         try:
             first_on_new = await asyncio.wait_for(asyncio.shield(new.first_receive), timeout)
         except TimeoutError:
             raise ConnectionError(f"no answer on the new path within {timeout} s") from None
-        rtt = self._voice.stats().rtt_smoothed_ms or 0.0
-        loop.call_later(max(1.5 * rtt / 1000, MIN_OLD_PATH_LINGER), self._retire_socket, old)
+        rtt = link.voice.stats().rtt_smoothed_ms or 0.0
+        loop.call_later(max(1.5 * rtt / 1000, MIN_OLD_PATH_LINGER), link.retire_socket, old)
         migration = Migration(
             from_address=format_address(old.local_address),
             to_address=format_address(new.local_address),
@@ -326,14 +644,10 @@ class VoiceClient:
         self._migrations.append(migration)
         return migration
 
-    def _retire_socket(self, sock: _ClientSocket) -> None:
-        if sock is not self._active and sock in self._sockets:
-            sock.close()
-            self._sockets.remove(sock)
-
     def stats(self) -> SessionStats:
-        """A snapshot of the call's statistics."""
-        stats = self._voice.stats()
+        """A snapshot of the call's statistics (counters of the current connection)."""
+        link = self._link
+        stats = link.voice.stats()
         if self.playout is not None:
             playout = self.playout.stats()
             stats = replace(
@@ -343,9 +657,11 @@ class VoiceClient:
             )
         return replace(
             stats,
+            uplink_frames_sent=self._next_seq,
+            uplink_frames_dropped=stats.uplink_frames_dropped + self._frames_dropped,
             migrations=tuple(self._migrations),
-            packets_sent=self._packets_sent,
-            packets_received=self._packets_received,
+            packets_sent=self._packets_sent + link.packets_sent,
+            packets_received=self._packets_received + link.packets_received,
         )
 
 
@@ -368,11 +684,17 @@ async def connect(
     limits: SessionLimits | None = None,
     idle_timeout: float = 30.0,
     timeout: float = 5.0,
+    reconnect: bool = True,
+    liveness_timeout: float = 1.0,
+    reconnect_timeout: float = 10.0,
 ) -> AsyncIterator[VoiceClient]:
     """Open a voice call to ``host:port`` (an IP literal) and close it on exit.
 
     ``local_address`` is the local IP (or (IP, port)) to send from; ``verify=False`` accepts
     any certificate (development only); ``cafile`` trusts a specific CA or self-signed cert.
+    With ``reconnect`` the call resumes by itself when its connection dies: after a stateless
+    reset, or after ``liveness_timeout`` seconds of sending without hearing anything; it
+    gives up after ``reconnect_timeout`` seconds.
     """
     check_aioquic_version()
     ipaddress.ip_address(host)
@@ -398,6 +720,9 @@ async def connect(
         hello=hello or Hello(),
         limits=limits,
         authority=f"{server_name or host}:{port}",
+        reconnect=reconnect,
+        liveness_timeout=liveness_timeout,
+        reconnect_timeout=reconnect_timeout,
     )
     try:
         await client.open(local_address, timeout)

@@ -22,6 +22,8 @@ forwarder's ``backend_listen``, and ignores the other forwarder keys. A backend-
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import tomllib
 from collections.abc import Mapping
@@ -35,8 +37,24 @@ from ..errors import ConfigurationError
 from ..quiclb import LoadBalancerConfig
 
 BACKEND_KEYS = frozenset(
-    {"listen", "server_id", "configs", "reset_key", "forwarder", "certificate", "private_key"}
+    {
+        "listen",
+        "server_id",
+        "configs",
+        "reset_key",
+        "forwarder",
+        "certificate",
+        "private_key",
+        "session_store",
+        "session",
+    }
 )
+SESSION_KEYS = frozenset({"resume_key", "resume_key_id", "state_ttl", "token_ttl"})
+#: Derives the resume-token key from the shared reset key when none is configured, so a
+#: deployment that shares ``reset_key`` resumes across backends with no extra setting.
+RESUME_KEY_LABEL = b"quicvoice resume-token key v1"
+DEFAULT_STATE_TTL = 600.0
+DEFAULT_TOKEN_TTL = 3600.0
 #: Keys of the forwarder's that a shared file uses to place this backend.
 SHARED_KEYS = frozenset({"backends", "backend_listen"})
 #: Keys the forwarder reads that the backend ignores, so one file can serve both.
@@ -74,6 +92,24 @@ class BackendConfig:
     #: PEM certificate and key paths; ``None``: a self-signed ECDSA P-256 certificate.
     certificate: Path | None = None
     private_key: Path | None = None
+    #: Where session state lives: ``memory://`` (this process) or ``redis://HOST:PORT/DB``.
+    session_store: str = "memory://"
+    #: Key (>= 32 octets) signing resume tokens, shared by every backend; ``None``: derived
+    #: from ``reset_key``.
+    resume_key: bytes | None = field(default=None, repr=False)
+    #: The key's ID, carried in tokens so keys can rotate.
+    resume_key_id: int = 1
+    #: Seconds a session's state outlives its last checkpoint.
+    state_ttl: float = DEFAULT_STATE_TTL
+    #: Seconds a resume token stays valid.
+    token_ttl: float = DEFAULT_TOKEN_TTL
+
+    @property
+    def effective_resume_key(self) -> bytes:
+        """The resume-token key in force."""
+        if self.resume_key is not None:
+            return self.resume_key
+        return hmac.new(self.reset_key, RESUME_KEY_LABEL, hashlib.sha256).digest()
 
     def __post_init__(self) -> None:
         for index, config in enumerate(self.configs):
@@ -87,6 +123,15 @@ class BackendConfig:
             raise ConfigurationError("configs: a config id is defined twice")
         if len(self.reset_key) < MIN_RESET_KEY_LEN:
             raise ConfigurationError(f"reset_key: must be at least {MIN_RESET_KEY_LEN} octets")
+        if self.resume_key is not None and len(self.resume_key) < 32:
+            raise ConfigurationError("session.resume_key: must be at least 32 octets")
+        key_id = self.resume_key_id
+        if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 <= key_id <= 0xFFFF:
+            raise ConfigurationError("session.resume_key_id: must be 0..65535")
+        for name in ("state_ttl", "token_ttl"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value <= 30 * 86400):
+                raise ConfigurationError(f"session.{name}: must be 0 < seconds <= 30 days")
         if (self.certificate is None) != (self.private_key is None):
             raise ConfigurationError(
                 "certificate: give both certificate and private_key, or neither"
@@ -140,6 +185,27 @@ class BackendConfig:
             arguments["reset_key"] = _hex(table["reset_key"], "reset_key")
         if "forwarder" in table:
             arguments["forwarder"] = parse_address(table["forwarder"], "forwarder")
+        if "session_store" in table:
+            if not isinstance(table["session_store"], str):
+                raise ConfigurationError("session_store: must be a URL string")
+            arguments["session_store"] = table["session_store"]
+        session = table.get("session", {})
+        if not isinstance(session, Mapping):
+            raise ConfigurationError("session: must be a table [session]")
+        for name in session:
+            if name not in SESSION_KEYS:
+                expected = ", ".join(sorted(SESSION_KEYS))
+                raise ConfigurationError(
+                    f"session.{name}: unknown key (expected one of {expected})"
+                )
+        if "resume_key" in session:
+            arguments["resume_key"] = _hex(session["resume_key"], "session.resume_key")
+        for name in ("resume_key_id", "state_ttl", "token_ttl"):
+            if name in session:
+                value = session[name]
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ConfigurationError(f"session.{name}: must be a number")
+                arguments[name] = value
         for name in ("certificate", "private_key"):
             if name in table:
                 if not isinstance(table[name], str):
@@ -176,8 +242,9 @@ def _own_address(table: Mapping[str, Any], server_id: bytes | None) -> Address:
     for index, entry in enumerate(backends):
         if not isinstance(entry, Mapping):
             raise ConfigurationError(f"backends[{index}]: must be a table")
-        if isinstance(entry.get("server_id"), str) and _hex(
-            entry["server_id"], f"backends[{index}].server_id"
-        ) == server_id:
+        if (
+            isinstance(entry.get("server_id"), str)
+            and _hex(entry["server_id"], f"backends[{index}].server_id") == server_id
+        ):
             return parse_address(entry.get("address"), f"backends[{index}].address")
     raise ConfigurationError(f"server_id: {server_id.hex()} is not in [[backends]]")

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -33,10 +34,11 @@ from .. import __version__
 from ..audio.codecs import DEFAULT_CODECS, CodecSpec, make_codec, negotiate
 from ..audio.jitter import JitterBuffer, JitterBufferConfig
 from ..certificates import generate_certificate
+from ..errors import StoreError
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
 from ..session.codes import ErrorCode
-from ..session.connection import SessionLimits, VoiceConnection
+from ..session.connection import SessionLimits, State, VoiceConnection
 from ..session.events import (
     AudioReceived,
     HelloReceived,
@@ -55,6 +57,21 @@ from ..session.transport import (
     WebTransportTransport,
 )
 from ..session.wire import MediaFrame
+from ..store import (
+    AsyncCheckpointer,
+    CheckpointConflicted,
+    Checkpointer,
+    CheckpointEvent,
+    CheckpointFailed,
+    CheckpointStatistics,
+    RefusalReason,
+    ResumeRefused,
+    ResumeTokenIssuer,
+    SessionRecord,
+    open_store,
+    pack_state,
+    unpack_state,
+)
 from .config import BackendConfig
 from .timer import ConnectionTimer
 from .udp import open_udp_endpoint
@@ -91,14 +108,18 @@ class ServerSession:
         hello: Hello,
         started: SessionStarted,
         events: asyncio.Queue[VoiceEvent],
+        state: dict[str, Any] | None = None,
+        checkpointer: AsyncCheckpointer | None = None,
     ) -> None:
         self._connection = connection
         #: What the client asked for.
         self.hello = hello
-        #: The session as accepted.
+        #: The session as accepted (``started.resumed``: it continues an earlier connection).
         self.started = started
-        #: Application state, free for the handler to use.
-        self.state: dict[str, Any] = {}
+        #: Application state (msgpack-serialisable), restored on resume; persist it with
+        #: ``checkpoint()`` after each conversational event that changes it.
+        self.state: dict[str, Any] = state if state is not None else {}
+        self._checkpointer = checkpointer
         self._events = events
         self.closed = False
         #: When set, uplink frames go to this callback as they arrive, in the endpoint's own
@@ -186,6 +207,29 @@ class ServerSession:
         """A snapshot of the session's statistics."""
         return self._connection.stats()
 
+    def checkpoint(self) -> None:
+        """Save ``state`` to the session store soon (never blocks; the latest state wins).
+
+        Call it on conversational events (an order taken, a turn finished), not per frame.
+        Store failures are retried in the background and reported in ``checkpoint_stats()``.
+        """
+        if self._checkpointer is not None:
+            self._checkpointer.checkpoint(pack_state(self.state))
+
+    def checkpoint_stats(self) -> CheckpointStatistics | None:
+        """Counters of this session's checkpoints (writes, failures, conflicts)."""
+        return self._checkpointer.statistics() if self._checkpointer is not None else None
+
+    async def finish_checkpoints(self, timeout: float = 1.0) -> bool:
+        """Flush pending state to the store (bounded by ``timeout``) and stop checkpointing."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is None:
+            return True
+        try:
+            return await checkpointer.flush(timeout)
+        finally:
+            await checkpointer.aclose()
+
 
 class _ServerConnection:
     """One QUIC connection of the endpoint and the voice session on it."""
@@ -263,7 +307,7 @@ class _ServerConnection:
 
     def _on_voice_event(self, event: VoiceEvent) -> None:
         if isinstance(event, HelloReceived):
-            self._accept(event.hello)
+            self._task = asyncio.get_running_loop().create_task(self._accept(event.hello))
         elif self.session is not None:
             jitter = self.session.jitter_buffer
             if jitter is not None and isinstance(event, AudioReceived):
@@ -279,7 +323,7 @@ class _ServerConnection:
                 return
             self.events.put_nowait(event)
 
-    def _accept(self, hello: Hello) -> None:
+    async def _accept(self, hello: Hello) -> None:
         voice = self.voice_connection()
         offered = []
         for text in hello.codecs:
@@ -291,17 +335,48 @@ class _ServerConnection:
         if hello.version != 1 or codec is None:
             names = ", ".join(str(spec) for spec in SUPPORTED_CODECS)
             voice.reject(ErrorCode.UNSUPPORTED, f"supported codecs: {names}")
+            self.transmit_soon()
             return
+        owner = f"{self.server.config.server_id.hex()}/{id(self):x}"
+        record: SessionRecord | None = None
+        state: dict[str, Any] = {}
+        if hello.resume_token is not None:
+            try:
+                session_id, record, state = await self.server.resume(hello.resume_token, owner)
+            except ResumeRefused as refusal:
+                voice.reject(ErrorCode.RESUME_REFUSED, str(refusal))
+                self.transmit_soon()
+                return
+        else:
+            session_id = secrets.token_hex(8)
+        if voice.state is not State.NEGOTIATING:
+            return  # the connection closed while the store was asked
         welcome = Welcome(
-            session_id=secrets.token_hex(8),
+            session_id=session_id,
             codec=str(codec),
             frame_ms=hello.frame_ms,
             uplink=hello.uplink,
             server_id=self.server.config.server_id.hex(),
+            resumed=record is not None,
+            resume_token=self.server.resume_tokens.issue(session_id, time.time()),
         )
         started = voice.accept(welcome)
-        self.session = ServerSession(self, hello, started, self.events)
-        self._task = asyncio.get_running_loop().create_task(self._run_handler(self.session))
+        checkpointer = AsyncCheckpointer(
+            self.server.store,
+            Checkpointer(session_id, ttl=self.server.config.state_ttl, base=record, owner=owner),
+            on_event=self._on_checkpoint,
+        )
+        self.session = ServerSession(self, hello, started, self.events, state, checkpointer)
+        self.transmit_soon()
+        await self._run_handler(self.session)
+
+    def _on_checkpoint(self, event: CheckpointEvent) -> None:
+        if isinstance(event, CheckpointConflicted) and self.session is not None:
+            # The session was resumed on another connection (or backend): this one is stale.
+            logger.info("session %s: resumed elsewhere, closing", self.session.session_id)
+            self.session.close(ErrorCode.NO_ERROR, "session resumed elsewhere")
+        elif isinstance(event, CheckpointFailed):
+            logger.warning("session checkpoint failed: %s", event.error)
 
     async def _run_handler(self, session: ServerSession) -> None:
         try:
@@ -309,6 +384,8 @@ class _ServerConnection:
         except Exception:
             logger.exception("session %s: handler failed", session.session_id)
             session.close(ErrorCode.INTERNAL_ERROR, "the server application failed")
+        finally:
+            await session.finish_checkpoints()
 
     def stats(self) -> SessionStats:
         return replace(
@@ -369,6 +446,14 @@ class VoiceServer:
         if active is not None:
             self.cid_generator.rotate(active, config.server_id)
         self._decoder = LoadBalancerDecoder(config.configs)
+        #: Where session state is checkpointed (``config.session_store``).
+        self.store = open_store(config.session_store)
+        #: Issues and checks the resume tokens sent in ``welcome``.
+        self.resume_tokens = ResumeTokenIssuer(
+            {config.resume_key_id: config.effective_resume_key},
+            config.resume_key_id,
+            config.token_ttl,
+        )
         self.quic_configuration = QuicConfiguration(
             is_client=False,
             alpn_protocols=[ALPN_VOICE, ALPN_H3],
@@ -424,6 +509,36 @@ class VoiceServer:
         if self._transport is not None:
             self._transport.close()
 
+    async def aclose(self) -> None:
+        """``close()``, then release the session store."""
+        self.close()
+        await self.store.aclose()
+
+    async def resume(
+        self, token: bytes, owner: str
+    ) -> tuple[str, SessionRecord, dict[str, Any]]:
+        """Verify a resume token, load the session and claim it for ``owner``.
+
+        Raises ``ResumeRefused`` for a bad token, an unknown or expired session, or a store
+        that cannot be read; claiming bumps the record's version, so the connection that held
+        the session before sees its next checkpoint refused and closes.
+        """
+        session_id = self.resume_tokens.verify(token, time.time())
+        try:
+            record = await self.store.load(session_id)
+            if record is None:
+                raise ResumeRefused(RefusalReason.UNKNOWN_SESSION, "no state for this session")
+            state = unpack_state(record.state)
+            if not isinstance(state, dict):
+                raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, "stored state is not a map")
+            claimed = await self.store.save(
+                record.successor(owner=owner, expires_at=time.time() + self.config.state_ttl),
+                record.version,
+            )
+        except StoreError as error:
+            raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, str(error)) from None
+        return session_id, claimed, state
+
     def status(self) -> dict[str, Any]:
         """The JSON status served at ``GET /``."""
         sessions = {id(c) for c in self._connections.values() if c.session is not None}
@@ -441,8 +556,9 @@ class VoiceServer:
 
     def send(self, data: bytes, address: Address) -> None:
         """Send one datagram from the server's socket."""
-        if self._transport is not None:
-            self._transport.sendto(data, address)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.sendto(data, address)
 
     def register(self, cid: bytes, connection: _ServerConnection) -> None:
         """Route datagrams for ``cid`` to ``connection``."""

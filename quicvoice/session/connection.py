@@ -379,12 +379,25 @@ class VoiceConnection:
         self._transport.close(int(code), message)
         self.state = State.CLOSED
 
-    def send_audio(self, payload: bytes, timestamp: int, now: float) -> int:
-        """Client: send one uplink frame captured at ``timestamp`` (samples); return its seq."""
+    @property
+    def uplink_stream_id(self) -> int | None:
+        """Client, reliable mode: the ID of the open uplink stream."""
+        return self._uplink_stream_id
+
+    def send_audio(
+        self, payload: bytes, timestamp: int, now: float, seq: int | None = None
+    ) -> int:
+        """Client: send one uplink frame captured at ``timestamp`` (samples); return its seq.
+
+        ``seq`` numbers the frame explicitly (a resumed call continues its numbering);
+        by default frames are numbered from 0 on this connection.
+        """
         if not self.is_client or self.state is not State.ACTIVE or self.welcome is None:
             raise RuntimeError("send_audio() needs an active client session")
-        frame = MediaFrame(self._next_seq, timestamp % U32, payload)
-        self._next_seq = (self._next_seq + 1) % U32
+        if seq is None:
+            seq = self._next_seq
+        frame = MediaFrame(seq % U32, timestamp % U32, payload)
+        self._next_seq = (seq + 1) % U32
         if self.welcome.uplink is UplinkMode.RELIABLE:
             assert self._uplink_stream_id is not None
             self._send(self._uplink_stream_id, encode_frame(frame))

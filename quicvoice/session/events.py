@@ -44,6 +44,20 @@ class SessionStarted(VoiceEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionResumed(VoiceEvent):
+    """Client: the connection died and the session continues on a new one."""
+
+    #: The session's ID (unchanged).
+    session_id: str
+    #: The backend now serving it (hex server ID).
+    server_id: str
+    #: From the old connection being declared dead to the new ``welcome``, milliseconds.
+    gap_ms: float
+    #: Why the old connection was given up.
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AudioReceived(VoiceEvent):
     """A media frame arrived: uplink at the server, a turn's frame at the client."""
 

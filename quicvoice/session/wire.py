@@ -64,7 +64,7 @@ class MediaFrame:
     seq: int
     #: Capture time of the first sample, in samples at the session rate, wrapping at 2**32.
     timestamp: int
-    #: Codec payload (for L16: little-endian signed 16-bit samples).
+    #: Codec payload (for L16: big-endian signed 16-bit samples, RFC 3551).
     payload: bytes
 
 

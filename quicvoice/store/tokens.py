@@ -63,6 +63,10 @@ class RefusalReason(Enum):
     BAD_SIGNATURE = "bad signature"
     #: Authentic but past its expiry.
     EXPIRED = "expired"
+    #: Authentic, but the session's state is gone (expired or deleted in the store).
+    UNKNOWN_SESSION = "unknown session"
+    #: Authentic, but the session store could not be read or held garbage.
+    STATE_UNAVAILABLE = "state unavailable"
 
 
 class ResumeRefused(QuicVoiceError):

@@ -262,8 +262,8 @@ def test_a_bad_peer_closes_only_its_own_session(garbage: bytes, code: int) -> No
                 connect(host, port, verify=False) as bad,
             ):
                 streaming = asyncio.get_running_loop().create_task(stream(good, 40, 0.01))
-                bad._quic.send_stream_data(0, garbage)
-                bad._transmit()
+                bad._link.quic.send_stream_data(0, garbage)
+                bad._link.transmit()
                 closed = await next_of(bad, SessionClosed)
                 assert isinstance(closed, SessionClosed) and closed.error_code == code
                 await streaming

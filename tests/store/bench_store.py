@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from quicvoice.store import ResumeTokenIssuer, SessionRecord, SessionStore, open_store
 
-from .conftest import RedisServer, free_port
+from ..conftest import RedisServer, free_port
 
 
 async def timed(ops: int, op: Callable[[int], Awaitable[object]]) -> dict[str, float]:

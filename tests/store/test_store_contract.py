@@ -20,7 +20,8 @@ from quicvoice.store import (
     open_store,
 )
 
-from .conftest import FakeClock, RedisServer
+from ..conftest import RedisServer
+from .conftest import FakeClock
 
 KINDS = ["memory", "redis"]
 TTL = 60.0

@@ -20,7 +20,8 @@ from quicvoice.store import (
 )
 from quicvoice.store.codec import encode_record
 
-from .conftest import FakeClock, RedisServer
+from ..conftest import RedisServer
+from .conftest import FakeClock
 
 TIMEOUT = 0.3
 
@@ -124,7 +125,7 @@ def test_frozen_redis_times_out_within_the_bound(own_redis_server: RedisServer) 
 
 
 def test_nothing_listening_is_unavailable(clock: FakeClock) -> None:
-    from .conftest import free_port
+    from ..conftest import free_port
 
     async def main() -> None:
         store = open_store(f"redis://127.0.0.1:{free_port()}/0?timeout=0.2", clock=clock)

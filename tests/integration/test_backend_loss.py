@@ -1,0 +1,149 @@
+"""A call survives the loss of its backend: state in a real Redis, resume through the forwarder.
+
+Backends are ``VoiceServer``s in this event loop; "losing" one closes its socket and stops its
+timers without a word to anyone, as a crash would. The forwarder is a real process and Redis a
+real ``redis-server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from quicvoice.agent import handle_order
+from quicvoice.asyncio.client import connect
+from quicvoice.asyncio.server import ServerSession, VoiceServer
+from quicvoice.session.events import (
+    AudioReceived,
+    ByeReceived,
+    EventReceived,
+    SessionClosed,
+    SessionResumed,
+    UplinkEnded,
+)
+from quicvoice.session.messages import Hello
+
+from ..conftest import RedisServer
+from .deployment import Deployment, backends
+from .voice_harness import FRAME
+
+pytestmark = pytest.mark.integration
+
+A, B = "0a000001", "0a000002"
+FRAMES = 100
+
+
+def recording_agent(received: dict[str, list[int]]) -> object:
+    """Takes orders like the demo agent and records which uplink frames each backend got."""
+
+    async def agent(session: ServerSession) -> None:
+        home = session.started.server_id
+        uplink_ended = bye_asked = False
+        async for event in session:
+            if isinstance(event, AudioReceived):
+                received[home].append(event.frame.seq)
+            elif isinstance(event, EventReceived) and event.name.startswith("order."):
+                handle_order(session, event.name, event.data)
+            elif isinstance(event, UplinkEnded):
+                uplink_ended = True
+            elif isinstance(event, ByeReceived):
+                bye_asked = True
+            elif isinstance(event, SessionClosed):
+                return
+            # The uplink stream and the control stream are not ordered with each other:
+            # answer the goodbye once every frame has arrived.
+            if bye_asked and uplink_ended:
+                session.send_bye()
+                bye_asked = False
+
+    return agent
+
+
+def crash(server: VoiceServer) -> None:
+    """Stop answering at once, telling nobody: what a killed backend looks like."""
+    assert server._transport is not None
+    server._transport.close()
+    for connection in set(server._connections.values()):
+        connection.cancel_timers()
+
+
+@pytest.mark.parametrize("detection", ["stateless-reset", "liveness"])
+def test_the_cart_and_the_audio_survive_the_backend(
+    tmp_path: Path, redis_server: RedisServer, detection: str
+) -> None:
+    deployment = Deployment(
+        tmp_path, server_ids=[A, B], session_store=redis_server.unique_url(), down={B}
+    )
+    deployment.start_forwarder()
+    received: dict[str, list[int]] = defaultdict(list)
+
+    async def scenario() -> None:
+        async with backends(deployment, recording_agent(received)) as servers:  # type: ignore[arg-type]
+            async with connect(*deployment.vip, verify=False, liveness_timeout=0.5) as call:
+                assert call.session is not None and call.session.server_id == A
+                call.send_event("order.add", {"item": "large taro milk tea", "milk": "oat"})
+                await call.wait_event("order.cart")
+                loop = asyncio.get_running_loop()
+
+                async def speak() -> None:
+                    for _ in range(FRAMES):
+                        call.send_audio(FRAME)
+                        await asyncio.sleep(0.02)
+
+                speaking = loop.create_task(speak())
+                await asyncio.sleep(0.6)
+                crash(servers[A])
+                if detection == "stateless-reset":
+                    # The orchestrator notices and marks A down: the forwarder then answers
+                    # A's packets with stateless resets and sends new connections to B.
+                    deployment.write(down={A})
+                    deployment.reload()
+                else:
+                    # Nobody tells the forwarder: the client notices the silence itself, and
+                    # first flights keep landing on A until one lands on B.
+                    deployment.write(down=set())
+                    deployment.reload()
+                resumed = await call.wait_resumed(timeout=15)
+                assert isinstance(resumed, SessionResumed) and resumed.server_id == B
+                await speaking
+                call.send_event("order.list")
+                cart = await call.wait_event("order.cart")
+                assert cart.data == {"items": [{"item": "large taro milk tea", "milk": "oat"}]}
+                call.end_audio()
+                assert await call.bye(timeout=10) >= 1
+                assert call.resumptions[0].to_server == B
+                if detection == "stateless-reset":
+                    assert call.resumptions[0].gap_ms < 1000
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        deployment.stop()
+    assert set(received[A]) | set(received[B]) == set(range(FRAMES))
+    assert received[B], "the resumed call reached the second backend"
+
+
+def test_a_forged_or_foreign_token_is_refused(redis_server: RedisServer, tmp_path: Path) -> None:
+    deployment = Deployment(tmp_path, server_ids=[A], session_store=redis_server.unique_url())
+    deployment.start_forwarder()
+
+    async def scenario() -> None:
+        async with backends(deployment):
+            async with connect(*deployment.vip, verify=False) as call:
+                assert call.session is not None and call.session.resume_token is not None
+                token = call.session.resume_token
+            forged = token[:-1] + bytes([token[-1] ^ 1])
+            for bad in (forged, b"", b"\x01" * 80, token[:20]):
+                with pytest.raises(ConnectionError, match="refused"):
+                    async with connect(
+                        *deployment.vip, verify=False, hello=Hello(resume_token=bad)
+                    ):
+                        pass
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        deployment.stop()
