@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from aioquic.h3.connection import H3Connection
 from aioquic.h3.events import (
     DatagramReceived,
+    DataReceived,
     HeadersReceived,
     WebTransportStreamDataReceived,
 )
@@ -30,6 +31,7 @@ from aioquic.quic.events import (
 )
 
 from .. import quic as glue
+from .wire import read_varint
 
 #: ALPN of the raw-QUIC voice protocol.
 ALPN_VOICE = "quicvoice/1"
@@ -41,6 +43,28 @@ WEBTRANSPORT_PATH = "/voice"
 DATAGRAM_OVERHEAD = 44
 #: WebTransport datagrams carry the quarter stream ID first (up to 4 octets here).
 WEBTRANSPORT_DATAGRAM_OVERHEAD = 4
+#: draft-ietf-webtrans-http3 §4.3: application stream error codes 0..255 travel as HTTP/3 codes
+#: from this base, skipping the reserved (GREASE) code points every 0x1f.
+WEBTRANSPORT_ERROR_BASE = 0x52E4A40FA8DB
+WEBTRANSPORT_MAX_APP_ERROR = 0xFF
+#: The capsule that closes a WebTransport session (draft-ietf-webtrans-http3 §5).
+CLOSE_WEBTRANSPORT_SESSION = 0x2843
+
+
+def webtransport_error_to_http3(code: int) -> int:
+    """Map an application stream error code (0..255) to its HTTP/3 code point."""
+    if not 0 <= code <= WEBTRANSPORT_MAX_APP_ERROR:
+        return code
+    return WEBTRANSPORT_ERROR_BASE + code + code // 0x1E
+
+
+def webtransport_error_from_http3(code: int) -> int:
+    """The application stream error code an HTTP/3 code point carries (unmapped: unchanged)."""
+    shifted = code - WEBTRANSPORT_ERROR_BASE
+    last = webtransport_error_to_http3(WEBTRANSPORT_MAX_APP_ERROR) - WEBTRANSPORT_ERROR_BASE
+    if not 0 <= shifted <= last or (shifted + 1) % 0x1F == 0:
+        return code
+    return shifted - shifted // 0x1F
 
 
 class TransportEvent:
@@ -262,8 +286,12 @@ class WebTransportTransport(_QuicStreams):
         """Translate one QUIC event, passing it through HTTP/3 first."""
         out: list[TransportEvent] = []
         common = self._common(event)
-        if isinstance(common, StreamAborted) and common.stream_id not in self._session_streams:
-            common = None
+        if isinstance(common, StreamAborted):
+            if common.stream_id in self._session_streams:
+                code = webtransport_error_from_http3(common.error_code)
+                common = StreamAborted(common.stream_id, code, reset=common.reset)
+            else:
+                common = None
         if self.is_client and isinstance(event, HandshakeCompleted) and not self._connect_sent:
             self._send_connect()
         for h3_event in self.h3.handle_event(event):
@@ -278,6 +306,11 @@ class WebTransportTransport(_QuicStreams):
                     out.append(Datagram(h3_event.data))
             elif isinstance(h3_event, HeadersReceived):
                 out.extend(self._on_headers(h3_event))
+            elif isinstance(h3_event, DataReceived) and h3_event.stream_id == self.session_id:
+                # The CONNECT stream carries capsules; its end, or a close capsule, ends the
+                # session, and the session is all this connection is for.
+                if h3_event.stream_ended or _starts_with_close_capsule(h3_event.data):
+                    self.close(0, "WebTransport session closed by the peer")
         if common is not None:
             out.append(common)
         return out
@@ -336,6 +369,14 @@ class WebTransportTransport(_QuicStreams):
         self.h3.send_headers(event.stream_id, [(b":status", refusal)], end_stream=True)
         return []
 
+    def reset(self, stream_id: int, error_code: int) -> None:
+        """Abort sending on a stream, with the code mapped into the HTTP/3 space."""
+        super().reset(stream_id, webtransport_error_to_http3(error_code))
+
+    def stop(self, stream_id: int, error_code: int) -> None:
+        """Ask the peer to stop sending, with the code mapped into the HTTP/3 space."""
+        super().stop(stream_id, webtransport_error_to_http3(error_code))
+
     def open_stream(self, unidirectional: bool) -> int:
         """Open a WebTransport stream of the session."""
         if self.session_id is None:
@@ -351,3 +392,9 @@ class WebTransportTransport(_QuicStreams):
         if self.session_id is None:
             raise RuntimeError("the WebTransport session is not established")
         self.h3.send_datagram(self.session_id, data)
+
+
+def _starts_with_close_capsule(data: bytes) -> bool:
+    """Whether ``data`` begins with a CLOSE_WEBTRANSPORT_SESSION capsule type (a varint)."""
+    capsule_type = read_varint(data, 0)
+    return capsule_type is not None and capsule_type[0] == CLOSE_WEBTRANSPORT_SESSION

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quicvoice.session.codes import ErrorCode
 from quicvoice.session.events import (
@@ -18,6 +20,11 @@ from quicvoice.session.events import (
     UplinkEnded,
 )
 from quicvoice.session.messages import Hello, UplinkMode
+from quicvoice.session.transport import (
+    WebTransportTransport,
+    webtransport_error_from_http3,
+    webtransport_error_to_http3,
+)
 
 from .pair import LB_CONFIG, SERVER_ID, make_pair
 
@@ -158,3 +165,19 @@ def test_unexpected_stream_kind_closes_only_that_session() -> None:
     pair.pump(rounds=100, advance=0.05)
     closed = [e for e in pair.take("client") if isinstance(e, SessionClosed)]
     assert closed and closed[0].error_code == ErrorCode.STREAM_ERROR
+
+
+def test_webtransport_session_end_closes_the_connection() -> None:
+    pair = make_pair(webtransport=True)
+    transport = pair.client._transport
+    assert isinstance(transport, WebTransportTransport) and transport.session_id is not None
+    transport.h3.send_data(transport.session_id, b"", end_stream=True)
+    pair.pump(rounds=100, advance=0.05)
+    assert any(isinstance(e, SessionClosed) for e in pair.take("client"))
+
+
+@given(st.integers(0, 255))
+def test_webtransport_error_codes_round_trip(code: int) -> None:
+    mapped = webtransport_error_to_http3(code)
+    assert mapped >= 0x52E4A40FA8DB and (mapped - 0x21) % 0x1F != 0
+    assert webtransport_error_from_http3(mapped) == code
