@@ -8,12 +8,18 @@ state worth keeping:
 - ``order.add`` ``{"item": str, ...}`` adds an item, ``order.remove`` ``{"index": int}``
   removes one, ``order.list`` asks; each is answered with ``order.cart`` ``{"items": [...]}``.
 - ``utterance.end`` (or the end of the reliable uplink) makes the agent answer what it heard.
+- ``session.info`` is answered with ``session.info`` ``{"server_id", "peer", "frames"}``: which
+  backend holds the call, the client address it sees, and uplink frames received so far.
+- ``session.arrivals`` is answered with ``session.arrivals`` ``{"seq": [...], "at": [...]}``:
+  the sequence number and arrival time (Unix seconds) of the last uplink frames, for plots.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from typing import Any
 
 from .asyncio.server import ServerSession
@@ -32,6 +38,8 @@ logger = logging.getLogger("quicvoice.agent")
 
 #: How much faster than real time the agent "speaks" its reply.
 DEFAULT_SPEEDUP = 5.0
+#: Uplink arrivals remembered for ``session.arrivals`` (one minute of 20 ms frames).
+MAX_ARRIVALS = 3000
 MAX_CART_ITEMS = 100
 MAX_ITEM_FIELDS = 16
 
@@ -88,6 +96,8 @@ async def demo_agent(session: ServerSession, speedup: float = DEFAULT_SPEEDUP) -
     speaking: asyncio.Task[None] | None = None
     realtime = session.started.uplink is UplinkMode.REALTIME
     uplink_ended = bye_asked = False
+    arrivals: deque[tuple[int, float]] = deque(maxlen=MAX_ARRIVALS)
+    frames = 0
 
     def answer() -> None:
         nonlocal heard, speaking
@@ -100,11 +110,28 @@ async def demo_agent(session: ServerSession, speedup: float = DEFAULT_SPEEDUP) -
     async for event in session:
         if isinstance(event, AudioReceived):
             heard.append(event.frame)
+            frames += 1
+            arrivals.append((event.frame.seq, time.time()))
         elif isinstance(event, EventReceived):
             if event.name.startswith("order."):
                 handle_order(session, event.name, event.data)
             elif event.name == "utterance.end":
                 answer()
+            elif event.name == "session.info":
+                peer = session.peer_address
+                session.send_event(
+                    "session.info",
+                    {
+                        "server_id": session.started.server_id,
+                        "peer": f"{peer[0]}:{peer[1]}" if peer else None,
+                        "frames": frames,
+                    },
+                )
+            elif event.name == "session.arrivals":
+                session.send_event(
+                    "session.arrivals",
+                    {"seq": [a[0] for a in arrivals], "at": [a[1] for a in arrivals]},
+                )
         elif isinstance(event, UplinkEnded):
             uplink_ended = True
             answer()
