@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", type=_address, help="HOST:PORT, overrides the config")
     serve.add_argument("--server-id", help="hex server ID, overrides the config")
     serve.add_argument(
+        "--session-store",
+        metavar="URL",
+        help="memory:// (default) or redis://HOST:PORT/DB, overrides the config",
+    )
+    serve.add_argument(
         "--web",
         type=_address,
         metavar="HOST:PORT",
@@ -117,6 +122,8 @@ def _serve(args: argparse.Namespace) -> int:
             config = replace(config, listen=args.listen)
         if server_id is not None:
             config = replace(config, server_id=server_id)
+    if args.session_store is not None:
+        config = replace(config, session_store=args.session_store)
 
     async def serve() -> None:
         server = VoiceServer(config, demo_agent)

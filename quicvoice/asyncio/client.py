@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import HandshakeCompleted
 
 from lb.config import format_address
 
@@ -76,6 +77,8 @@ RECONNECT_BACKOFF_MAX = 1.0
 #: may not know yet) is abandoned quickly, and the next one hashes elsewhere.
 ATTEMPT_RTTS = 8
 MIN_ATTEMPT_TIMEOUT = 0.3
+#: Attempts made with that short timeout before it starts doubling.
+FAST_ATTEMPTS = 6
 LIVENESS_CHECK_INTERVAL = 0.05
 
 
@@ -155,6 +158,10 @@ class _Link:
         self.packets_received = 0
         self.last_send = 0.0
         self.last_receive = 0.0
+        #: Event-loop times of the first packet sent, the handshake's end and ``welcome``.
+        self.started_at = 0.0
+        self.handshake_at = 0.0
+        self.welcome_at = 0.0
 
     async def open_socket(self, local_address: Address) -> _ClientSocket:
         loop = asyncio.get_running_loop()
@@ -167,7 +174,8 @@ class _Link:
 
     async def start(self, local_address: Address) -> None:
         self.active = await self.open_socket(local_address)
-        self.quic.connect(self.server, now=asyncio.get_running_loop().time())
+        self.started_at = asyncio.get_running_loop().time()
+        self.quic.connect(self.server, now=self.started_at)
         self.transmit()
 
     def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -192,8 +200,11 @@ class _Link:
     def process_events(self, now: float) -> None:
         event = self.quic.next_event()
         while event is not None:
+            if isinstance(event, HandshakeCompleted):
+                self.handshake_at = now
             for voice_event in self.voice.handle_event(event, now):
                 if isinstance(voice_event, SessionStarted) and not self.started.done():
+                    self.welcome_at = now
                     self.started.set_result(voice_event)
                 elif isinstance(voice_event, SessionClosed) and not self.started.done():
                     self.started.set_exception(
@@ -257,6 +268,16 @@ class Resumption:
     gap_ms: float
     #: Uplink frames sent again on the new connection (unacknowledged, or captured meanwhile).
     frames_resent: int
+    #: Event-loop time (seconds) when the old connection was declared dead.
+    declared_dead_at: float
+    #: Why: a stateless reset, silence while sending, or an idle timeout.
+    reason: str
+    #: Connection attempts it took (the first flight of some may have gone to a dead backend).
+    attempts: int
+    #: Of the successful attempt: first packet to handshake done, and handshake to ``welcome``
+    #: (the backend verifying the token and loading the state), in ms.
+    handshake_ms: float
+    resume_ms: float
 
 
 class VoiceClient:
@@ -432,7 +453,9 @@ class VoiceClient:
         attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, ATTEMPT_RTTS * rtt)
         deadline = started_at + self._reconnect_timeout
         token = before.resume_token
+        attempts = 0
         while loop.time() < deadline:
+            attempts += 1
             hello = replace(self._hello, codecs=(before.codec,), resume_token=token)
             link = self._new_link(hello)
             self._link = link
@@ -450,7 +473,9 @@ class VoiceClient:
                     break
                 await asyncio.sleep(backoff)
                 backoff = min(2 * backoff, RECONNECT_BACKOFF_MAX)
-                attempt_timeout = min(2 * attempt_timeout, RECONNECT_BACKOFF_MAX * 2)
+                if attempts >= FAST_ATTEMPTS:
+                    # Not just an unlucky hash onto the dead backend: the path may be slow.
+                    attempt_timeout = min(2 * attempt_timeout, RECONNECT_BACKOFF_MAX * 2)
                 continue
             self.session = started
             resent = self._resend_kept()
@@ -459,6 +484,11 @@ class VoiceClient:
                 to_server=started.server_id,
                 gap_ms=(loop.time() - started_at) * 1000,
                 frames_resent=resent,
+                declared_dead_at=started_at,
+                reason=reason,
+                attempts=attempts,
+                handshake_ms=(link.handshake_at - link.started_at) * 1000,
+                resume_ms=(link.welcome_at - link.handshake_at) * 1000,
             )
             self._resumptions.append(resumption)
             self._reconnecting = None

@@ -35,6 +35,7 @@ from lb.config import FORWARDER_KEYS, Address, format_address, parse_address
 
 from ..errors import ConfigurationError
 from ..quiclb import LoadBalancerConfig
+from ..store import StoreConfig
 
 BACKEND_KEYS = frozenset(
     {
@@ -123,6 +124,7 @@ class BackendConfig:
             raise ConfigurationError("configs: a config id is defined twice")
         if len(self.reset_key) < MIN_RESET_KEY_LEN:
             raise ConfigurationError(f"reset_key: must be at least {MIN_RESET_KEY_LEN} octets")
+        StoreConfig.from_url(self.session_store)  # a bad URL is refused here, naming the key
         if self.resume_key is not None and len(self.resume_key) < 32:
             raise ConfigurationError("session.resume_key: must be at least 32 octets")
         key_id = self.resume_key_id
