@@ -16,7 +16,15 @@ from aioquic._buffer import Buffer
 from aioquic.h3.connection import FrameType, H3Connection, H3Stream
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionId
-from aioquic.quic.packet import QuicHeader, pull_quic_header
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import (
+    QuicFrameType,
+    QuicHeader,
+    QuicPacketType,
+    pull_ack_frame,
+    pull_quic_header,
+)
+from aioquic.tls import pull_client_hello
 
 from .quiclb import Algorithm, ConnectionIdGenerator, QuicLbConnectionIdGenerator
 
@@ -38,6 +46,7 @@ PRIVATE_NAMES = {
         "_spaces",
         "_peer_cid",
         "_peer_cid_available",
+        "_cryptos",
     ),
     "QuicPacketRecovery": ("_rtt_initialized", "_rtt_latest", "_rtt_smoothed", "_rtt_min"),
     "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
@@ -247,3 +256,64 @@ def peer_reset_tokens(quic: QuicConnection) -> set[bytes]:
     tokens.update(cid.stateless_reset_token for cid in quic._peer_cid_available)
     tokens.discard(b"")
     return {token for token in tokens if token}
+
+
+def peek_psk_identity(data: bytes, cid_length: int) -> bytes | None:
+    """The PSK identity (TLS session ticket label) offered in a client's first Initial, if any.
+
+    aioquic looks tickets up synchronously, inside the handshake; a backend that keeps tickets
+    in a shared store reads the label first, fetches the ticket, then starts the connection.
+    Initial keys derive from the client's DCID (RFC 9001 §5.2), so this needs no state. Returns
+    ``None`` for anything else, including a ClientHello spread over several datagrams.
+    """
+    try:
+        buf = Buffer(data=data)
+        header = pull_quic_header(buf, host_cid_length=cid_length)
+        if header.packet_type != QuicPacketType.INITIAL or header.version is None:
+            return None
+        crypto = CryptoPair()
+        crypto.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
+        _, payload, _ = crypto.decrypt_packet(data[: header.packet_length], buf.tell(), 0)
+        handshake = _initial_crypto_stream(payload)
+        if handshake is None or len(handshake) < 4:
+            return None
+        if len(handshake) < 4 + int.from_bytes(handshake[1:4], "big"):
+            return None
+        hello = pull_client_hello(Buffer(data=handshake))
+    except Exception:  # anything malformed is simply "no ticket": aioquic will judge it
+        return None
+    if hello.pre_shared_key is None or not hello.pre_shared_key.identities:
+        return None
+    return bytes(hello.pre_shared_key.identities[0][0])
+
+
+def _initial_crypto_stream(payload: bytes) -> bytes | None:
+    """The contiguous CRYPTO data from offset 0 in an Initial packet's frames."""
+    buf = Buffer(data=payload)
+    pieces: dict[int, bytes] = {}
+    while not buf.eof():
+        frame_type = buf.pull_uint_var()
+        if frame_type in (QuicFrameType.PADDING, QuicFrameType.PING):
+            continue
+        if frame_type == QuicFrameType.CRYPTO:
+            offset = buf.pull_uint_var()
+            pieces[offset] = buf.pull_bytes(buf.pull_uint_var())
+        elif frame_type in (QuicFrameType.ACK, QuicFrameType.ACK_ECN):
+            pull_ack_frame(buf)
+            if frame_type == QuicFrameType.ACK_ECN:
+                for _ in range(3):
+                    buf.pull_uint_var()
+        else:
+            return None
+    stream = b""
+    while len(stream) in pieces:
+        piece = pieces.pop(len(stream))
+        if not piece:
+            break
+        stream += piece
+    return stream
+
+
+def can_send_early_data(quic: QuicConnection) -> bool:
+    """Whether a client that just called ``connect()`` may send 0-RTT data now."""
+    return bool(quic._cryptos[tls.Epoch.ZERO_RTT].send.is_valid())

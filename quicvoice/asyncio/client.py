@@ -26,11 +26,13 @@ from typing import Any, cast
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import HandshakeCompleted
+from aioquic.tls import SessionTicket
 
 from lb.config import format_address
 
 from ..quic import (
     VoiceQuicConnection,
+    can_send_early_data,
     check_aioquic_version,
     peer_reset_tokens,
     stream_send_offsets,
@@ -137,9 +139,12 @@ class _Link:
         authority: str,
         on_event: Callable[[_Link, VoiceEvent], None],
         on_reset: Callable[[_Link], None],
+        on_ticket: Callable[[SessionTicket], None],
     ) -> None:
         self.server = server
-        self.quic = VoiceQuicConnection(configuration=configuration)
+        self.quic = VoiceQuicConnection(
+            configuration=configuration, session_ticket_handler=on_ticket
+        )
         transport: VoiceTransport = (
             WebTransportTransport(self.quic, authority=authority)
             if webtransport
@@ -162,6 +167,8 @@ class _Link:
         self.started_at = 0.0
         self.handshake_at = 0.0
         self.welcome_at = 0.0
+        #: Whether the server accepted what we sent in 0-RTT.
+        self.early_data_accepted = False
 
     async def open_socket(self, local_address: Address) -> _ClientSocket:
         loop = asyncio.get_running_loop()
@@ -176,6 +183,8 @@ class _Link:
         self.active = await self.open_socket(local_address)
         self.started_at = asyncio.get_running_loop().time()
         self.quic.connect(self.server, now=self.started_at)
+        if can_send_early_data(self.quic):
+            self.voice.start_early()
         self.transmit()
 
     def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -202,6 +211,7 @@ class _Link:
         while event is not None:
             if isinstance(event, HandshakeCompleted):
                 self.handshake_at = now
+                self.early_data_accepted = event.early_data_accepted
             for voice_event in self.voice.handle_event(event, now):
                 if isinstance(voice_event, SessionStarted) and not self.started.done():
                     self.welcome_at = now
@@ -278,6 +288,8 @@ class Resumption:
     #: (the backend verifying the token and loading the state), in ms.
     handshake_ms: float
     resume_ms: float
+    #: Whether the resumed connection's first flight (hello and kept audio) went in 0-RTT.
+    zero_rtt: bool = False
 
 
 class VoiceClient:
@@ -302,6 +314,7 @@ class VoiceClient:
         self._hello = hello
         self._limits = limits
         self._authority = authority
+        self._ticket: SessionTicket | None = None
         self._reconnect = reconnect
         self._liveness_timeout = liveness_timeout
         self._reconnect_timeout = reconnect_timeout
@@ -330,16 +343,23 @@ class VoiceClient:
     # -- life cycle ----------------------------------------------------------------------
 
     def _new_link(self, hello: Hello) -> _Link:
+        configuration = self._configuration
+        if self._ticket is not None:
+            configuration = replace(configuration, session_ticket=self._ticket)
         return _Link(
             self._server,
-            self._configuration,
+            configuration,
             webtransport=self._webtransport,
             hello=hello,
             limits=self._limits,
             authority=self._authority,
             on_event=self._on_link_event,
             on_reset=self._on_link_reset,
+            on_ticket=self._on_ticket,
         )
+
+    def _on_ticket(self, ticket: SessionTicket) -> None:
+        self._ticket = ticket
 
     async def open(self, local_address: Address, timeout: float) -> None:
         """Bind ``local_address``, handshake, and wait for the session (``connect()`` does this)."""
@@ -461,6 +481,7 @@ class VoiceClient:
             self._link = link
             try:
                 await link.start((self._local_host, 0))
+                early = self._send_kept_early(link)
                 remaining = max(0.05, deadline - loop.time())
                 started = await asyncio.wait_for(
                     asyncio.shield(link.started), min(remaining, attempt_timeout)
@@ -478,7 +499,7 @@ class VoiceClient:
                     attempt_timeout = min(2 * attempt_timeout, RECONNECT_BACKOFF_MAX * 2)
                 continue
             self.session = started
-            resent = self._resend_kept()
+            resent = self._adopt_early(early) if early else self._resend_kept()
             resumption = Resumption(
                 from_server=before.server_id,
                 to_server=started.server_id,
@@ -489,6 +510,7 @@ class VoiceClient:
                 attempts=attempts,
                 handshake_ms=(link.handshake_at - link.started_at) * 1000,
                 resume_ms=(link.welcome_at - link.handshake_at) * 1000,
+                zero_rtt=link.early_data_accepted,
             )
             self._resumptions.append(resumption)
             self._reconnecting = None
@@ -517,6 +539,32 @@ class VoiceClient:
         kept = self._kept
         while kept and kept[0].stream_end <= acked:
             kept.popleft()
+
+    def _send_kept_early(self, link: _Link) -> list[_KeptFrame] | None:
+        """With a 0-RTT uplink open, send the kept frames now, before ``welcome``.
+
+        They stay kept until the session resumes: if this attempt fails, the next one sends
+        them again. Returns them with their offsets on the new stream.
+        """
+        stream_id = link.voice.uplink_stream_id
+        if stream_id is None:
+            return None
+        loop = asyncio.get_running_loop()
+        sent = []
+        for frame in self._kept:
+            link.voice.send_audio(frame.payload, frame.timestamp, loop.time(), seq=frame.seq)
+            _, written = stream_send_offsets(link.quic, stream_id)
+            sent.append(replace(frame, stream_end=written))
+        link.transmit()
+        return sent
+
+    def _adopt_early(self, sent: list[_KeptFrame]) -> int:
+        """The session resumed: frames sent in 0-RTT are now the ones kept (new offsets)."""
+        captured_meanwhile = list(self._kept)[len(sent) :]
+        self._kept = deque(sent)
+        for frame in captured_meanwhile:
+            self._send_now(frame.seq, frame.timestamp, frame.payload)
+        return len(sent) + len(captured_meanwhile)
 
     def _resend_kept(self) -> int:
         frames = list(self._kept)

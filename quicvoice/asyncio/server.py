@@ -35,7 +35,7 @@ from ..audio.codecs import DEFAULT_CODECS, CodecSpec, make_codec, negotiate
 from ..audio.jitter import JitterBuffer, JitterBufferConfig
 from ..certificates import generate_certificate
 from ..errors import StoreError
-from ..quic import QuicLbConnection, check_aioquic_version, parse_header
+from ..quic import QuicLbConnection, check_aioquic_version, parse_header, peek_psk_identity
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
 from ..session.codes import ErrorCode
 from ..session.connection import SessionLimits, State, VoiceConnection
@@ -72,6 +72,7 @@ from ..store import (
     pack_state,
     unpack_state,
 )
+from ..store.tickets import TicketCache
 from .config import BackendConfig
 from .timer import ConnectionTimer
 from .udp import open_udp_endpoint
@@ -88,6 +89,9 @@ MAX_STATELESS_RESET = 43
 #: Stateless resets per second this endpoint sends at most (RFC 9000 §10.3 asks for a bound).
 RESETS_PER_SECOND = 100
 QUIC_VERSION_1 = 0x00000001
+#: New connections waiting for their TLS ticket from the store, and datagrams held for each.
+MAX_PENDING_CONNECTIONS = 256
+MAX_PENDING_DATAGRAMS = 8
 
 SessionHandler = Callable[["ServerSession"], Awaitable[None]]
 Address = tuple[str, int]
@@ -367,6 +371,8 @@ class _ServerConnection:
             on_event=self._on_checkpoint,
         )
         self.session = ServerSession(self, hello, started, self.events, state, checkpointer)
+        for early in voice.take_early_events():
+            self._on_voice_event(early)
         self.transmit_soon()
         await self._run_handler(self.session)
 
@@ -448,6 +454,9 @@ class VoiceServer:
         self._decoder = LoadBalancerDecoder(config.configs)
         #: Where session state is checkpointed (``config.session_store``).
         self.store = open_store(config.session_store)
+        #: TLS session tickets, shared through the store so 0-RTT works on any backend.
+        self.tickets = TicketCache(self.store)
+        self._pending_initials: dict[bytes, list[tuple[bytes, Address, bool]]] = {}
         #: Issues and checks the resume tokens sent in ``welcome``.
         self.resume_tokens = ResumeTokenIssuer(
             {config.resume_key_id: config.effective_resume_key},
@@ -510,13 +519,12 @@ class VoiceServer:
             self._transport.close()
 
     async def aclose(self) -> None:
-        """``close()``, then release the session store."""
+        """``close()``, then release the ticket cache and the session store."""
         self.close()
+        await self.tickets.aclose()
         await self.store.aclose()
 
-    async def resume(
-        self, token: bytes, owner: str
-    ) -> tuple[str, SessionRecord, dict[str, Any]]:
+    async def resume(self, token: bytes, owner: str) -> tuple[str, SessionRecord, dict[str, Any]]:
         """Verify a resume token, load the session and claim it for ``owner``.
 
         Raises ``ResumeRefused`` for a bad token, an unknown or expired session, or a store
@@ -620,12 +628,47 @@ class VoiceServer:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
             self.counters["dropped_unknown_cid"] += 1
             return
+        pending = self._pending_initials.get(header.destination_cid)
+        if pending is not None:
+            if len(pending) < MAX_PENDING_DATAGRAMS:
+                pending.append((data, address, via_forwarder))
+            return
+        label = peek_psk_identity(data, self.cid_generator.cid_length)
+        if label is not None and not self.tickets.has(label):
+            if len(self._pending_initials) >= MAX_PENDING_CONNECTIONS:
+                self.counters["dropped_unknown_cid"] += 1
+                return
+            # The client resumes with a ticket another backend issued: fetch it from the store
+            # first (aioquic asks for it synchronously, inside the handshake).
+            self._pending_initials[header.destination_cid] = [(data, address, via_forwarder)]
+            asyncio.get_running_loop().create_task(self._prefetch(header.destination_cid, label))
+            return
+        self._accept_connection(header.destination_cid, data, address, via_forwarder, now)
+
+    async def _prefetch(self, dcid: bytes, label: bytes) -> None:
+        try:
+            await self.tickets.prefetch(label)
+        finally:
+            datagrams = self._pending_initials.pop(dcid, [])
+        now = asyncio.get_running_loop().time()
+        for index, (data, address, via_forwarder) in enumerate(datagrams):
+            connection = self._connections.get(dcid)
+            if index == 0 or connection is None:
+                self._accept_connection(dcid, data, address, via_forwarder, now)
+            else:
+                connection.receive(data, address, via_forwarder, now)
+
+    def _accept_connection(
+        self, dcid: bytes, data: bytes, address: Address, via_forwarder: bool, now: float
+    ) -> None:
         quic = QuicLbConnection(
             configuration=self.quic_configuration,
             cid_generator=self.cid_generator,
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=dcid,
+            session_ticket_fetcher=self.tickets.fetch,
+            session_ticket_handler=self.tickets.handle,
         )
-        connection = _ServerConnection(self, quic, header.destination_cid)
+        connection = _ServerConnection(self, quic, dcid)
         for cid in connection.cids:
             self.register(cid, connection)
         self.counters["new_connections"] += 1

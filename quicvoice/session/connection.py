@@ -114,6 +114,10 @@ class SessionLimits:
     max_datagram_queue: int = 8
     #: Realtime mode: seconds a frame may wait to be sent before it is useless and dropped.
     datagram_deadline: float = 0.1
+    #: Media events held until the session starts: a client's 0-RTT uplink reaching the server
+    #: before ``accept()``, or a turn reaching the client before ``welcome`` (the streams are
+    #: not ordered with the control stream). 500 frames is 10 s of audio.
+    max_early_events: int = 500
 
 
 @dataclass(slots=True)
@@ -149,6 +153,8 @@ class VoiceConnection:
         self._inbound: dict[int, _InboundStream] = {}
         self._unexpected_streams = 0
         self._closed_reported = False
+        self._early_events: list[VoiceEvent] = []
+        self._uplink_opened = False
         self._turn_streams: dict[int, int] = {}
         self._turns_ended: set[int] = set()
         self._next_turn_id = 0
@@ -222,13 +228,15 @@ class VoiceConnection:
                 raise ProtocolError("too many open streams", ErrorCode.LIMIT_EXCEEDED)
             inbound = self._inbound[stream_id] = _InboundStream(StreamHeaderReader(), FrameReader())
         data: bytes | None = event.data
+        # Media that arrives before the session has started waits for it (see SessionLimits).
+        sink = out if self.state is State.ACTIVE else self._early_events
         if inbound.kind is None:
             data = inbound.header.feed(event.data)
             if data is None:
                 if event.end_stream:
                     raise ProtocolError("stream ended inside its header", ErrorCode.STREAM_ERROR)
                 return
-            self._on_stream_opened(stream_id, inbound, out)
+            self._on_stream_opened(stream_id, inbound, sink)
         if inbound.cancelled:
             if event.end_stream:
                 del self._inbound[stream_id]
@@ -239,31 +247,34 @@ class VoiceConnection:
             for frame in frames:
                 if arrivals is not None:
                     arrivals.on_frame(frame.seq, frame.timestamp, now)
-                out.append(AudioReceived(frame=frame))
+                sink.append(AudioReceived(frame=frame))
             self._stats["uplink_frames_received"] += len(frames)
             if event.end_stream:
-                out.append(UplinkEnded())
+                sink.append(UplinkEnded())
         else:
             turn_id = inbound.turn_id
-            out.extend(AudioReceived(frame=frame, turn_id=turn_id) for frame in frames)
+            sink.extend(AudioReceived(frame=frame, turn_id=turn_id) for frame in frames)
             self._stats["downlink_frames_received"] += len(frames)
             if event.end_stream:
                 assert turn_id is not None
                 self._turns_ended.add(turn_id)
-                out.append(TurnEnded(turn_id=turn_id))
+                sink.append(TurnEnded(turn_id=turn_id))
         if event.end_stream:
             del self._inbound[stream_id]
+        if len(self._early_events) > self.limits.max_early_events:
+            raise ProtocolError(
+                "too much media before the session started", ErrorCode.LIMIT_EXCEEDED
+            )
 
     def _on_stream_opened(
         self, stream_id: int, inbound: _InboundStream, out: list[VoiceEvent]
     ) -> None:
         kind = inbound.header.kind
-        if self.state is not State.ACTIVE:
-            raise ProtocolError("media stream before the session started", ErrorCode.STREAM_ERROR)
         if kind is StreamKind.UPLINK:
-            if self.is_client or self.welcome is None:
+            if self.is_client:
                 raise ProtocolError("uplink stream from the server", ErrorCode.STREAM_ERROR)
-            if self.welcome.uplink is not UplinkMode.RELIABLE:
+            mode = self._uplink_mode()
+            if mode is not None and mode is not UplinkMode.RELIABLE:
                 raise ProtocolError("uplink stream in realtime mode", ErrorCode.STREAM_ERROR)
             if any(s.kind is StreamKind.UPLINK for s in self._inbound.values()):
                 raise ProtocolError("a second uplink stream", ErrorCode.STREAM_ERROR)
@@ -279,6 +290,12 @@ class VoiceConnection:
             self._stats["turns"] += 1
             out.append(TurnStarted(turn_id=turn_id))
         inbound.kind = kind
+
+    def _uplink_mode(self) -> UplinkMode | None:
+        """The uplink mode as far as known: from ``welcome``, else from ``hello``."""
+        if self.welcome is not None:
+            return self.welcome.uplink
+        return self._hello.uplink if self._hello is not None else None
 
     def _on_datagram(self, data: bytes, now: float, out: list[VoiceEvent]) -> None:
         self._stats["bytes_received"] += len(data)
@@ -321,15 +338,19 @@ class VoiceConnection:
             )
             raise ProtocolError(f"unexpected {message.TYPE} in state {self.state.name}", code)
         if isinstance(message, Hello):
+            if message.uplink is UplinkMode.REALTIME and any(
+                s.kind is StreamKind.UPLINK for s in self._inbound.values()
+            ):
+                raise ProtocolError("uplink stream in realtime mode", ErrorCode.STREAM_ERROR)
             self._hello = message
             self.state = State.NEGOTIATING
             out.append(HelloReceived(hello=message))
         elif isinstance(message, Welcome):
             self._start(message)
-            if message.uplink is UplinkMode.RELIABLE:
-                self._uplink_stream_id = self._transport.open_stream(unidirectional=True)
-                self._send(self._uplink_stream_id, encode_stream_header(StreamKind.UPLINK))
+            if message.uplink is UplinkMode.RELIABLE and not self._uplink_opened:
+                self._open_uplink()
             out.append(self._started_event(message))
+            out.extend(self.take_early_events())
         elif isinstance(message, Event):
             out.append(EventReceived(name=message.name, data=message.data))
         elif isinstance(message, Error):
@@ -366,12 +387,42 @@ class VoiceConnection:
         return self._hello
 
     def accept(self, welcome: Welcome) -> SessionStarted:
-        """Server: start the session the client asked for."""
+        """Server: start the session the client asked for.
+
+        Media that arrived before (a 0-RTT uplink) is then available from
+        ``take_early_events()``.
+        """
         if self.is_client or self.state is not State.NEGOTIATING:
             raise RuntimeError(f"accept() in state {self.state.name}")
         self._start(welcome)
         self._send_message(welcome)
         return self._started_event(welcome)
+
+    def take_early_events(self) -> list[VoiceEvent]:
+        """The media events that arrived before the session started, once."""
+        early, self._early_events = self._early_events, []
+        return early
+
+    def start_early(self) -> None:
+        """Client: say ``hello`` now, before the handshake ends (0-RTT with a session ticket).
+
+        In reliable mode the uplink stream opens at once too, so the first audio can travel
+        in 0-RTT; the server holds it until it has accepted the session. Only idempotent data
+        belongs here: a replayed 0-RTT flight can at worst repeat a hello and frames that the
+        session numbering identifies.
+        """
+        if not self.is_client or self._control_stream_id is not None:
+            return
+        self._control_stream_id = self._transport.open_stream(unidirectional=False)
+        assert self._hello is not None
+        self._send_message(self._hello)
+        if self._hello.uplink is UplinkMode.RELIABLE:
+            self._open_uplink()
+
+    def _open_uplink(self) -> None:
+        self._uplink_opened = True
+        self._uplink_stream_id = self._transport.open_stream(unidirectional=True)
+        self._send(self._uplink_stream_id, encode_stream_header(StreamKind.UPLINK))
 
     def reject(self, code: ErrorCode, message: str) -> None:
         """Server: refuse the session, with an ``error`` message and a close."""
@@ -384,22 +435,22 @@ class VoiceConnection:
         """Client, reliable mode: the ID of the open uplink stream."""
         return self._uplink_stream_id
 
-    def send_audio(
-        self, payload: bytes, timestamp: int, now: float, seq: int | None = None
-    ) -> int:
+    def send_audio(self, payload: bytes, timestamp: int, now: float, seq: int | None = None) -> int:
         """Client: send one uplink frame captured at ``timestamp`` (samples); return its seq.
 
         ``seq`` numbers the frame explicitly (a resumed call continues its numbering);
         by default frames are numbered from 0 on this connection.
         """
-        if not self.is_client or self.state is not State.ACTIVE or self.welcome is None:
+        early = self.state is State.AWAITING_WELCOME and self._uplink_stream_id is not None
+        if not self.is_client or not (self.state is State.ACTIVE or early):
             raise RuntimeError("send_audio() needs an active client session")
         if seq is None:
             seq = self._next_seq
         frame = MediaFrame(seq % U32, timestamp % U32, payload)
         self._next_seq = (seq + 1) % U32
-        if self.welcome.uplink is UplinkMode.RELIABLE:
-            assert self._uplink_stream_id is not None
+        if self._uplink_mode() is UplinkMode.RELIABLE:
+            if self._uplink_stream_id is None:
+                raise RuntimeError("the uplink has ended")
             self._send(self._uplink_stream_id, encode_frame(frame))
         else:
             datagram = encode_datagram(frame)

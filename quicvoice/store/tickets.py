@@ -224,6 +224,10 @@ class TicketCache:
         self._remember(label, ticket)
         self._enqueue(label, blob, ttl)
 
+    def has(self, label: bytes) -> bool:
+        """Whether the ticket for ``label`` is in this process already (no prefetch needed)."""
+        return label in self._cache
+
     def fetch(self, label: bytes) -> SessionTicket | None:
         """aioquic's ``session_ticket_fetcher``: the ticket for a PSK identity, used once."""
         ticket = self._cache.pop(label, None)
