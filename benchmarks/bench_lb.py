@@ -1,6 +1,6 @@
 """The stateless forwarder beside a minimal C relay and a naive Python relay, in one run.
 
-    python benchmarks/bench_lb.py [--quick] [--packets N] [--seconds S]
+    python benchmarks/bench_lb.py [--quick] [--rounds R] [--packets N] [--seconds S]
 
 Every relay carries the same traffic on loopback: client -> relay -> echo backend -> relay ->
 client, one UDP flow of 200-octet datagrams that start like QUIC short headers with a QUIC-LB
@@ -9,12 +9,16 @@ CID of the echo backend. A C load generator keeps a window of datagrams in fligh
 a temporary directory along with the floor, a minimal C relay (two threads, one blocking
 recvfrom/sendto loop per direction, the last client's address in a variable: no parsing, no
 table). The naive relay is stock asyncio with a dict of one upstream socket per client, what
-people write first.
+people write first. quicvoice-lb runs per datagram (recvfrom/sendto, its default) and with
+--batch (recvmmsg/sendmmsg), each with one and two workers.
 
 Per-core throughput is datagrams forwarded (two per round trip) divided by the CPU time
 (utime + stime from /proc/PID/stat) of the relay's processes, supervisor included. Added
 latency is the round-trip percentile through a relay minus the same percentile sent straight
-to the echo server. Bounded: at most --packets round trips or --seconds per measurement.
+to the echo server. All relays run side by side for the whole benchmark and are measured in
+--rounds interleaved rounds; the tables give medians, and the ratio to the C relay is taken
+per round (same machine conditions) before its median. Bounded: at most --packets round trips
+or --seconds per measurement.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -397,40 +402,81 @@ def naive_relay(port: int, backend_port: int) -> None:
     asyncio.run(serve())
 
 
-def run(args: argparse.Namespace) -> list[Result]:
-    """Measure every relay; return throughput results, then latency results."""
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="bench-lb-") as temporary:
+@dataclass(frozen=True)
+class Relay:
+    """A relay under test: how to start it and how to load it."""
+
+    name: str
+    command: list[str]
+    port: int
+    #: Client flows of the throughput run (--workers 2: 8, so that SO_REUSEPORT spreads them).
+    flows: int
+    #: Whether the latency run is made too.
+    latency: bool
+
+
+def relays(directory: Path, binaries: dict[str, Path], echo_port: int) -> list[Relay]:
+    """The C floor, the naive relay and quicvoice-lb with and without batching."""
+    port = free_port()
+    made = [
+        Relay(
+            "C relay (floor)",
+            [str(binaries["relay"]), HOST, str(port), str(echo_port)],
+            port,
+            1,
+            True,
+        )
+    ]
+    port = free_port()
+    made.append(
+        Relay(
+            "naive asyncio relay, per-client dict",
+            [sys.executable, __file__, "--naive-relay", str(port), str(echo_port)],
+            port,
+            1,
+            True,
+        )
+    )
+    for workers in (1, 2):
+        for batch in (False, True):
+            port = free_port()
+            config = forwarder_config(directory, port, free_port(), echo_port)
+            command = [sys.executable, "-m", "lb", "--config", str(config)]
+            command += ["--workers", str(workers)] + (["--batch"] if batch else [])
+            name = f"quicvoice-lb --workers {workers}" + (" --batch" if batch else "")
+            made.append(Relay(name, command, port, 8 if workers > 1 else 1, workers == 1))
+    return made
+
+
+Rounds = list[dict[str, Result]]
+
+
+def run(args: argparse.Namespace) -> tuple[Rounds, Rounds]:
+    """Measure every relay ``args.rounds`` times, interleaved; return throughput and latency.
+
+    All relays run for the whole benchmark (an idle one blocks in ``recv``) and each round
+    measures each of them once, so that a burst of load from elsewhere on the machine hits
+    one round of every relay rather than every round of one relay.
+    """
+    throughput: Rounds = []
+    latency: Rounds = []
+    with tempfile.TemporaryDirectory(prefix="bench-lb-") as temporary, ExitStack() as stack:
         directory = Path(temporary)
         binaries = build(directory)
         echo_port = free_port()
-        with running([str(binaries["echo"]), HOST, str(echo_port)]) as echo:
-            relays: list[tuple[str, list[str], int]] = []
-            port = free_port()
-            relays.append(
-                ("C relay (floor)", [str(binaries["relay"]), HOST, str(port), str(echo_port)], port)
-            )
-            port = free_port()
-            relays.append(
-                (
-                    "naive asyncio relay, per-client dict",
-                    [sys.executable, __file__, "--naive-relay", str(port), str(echo_port)],
-                    port,
-                )
-            )
-            for workers in (1, 2):
-                port = free_port()
-                config = forwarder_config(directory, port, free_port(), echo_port)
-                command = [sys.executable, "-m", "lb", "--config", str(config)]
-                relays.append(
-                    (
-                        f"quicvoice-lb --workers {workers}",
-                        command + ["--workers", str(workers)],
-                        port,
-                    )
-                )
-            direct = measure(
-                "direct to echo (no relay)",
+        echo = stack.enter_context(running([str(binaries["echo"]), HOST, str(echo_port)]))
+        started: list[tuple[Relay, list[int]]] = []
+        for relay in relays(directory, binaries, echo_port):
+            process = stack.enter_context(running(relay.command))
+            wait_for_udp((HOST, relay.port), process)
+            started.append((relay, process_tree(process.pid)))
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1} of {args.rounds}", file=sys.stderr)
+            speeds: dict[str, Result] = {}
+            delays: dict[str, Result] = {}
+            name = "direct to echo (no relay)"
+            delays[name] = measure(
+                name,
                 binaries["loadgen"],
                 echo_port,
                 [echo.pid],
@@ -439,72 +485,81 @@ def run(args: argparse.Namespace) -> list[Result]:
                 packets=args.latency_packets,
                 seconds=args.seconds,
             )
-            latency: list[Result] = [direct]
-            for name, command, port in relays:
-                print(f"measuring: {name}", file=sys.stderr)
-                with running(command) as relay:
-                    wait_for_udp((HOST, port), relay)
-                    pids = process_tree(relay.pid)
-                    flows = 8 if "workers 2" in name else 1
-                    results.append(
-                        measure(
-                            name,
-                            binaries["loadgen"],
-                            port,
-                            pids,
-                            window=WINDOW,
-                            flows=flows,
-                            packets=args.packets,
-                            seconds=args.seconds,
-                        )
+            for relay, pids in started:
+                speeds[relay.name] = measure(
+                    relay.name,
+                    binaries["loadgen"],
+                    relay.port,
+                    pids,
+                    window=WINDOW,
+                    flows=relay.flows,
+                    packets=args.packets,
+                    seconds=args.seconds,
+                )
+                if relay.latency:
+                    delays[relay.name] = measure(
+                        relay.name,
+                        binaries["loadgen"],
+                        relay.port,
+                        pids,
+                        window=1,
+                        flows=1,
+                        packets=args.latency_packets,
+                        seconds=args.seconds,
                     )
-                    if "workers 2" not in name:
-                        latency.append(
-                            measure(
-                                name,
-                                binaries["loadgen"],
-                                port,
-                                pids,
-                                window=1,
-                                flows=1,
-                                packets=args.latency_packets,
-                                seconds=args.seconds,
-                            )
-                        )
-    return results + latency
+            throughput.append(speeds)
+            latency.append(delays)
+    return throughput, latency
 
 
-def table(results: list[Result], latency_count: int) -> str:
-    """The Markdown tables of the README."""
-    throughput, latency = results[:-latency_count], results[-latency_count:]
-    floor = throughput[0].per_core_pps
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def table(throughput: Rounds, latency: Rounds) -> str:
+    """The Markdown tables of specs/forwarder.md: medians over rounds, ratio ranges."""
+    floor = next(iter(throughput[0]))
+    direct = next(iter(latency[0]))
     lines = [
-        f"Throughput: window {WINDOW}, {DATAGRAM_LEN}-octet datagrams "
-        "(--workers 2: 8 client flows so SO_REUSEPORT spreads them)",
+        f"Throughput: window {WINDOW}, {DATAGRAM_LEN}-octet datagrams, {len(throughput)} "
+        "rounds (medians; x C relay is per round, against the C relay of the same round)",
         "",
-        "| relay | round trips | datagrams/s (wall) | CPU s | datagrams per CPU-second "
-        "| x C relay | CPU µs per round trip |",
+        "| relay | round trips | datagrams/s (wall) | datagrams per CPU-second "
+        "| x C relay (median) | x C relay (range) | CPU µs per round trip |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for result in throughput:
-        per_trip = 1e6 * result.cpu_seconds / result.round_trips if result.round_trips else 0
+    for name in throughput[0]:
+        results = [speeds[name] for speeds in throughput]
+        ratios = [
+            speeds[name].per_core_pps / speeds[floor].per_core_pps
+            for speeds in throughput
+            if speeds[floor].per_core_pps
+        ]
+        per_trip = [1e6 * r.cpu_seconds / r.round_trips for r in results if r.round_trips]
         lines.append(
-            f"| {result.name} | {result.round_trips} | {result.wall_pps:,.0f} "
-            f"| {result.cpu_seconds:.2f} | {result.per_core_pps:,.0f} "
-            f"| {result.per_core_pps / floor:.2f} | {per_trip:.1f} |"
+            f"| {name} | {sum(r.round_trips for r in results)} "
+            f"| {_median([r.wall_pps for r in results]):,.0f} "
+            f"| {_median([r.per_core_pps for r in results]):,.0f} "
+            f"| {_median(ratios):.2f} | {min(ratios, default=0):.2f}–{max(ratios, default=0):.2f} "
+            f"| {_median(per_trip):.1f} |"
         )
-    direct = latency[0]
     lines += [
         "",
-        "Latency: one datagram in flight; added = relay percentile - direct percentile",
+        "Latency: one datagram in flight; added = relay percentile - direct percentile of the "
+        "same round (medians over rounds)",
         "",
         "| path | round trips | RTT p50 µs | RTT p99 µs | added p50 µs | added p99 µs |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for result in latency:
+    for name in latency[0]:
+        results = [delays[name] for delays in latency]
+        added50 = [delays[name].p50_us - delays[direct].p50_us for delays in latency]
+        added99 = [delays[name].p99_us - delays[direct].p99_us for delays in latency]
         lines.append(
-            f"| {result.name} | {result.round_trips} | {result.p50_us:.1f} | {result.p99_us:.1f} "
-            f"| {result.p50_us - direct.p50_us:.1f} | {result.p99_us - direct.p99_us:.1f} |"
+            f"| {name} | {sum(r.round_trips for r in results)} "
+            f"| {_median([r.p50_us for r in results]):.1f} "
+            f"| {_median([r.p99_us for r in results]):.1f} "
+            f"| {_median(added50):.1f} | {_median(added99):.1f} |"
         )
     return "\n".join(lines)
 
@@ -513,18 +568,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (20k round trips)")
-    parser.add_argument("--packets", type=int, default=200_000, help="round trips per run")
+    parser.add_argument("--packets", type=int, default=100_000, help="round trips per run")
     parser.add_argument("--latency-packets", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=10.0, help="time limit per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument("--naive-relay", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.naive_relay:
         naive_relay(*args.naive_relay)
         return 0
     if args.quick:
-        args.packets, args.latency_packets, args.seconds = 20_000, 5_000, 5.0
-    results = run(args)
-    print(table(results, latency_count=4))
+        args.packets, args.latency_packets, args.seconds, args.rounds = 20_000, 5_000, 5.0, 1
+    throughput, latency = run(args)
+    print(table(throughput, latency))
     return 0
 
 

@@ -84,3 +84,10 @@ def test_encapsulation_is_import_light_for_backends() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_batch_turns_batched_io_on() -> None:
+    from lb.__main__ import parse_arguments
+
+    assert parse_arguments(["--config", str(EXAMPLE)]).batch is False
+    assert parse_arguments(["--config", str(EXAMPLE), "--batch"]).batch is True

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from lb import mmsg
 from lb.encapsulation import unwrap, wrap
 from quicvoice.quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
 
@@ -84,8 +85,15 @@ class FakeBackend:
 class Forwarder:
     """A quicvoice-lb subprocess and its configuration file."""
 
-    def __init__(self, directory: Path, backends: list[FakeBackend], workers: int = 1) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        backends: list[FakeBackend],
+        workers: int = 1,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.directory = directory
+        self.extra_args = extra_args
         self.listen = (HOST, free_port())
         self.backend_listen = (HOST, free_port())
         self.metrics = (HOST, free_port(socket.SOCK_STREAM))
@@ -125,6 +133,7 @@ class Forwarder:
                     str(self.path),
                     "--workers",
                     str(self.workers),
+                    *self.extra_args,
                 ],
                 stderr=log,
             )
@@ -227,9 +236,31 @@ def forwarder(tmp_path: Path, backends: list[FakeBackend]) -> Iterator[Forwarder
     made.stop()
 
 
+#: The per-datagram loop (the default) and batched pumps (recvmmsg/sendmmsg, --batch).
+IO_MODES = {"batched": ("--batch",), "no-batch": ()}
+
+
+@pytest.fixture(params=list(IO_MODES))
+def any_io_forwarder(
+    request: pytest.FixtureRequest, tmp_path: Path, backends: list[FakeBackend]
+) -> Iterator[Forwarder]:
+    made = Forwarder(tmp_path, backends, extra_args=IO_MODES[request.param])
+    made.start()
+    batched = "true" if request.param == "batched" and mmsg.AVAILABLE else "false"
+    deadline = time.monotonic() + START_TIMEOUT
+    while made.log.read_text().count('"event":"pump_started"') < 2:
+        assert time.monotonic() < deadline, made.log.read_text()
+        time.sleep(0.05)
+    started = [line for line in made.log.read_text().splitlines() if "pump_started" in line]
+    assert all(f'"batched":{batched}' in line for line in started), started
+    yield made
+    made.stop()
+
+
 def test_datagrams_land_where_the_cids_say_and_replies_leave_from_the_vip(
-    forwarder: Forwarder, backends: list[FakeBackend]
+    any_io_forwarder: Forwarder, backends: list[FakeBackend]
 ) -> None:
+    forwarder = any_io_forwarder
     client = Client()
     garbage = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     garbage.bind((CLIENT_HOST, 0))
@@ -287,6 +318,35 @@ def test_the_forwarder_is_no_open_reflector(forwarder: Forwarder) -> None:
     finally:
         victim.close()
         spoofer.close()
+
+
+def test_replies_to_an_unreachable_client_are_counted_by_errno(
+    any_io_forwarder: Forwarder, backends: list[FakeBackend]
+) -> None:
+    forwarder = any_io_forwarder
+    client = Client()
+    try:
+        # An IPv6 client address cannot be reached from an IPv4 VIP: the send fails, the
+        # datagram is counted, and the next reply in the same batch still goes out.
+        backends[0].sock.sendto(
+            wrap(("2001:db8::1", 4433), b"\x41" + bytes(30)), forwarder.backend_listen
+        )
+        data, _ = client.ask(forwarder.listen, backends[0].cid())
+        assert data.startswith(backends[0].name)
+        assert (
+            forwarder.wait_metric(
+                "quicvoice_lb_dropped_packets_total", 1, direction="downlink", reason="send_error"
+            )
+            == 1
+        )
+        assert (
+            forwarder.wait_metric(
+                "quicvoice_lb_send_errors_total", 1, direction="downlink", error="EAFNOSUPPORT"
+            )
+            == 1
+        )
+    finally:
+        client.close()
 
 
 def test_kill_9_and_restart_mid_call_remembers_nothing_and_loses_no_call(
