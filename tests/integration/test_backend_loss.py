@@ -150,3 +150,68 @@ def test_a_forged_or_foreign_token_is_refused(redis_server: RedisServer, tmp_pat
         asyncio.run(scenario())
     finally:
         deployment.stop()
+
+
+def test_calls_go_on_while_redis_is_down_and_state_catches_up(
+    own_redis_server: RedisServer,
+) -> None:
+    """Redis frozen mid-call: audio and orders go on, checkpoints fail and are retried, and the
+    store has the latest cart once Redis answers again."""
+    from quicvoice.asyncio.config import BackendConfig
+    from quicvoice.quiclb import LoadBalancerConfig
+    from quicvoice.store import open_store, unpack_state
+
+
+    url = own_redis_server.unique_url(timeout="0.2")
+    stats: list[object] = []
+
+    async def agent(session: ServerSession) -> None:
+        async for event in session:
+            if isinstance(event, EventReceived) and event.name.startswith("order."):
+                handle_order(session, event.name, event.data)
+            elif isinstance(event, EventReceived) and event.name == "checkpoint.stats":
+                stats.append(session.checkpoint_stats())
+                session.send_event("checkpoint.stats")
+            elif isinstance(event, ByeReceived):
+                session.send_bye()
+            elif isinstance(event, SessionClosed):
+                return
+
+    async def scenario() -> None:
+        config = BackendConfig(
+            listen=("127.0.0.1", 0),
+            configs=(LoadBalancerConfig(0, 4, 12, bytes(16)),),
+            session_store=url,
+        )
+        server = VoiceServer(config, agent)
+        await server.start()
+        try:
+            async with connect(*server.address, verify=False) as call:
+                assert call.session is not None
+                call.send_event("order.add", {"item": "taro milk tea"})
+                await call.wait_event("order.cart")
+                own_redis_server.pause()
+                for _ in range(25):
+                    call.send_audio(FRAME)
+                    await asyncio.sleep(0.02)
+                call.send_event("order.add", {"item": "matcha latte"})
+                cart = await call.wait_event("order.cart", timeout=2)
+                assert len(cart.data["items"]) == 2  # the conversation went on
+                await asyncio.sleep(0.5)
+                call.send_event("checkpoint.stats")
+                await call.wait_event("checkpoint.stats")
+                own_redis_server.resume()
+                await asyncio.sleep(1.5)  # the checkpointer retries with backoff
+                store = open_store(url)
+                record = await store.load(call.session.session_id)
+                await store.aclose()
+                assert record is not None
+                items = unpack_state(record.state)["cart"]
+                assert [i["item"] for i in items] == ["taro milk tea", "matcha latte"]
+                assert await call.bye() == 25
+        finally:
+            await server.aclose()
+
+    asyncio.run(scenario())
+    failed = stats[0]
+    assert failed is not None and failed.failures >= 1  # type: ignore[attr-defined]
