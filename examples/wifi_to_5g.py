@@ -1,6 +1,8 @@
 """The Wi-Fi to 5G demo: a voice call that moves networks mid-sentence and loses nothing.
 
     python examples/wifi_to_5g.py [--plot latency.png] [--json] [--no-contrast]
+    sudo python examples/wifi_to_5g.py --netns [--break-before-make] [--cell-delay-ms 50]
+        [--cell-loss 1] [--seed 1]
 
 It starts a QUIC-LB forwarder and two backends as subprocesses on loopback, places a call from
 127.0.0.2 ("Wi-Fi") that orders a drink while it streams speech, moves the call to 127.0.0.3
@@ -9,6 +11,14 @@ sent and delivered, the backend before and after, the cart. Then it plays the sa
 over a plain WebSocket (TCP) behind a load balancer that hashes the 4-tuple, as voice agents
 are commonly built, for contrast. Every process it starts is stopped on exit or Ctrl-C.
 No root and no external service are needed.
+
+With ``--netns`` (root) the same call runs over real interfaces: network namespaces for the
+client, a router and the server (forwarder and backends share it); the client has ``wifi0``
+(a plain veth) and ``cell0``, which reaches the server through a userspace delay-and-loss line
+(50 ms each way and 1 % loss by default; ``quicvoice.netlab``, specs/netlab.md). The move to
+5G binds the call's new socket to the cell0 address, so the kernel routes it out of another
+interface; wifi0 is deleted after the move (make-before-break) or, with
+``--break-before-make``, without warning before it. Everything is torn down on exit.
 """
 
 from __future__ import annotations
@@ -27,8 +37,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +100,15 @@ class Cluster:
     vip: tuple[str, int] = ("127.0.0.1", 0)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     metrics_port: int = 0
+    #: --netns: the network namespace every process runs in, and the forwarder's address there.
+    namespace: str | None = None
+    listen_host: str = "127.0.0.1"
 
     def write_config(self) -> Path:
-        self.vip = ("127.0.0.1", free_port())
+        self.vip = (self.listen_host, free_port())
         self.metrics_port = free_port(socket.SOCK_STREAM)
         lines = [
-            f'listen = "127.0.0.1:{self.vip[1]}"',
+            f'listen = "{self.listen_host}:{self.vip[1]}"',
             f'backend_listen = "127.0.0.1:{free_port()}"',
             f'metrics = "127.0.0.1:{self.metrics_port}"',
             f'reset_key = "{os.urandom(32).hex()}"',
@@ -116,25 +129,44 @@ class Cluster:
         path.write_text("\n".join(lines) + "\n")
         return path
 
+    def _argv(self, argv: list[str]) -> list[str]:
+        # `ip netns exec` execs the command: the PID stays the one to signal.
+        return argv if self.namespace is None else ["ip", "netns", "exec", self.namespace, *argv]
+
+    def _metrics_ready(self) -> None:
+        def probe() -> None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1):
+                pass
+
+        if self.namespace is None:
+            probe()
+        else:
+            from quicvoice.netlab import run_in_namespace
+
+            run_in_namespace(self.namespace, probe)
+
     def start(self) -> None:
         path = self.write_config()
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        forwarder = self._argv([sys.executable, "-m", "lb", "--config", str(path)])
         self.processes.append(
-            subprocess.Popen([sys.executable, "-m", "lb", "--config", str(path)], **quiet)  # type: ignore[call-overload]
+            subprocess.Popen(forwarder, **quiet)  # type: ignore[call-overload]
         )
         for server_id in SERVER_IDS:
             self.processes.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "quicvoice.cli",
-                        "serve",
-                        "--config",
-                        str(path),
-                        "--server-id",
-                        server_id,
-                    ],
+                    self._argv(
+                        [
+                            sys.executable,
+                            "-m",
+                            "quicvoice.cli",
+                            "serve",
+                            "--config",
+                            str(path),
+                            "--server-id",
+                            server_id,
+                        ]
+                    ),
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
                 )  # fmt: skip
@@ -146,10 +178,8 @@ class Cluster:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1
-                ):
-                    return
+                self._metrics_ready()
+                return
             except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the forwarder did not start") from None
@@ -169,9 +199,11 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[Cluster]:
+def running_cluster(
+    namespace: str | None = None, listen_host: str = "127.0.0.1"
+) -> Iterator[Cluster]:
     with tempfile.TemporaryDirectory(prefix="quicvoice-demo-") as directory:
-        cluster = Cluster(Path(directory))
+        cluster = Cluster(Path(directory), namespace=namespace, listen_host=listen_host)
         try:
             cluster.start()
             yield cluster
@@ -216,6 +248,9 @@ class QuicResult:
     send_times: dict[int, float]
     arrivals: dict[int, float]
     migrated_at: float
+    #: The smoothed RTT at the end of the call, ms, and how many times the call resumed.
+    rtt_ms: float = 0.0
+    resumptions: int = 0
 
     @property
     def longest_pause_ms(self) -> float:
@@ -225,10 +260,27 @@ class QuicResult:
         return max(gaps, default=0.0) * 1000
 
 
-async def quic_call(vip: tuple[str, int], frames: list[bytes], timeline: Timeline) -> QuicResult:
+@dataclass
+class Network:
+    """The two local addresses of the call and, with --netns, how the Wi-Fi one goes away."""
+
+    wifi: str = WIFI
+    cellular: str = CELLULAR
+    #: Deletes the Wi-Fi interface (--netns); on loopback both addresses stay.
+    drop_wifi: Callable[[], Awaitable[None]] | None = None
+    #: Delete Wi-Fi first, without warning, and migrate ``notice_seconds`` later (the time the
+    #: OS takes to tell the app); otherwise migrate first and delete Wi-Fi after the move.
+    break_before_make: bool = False
+    notice_seconds: float = 0.2
+
+
+async def quic_call(
+    vip: tuple[str, int], frames: list[bytes], timeline: Timeline, network: Network | None = None
+) -> QuicResult:
+    network = network or Network()
     timeline.heading("quicvoice: QUIC through a stateless QUIC-LB forwarder")
     started = time.monotonic()
-    async with connect(*vip, local_address=WIFI, verify=False) as call:
+    async with connect(*vip, local_address=network.wifi, verify=False) as call:
         handshake_ms = (time.monotonic() - started) * 1000
         assert call.session is not None
         server_before = call.session.server_id
@@ -258,14 +310,27 @@ async def quic_call(vip: tuple[str, int], frames: list[bytes], timeline: Timelin
         )
         timeline.say(
             f"Wi-Fi lost mid-sentence (frame {len(send_times)} of {len(frames)}): "
-            f"moving to 5G ({CELLULAR})"
+            f"moving to 5G ({network.cellular})"
         )
         migrated_at = time.time()
-        migration = await call.migrate(CELLULAR)
+        if network.drop_wifi is not None and network.break_before_make:
+            await network.drop_wifi()
+            timeline.say(
+                f"wifi0 deleted without warning; the app hears of it "
+                f"{network.notice_seconds * 1000:.0f} ms later"
+            )
+            await asyncio.sleep(network.notice_seconds)
+        migration = await call.migrate(network.cellular)
         timeline.say(
             f"on 5G ({migration.to_address}); the backend answered on the new path after "
             f"{migration.gap_ms:.1f} ms, while the audio kept flowing"
         )
+        if network.drop_wifi is not None and not network.break_before_make:
+            # Make-before-break: the old socket lingers ~1.5 RTT, then Wi-Fi goes away.
+            rtt = (call.stats().rtt_smoothed_ms or 0.0) / 1000
+            await asyncio.sleep(max(0.2, 3 * rtt))
+            await network.drop_wifi()
+            timeline.say("wifi0 deleted: the old interface and its routes are gone")
         call.send_event("session.info")
         info = (await call.wait_event("session.info")).data
         timeline.say(f"backend {info['server_id']} now sees the caller at {info['peer']}")
@@ -277,6 +342,7 @@ async def quic_call(vip: tuple[str, int], frames: list[bytes], timeline: Timelin
         while not isinstance(await call.receive(), TurnEnded):
             pass
         reply = call.stats().downlink_frames_received
+        rtt_ms = call.stats().rtt_smoothed_ms or 0.0
         timeline.say(f"the agent's reply turn played: {reply} frames")
         delivered = await call.bye()
         call.send_event("session.arrivals")
@@ -298,6 +364,8 @@ async def quic_call(vip: tuple[str, int], frames: list[bytes], timeline: Timelin
         send_times=send_times,
         arrivals=dict(zip(arrivals_data["seq"], arrivals_data["at"], strict=False)),
         migrated_at=migrated_at,
+        rtt_ms=rtt_ms,
+        resumptions=len(call.resumptions),
     )
     timeline.say(
         f"longest pause between uplink frames arriving around the move: "
@@ -352,15 +420,24 @@ class WebSocketAgent:
 
 
 @contextlib.asynccontextmanager
-async def tcp_cluster() -> AsyncIterator[tuple[tuple[str, int], list[WebSocketAgent]]]:
-    """Two WebSocket backends behind a TCP balancer that hashes the 4-tuple."""
+async def tcp_cluster(
+    listen: socket.socket | None = None,
+) -> AsyncIterator[tuple[tuple[str, int], list[WebSocketAgent]]]:
+    """Two WebSocket backends behind a TCP balancer that hashes the 4-tuple.
+
+    ``listen`` is the balancer's listening socket (--netns: one made in the server namespace).
+    """
     import websockets
 
     agents = [WebSocketAgent(0), WebSocketAgent(1)]
     servers = [await websockets.serve(agent.handler, "127.0.0.1", 0) for agent in agents]
     addresses = [server.sockets[0].getsockname()[:2] for server in servers]
+    # Client-side streams still open; with --netns a client whose interface vanished never
+    # closes its side, so they are closed here at the end.
+    open_streams: set[asyncio.StreamWriter] = set()
 
     async def balance(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_streams.add(writer)
         client = writer.get_extra_info("peername")
         local = writer.get_extra_info("sockname")
         key = f"{client[0]}:{client[1]}>{local[0]}:{local[1]}".encode()
@@ -375,21 +452,35 @@ async def tcp_cluster() -> AsyncIterator[tuple[tuple[str, int], list[WebSocketAg
             sink.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        open_streams.discard(writer)
 
-    balancer = await asyncio.start_server(balance, "127.0.0.1", 0)
+    if listen is None:
+        balancer = await asyncio.start_server(balance, "127.0.0.1", 0)
+    else:
+        balancer = await asyncio.start_server(balance, sock=listen)
     try:
         yield balancer.sockets[0].getsockname()[:2], agents
     finally:
         balancer.close()
+        for stream in list(open_streams):
+            stream.close()
+        if open_streams:
+            await asyncio.sleep(0.05)
         for server in servers:
             server.close()
 
 
-async def tcp_call(frames: list[bytes], timeline: Timeline) -> TcpResult:
+async def tcp_call(
+    frames: list[bytes],
+    timeline: Timeline,
+    network: Network | None = None,
+    listen: socket.socket | None = None,
+) -> TcpResult:
     import websockets
 
+    network = network or Network()
     timeline.heading("for contrast: WebSocket over TCP behind a 4-tuple-hashing balancer")
-    async with tcp_cluster() as (vip, agents):
+    async with tcp_cluster(listen) as (vip, agents):
         uri = f"ws://{vip[0]}:{vip[1]}/"
 
         async def open_call(local: str) -> tuple[Any, int]:
@@ -399,7 +490,7 @@ async def tcp_call(frames: list[bytes], timeline: Timeline) -> TcpResult:
             return websocket, int(welcome["backend"])
 
         started = time.monotonic()
-        websocket, backend_before = await open_call(WIFI)
+        websocket, backend_before = await open_call(network.wifi)
         handshake_ms = (time.monotonic() - started) * 1000
         timeline.say(f"call up from Wi-Fi in {handshake_ms:.1f} ms: backend {backend_before}")
         loop = asyncio.get_running_loop()
@@ -413,7 +504,7 @@ async def tcp_call(frames: list[bytes], timeline: Timeline) -> TcpResult:
             # What a typical client does when the OS reports the network change: open a new
             # connection at once. Audio captured meanwhile has nowhere to go and is dropped.
             nonlocal connected, backend_after, reconnect_ms
-            fresh, backend_after = await open_call(CELLULAR)
+            fresh, backend_after = await open_call(network.cellular)
             reconnect_ms = (loop.time() - switch) * 1000
             timeline.say(
                 f"reconnected over 5G in {reconnect_ms:.1f} ms to backend {backend_after}: "
@@ -437,6 +528,8 @@ async def tcp_call(frames: list[bytes], timeline: Timeline) -> TcpResult:
                 )
             if index == migrate_at:
                 timeline.say("Wi-Fi lost mid-sentence: the TCP connection dies with it")
+                if network.drop_wifi is not None:
+                    await network.drop_wifi()
                 connected.transport.abort()
                 connected = None
                 reconnecting = loop.create_task(reconnect(loop.time()))
@@ -495,7 +588,7 @@ def plot(result: QuicResult, path: str) -> None:
     figure.savefig(path, dpi=110)
 
 
-def summary(quic: QuicResult, tcp: TcpResult | None) -> str:
+def summary(quic: QuicResult, tcp: TcpResult | None, netns: dict[str, Any] | None = None) -> str:
     lines = ["", "Summary", "-------"]
     rows = [
         ("", "quicvoice (QUIC)", "WebSocket (TCP)"),
@@ -534,12 +627,14 @@ def summary(quic: QuicResult, tcp: TcpResult | None) -> str:
         if lost == 0
         else f"quicvoice LOST {lost} frames"
     )
-    if tcp is not None:
+    if tcp is not None and netns is None:
         lines.append(
             f"The WebSocket call lost {tcp.frames_lost} frames of speech and its cart. On loopback "
             "a reconnect is quick; over a cellular link each handshake round trip (TCP, TLS, "
             "WebSocket, session) costs tens to hundreds of milliseconds more."
         )
+    if netns is not None:
+        lines += netns_summary(quic, tcp, netns)
     return "\n".join(lines)
 
 
@@ -555,11 +650,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         quic = await quic_call(cluster.vip, frames, timeline)
     tcp = None if args.no_contrast else await tcp_call(frames, timeline)
+    return finish(args, timeline, quic, tcp)
+
+
+def finish(
+    args: argparse.Namespace,
+    timeline: Timeline,
+    quic: QuicResult,
+    tcp: TcpResult | None,
+    netns: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Plot, print the summary and return the JSON report (both modes)."""
     if args.plot:
         plot(quic, args.plot)
         timeline.say(f"plot written to {args.plot}")
     if not args.json:
-        print(summary(quic, tcp))
+        print(summary(quic, tcp, netns))
     report: dict[str, Any] = {
         "quic": {
             "handshake_ms": round(quic.handshake_ms, 2),
@@ -584,7 +690,223 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "backend_after": tcp.backend_after,
             "cart": tcp.cart,
         }
+    if netns is not None:
+        report["netns"] = netns
     return report
+
+
+# -- --netns: the same call over namespaces, interfaces and a delayed, lossy cellular link ------
+#
+# The parent (root, in the host's namespace) builds the topology with quicvoice.netlab, runs
+# the forwarder and backends in the server namespace, and runs the call itself as a child of
+# this same script in the client namespace (`ip netns exec <client> ... --netns-client quic`):
+# every socket the client library opens, reconnections included, is then in the client
+# namespace. The child prints the timeline lines itself (on the parent's clock origin) and its
+# result as the last line, `RESULT {json}`. The WebSocket contrast runs the same way; its
+# balancer listens on a socket opened in the server namespace, its two agents sit behind it on
+# the child's loopback.
+
+NETNS_CLIENT_TIMEOUT = 120.0
+RESULT_PREFIX = "RESULT "
+
+
+def _netns_argv(args: argparse.Namespace, mode: str, **values: Any) -> list[str]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--netns-client", mode]
+    for key, value in values.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    if args.json:
+        argv.append("--json")
+    if args.break_before_make:
+        argv.append("--break-before-make")
+    return argv
+
+
+def _run_child(lab: Any, namespace: Any, argv: list[str], quiet: bool) -> dict[str, Any]:
+    """Run a --netns-client child, relay its timeline, return its RESULT line's JSON."""
+    import select
+
+    process = lab.spawn(namespace, argv, stdout=subprocess.PIPE, bufsize=0)
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + NETNS_CLIENT_TIMEOUT
+    pending = b""
+    result: dict[str, Any] | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise RuntimeError(f"the client did not finish within {NETNS_CLIENT_TIMEOUT:.0f} s")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode()
+            if line.startswith(RESULT_PREFIX):
+                result = json.loads(line[len(RESULT_PREFIX) :])
+            elif not quiet:
+                print(line, flush=True)
+    code = process.wait(10)
+    if code != 0 or result is None:
+        raise RuntimeError(f"the client in the namespace failed (exit status {code})")
+    return result
+
+
+def run_netns(args: argparse.Namespace) -> dict[str, Any]:
+    from quicvoice.netlab import (
+        Lab,
+        LineConfig,
+        VoiceTopologyConfig,
+        build_voice_topology,
+        cleanup_stale,
+    )
+
+    timeline = Timeline(quiet=args.json)
+    with tempfile.TemporaryDirectory(prefix="quicvoice-speech-") as directory:
+        samples, source = speech(Path(directory))
+    frames = encode_frames(CODEC, 20, samples)
+    timeline.say(f"speech: {len(frames) * FRAME_SECONDS:.1f} s of {source}")
+    stale = cleanup_stale()
+    if stale:
+        timeline.say(f"removed {len(stale)} namespaces left by an earlier crashed run")
+    line = LineConfig(
+        delay_ms=args.cell_delay_ms, jitter_ms=args.cell_jitter_ms, loss_percent=args.cell_loss
+    )
+    config = VoiceTopologyConfig(cell_uplink=line, cell_downlink=line, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="quicvoice-netns-") as directory, Lab() as lab:
+        samples_path = Path(directory) / "speech.npy"
+        np.save(samples_path, samples)
+        topology = build_voice_topology(lab, config)
+        timeline.say(
+            f"namespaces up in {topology.setup_seconds:.2f} s: client (wifi0 {topology.wifi_ip}, "
+            f"cell0 {topology.cell_ip}), router, server ({topology.server_ip}); cell0 goes "
+            f"through a delay line: {line.delay_ms:g} ms each way"
+            + (f" ±{line.jitter_ms:g} ms" if line.jitter_ms else "")
+            + f", {line.loss_percent:g} % loss"
+        )
+        common = {
+            "wifi": topology.wifi_ip,
+            "cell": topology.cell_ip,
+            "client_ns": topology.client.name,
+            "server_ns": topology.server.name,
+            "server_ip": topology.server_ip,
+            "samples": samples_path,
+            "t0": timeline.start,
+            "notice_ms": args.notice_ms,
+        }
+        with running_cluster(topology.server.name, topology.server_ip) as cluster:
+            timeline.say(
+                f"forwarder at {cluster.vip[0]}:{cluster.vip[1]} in the server namespace, "
+                f"backends {', '.join(SERVER_IDS)}"
+            )
+            child = _run_child(
+                lab,
+                topology.client,
+                _netns_argv(args, "quic", vip=f"{cluster.vip[0]}:{cluster.vip[1]}", **common),
+                args.json,
+            )
+        quic = _quic_result(child["quic"])
+        tcp = None
+        if not args.no_contrast:
+            topology.restore_wifi()
+            tcp_child = _run_child(
+                lab, topology.client, _netns_argv(args, "websocket", **common), args.json
+            )
+            tcp = TcpResult(**tcp_child["websocket"])
+        lines = topology.delay_line.stop()
+        netns = {
+            "namespaces": [topology.client.name, topology.router.name, topology.server.name],
+            "setup_s": round(topology.setup_seconds, 3),
+            "cell": {
+                "delay_ms": line.delay_ms,
+                "jitter_ms": line.jitter_ms,
+                "loss_percent": line.loss_percent,
+                "seed": args.seed,
+            },
+            "break_before_make": args.break_before_make,
+            "interface_before": child["interface_before"],
+            "interface_after": child["interface_after"],
+            "wifi_present_after": child["wifi_present_after"],
+            "rtt_after_ms": round(quic.rtt_ms, 2),
+            "resumptions": quic.resumptions,
+            "delay_line": {name: stats.as_dict() for name, stats in lines.items()},
+        }
+    return finish(args, timeline, quic, tcp, netns)
+
+
+def _quic_result(data: dict[str, Any]) -> QuicResult:
+    data = dict(data)
+    for key in ("send_times", "arrivals"):
+        data[key] = {int(seq): at for seq, at in data[key].items()}
+    return QuicResult(**data)
+
+
+def netns_summary(quic: QuicResult, tcp: TcpResult | None, netns: dict[str, Any]) -> list[str]:
+    cell = netns["cell"]
+    up, down = netns["delay_line"]["dl-up"], netns["delay_line"]["dl-down"]
+    how = (
+        "wifi0 deleted first, without warning (break-before-make)"
+        if netns["break_before_make"]
+        else "wifi0 deleted after the move (make-before-break)"
+    )
+    lines = [
+        f"Over network namespaces: {netns['interface_before']} -> {netns['interface_after']}, "
+        f"{how}; the cellular link added {cell['delay_ms']:g} ms each way and "
+        f"{cell['loss_percent']:g} % loss; RTT over cell0 at the end {quic.rtt_ms:.1f} ms; "
+        f"the call resumed {quic.resumptions} times.",
+        f"The delay line dropped {up['lost']} of {up['received']} packets up and "
+        f"{down['lost']} of {down['received']} down; releases were late by "
+        f"{max(up['late_mean_ms'], down['late_mean_ms']):.2f} ms on average.",
+    ]
+    if tcp is not None:
+        lines.append(
+            f"The WebSocket call lost {tcp.frames_lost} frames of speech and its cart; its "
+            f"reconnect over cell0 took {tcp.reconnect_ms:.1f} ms (a TCP and a WebSocket "
+            "handshake, then the session, each a round trip on the delayed link)."
+        )
+    return lines
+
+
+async def netns_client(args: argparse.Namespace) -> dict[str, Any]:
+    """The client half of --netns, running inside the client namespace."""
+    from quicvoice.netlab import WIFI_DEVICE, Namespace
+
+    timeline = Timeline(quiet=args.json)
+    timeline.start = args.t0
+    client_ns, server_ns = Namespace(args.client_ns), Namespace(args.server_ns)
+
+    async def drop_wifi() -> None:
+        await asyncio.to_thread(client_ns.delete_link, WIFI_DEVICE, missing_ok=True)
+
+    network = Network(
+        wifi=args.wifi,
+        cellular=args.cell,
+        drop_wifi=drop_wifi,
+        break_before_make=args.break_before_make,
+        notice_seconds=args.notice_ms / 1000,
+    )
+    frames = encode_frames(CODEC, 20, np.load(args.samples))
+    if args.netns_client == "websocket":
+
+        def listener() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((args.server_ip, 0))
+            sock.listen(16)
+            sock.setblocking(False)
+            return sock
+
+        tcp = await tcp_call(frames, timeline, network, listen=server_ns.run(listener))
+        return {"websocket": asdict(tcp)}
+    host, _, port = args.vip.rpartition(":")
+    before = client_ns.route_device(host, args.wifi)
+    quic = await quic_call((host, int(port)), frames, timeline, network)
+    return {
+        "quic": asdict(quic),
+        "interface_before": before,
+        "interface_after": client_ns.route_device(host, args.cell),
+        "wifi_present_after": WIFI_DEVICE in client_ns.links(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,9 +914,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="FILE.png", help="write a latency plot (matplotlib)")
     parser.add_argument("--json", action="store_true", help="print one JSON report instead")
     parser.add_argument("--no-contrast", action="store_true", help="skip the WebSocket run")
+    netns = parser.add_argument_group("--netns (root): namespaces, real interfaces, a delay line")
+    netns.add_argument("--netns", action="store_true", help="run over network namespaces")
+    netns.add_argument(
+        "--break-before-make",
+        action="store_true",
+        help="delete wifi0 without warning before migrating (default: after)",
+    )
+    netns.add_argument(
+        "--notice-ms",
+        type=float,
+        default=200.0,
+        help="with --break-before-make: how long the app takes to notice (default 200)",
+    )
+    netns.add_argument("--cell-delay-ms", type=float, default=50.0, help="one way (default 50)")
+    netns.add_argument("--cell-jitter-ms", type=float, default=0.0, help="± (default 0)")
+    netns.add_argument("--cell-loss", type=float, default=1.0, help="%% each way (default 1)")
+    netns.add_argument("--seed", type=int, default=1, help="seed of the loss draws (default 1)")
+    # The client half of --netns, run by the parent inside the client namespace.
+    child = parser.add_argument_group("internal")
+    child.add_argument("--netns-client", choices=("quic", "websocket"), help=argparse.SUPPRESS)
+    for name in ("vip", "wifi", "cell", "client-ns", "server-ns", "server-ip", "samples"):
+        child.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    child.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.netns_client is not None:
+        try:
+            print(RESULT_PREFIX + json.dumps(asyncio.run(netns_client(args))), flush=True)
+        except KeyboardInterrupt:
+            return 130
+        return 0
     try:
-        report = asyncio.run(run(args))
+        if args.netns:
+            from quicvoice.netlab import NetlabError, require_root
+
+            try:
+                require_root()
+            except NetlabError as error:
+                print(f"--netns: {error}", file=sys.stderr)
+                return 2
+            try:
+                report = run_netns(args)
+            except (RuntimeError, NetlabError) as error:
+                print(f"--netns: {error}; every namespace and process removed", file=sys.stderr)
+                return 1
+        else:
+            report = asyncio.run(run(args))
     except KeyboardInterrupt:
         print("interrupted; every process stopped", file=sys.stderr)
         return 130
