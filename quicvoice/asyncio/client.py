@@ -80,7 +80,10 @@ RECONNECT_BACKOFF_MAX = 1.0
 ATTEMPT_RTTS = 8
 MIN_ATTEMPT_TIMEOUT = 0.3
 #: Attempts made with that short timeout before it starts doubling.
-FAST_ATTEMPTS = 6
+FAST_ATTEMPTS = 4
+#: The attempt timeout when the client has moved to another network meanwhile (its RTT there
+#: is unknown): long enough for a handshake over a slow cellular link.
+NEW_PATH_ATTEMPT_TIMEOUT = 1.5
 LIVENESS_CHECK_INTERVAL = 0.05
 
 
@@ -471,16 +474,30 @@ class VoiceClient:
         backoff = RECONNECT_BACKOFF
         rtt = (old.voice.stats().rtt_smoothed_ms or 100.0) / 1000
         attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, ATTEMPT_RTTS * rtt)
+        host_measured = self._local_host
         deadline = started_at + self._reconnect_timeout
         token = before.resume_token
         attempts = 0
         while loop.time() < deadline:
             attempts += 1
+            if self._local_host != host_measured:
+                # migrate() moved us to another network: the old RTT says nothing about it.
+                host_measured = self._local_host
+                attempt_timeout = max(attempt_timeout, NEW_PATH_ATTEMPT_TIMEOUT)
             hello = replace(self._hello, codecs=(before.codec,), resume_token=token)
             link = self._new_link(hello)
             self._link = link
             try:
-                await link.start((self._local_host, 0))
+                try:
+                    await link.start((self._local_host, 0))
+                except OSError:
+                    # The address we last used is gone (its interface vanished): let the
+                    # kernel pick whatever interface remains.
+                    self._local_host = host_measured = (
+                        "::" if ":" in self._server[0] else "0.0.0.0"
+                    )
+                    attempt_timeout = max(attempt_timeout, NEW_PATH_ATTEMPT_TIMEOUT)
+                    await link.start((self._local_host, 0))
                 early = self._send_kept_early(link)
                 remaining = max(0.05, deadline - loop.time())
                 started = await asyncio.wait_for(
@@ -578,7 +595,8 @@ class VoiceClient:
     @property
     def local_address(self) -> Address:
         """The local address audio is currently sent from."""
-        assert self._link.active is not None
+        if self._link.active is None:
+            raise ConnectionError("the call is reconnecting and has no socket yet")
         return self._link.active.local_address
 
     @property
@@ -694,9 +712,16 @@ class VoiceClient:
         """
         if isinstance(local_address, str):
             local_address = (local_address, 0)
+        reconnecting = self._reconnecting
+        if reconnecting is not None:
+            # The connection is being re-established: do it from the new address instead.
+            return await self._migrate_while_reconnecting(
+                local_address, max(timeout, self._reconnect_timeout)
+            )
         link = self._link
         old = link.active
-        assert old is not None
+        if old is None:
+            raise ConnectionError("the call has no socket to migrate from")
         new = await link.open_socket(local_address)
         loop = asyncio.get_running_loop()
         last_on_old = old.last_receive or loop.time()
@@ -718,6 +743,29 @@ class VoiceClient:
             from_address=format_address(old.local_address),
             to_address=format_address(new.local_address),
             gap_ms=(first_on_new - last_on_old) * 1000,
+        )
+        self._migrations.append(migration)
+        return migration
+
+    async def _migrate_while_reconnecting(
+        self, local_address: Address, timeout: float
+    ) -> Migration:
+        previous = self._local_host
+        self._local_host = local_address[0]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reconnecting = self._reconnecting
+        if reconnecting is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(reconnecting), timeout)
+            except TimeoutError:
+                raise ConnectionError(f"not reconnected within {timeout} s") from None
+        if self._link.active is None or self._link.closed:
+            raise ConnectionError("the call could not be resumed")
+        migration = Migration(
+            from_address=format_address((previous, 0)),
+            to_address=format_address(self._link.active.local_address),
+            gap_ms=(loop.time() - started) * 1000,
         )
         self._migrations.append(migration)
         return migration
