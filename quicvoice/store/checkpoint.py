@@ -269,6 +269,19 @@ class Checkpointer:
             self._counts["keepalives"] += 1
         return CheckpointWritten(record=record, keepalive=write.keepalive)
 
+    def write_overtaken(self, current: SessionRecord, now: float) -> CheckpointWritten:
+        """The in-flight write was stale only because an earlier write of ours, given up on
+        after a timeout, landed after all: ``current`` (still owned by us) becomes the base,
+        and the in-flight state is written again unless the store already holds it."""
+        write = self._take_in_flight()
+        self._base = current
+        self._failures = 0
+        self._not_before = -math.inf
+        if self._pending is None and not write.keepalive and write.record.state != current.state:
+            self._pending = write.record.state
+        self._counts["written"] += 1
+        return CheckpointWritten(record=current, keepalive=write.keepalive)
+
     def write_failed(self, error: StoreError | str, now: float) -> CheckpointFailed:
         """The in-flight write failed; its state stays pending (unless newer state arrived)."""
         write = self._take_in_flight()
@@ -501,6 +514,11 @@ class AsyncCheckpointer:
                 current = await self.reload()
             except StoreError:
                 return core.write_conflicted(None, self._clock(), reloaded=False)
+            if current is not None and current.owner and current.owner == write.record.owner:
+                # Nobody else holds the session (owners are unique per connection): the
+                # version moved because a write of ours that timed out was applied after
+                # all. Not a conflict.
+                return core.write_overtaken(current, self._clock())
             return core.write_conflicted(current, self._clock())
         except StoreError as exc:
             return core.write_failed(exc, self._clock())

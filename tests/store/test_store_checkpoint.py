@@ -266,3 +266,40 @@ def test_store_statistics_count_operations() -> None:
         )
 
     asyncio.run(main())
+
+
+def test_a_write_that_timed_out_but_landed_is_not_a_conflict() -> None:
+    """A slow store applies a write after the checkpointer gave up on it: the retry finds a
+    newer version that it wrote itself, and carries on instead of reporting a conflict."""
+
+    class LateStore(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slow = True
+
+        async def save(self, record: SessionRecord, expected_version: int) -> SessionRecord:
+            stored = await super().save(record, expected_version)
+            if self.slow:
+                self.slow = False
+                await asyncio.sleep(1)  # applied, but the answer comes too late
+            return stored
+
+    async def main() -> None:
+        store = LateStore()
+        events: list[CheckpointEvent] = []
+        writer = AsyncCheckpointer(
+            store,
+            Checkpointer("s", ttl=TTL, owner="backend-1/conn-7", retry_initial=0.01),
+            on_event=events.append,
+            call_timeout=0.1,
+        )
+        writer.checkpoint(b"first")
+        await asyncio.sleep(0.3)
+        writer.checkpoint(b"second")
+        assert await writer.flush(2)
+        assert not any(isinstance(e, CheckpointConflicted) for e in events)
+        stored = await store.load("s")
+        assert stored is not None and stored.state == b"second"
+        await writer.aclose()
+
+    asyncio.run(main())
