@@ -107,13 +107,26 @@ def _family(address: Address) -> str:
     return "IPv6" if ":" in address[0] else "IPv4"
 
 
-def _hex(value: object, where: str) -> bytes:
+def parse_hex(value: object, where: str, *, secret: bool = False) -> bytes:
+    """Parse a string of hex digits; ``ConfigurationError`` naming ``where`` otherwise.
+
+    For a ``secret`` (a key) the message never repeats the value, which would put most of a
+    real key with one typo into logs: it gives the length and the first bad position only.
+    """
     if not isinstance(value, str):
         raise ConfigurationError(f"{where}: must be a string of hex digits")
     try:
         return bytes.fromhex(value)
     except ValueError:
-        raise ConfigurationError(f"{where}: {value!r} is not hex") from None
+        if not secret:
+            raise ConfigurationError(f"{where}: {value!r} is not hex") from None
+        bad = next(
+            (i for i, c in enumerate(value) if c not in "0123456789abcdefABCDEF"), len(value)
+        )
+        detail = (
+            f"invalid character at position {bad}" if bad < len(value) else "odd number of digits"
+        )
+        raise ConfigurationError(f"{where}: not hex ({len(value)} characters; {detail})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +251,7 @@ class ForwarderConfig:
         ]
         reset_key = None
         if "reset_key" in table:
-            reset_key = _hex(table["reset_key"], "reset_key")
+            reset_key = parse_hex(table["reset_key"], "reset_key", secret=True)
         metrics = None
         if "metrics" in table:
             metrics = parse_address(table["metrics"], "metrics", allow_port_zero=True)
@@ -268,7 +281,7 @@ def _backend(entry: object, where: str) -> Backend:
     for name in ("server_id", "address"):
         if name not in entry:
             raise ConfigurationError(f"{where}.{name}: missing")
-    server_id = _hex(entry["server_id"], f"{where}.server_id")
+    server_id = parse_hex(entry["server_id"], f"{where}.server_id")
     if not server_id:
         raise ConfigurationError(f"{where}.server_id: must not be empty")
     down = entry.get("down", False)

@@ -793,7 +793,7 @@ class VoiceClient:
 
 def _codec_rate(codec: str) -> int:
     _, _, rate = codec.partition("/")
-    return int(rate) if rate.isdigit() else 16000
+    return int(rate) if rate.isascii() and rate.isdigit() and int(rate) > 0 else 16000
 
 
 @asynccontextmanager

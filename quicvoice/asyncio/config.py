@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lb.config import FORWARDER_KEYS, Address, format_address, parse_address
+from lb.config import FORWARDER_KEYS, Address, format_address, parse_address, parse_hex
 
 from ..errors import ConfigurationError
 from ..quiclb import LoadBalancerConfig
@@ -64,15 +64,6 @@ MIN_RESET_KEY_LEN = 16
 DEFAULT_LISTEN: Address = ("127.0.0.1", 4433)
 
 __all__ = ["BackendConfig", "format_address"]
-
-
-def _hex(value: object, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{where}: must be a string of hex digits")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise ConfigurationError(f"{where}: {value!r} is not hex") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,7 +150,7 @@ class BackendConfig:
                 )
         arguments: dict[str, Any] = {}
         if server_id is None and "server_id" in table:
-            server_id = _hex(table["server_id"], "server_id")
+            server_id = parse_hex(table["server_id"], "server_id")
         if server_id is not None:
             if not server_id:
                 raise ConfigurationError("server_id: must not be empty")
@@ -184,7 +175,7 @@ class BackendConfig:
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
         if "reset_key" in table:
-            arguments["reset_key"] = _hex(table["reset_key"], "reset_key")
+            arguments["reset_key"] = parse_hex(table["reset_key"], "reset_key", secret=True)
         if "forwarder" in table:
             arguments["forwarder"] = parse_address(table["forwarder"], "forwarder")
         if "session_store" in table:
@@ -201,7 +192,9 @@ class BackendConfig:
                     f"session.{name}: unknown key (expected one of {expected})"
                 )
         if "resume_key" in session:
-            arguments["resume_key"] = _hex(session["resume_key"], "session.resume_key")
+            arguments["resume_key"] = parse_hex(
+                session["resume_key"], "session.resume_key", secret=True
+            )
         for name in ("resume_key_id", "state_ttl", "token_ttl"):
             if name in session:
                 value = session[name]
@@ -246,7 +239,7 @@ def _own_address(table: Mapping[str, Any], server_id: bytes | None) -> Address:
             raise ConfigurationError(f"backends[{index}]: must be a table")
         if (
             isinstance(entry.get("server_id"), str)
-            and _hex(entry["server_id"], f"backends[{index}].server_id") == server_id
+            and parse_hex(entry["server_id"], f"backends[{index}].server_id") == server_id
         ):
             return parse_address(entry.get("address"), f"backends[{index}].address")
     raise ConfigurationError(f"server_id: {server_id.hex()} is not in [[backends]]")

@@ -628,4 +628,5 @@ class VoiceConnection:
 def _clock_rate(codec: str) -> int | None:
     """The RTP-style clock rate of ``"NAME/RATE"``, or None when it does not parse."""
     _, _, rate = codec.partition("/")
-    return int(rate) if rate.isdigit() and int(rate) > 0 else None
+    # isdigit() alone accepts digits like "²" that int() refuses.
+    return int(rate) if rate.isascii() and rate.isdigit() and int(rate) > 0 else None

@@ -139,7 +139,11 @@ ERRORS = [
         replace("backend_listen", 'backend_listen = "127.0.0.1:4433"'),
         "backend_listen: must differ",
     ),
-    ("reset_key hex", replace("reset_key", 'reset_key = "zz"'), "reset_key: 'zz' is not hex"),
+    (
+        "reset_key hex",
+        replace("reset_key", 'reset_key = "zz"'),
+        "reset_key: not hex (2 characters; invalid character at position 0)",
+    ),
     ("reset_key short", replace("reset_key", 'reset_key = "abcd"'), "reset_key: must be at least"),
     ("reset_key type", replace("reset_key", "reset_key = 5"), "reset_key: must be a string"),
     ("metrics", replace("metrics", 'metrics = "nowhere"'), "metrics: "),
