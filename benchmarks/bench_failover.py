@@ -4,10 +4,12 @@
 
 quicvoice: a forwarder and two backends (``quicvoice serve`` processes) share a Redis session
 store. A call on backend A takes an order and streams 20 ms frames; A is killed (SIGKILL).
-Two ways of noticing are measured:
+Three ways of noticing are measured:
 - ``orchestrator``: whatever watches the backends marks A down at once (config + SIGHUP); the
   forwarder then answers A's packets with stateless resets and the client reconnects;
-- ``client``: nobody tells the forwarder; the client notices the silence itself
+- ``probes``: the forwarder's own health probes (lb/health.py) find A silent after 1 s and
+  answer its packets with stateless resets (the client's own check is set to 5 s);
+- ``client``: nobody tells the forwarder and probes are off; the client notices the silence itself
   (``liveness_timeout`` 0.5 s) and retries until a first flight lands on B.
 Reported per run: detection (kill to the client giving up the connection), handshake (new
 QUIC + TLS handshake), resume (token check and state load from Redis until ``welcome``), and
@@ -100,7 +102,8 @@ class Run:
 
 
 class QuicCluster:
-    def __init__(self, directory: Path, store_url: str) -> None:
+    def __init__(self, directory: Path, store_url: str, probes: bool = False) -> None:
+        self.probes = probes
         self.path = directory / "cluster.toml"
         self.vip = ("127.0.0.1", free_port())
         self.backend_listen = free_port()
@@ -115,6 +118,8 @@ class QuicCluster:
             f'reset_key = "{bytes(range(32)).hex()}"',
             f'session_store = "{self.store_url}"',
             'log_level = "error"',
+            # Probes only where they are the mode measured: the others isolate one mechanism.
+            f"health_interval = {0.2 if self.probes else 0}",
             "[[configs]]", "id = 0", "server_id_len = 4", "nonce_len = 12", f'key = "{QUIC_KEY}"',
         ]  # fmt: skip
         for sid, port in self.ports.items():
@@ -152,10 +157,14 @@ async def quic_run(redis: Redis, mode: str, index: int) -> Run:
     from quicvoice.asyncio.client import connect
 
     with tempfile.TemporaryDirectory() as directory:
-        cluster = QuicCluster(Path(directory), redis.url(f"q{index}{mode[0]}:"))
+        cluster = QuicCluster(
+            Path(directory), redis.url(f"q{index}{mode[0]}:"), probes=mode == "probes"
+        )
         cluster.start()
         try:
-            async with connect(*cluster.vip, verify=False, liveness_timeout=0.5) as call:
+            # With probes, the client's own check is set long so that the forwarder's acts first.
+            liveness = 5.0 if mode == "probes" else 0.5
+            async with connect(*cluster.vip, verify=False, liveness_timeout=liveness) as call:
                 assert call.session is not None and call.session.server_id == A
                 call.send_event("order.add", ITEM)
                 await call.wait_event("order.cart")
@@ -170,6 +179,7 @@ async def quic_run(redis: Redis, mode: str, index: int) -> Run:
                 await asyncio.sleep(0.5)
                 killed_at = loop.time()
                 cluster.processes[A].send_signal(signal.SIGKILL)
+                # B comes up in every mode; only the orchestrator also marks A down.
                 cluster.write(down={A} if mode == "orchestrator" else set())
                 cluster.processes["lb"].send_signal(signal.SIGHUP)
                 await call.wait_resumed(timeout=20)
@@ -376,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             cert_path.write_bytes(certificate.certificate_pem())
             key_path.write_bytes(certificate.private_key_pem())
             for index in range(runs):
-                for mode in ("orchestrator", "client"):
+                for mode in ("orchestrator", "probes", "client"):
                     results.append(asyncio.run(quic_run(redis, mode, index)))
                 results.append(
                     asyncio.run(
@@ -394,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for design, mode, who in (
         ("quicvoice", "orchestrator", "orchestrator marks it down; forwarder resets"),
+        ("quicvoice", "probes", "forwarder health probes (0.2 s, 1 s timeout); forwarder resets"),
         ("quicvoice", "client", "client (0.5 s of silence)"),
         ("websocket", "tcp-close", "TCP connection closes"),
     ):

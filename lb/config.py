@@ -51,8 +51,21 @@ BACKEND_KEYS = frozenset(
     }
 )
 FORWARDER_KEYS = frozenset(
-    {"listen", "backend_listen", "configs", "backends", "reset_key", "metrics", "log_level"}
+    {
+        "listen",
+        "backend_listen",
+        "configs",
+        "backends",
+        "reset_key",
+        "metrics",
+        "log_level",
+        "health_interval",
+        "health_timeout",
+    }
 )
+#: Probes per backend per second by default, and how long a silent backend stays "healthy".
+DEFAULT_HEALTH_INTERVAL = 0.2
+DEFAULT_HEALTH_TIMEOUT = 1.0
 BACKEND_TABLE_KEYS = frozenset({"server_id", "address", "down"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LOG_LEVEL = "info"
@@ -166,6 +179,10 @@ class ForwarderConfig:
     metrics: Address | None = None
     #: Lowest level of structured log lines written to stderr.
     log_level: str = DEFAULT_LOG_LEVEL
+    #: Seconds between health probes to each backend (lb/health.py); 0 turns probing off.
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
+    #: A backend that answered no probe for this long is treated as down.
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
 
     def __post_init__(self) -> None:
         if not self.configs:
@@ -258,6 +275,15 @@ class ForwarderConfig:
         log_level = table.get("log_level", DEFAULT_LOG_LEVEL)
         if not isinstance(log_level, str) or log_level not in LOG_LEVELS:
             raise ConfigurationError(f"log_level: must be one of {', '.join(LOG_LEVELS)}")
+        health = {}
+        for name, low, high in (("health_interval", 0.0, 60.0), ("health_timeout", 0.05, 600.0)):
+            if name in table:
+                value = table[name]
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ConfigurationError(f"{name}: must be a number of seconds")
+                if not low <= value <= high:
+                    raise ConfigurationError(f"{name}: must be between {low} and {high} seconds")
+                health[name] = float(value)
         return cls(
             listen=parse_address(table["listen"], "listen"),
             backend_listen=parse_address(table["backend_listen"], "backend_listen"),
@@ -266,6 +292,7 @@ class ForwarderConfig:
             reset_key=reset_key,
             metrics=metrics,
             log_level=log_level,
+            **health,
         )
 
 

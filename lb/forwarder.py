@@ -38,6 +38,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -47,6 +48,7 @@ from quicvoice.errors import ConfigurationError
 
 from . import mmsg
 from .config import Address, ForwarderConfig, format_address, load_config
+from .health import PROBE_REPLY_HEADER, HealthTable, probes
 from .log import JsonLogger
 from .metrics import MetricsServer, read_snapshots, write_snapshot
 from .router import Counters, DropReason, Forward, MetricSample, Reply, Router, Send
@@ -59,8 +61,12 @@ SOCKET_BUFFER_LEN = 4 * 1024 * 1024
 IDLE_TIMEOUT = 0.25
 #: Counters reach the supervisor about this often (seconds).
 SNAPSHOT_INTERVAL = 1.0
-#: A busy pump looks at the clock once per this many datagrams (a power of two).
-CLOCK_CHECK_PACKETS = 1024
+#: How often a pump looks after itself between datagrams (counters, backend health), seconds.
+TICK_INTERVAL = 0.05
+#: Backends whose health is tracked (a larger pool is tracked up to this many).
+MAX_HEALTH_BACKENDS = 1024
+#: Length of the encapsulation header of a probe answer.
+PROBE_HEADER_LEN = len(PROBE_REPLY_HEADER)
 #: Most datagrams a batched pump takes in one ``recvmmsg`` (and sends in one ``sendmmsg``).
 BATCH = mmsg.DEFAULT_BATCH
 #: Failed sends by errno, per direction: a breakdown of the ``send_error`` drops.
@@ -139,6 +145,7 @@ class Pump:
         parent_pid: int,
         logger: JsonLogger,
         batch: bool = False,
+        health: HealthTable | None = None,
     ) -> None:
         if direction not in (UPLINK, DOWNLINK):
             raise ValueError(f"direction must be {UPLINK!r} or {DOWNLINK!r}")
@@ -146,6 +153,7 @@ class Pump:
         self.worker = worker
         self.config_path = config_path
         self.counters = Counters()
+        self._config = config
         self.router = Router(config, self.counters)
         self.logger = logger.bind(pump=direction, worker=worker)
         self._vip = vip
@@ -160,6 +168,11 @@ class Pump:
         #: Failed sendto calls by errno name (unbatched); batched senders count their own.
         self._send_errors: dict[str, int] = {}
         self._senders: tuple[mmsg.Sender, ...] = ()
+        #: Probe answers (downlink) and health decisions (uplink): see lb/health.py.
+        self._health = health
+        self._backend_index = {b.address: i for i, b in enumerate(config.backends)}
+        self._dead: frozenset[int] = frozenset()
+        self._next_tick = 0.0
         #: The routing call of the hot loop: the router's own method, or, right after a
         #: SIGHUP, a trampoline that reloads first (so the loop tests no flag per datagram).
         self.route: Callable[[bytes, Any], object] = self._router_method()
@@ -202,8 +215,7 @@ class Pump:
         recvfrom = self._vip.recvfrom
         to_backend = self._backend.sendto
         to_client = self._vip.sendto
-        mask = CLOCK_CHECK_PACKETS - 1
-        count = 0
+        monotonic = time.monotonic
         while True:
             try:
                 datagram, client = recvfrom(RECV_BUFFER_LEN)
@@ -223,15 +235,13 @@ class Pump:
                 self._send_failed(self.counters.uplink_drops, error)
             except Exception as error:  # a bug must cost one datagram, never the forwarder
                 self._unexpected("route_failed", error)
-            count += 1
-            if not count & mask:
+            if monotonic() >= self._next_tick:
                 self._tick()
 
     def _downlink_loop(self) -> None:
         recvfrom = self._backend.recvfrom
         to_client = self._vip.sendto
-        mask = CLOCK_CHECK_PACKETS - 1
-        count = 0
+        monotonic = time.monotonic
         while True:
             try:
                 datagram, source = recvfrom(RECV_BUFFER_LEN)
@@ -241,16 +251,18 @@ class Pump:
             except OSError as error:
                 self._unexpected("recv_failed", error)
                 continue
-            try:
-                decision = self.route(datagram, source)
-                if type(decision) is Send:
-                    to_client(decision[1], decision[0])
-            except OSError as error:
-                self._send_failed(self.counters.downlink_drops, error)
-            except Exception as error:  # a bug must cost one datagram, never the forwarder
-                self._unexpected("route_failed", error)
-            count += 1
-            if not count & mask:
+            if datagram[:PROBE_HEADER_LEN] == PROBE_REPLY_HEADER:
+                self._probe_answered(source)
+            else:
+                try:
+                    decision = self.route(datagram, source)
+                    if type(decision) is Send:
+                        to_client(decision[1], decision[0])
+                except OSError as error:
+                    self._send_failed(self.counters.downlink_drops, error)
+                except Exception as error:  # a bug must cost one datagram, never the forwarder
+                    self._unexpected("route_failed", error)
+            if monotonic() >= self._next_tick:
                 self._tick()
 
     def _uplink_batches(self) -> None:
@@ -263,8 +275,7 @@ class Pump:
         replies: list[Reply] = []
         forward = forwards.append
         reply = replies.append
-        count = 0
-        next_tick = CLOCK_CHECK_PACKETS
+        monotonic = time.monotonic
         while True:
             if self._reload_pending:
                 self.reload()
@@ -297,9 +308,7 @@ class Pump:
                 replies.clear()
                 if failed:
                     drops[DropReason.SEND_ERROR] += failed
-            count += len(batch)
-            if count >= next_tick:
-                next_tick = count + CLOCK_CHECK_PACKETS
+            if monotonic() >= self._next_tick:
                 self._tick()
 
     def _downlink_batches(self) -> None:
@@ -309,8 +318,7 @@ class Pump:
         drops = self.counters.downlink_drops
         sends: list[Send] = []
         send = sends.append
-        count = 0
-        next_tick = CLOCK_CHECK_PACKETS
+        monotonic = time.monotonic
         while True:
             if self._reload_pending:
                 self.reload()
@@ -324,6 +332,9 @@ class Pump:
                 continue
             route = self.router.route_from_backend
             for datagram, source in batch:
+                if datagram[:PROBE_HEADER_LEN] == PROBE_REPLY_HEADER:
+                    self._probe_answered(source)
+                    continue
                 try:
                     decision = route(datagram, source)
                 except Exception as error:  # a bug must cost one datagram, never the forwarder
@@ -336,9 +347,7 @@ class Pump:
                 sends.clear()
                 if failed:
                     drops[DropReason.SEND_ERROR] += failed
-            count += len(batch)
-            if count >= next_tick:
-                next_tick = count + CLOCK_CHECK_PACKETS
+            if monotonic() >= self._next_tick:
                 self._tick()
 
     def _send_failed(self, drops: dict[DropReason, int], error: OSError) -> None:
@@ -358,8 +367,34 @@ class Pump:
         ]
 
     def _tick(self) -> None:
-        if time.monotonic() >= self._next_snapshot:
+        now = time.monotonic()
+        self._next_tick = now + TICK_INTERVAL
+        if now >= self._next_snapshot:
             self.flush()
+        if self._health is not None and self.direction == UPLINK:
+            self._apply_health()
+
+    def _probe_answered(self, source: Any) -> None:
+        index = self._backend_index.get((source[0], source[1]))
+        if index is not None and self._health is not None:
+            self._health.heard(index)
+
+    def _apply_health(self) -> None:
+        """Treat backends that stopped answering probes as down (and back when they answer)."""
+        assert self._health is not None
+        config = self.router.config
+        dead = self._health.dead(len(config.backends))
+        if dead == self._dead:
+            return
+        for index in dead - self._dead:
+            self.logger.warning(
+                "backend_unhealthy", server_id=config.backends[index].server_id.hex()
+            )
+        for index in self._dead - dead:
+            self.logger.info("backend_healthy", server_id=config.backends[index].server_id.hex())
+        self._dead = dead
+        self.router = Router(_with_down(self._config, dead), self.counters)
+        self.route = self._router_method()
 
     def _idle(self) -> None:
         if self._reload_pending:
@@ -390,6 +425,9 @@ class Pump:
             for key in ("listen", "backend_listen"):
                 if getattr(config, key) != getattr(old, key):
                     self.logger.warning("reload_ignores_key", key=key, reason="restart to rebind")
+            self._config = config
+            self._backend_index = {b.address: i for i, b in enumerate(config.backends)}
+            self._dead = frozenset()
             self.router = Router(config, self.counters)
             self.logger.info(
                 "reloaded",
@@ -416,6 +454,17 @@ class Pump:
         self._errors += 1
         if self._errors <= ERROR_LOG_BURST or not self._errors % ERROR_LOG_EVERY:
             self.logger.error(event, error=repr(error), count=self._errors)
+
+
+def _with_down(config: ForwarderConfig, dead: frozenset[int]) -> ForwarderConfig:
+    """``config`` with the backends at the ``dead`` indexes marked down."""
+    if not dead:
+        return config
+    backends = tuple(
+        replace(backend, down=True) if index in dead else backend
+        for index, backend in enumerate(config.backends)
+    )
+    return replace(config, backends=backends)
 
 
 def _run_pump(kwargs: dict[str, Any]) -> None:
@@ -452,6 +501,13 @@ class Supervisor:
         self._reloads = {"ok": 0, "error": 0}
         self._restarts = 0
         self._metrics: MetricsServer | None = None
+        #: When each backend last answered a probe; shared with the pumps across fork.
+        self._health = (
+            HealthTable(MAX_HEALTH_BACKENDS, config.health_timeout)
+            if config.health_interval > 0
+            else None
+        )
+        self._next_probe = 0.0
 
     def collect(self) -> list[MetricSample]:
         """Every pump's latest counters plus the supervisor's own."""
@@ -494,6 +550,7 @@ class Supervisor:
                 if self._reload_requested:
                     self._reload()
                 self._reap()
+                self._probe()
             return 0
         finally:
             self._shutdown()
@@ -528,6 +585,7 @@ class Supervisor:
             "parent_pid": os.getpid(),
             "logger": self.logger.bind(role="pump"),
             "batch": self.batch,
+            "health": self._health,
         }
         process = self._context.Process(
             target=_run_pump, args=(kwargs,), name=f"quicvoice-lb {direction} {worker}"
@@ -565,6 +623,8 @@ class Supervisor:
             if getattr(config, key) != getattr(self.config, key):
                 self.logger.warning("reload_ignores_key", key=key, reason="restart to rebind")
         self.config = config
+        if self._health is not None:
+            self._health.reset(len(config.backends))
         for direction in (DOWNLINK, UPLINK):
             for (_, pump_direction), process in self._pumps.items():
                 if pump_direction == direction and process.pid is not None:
@@ -573,6 +633,21 @@ class Supervisor:
             if direction == DOWNLINK:
                 time.sleep(RELOAD_STAGGER)
         self.logger.info("reload_relayed", backends=len(config.backends))
+
+    def _probe(self) -> None:
+        """Send each backend a health probe every ``health_interval``."""
+        now = time.monotonic()
+        if self._health is None or now < self._next_probe or not self._sockets:
+            return
+        self._next_probe = now + self.config.health_interval
+        backend_socket = self._sockets[0][1]
+        for backend, packet in zip(
+            self.config.backends, probes(self.config.configs, self.config.backends), strict=True
+        ):
+            try:
+                backend_socket.sendto(packet, backend.address)
+            except OSError:
+                pass  # a probe that cannot leave is a probe unanswered
 
     def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self._reload_requested = True

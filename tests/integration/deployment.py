@@ -45,6 +45,7 @@ class Deployment:
         server_ids: list[str] = SERVER_IDS,
         session_store: str | None = None,
         down: set[str] | None = None,
+        health_interval: float = 0.2,
     ) -> None:
         self.vip = ("127.0.0.1", free_port())
         self.backend_listen = ("127.0.0.1", free_port())
@@ -52,6 +53,7 @@ class Deployment:
         self.backends = {sid: ("127.0.0.1", free_port()) for sid in server_ids}
         self.path = directory / "deployment.toml"
         self.session_store = session_store
+        self.health_interval = health_interval
         self.write(down or set())
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -62,6 +64,7 @@ class Deployment:
             f'backend_listen = "127.0.0.1:{self.backend_listen[1]}"',
             f'metrics = "127.0.0.1:{self.metrics_port}"',
             f'reset_key = "{bytes(range(32)).hex()}"',
+            f"health_interval = {self.health_interval}",
         ]
         if self.session_store is not None:
             lines.append(f'session_store = "{self.session_store}"')

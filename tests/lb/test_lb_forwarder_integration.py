@@ -103,8 +103,16 @@ class Forwarder:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = directory / "lb.log"
 
-    def write(self, backends: list[FakeBackend], down: frozenset[str] = frozenset()) -> None:
+    def write(
+        self,
+        backends: list[FakeBackend],
+        down: frozenset[str] = frozenset(),
+        health_interval: float = 0.0,
+    ) -> None:
+        # Health probes are off by default here: these fake backends count every datagram.
         text = (
+            f"health_interval = {health_interval}\n"
+            "health_timeout = 0.5\n"
             f'listen = "{HOST}:{self.listen[1]}"\n'
             f'backend_listen = "{HOST}:{self.backend_listen[1]}"\n'
             f'metrics = "{HOST}:{self.metrics[1]}"\n'
@@ -492,3 +500,37 @@ def test_memory_stays_flat_over_1e5_distinct_cids(
         assert all(growth < 1024 for growth in grown.values()), grown
     finally:
         sender.close()
+
+
+def test_a_backend_that_stops_answering_probes_is_treated_as_down(
+    tmp_path: Path, backends: list[FakeBackend]
+) -> None:
+    """Probes (lb/health.py) find a dead backend with no operator: its packets get resets."""
+    forwarder = Forwarder(tmp_path, backends)
+    forwarder.write(backends, health_interval=0.1)
+    forwarder.start()
+    client = Client()
+    try:
+        time.sleep(0.8)  # several probe rounds: every backend answers (the fakes echo them)
+        reply, _ = client.ask(forwarder.listen, backends[2].cid(), b"x" * 60)
+        assert reply.startswith(b"0a000003|")
+        backends[2].close()  # the backend dies: no probe answered from now on
+        deadline = time.monotonic() + 5
+        client.sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                reply, source = client.ask(forwarder.listen, backends[2].cid(), b"x" * 60)
+            except TimeoutError:
+                continue  # still routed to the dead backend: nothing comes back
+            if reply[0] & 0xC0 == 0x40 and not reply.startswith(b"0a0000"):
+                break
+        else:
+            pytest.fail("the dead backend was never treated as down")
+        assert source == forwarder.listen and len(reply) < len(packet(b"x" * 17, b"x" * 60))
+        # The live backends are untouched.
+        reply, _ = client.ask(forwarder.listen, backends[0].cid())
+        assert reply.startswith(b"0a000001|")
+        assert "backend_unhealthy" in forwarder.log.read_text()
+    finally:
+        client.close()
+        forwarder.stop()

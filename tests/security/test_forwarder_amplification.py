@@ -49,7 +49,10 @@ def _udp(host: str, port: int = 0) -> socket.socket:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    deployment = Deployment(tmp_path_factory.mktemp("amplification"), down={DOWN})
+    # The backends here are UDP sinks that count octets: no health probes to count.
+    deployment = Deployment(
+        tmp_path_factory.mktemp("amplification"), down={DOWN}, health_interval=0
+    )
     sinks = {sid: _udp(*address) for sid, address in deployment.backends.items()}
     deployment.start_forwarder()
     lab = Lab(deployment, [_udp(host) for host in SOURCES], _udp("127.0.0.9"), sinks)
