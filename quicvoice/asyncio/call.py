@@ -106,7 +106,7 @@ async def run_call(options: CallOptions) -> dict[str, Any]:
         assert client.session is not None
         loop = asyncio.get_running_loop()
         connected_at = loop.time()
-        rate = int(client.session.codec.partition("/")[2])
+        rate = client.clock_rate
         frame_seconds = client.session.frame_ms / 1000
         samples = read_wav(options.wav, rate) if options.wav else tone(rate, options.seconds)
         frames = encode_frames(client.session.codec, client.session.frame_ms, samples)

@@ -51,7 +51,7 @@ from ..session.events import (
     TurnStarted,
     VoiceEvent,
 )
-from ..session.messages import Hello, UplinkMode
+from ..session.messages import Hello, UplinkMode, codec_clock_rate
 from ..session.playout import PlayoutBuffer
 from ..session.stats import Migration, SessionStats
 from ..session.transport import (
@@ -67,6 +67,8 @@ from .udp import bind_udp_socket
 logger = logging.getLogger("quicvoice.client")
 
 Address = tuple[str, int]
+#: Clock rate assumed for a codec name without a usable rate (L16/16000's).
+DEFAULT_CLOCK_RATE = 16000
 #: How long the old socket stays open after a migration, at least (make-before-break).
 MIN_OLD_PATH_LINGER = 0.05
 #: Uplink frames kept for resending after a reconnection: 60 s of 20 ms frames.
@@ -342,6 +344,7 @@ class VoiceClient:
         #: The session as the server accepted it (after a resume: the latest ``welcome``).
         self.session: SessionStarted | None = None
         self._samples_per_frame = 320
+        self._clock_rate = DEFAULT_CLOCK_RATE
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -374,8 +377,8 @@ class VoiceClient:
             raise ConnectionError(
                 f"no voice session with {format_address(self._server)} within {timeout} s"
             ) from None
-        rate = _codec_rate(self.session.codec)
-        self._samples_per_frame = rate * self.session.frame_ms // 1000
+        self._clock_rate = codec_clock_rate(self.session.codec) or DEFAULT_CLOCK_RATE
+        self._samples_per_frame = self._clock_rate * self.session.frame_ms // 1000
         self.playout = PlayoutBuffer(self._samples_per_frame)
         if self._reconnect:
             self._liveness = asyncio.get_running_loop().create_task(self._watch_liveness())
@@ -600,6 +603,11 @@ class VoiceClient:
         return self._link.active.local_address
 
     @property
+    def clock_rate(self) -> int:
+        """Sample rate of the session's codec, in Hz."""
+        return self._clock_rate
+
+    @property
     def samples_per_frame(self) -> int:
         """Samples in one frame at the session's codec rate."""
         return self._samples_per_frame
@@ -790,10 +798,6 @@ class VoiceClient:
             packets_received=self._packets_received + link.packets_received,
         )
 
-
-def _codec_rate(codec: str) -> int:
-    _, _, rate = codec.partition("/")
-    return int(rate) if rate.isascii() and rate.isdigit() and int(rate) > 0 else 16000
 
 
 @asynccontextmanager

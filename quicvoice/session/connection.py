@@ -54,6 +54,7 @@ from .messages import (
     MessageReader,
     UplinkMode,
     Welcome,
+    codec_clock_rate,
     encode_message,
 )
 from .stats import ArrivalStats, SessionStats
@@ -363,7 +364,7 @@ class VoiceConnection:
     def _start(self, welcome: Welcome) -> None:
         self.welcome = welcome
         self.state = State.ACTIVE
-        rate = _clock_rate(welcome.codec)
+        rate = codec_clock_rate(welcome.codec)
         if rate is not None:
             self._arrivals = ArrivalStats(rate, late_threshold=welcome.frame_ms / 1000)
 
@@ -624,9 +625,3 @@ class VoiceConnection:
             bytes_received=self._stats["bytes_received"],
         )
 
-
-def _clock_rate(codec: str) -> int | None:
-    """The RTP-style clock rate of ``"NAME/RATE"``, or None when it does not parse."""
-    _, _, rate = codec.partition("/")
-    # isdigit() alone accepts digits like "²" that int() refuses.
-    return int(rate) if rate.isascii() and rate.isdigit() and int(rate) > 0 else None

@@ -33,6 +33,13 @@ class UplinkMode(Enum):
     REALTIME = "realtime"
 
 
+def codec_clock_rate(codec: str) -> int | None:
+    """The RTP-style clock rate of a codec named ``"NAME/RATE"``, or None when it does not parse."""
+    _, _, rate = codec.partition("/")
+    # isdigit() alone accepts digits like "²" that int() refuses.
+    return int(rate) if rate.isascii() and rate.isdigit() and int(rate) > 0 else None
+
+
 def _fail(message: str) -> ProtocolError:
     return ProtocolError(message, ErrorCode.MESSAGE_ERROR)
 
