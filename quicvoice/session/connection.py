@@ -570,7 +570,14 @@ class VoiceConnection:
     def _backlog_exceeded(self) -> bool:
         """Close the session when the peer leaves too much of what we sent unacknowledged."""
         quic = self._transport.quic
-        backlog = sum(glue.unacked_stream_bytes(quic, s) for s in self._turn_streams.values())
+        backlog = 0
+        for turn_id, stream_id in list(self._turn_streams.items()):
+            unacked = glue.unacked_stream_bytes(quic, stream_id)
+            if unacked == 0 and turn_id in self._turns_ended:
+                # Finished and delivered: forget it, so this sum (run per frame sent) covers
+                # only the turns still in flight however long the call.
+                del self._turn_streams[turn_id]
+            backlog += unacked
         if backlog <= self.limits.max_unacked_bytes:
             return False
         self._abort(

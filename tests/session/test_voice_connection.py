@@ -181,3 +181,17 @@ def test_webtransport_error_codes_round_trip(code: int) -> None:
     mapped = webtransport_error_to_http3(code)
     assert mapped >= 0x52E4A40FA8DB and (mapped - 0x21) % 0x1F != 0
     assert webtransport_error_from_http3(mapped) == code
+
+
+def test_finished_turns_are_forgotten_once_delivered() -> None:
+    """A long call's many turns must not make each frame sent cost more."""
+    pair = make_pair()
+    assert pair.server is not None
+    for _ in range(20):
+        turn = pair.server.start_turn()
+        pair.server.send_turn_audio(turn, PAYLOAD, 0)
+        pair.server.end_turn(turn)
+        pair.pump()
+    last = pair.server.start_turn()
+    assert pair.server.send_turn_audio(last, PAYLOAD, 0)
+    assert list(pair.server._turn_streams) == [last]
