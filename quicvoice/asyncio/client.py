@@ -5,6 +5,11 @@ mid-call (``migrate``): it binds a new socket, switches to a fresh connection ID
 server's pool (RFC 9000 §9.5), sends from the new socket at once, and keeps the old one open
 for about one RTT so that nothing already in flight towards it is lost (make-before-break).
 
+When the network under the call vanishes without warning (the app has not called
+``migrate`` yet, the kernel refuses to send from the old address), the client moves the live
+connection by itself to whatever network the kernel now routes through, with a fresh CID, and
+``migrate()`` to that network later just reports that move.
+
 When the connection itself dies (its backend is gone: a stateless reset, or nothing heard for
 ``liveness_timeout`` while sending), the client reconnects to the same address and resumes the
 session with the token from ``welcome``. Uplink frames the dead connection never got
@@ -15,8 +20,10 @@ no speech is lost.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -87,13 +94,21 @@ FAST_ATTEMPTS = 4
 #: is unknown): long enough for a handshake over a slow cellular link.
 NEW_PATH_ATTEMPT_TIMEOUT = 1.5
 LIVENESS_CHECK_INTERVAL = 0.05
+#: Send errors that mean the socket's network is gone (its address or route vanished), not
+#: that the server is: the connection moves to whatever network remains.
+PATH_GONE_ERRORS = frozenset({errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN})
 
 
 class _ClientSocket(asyncio.DatagramProtocol):
     """One local UDP socket of the client; several exist during a migration."""
 
-    def __init__(self, on_datagram: Callable[[bytes, Address, float], None]) -> None:
+    def __init__(
+        self,
+        on_datagram: Callable[[bytes, Address, float], None],
+        on_path_gone: Callable[[_ClientSocket, OSError], None],
+    ) -> None:
         self._on_datagram = on_datagram
+        self._on_path_gone = on_path_gone
         self.transport: asyncio.DatagramTransport | None = None
         self.local_address: Address = ("", 0)
         self.first_receive: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -112,7 +127,10 @@ class _ClientSocket(asyncio.DatagramProtocol):
         self._on_datagram(data, addr, now)
 
     def error_received(self, exc: Exception) -> None:
-        pass
+        # Unconnected UDP sockets get no ICMP errors on Linux: what arrives here is the
+        # kernel refusing our own send, which is worth acting on when the network vanished.
+        if isinstance(exc, OSError) and exc.errno in PATH_GONE_ERRORS:
+            self._on_path_gone(self, exc)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -145,6 +163,7 @@ class _Link:
         on_event: Callable[[_Link, VoiceEvent], None],
         on_reset: Callable[[_Link], None],
         on_ticket: Callable[[SessionTicket], None],
+        on_path_gone: Callable[[_Link, _ClientSocket, OSError], None],
     ) -> None:
         self.server = server
         self.quic = VoiceQuicConnection(
@@ -158,6 +177,7 @@ class _Link:
         self.voice = VoiceConnection(transport, hello=hello, limits=limits)
         self._on_event = on_event
         self._on_reset = on_reset
+        self._on_path_gone = on_path_gone
         self.sockets: list[_ClientSocket] = []
         self.active: _ClientSocket | None = None
         self.timer = ConnectionTimer(self.quic, self._on_timer)
@@ -179,7 +199,7 @@ class _Link:
         loop = asyncio.get_running_loop()
         sock = bind_udp_socket(local_address)
         _, protocol = await loop.create_datagram_endpoint(
-            lambda: _ClientSocket(self._on_datagram), sock=sock
+            lambda: _ClientSocket(self._on_datagram, self._socket_path_gone), sock=sock
         )
         self.sockets.append(protocol)
         return protocol
@@ -191,6 +211,10 @@ class _Link:
         if can_send_early_data(self.quic):
             self.voice.start_early()
         self.transmit()
+
+    def _socket_path_gone(self, sock: _ClientSocket, error: OSError) -> None:
+        if not self.closed and sock is self.active:
+            self._on_path_gone(self, sock, error)
 
     def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if self.closed:
@@ -328,6 +352,7 @@ class VoiceClient:
         self._peer_bye: int | None = None
         self._peer_bye_event = asyncio.Event()
         self._closed = asyncio.Event()
+        self._close_reason = ""
         self._closing = False
         self._migrations: list[Migration] = []
         self._resumptions: list[Resumption] = []
@@ -338,6 +363,10 @@ class VoiceClient:
         self._kept: deque[_KeptFrame] = deque()
         self._frames_dropped = 0
         self._reconnecting: asyncio.Task[None] | None = None
+        self._recovering: asyncio.Task[None] | None = None
+        #: The migration the client made by itself when its network vanished, until the
+        #: app's own ``migrate()`` to that network takes it over.
+        self._moved_by_itself: Migration | None = None
         self._liveness: asyncio.Task[None] | None = None
         self._local_host = "0.0.0.0"
         self.playout: PlayoutBuffer | None = None
@@ -362,6 +391,7 @@ class VoiceClient:
             on_event=self._on_link_event,
             on_reset=self._on_link_reset,
             on_ticket=self._on_ticket,
+            on_path_gone=self._on_path_gone,
         )
 
     def _on_ticket(self, ticket: SessionTicket) -> None:
@@ -386,7 +416,7 @@ class VoiceClient:
     async def close(self) -> None:
         """Close the connection and every socket."""
         self._closing = True
-        for task in (self._liveness, self._reconnecting):
+        for task in (self._liveness, self._reconnecting, self._recovering):
             if task is not None:
                 task.cancel()
         self._link.close(say_goodbye=True)
@@ -432,6 +462,7 @@ class VoiceClient:
             self._peer_bye = event.uplink_frames
             self._peer_bye_event.set()
         elif isinstance(event, SessionClosed):
+            self._close_reason = event.reason or f"error code {event.error_code:#x}"
             self._closed.set()
             self._peer_bye_event.set()
         self._events.put_nowait(event)
@@ -454,15 +485,92 @@ class VoiceClient:
         while True:
             await asyncio.sleep(LIVENESS_CHECK_INTERVAL)
             link = self._link
-            if self._reconnecting is not None or link.closed or link.last_receive == 0.0:
+            if (
+                self._reconnecting is not None
+                or self._recovering is not None
+                or link.closed
+                or link.last_receive == 0.0
+            ):
                 continue
             silent = link.last_send - link.last_receive
             if silent > self._liveness_timeout:
-                self._begin_reconnect(f"nothing heard for {silent:.2f} s while sending")
+                reason = f"nothing heard for {silent:.2f} s while sending"
+                active = link.active
+                if active is not None and address_vanished(active.local_address[0]):
+                    self._begin_path_recovery(f"{reason}; the local address is gone")
+                else:
+                    self._begin_reconnect(reason)
 
     def _begin_reconnect(self, reason: str) -> None:
         if self._reconnecting is None and not self._closing:
+            recovering = self._recovering
+            if recovering is not None and recovering is not asyncio.current_task():
+                recovering.cancel()
+            self._recovering = None
             self._reconnecting = asyncio.get_running_loop().create_task(self._resume(reason))
+
+    # -- the network under the call went away --------------------------------------------
+
+    def _on_path_gone(self, link: _Link, sock: _ClientSocket, error: OSError) -> None:
+        if link is self._link:
+            where = format_address(sock.local_address)
+            self._begin_path_recovery(f"sending from {where}: {error.strerror or error}")
+
+    def _begin_path_recovery(self, reason: str) -> None:
+        if (
+            self._recovering is None
+            and self._reconnecting is None
+            and not self._closing
+            and not self._link.closed
+            and self.session is not None
+        ):
+            self._recovering = asyncio.get_running_loop().create_task(self._recover_path(reason))
+
+    async def _recover_path(self, reason: str) -> None:
+        """The local network vanished under a live connection: migrate it to what remains.
+
+        The backend still holds the connection, so moving it (a new socket where the kernel
+        now routes, a fresh connection ID) keeps the call on its backend with nothing to
+        resume. Only if the server does not answer on the new path does the client fall back
+        to reconnecting and resuming.
+        """
+        link = self._link
+        old = link.active
+        logger.info("path lost (%s): migrating to the remaining network", reason)
+        wildcard = "::" if ":" in self._server[0] else "0.0.0.0"
+        host = route_source(self._server) or wildcard
+        try:
+            try:
+                new = await link.open_socket((host, 0))
+            except OSError:
+                new = await link.open_socket((wildcard, 0))
+            loop = asyncio.get_running_loop()
+            last_on_old = (old.last_receive if old is not None else 0.0) or loop.time()
+            link.active = new
+            self._local_host = new.local_address[0]
+            link.quic.change_connection_id()
+            self._ping_id += 1
+            link.quic.send_ping(self._ping_id)
+            link.transmit()
+            first_on_new = await asyncio.wait_for(
+                asyncio.shield(new.first_receive), NEW_PATH_ATTEMPT_TIMEOUT
+            )
+        except (TimeoutError, OSError) as error:
+            logger.info("no answer on the remaining network (%r): reconnecting", error)
+            self._recovering = None
+            if link is self._link and not link.closed:
+                self._begin_reconnect(f"{reason}; no answer after moving the connection")
+            return
+        if old is not None:
+            link.retire_socket(old)
+        migration = Migration(
+            from_address=format_address(old.local_address if old else ("", 0)),
+            to_address=format_address(new.local_address),
+            gap_ms=(first_on_new - last_on_old) * 1000,
+        )
+        self._migrations.append(migration)
+        self._moved_by_itself = migration
+        self._recovering = None
 
     async def _resume(self, reason: str) -> None:
         loop = asyncio.get_running_loop()
@@ -707,7 +815,9 @@ class VoiceClient:
         self._link.transmit_soon()
         await asyncio.wait_for(self._peer_bye_event.wait(), timeout)
         if self._peer_bye is None:
-            raise ConnectionError("the session closed before the server said goodbye")
+            raise ConnectionError(
+                f"the session closed before the server said goodbye: {self._close_reason}"
+            )
         return self._peer_bye
 
     async def migrate(
@@ -720,6 +830,25 @@ class VoiceClient:
         """
         if isinstance(local_address, str):
             local_address = (local_address, 0)
+        if self._closing or self._closed.is_set():
+            raise ConnectionError("the call has ended")
+        recovering = self._recovering
+        if recovering is not None:
+            # The client is already moving off a vanished network: let it finish first.
+            try:
+                await asyncio.wait_for(asyncio.shield(recovering), timeout)
+            except TimeoutError:
+                raise ConnectionError(f"still moving the call after {timeout} s") from None
+        moved, self._moved_by_itself = self._moved_by_itself, None
+        active = self._link.active
+        if (
+            moved is not None
+            and active is not None
+            and local_address == (active.local_address[0], 0)
+            and self._migrations
+            and self._migrations[-1] is moved
+        ):
+            return moved  # the client already moved there when the old network vanished
         reconnecting = self._reconnecting
         if reconnecting is not None:
             # The connection is being re-established: do it from the new address instead.
@@ -859,3 +988,27 @@ async def connect(
         yield client
     finally:
         await client.close()
+
+
+def route_source(server: Address) -> str | None:
+    """The local address the kernel would send from to reach ``server`` now, if any route."""
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(server)  # UDP: picks a route and a source, sends nothing
+        except OSError:
+            return None
+        return str(probe.getsockname()[0])
+
+
+def address_vanished(host: str) -> bool:
+    """Whether ``host`` (a specific local address) is no longer configured on any interface."""
+    if host in ("", "0.0.0.0", "::"):
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError as error:
+            return error.errno == errno.EADDRNOTAVAIL
+    return False

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from quicvoice.asyncio.client import VoiceClient, connect
+from quicvoice.asyncio.client import VoiceClient, address_vanished, connect, route_source
 from quicvoice.asyncio.server import ServerSession
 from quicvoice.session.events import (
     AudioReceived,
@@ -325,3 +325,25 @@ def test_an_echoed_frame_costs_one_packet_each_way() -> None:
 
     asyncio.run(scenario())
     assert server_stats
+
+
+def test_migrate_on_an_ended_call_fails_at_once() -> None:
+    async def scenario() -> None:
+        async with running_server() as server:
+            host, port = server.address
+            async with connect(host, port, local_address="127.0.0.2", verify=False) as client:
+                await stream(client, 3, 0.005)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(ConnectionError, match="ended"):
+                await client.migrate("127.0.0.3")
+            assert loop.time() - started < 0.1
+
+    asyncio.run(scenario())
+
+
+def test_the_client_knows_where_the_kernel_routes_and_which_addresses_are_gone() -> None:
+    assert route_source(("127.0.0.1", 9)) == "127.0.0.1"
+    assert address_vanished("127.0.0.2") is False  # all of 127/8 is local
+    assert address_vanished("0.0.0.0") is False
+    assert address_vanished("192.0.2.77") is True  # TEST-NET-1: on no interface here

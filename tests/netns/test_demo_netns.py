@@ -67,12 +67,56 @@ def test_the_netns_demo_migrates_make_before_break_without_loss() -> None:
     assert websocket["frames_delivered"] < websocket["frames_sent"]
 
 
-def test_the_netns_demo_survives_wifi_vanishing_without_warning() -> None:
-    report = run_demo("--break-before-make", "--no-contrast")
+@pytest.mark.parametrize("notice_ms", [200, 3000])
+def test_the_netns_demo_survives_wifi_vanishing_without_warning(notice_ms: int) -> None:
+    report = run_demo("--break-before-make", "--no-contrast", "--notice-ms", str(notice_ms))
     check_quic(report)
     assert report["netns"]["break_before_make"] is True
-    # Nothing was heard on Wi-Fi after it vanished: the gap covers the notice time.
-    assert report["quic"]["migration_gap_ms"] > 200
+    # The client's next send from the vanished address fails (ENETUNREACH): it moves the live
+    # connection to cell0 by itself, long before the app hears of it, so the backend, the
+    # connection and the cart stay; nothing had to be resumed.
+    assert report["netns"]["resumptions"] == 0
+    # Nothing is heard between the deletion and an answer on cell0: at least one cell RTT,
+    # and well under the app's notice.
+    assert 95 < report["quic"]["migration_gap_ms"] < min(notice_ms, 1000)
+
+
+@pytest.mark.parametrize("loss", [0, 5])
+def test_the_netns_demo_realtime_uplink_is_played_concealed_and_scored(loss: int) -> None:
+    """Opus with FEC in datagrams over 20 ms each way: what the agent's jitter buffer played."""
+    report = run_demo(
+        "--uplink", "realtime", "--no-contrast", "--cell-delay-ms", "20", "--cell-loss", str(loss)
+    )  # fmt: skip
+    quic, netns = report["quic"], report["netns"]
+    realtime = quic["realtime"]
+    playout, quality = realtime["playout"], realtime["quality"]
+    assert quic["uplink"] == "realtime" and realtime["codec"] == "opus/48000"
+    assert quic["server_before"] == quic["server_after"]
+    assert [item["item"] for item in quic["cart"]] == ["taro milk tea", "matcha latte"]
+    assert (netns["interface_before"], netns["interface_after"]) == ("wifi0", "cell0")
+    assert 38 < netns["rtt_after_ms"] < 80
+    sent, arrived = quic["frames_sent"], quic["frames_delivered"]
+    assert sent > 300
+    # The jitter buffer played about the call's length, start to end of the utterance.
+    assert playout["final"] is True and playout["ended_by"] in ("sequence", "underrun")
+    assert abs(playout["frames"] - sent) <= 20
+    assert playout["packets_received"] == arrived
+    codec_wb = quality["codec_only"]["wb"]
+    assert 3.2 < codec_wb < 4.5
+    if loss == 0:
+        assert arrived == sent
+        # Only the move (one-way delay 0 -> 20 ms) leaves the buffer waiting a frame or two.
+        assert playout["concealment_ratio"] < 0.02
+        assert playout["fec_frames"] == playout["plc_frames"] == 0
+        assert quality["played"]["wb"] > codec_wb - 0.35
+    else:
+        assert arrived < sent
+        lost = sent - arrived
+        assert playout["fec_frames"] > 0
+        concealed = playout["fec_frames"] + playout["plc_frames"] + playout["expand_frames"]
+        assert concealed >= lost - 1  # each lost frame is concealed (bar one before playout)
+        assert 0 < playout["concealment_ratio"] < 0.15
+        assert 2.3 < quality["played"]["wb"] < codec_wb
 
 
 def test_without_root_netns_fails_fast_with_a_message() -> None:
