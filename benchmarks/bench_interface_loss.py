@@ -6,8 +6,9 @@
 The network namespaces of ``examples/wifi_to_5g.py --netns`` (``specs/netlab.md``): a forwarder
 and two backends in the server namespace; in the client namespace one process places
 ``--calls`` concurrent calls from the Wi-Fi address, each taking an order and streaming 20 ms
-reliable uplink frames. ``--drop-at`` seconds in, ``wifi0`` is deleted without warning (its
-address and routes go at once); the application hears of it ``--notice-ms`` later and only
+reliable uplink frames; at the end the caller barges in on the reply and hangs up.
+``--drop-at`` seconds in, ``wifi0`` is deleted without warning (its address and routes go at
+once); the application hears of it ``--notice-ms`` later and only
 then calls ``migrate(cell)``, as a phone's connectivity callback would. The client library
 must keep each call alive in between by itself: its next send from the vanished address fails
 and it moves the live connection to the network the kernel now routes through.
@@ -67,7 +68,7 @@ async def one_call(
     vip: tuple[str, int], args: argparse.Namespace, drop: WifiDrop
 ) -> dict[str, Any]:
     from quicvoice import connect
-    from quicvoice.session.events import TurnEnded
+    from quicvoice.session.events import TurnStarted
 
     loop = asyncio.get_running_loop()
     result: dict[str, Any] = {"ok": False}
@@ -75,8 +76,10 @@ async def one_call(
         async with connect(*vip, local_address=args.wifi, verify=False, timeout=10) as call:
             assert call.session is not None
             result["server_before"] = call.session.server_id
+            result["step"] = "order"
             call.send_event("order.add", ITEM)
             await call.wait_event("order.cart", 10)
+            result["step"] = "speaking"
             frames = int(args.seconds / FRAME_SECONDS)
             begin = loop.time()
             migrating: asyncio.Task[Any] | None = None
@@ -88,10 +91,17 @@ async def one_call(
                         migrating = loop.create_task(call.migrate(args.cell, timeout=5))
             if migrating is not None:
                 await migrating
+            result["step"] = "reply"
             call.end_audio()
-            while not isinstance(await asyncio.wait_for(call.receive(), 20), TurnEnded):
+            # The agent answers with the whole utterance at 5x real time; the caller barges
+            # in at once, so that many calls ending together measure the fault rather than a
+            # burst of reply audio this 2-core machine cannot carry alongside everything else.
+            while not isinstance(turn := await asyncio.wait_for(call.receive(), 20), TurnStarted):
                 pass
+            call.cancel_turn(turn.turn_id)
+            result["step"] = "bye"
             delivered = await call.bye(timeout=10)
+            result["step"] = "report"
             call.send_event("session.arrivals")
             arrivals = (await call.wait_event("session.arrivals", 10)).data
             call.send_event("session.info")
@@ -118,7 +128,7 @@ async def one_call(
                 and result["cart_intact"]
             )
     except Exception as error:  # a lost call is a result, not a crash of the benchmark
-        result["error"] = repr(error)
+        result["error"] = f"{result.get('step', 'connect')}: {error!r}"
     return result
 
 

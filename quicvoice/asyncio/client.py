@@ -94,6 +94,8 @@ FAST_ATTEMPTS = 4
 #: is unknown): long enough for a handshake over a slow cellular link.
 NEW_PATH_ATTEMPT_TIMEOUT = 1.5
 LIVENESS_CHECK_INTERVAL = 0.05
+#: Events a quiet connection may deliver during a resume, kept in case it comes back.
+MAX_QUIET_EVENTS = 10000
 #: Send errors that mean the socket's network is gone (its address or route vanished), not
 #: that the server is: the connection moves to whatever network remains.
 PATH_GONE_ERRORS = frozenset({errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN})
@@ -194,6 +196,9 @@ class _Link:
         self.welcome_at = 0.0
         #: Whether the server accepted what we sent in 0-RTT.
         self.early_data_accepted = False
+        #: The peer reset the connection (it has no state for it), or the session ended.
+        self.reset_received = False
+        self.session_ended = False
 
     async def open_socket(self, local_address: Address) -> _ClientSocket:
         loop = asyncio.get_running_loop()
@@ -220,10 +225,11 @@ class _Link:
         if self.closed:
             return
         self.packets_received += 1
-        self.last_receive = now
         if self._is_stateless_reset(data):
+            self.reset_received = True
             self._on_reset(self)
             return
+        self.last_receive = now
         self.quic.receive_datagram(data, addr, now)
         self.process_events(now)
         self.transmit()
@@ -245,10 +251,12 @@ class _Link:
                 if isinstance(voice_event, SessionStarted) and not self.started.done():
                     self.welcome_at = now
                     self.started.set_result(voice_event)
-                elif isinstance(voice_event, SessionClosed) and not self.started.done():
-                    self.started.set_exception(
-                        ConnectionError(f"session refused: {voice_event.reason}")
-                    )
+                elif isinstance(voice_event, SessionClosed):
+                    self.session_ended = True
+                    if not self.started.done():
+                        self.started.set_exception(
+                            ConnectionError(f"session refused: {voice_event.reason}")
+                        )
                 self._on_event(self, voice_event)
             event = self.quic.next_event()
 
@@ -364,6 +372,9 @@ class VoiceClient:
         self._frames_dropped = 0
         self._reconnecting: asyncio.Task[None] | None = None
         self._recovering: asyncio.Task[None] | None = None
+        #: During a resume: the connection that went quiet, and what it delivered meanwhile.
+        self._quiet_link: _Link | None = None
+        self._quiet_events: list[VoiceEvent] = []
         #: The migration the client made by itself when its network vanished, until the
         #: app's own ``migrate()`` to that network takes it over.
         self._moved_by_itself: Migration | None = None
@@ -426,9 +437,13 @@ class VoiceClient:
 
     def _on_link_event(self, link: _Link, event: VoiceEvent) -> None:
         if link is not self._link:
+            if link is self._quiet_link and len(self._quiet_events) < MAX_QUIET_EVENTS:
+                self._quiet_events.append(event)  # delivered if it comes back
             return
         if isinstance(event, SessionStarted):
             return  # open() and the reconnection take it from link.started
+        if isinstance(event, SessionClosed) and self._reconnecting is not None:
+            return  # a refused or failed attempt: _resume() decides, from link.started
         if isinstance(event, SessionClosed) and self._should_resume(event):
             self._begin_reconnect(f"connection closed: {event.reason or event.error_code}")
             return
@@ -579,9 +594,14 @@ class VoiceClient:
         before = self.session
         assert before is not None and before.resume_token is not None
         self._prune_kept(old)
-        self._packets_sent += old.packets_sent
-        self._packets_received += old.packets_received
-        old.close(say_goodbye=False)
+        # A connection that only went quiet (an overloaded backend, a short blackout) is kept
+        # open meanwhile, its loss probes going on: if no resume succeeds and it comes back,
+        # the call carries on where it was. A reset connection is gone for good.
+        old_may_revive = not old.reset_received
+        if old_may_revive:
+            self._quiet_link = old
+        else:
+            self._drop_link(old)
         backoff = RECONNECT_BACKOFF
         rtt = (old.voice.stats().rtt_smoothed_ms or 100.0) / 1000
         attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, ATTEMPT_RTTS * rtt)
@@ -618,6 +638,9 @@ class VoiceClient:
                 refused = isinstance(error, ConnectionError) and "refused" in str(error)
                 logger.info("resume attempt failed: %r", error)
                 link.close(say_goodbye=False)
+                if old_may_revive and _heard_since(old, started_at):
+                    self._restore(old, reason)
+                    return
                 if refused:
                     break
                 await asyncio.sleep(backoff)
@@ -642,6 +665,8 @@ class VoiceClient:
             )
             self._resumptions.append(resumption)
             self._reconnecting = None
+            if old_may_revive:
+                self._drop_link(old)
             self._deliver(
                 SessionResumed(
                     session_id=started.session_id,
@@ -651,6 +676,11 @@ class VoiceClient:
                 )
             )
             return
+        if old_may_revive:
+            if await self._revives(old, started_at, deadline):
+                self._restore(old, reason)
+                return
+            self._drop_link(old)
         self._reconnecting = None
         self._deliver(
             SessionClosed(
@@ -658,6 +688,43 @@ class VoiceClient:
                 reason=f"{reason}; could not resume the session",
             )
         )
+
+    def _drop_link(self, link: _Link) -> None:
+        """Give up ``link`` for good, keeping its packet counts for the call's stats."""
+        if link is self._quiet_link:
+            self._quiet_link = None
+            self._quiet_events.clear()
+        if not link.closed:
+            self._packets_sent += link.packets_sent
+            self._packets_received += link.packets_received
+            link.close(say_goodbye=False)
+
+    async def _revives(self, old: _Link, declared_dead_at: float, deadline: float) -> bool:
+        """Wait until ``deadline`` for the quiet connection to be heard from again."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if old.closed or old.reset_received or old.session_ended:
+                return False
+            if _heard_since(old, declared_dead_at):
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(LIVENESS_CHECK_INTERVAL)
+
+    def _restore(self, old: _Link, reason: str) -> None:
+        """The quiet connection answered again: carry on on it, sending the frames captured
+        meanwhile (those it had sent, it retransmits itself)."""
+        logger.info("connection heard from again after %s: no resume needed", reason)
+        self._link = old
+        self._reconnecting = None
+        self._quiet_link = None
+        events, self._quiet_events = self._quiet_events, []
+        for event in events:
+            self._on_link_event(old, event)
+        captured_meanwhile = [frame for frame in self._kept if frame.stream_end == 0]
+        self._kept = deque(frame for frame in self._kept if frame.stream_end != 0)
+        for frame in captured_meanwhile:
+            self._send_now(frame.seq, frame.timestamp, frame.payload)
 
     def _prune_kept(self, link: _Link) -> None:
         stream_id = link.voice.uplink_stream_id
@@ -988,6 +1055,16 @@ async def connect(
         yield client
     finally:
         await client.close()
+
+
+def _heard_since(link: _Link, moment: float) -> bool:
+    """Whether ``link`` is alive: a packet (not a reset) processed after ``moment``."""
+    return (
+        not link.closed
+        and not link.reset_received
+        and not link.session_ended
+        and link.last_receive > moment
+    )
 
 
 def route_source(server: Address) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
@@ -347,3 +348,39 @@ def test_the_client_knows_where_the_kernel_routes_and_which_addresses_are_gone()
     assert address_vanished("127.0.0.2") is False  # all of 127/8 is local
     assert address_vanished("0.0.0.0") is False
     assert address_vanished("192.0.2.77") is True  # TEST-NET-1: on no interface here
+
+
+def test_a_quiet_connection_that_comes_back_keeps_the_call_when_no_resume_succeeds() -> None:
+    """The backend hears nothing for 1 s (an overloaded host, a blackout): the client declares
+    the connection dead and tries to resume, but every new connection is lost (long headers
+    dropped here, as when the first flight hashes to a backend without the session). When the
+    old connection answers again, the call carries on over it with every frame."""
+    quiet_until = 0.0
+    loop_time = time.monotonic
+
+    def accept(data: bytes, address: tuple[str, int]) -> bool:
+        if data and data[0] & 0x80 and resuming:
+            return False  # every resume attempt's first flight
+        return loop_time() >= quiet_until
+
+    resuming = False
+
+    async def scenario() -> None:
+        nonlocal quiet_until, resuming
+        async with running_server(accept_datagram=accept) as server:
+            host, port = server.address
+            async with connect(
+                host, port, verify=False, liveness_timeout=0.3, reconnect_timeout=5.0
+            ) as client:
+                streaming = asyncio.get_running_loop().create_task(stream(client, 100))
+                await asyncio.sleep(0.4)
+                resuming = True
+                quiet_until = loop_time() + 1.0
+                await streaming
+                client.end_audio()
+                await next_of(client, TurnEnded, timeout=10)
+                assert await client.bye() == 100
+                assert client.resumptions == ()
+                assert len(server.sessions()) == 1
+
+    asyncio.run(scenario())

@@ -31,16 +31,21 @@ async def running_server(
     *,
     configs: tuple[LoadBalancerConfig, ...] = (LB_CONFIG,),
     on_datagram: Callable[[bytes, tuple[str, int]], None] | None = None,
+    accept_datagram: Callable[[bytes, tuple[str, int]], bool] | None = None,
     **kwargs: object,
 ) -> AsyncIterator[VoiceServer]:
+    """A backend on a free loopback port; ``on_datagram`` sees every datagram arriving, and
+    ``accept_datagram`` returning false drops it (a network or a backend gone quiet)."""
     config = BackendConfig(listen=("127.0.0.1", 0), server_id=SERVER_ID, configs=configs)
     server = VoiceServer(config, handler, **kwargs)  # type: ignore[arg-type]
-    if on_datagram is not None:
+    if on_datagram is not None or accept_datagram is not None:
         original = server._on_datagram
 
         def recording(data: bytes, address: tuple[str, int]) -> None:
-            on_datagram(data, address)
-            original(data, address)
+            if on_datagram is not None:
+                on_datagram(data, address)
+            if accept_datagram is None or accept_datagram(data, address):
+                original(data, address)
 
         server._on_datagram = recording  # type: ignore[method-assign]
     await server.start()
