@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the address browsers reach for WebTransport (the forwarder's VIP; default: listen)",
     )
+    serve.add_argument(
+        "--record-uplink",
+        metavar="DIR",
+        help="write each realtime session's uplink, as the agent's jitter buffer played it, "
+        "to DIR/<session_id>.wav (and its playout report to DIR/<session_id>.json)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
     call = commands.add_parser("call", help="place a call: stream audio, print a JSON report")
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
+    from functools import partial
+    from pathlib import Path
 
     from .agent import demo_agent
     from .asyncio.config import BackendConfig
@@ -124,9 +132,16 @@ def _serve(args: argparse.Namespace) -> int:
             config = replace(config, server_id=server_id)
     if args.session_store is not None:
         config = replace(config, session_store=args.session_store)
+    record_dir = None
+    if args.record_uplink is not None:
+        record_dir = Path(args.record_uplink)
+        try:
+            record_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError(f"--record-uplink: {error}") from None
 
     async def serve() -> None:
-        server = VoiceServer(config, demo_agent)
+        server = VoiceServer(config, partial(demo_agent, record_dir=record_dir))
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

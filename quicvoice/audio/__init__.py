@@ -33,6 +33,16 @@ from quicvoice.audio.jitter import (
     PlayoutKind,
 )
 from quicvoice.audio.opus import OpusConfig, OpusDecoder, OpusEncoder
+from quicvoice.audio.quality import (
+    Alignment,
+    PlayoutRecorder,
+    PlayoutReport,
+    align,
+    codec_round_trip,
+    encode_stream,
+    estimate_lag,
+    resample_signal,
+)
 from quicvoice.audio.resample import FilterDesign, Resampler, design_filter
 from quicvoice.errors import CodecError
 
@@ -44,6 +54,7 @@ __all__ = [
     "OPUS_48K",
     "PCMA_8K",
     "PCMU_8K",
+    "Alignment",
     "AudioCodec",
     "AudioFrame",
     "CodecError",
@@ -61,17 +72,24 @@ __all__ = [
     "OpusEncoder",
     "PlayoutFrame",
     "PlayoutKind",
+    "PlayoutRecorder",
+    "PlayoutReport",
     "RepeatConcealer",
     "Resampler",
     "Transcoder",
     "alaw_decode",
     "alaw_encode",
+    "align",
     "check_pcm",
+    "codec_round_trip",
     "design_filter",
+    "encode_stream",
+    "estimate_lag",
     "make_codec",
     "negotiate",
     "pcm_from_float",
     "pcm_to_float",
+    "resample_signal",
     "ulaw_decode",
     "ulaw_encode",
 ]
