@@ -68,6 +68,7 @@ from ..store import (
     ResumeRefused,
     ResumeTokenIssuer,
     SessionRecord,
+    StoreMonitor,
     open_store,
     pack_state,
     unpack_state,
@@ -370,7 +371,12 @@ class _ServerConnection:
             Checkpointer(session_id, ttl=self.server.config.state_ttl, base=record, owner=owner),
             on_event=self._on_checkpoint,
         )
+        self.server.store_monitor.watch(checkpointer)
         self.session = ServerSession(self, hello, started, self.events, state, checkpointer)
+        if record is None:
+            # A new session is stored at once, empty: a call whose backend dies before its
+            # first conversational event can still be resumed elsewhere.
+            self.session.checkpoint()
         for early in voice.take_early_events():
             self._on_voice_event(early)
         self.transmit_soon()
@@ -456,6 +462,8 @@ class VoiceServer:
         self.store = open_store(config.session_store)
         #: TLS session tickets, shared through the store so 0-RTT works on any backend.
         self.tickets = TicketCache(self.store)
+        #: Tells the sessions' checkpointers when the store recovers or lost its records.
+        self.store_monitor = StoreMonitor(self.store)
         self._pending_initials: dict[bytes, list[tuple[bytes, Address, bool]]] = {}
         #: Issues and checks the resume tokens sent in ``welcome``.
         self.resume_tokens = ResumeTokenIssuer(
@@ -507,6 +515,7 @@ class VoiceServer:
     async def start(self) -> None:
         """Bind the UDP socket and start serving."""
         self._transport = await open_udp_endpoint(self.config.listen, self._on_datagram)
+        self.store_monitor.start()
 
     def close(self) -> None:
         """Close every connection and the socket."""
@@ -517,10 +526,12 @@ class VoiceServer:
         self._connections.clear()
         if self._transport is not None:
             self._transport.close()
+        self.store_monitor.stop()
 
     async def aclose(self) -> None:
         """``close()``, then release the ticket cache and the session store."""
         self.close()
+        await self.store_monitor.aclose()
         await self.tickets.aclose()
         await self.store.aclose()
 

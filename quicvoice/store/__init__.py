@@ -24,6 +24,8 @@ from .checkpoint import (
     CheckpointFailed,
     CheckpointStatistics,
     CheckpointWritten,
+    MonitorStatistics,
+    StoreMonitor,
 )
 from .codec import pack_state, unpack_state
 from .config import DEFAULT_URL, StoreConfig, open_store
@@ -42,6 +44,7 @@ __all__ = [
     "Checkpointer",
     "CorruptRecordError",
     "MemoryStore",
+    "MonitorStatistics",
     "RefusalReason",
     "ResumeRefused",
     "ResumeTokenIssuer",
@@ -49,6 +52,7 @@ __all__ = [
     "SessionStore",
     "StaleWriteError",
     "StoreConfig",
+    "StoreMonitor",
     "StoreStatistics",
     "StoreUnavailableError",
     "open_store",

@@ -216,6 +216,14 @@ class SessionStore(Protocol):
         """Remove and return the ticket under ``label`` (atomic: one taker wins), or ``None``."""
         ...
 
+    async def generation(self) -> int | None:
+        """A number that changes whenever the store may have lost records since it was last
+        asked (Redis restarted without persistence, or flushed): checkpointers then write
+        their state again. ``None``: the store cannot lose records while this process lives
+        (memory), so there is nothing to watch.
+        """
+        ...
+
     def statistics(self) -> StoreStatistics:
         """Counters since the store was opened."""
         ...

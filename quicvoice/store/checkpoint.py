@@ -21,6 +21,13 @@ Rules (specs/store.md, "Checkpoint policy"):
                               re-created with the next version (expected_version 0).
     keep-alive                with no new state, the record is rewritten once half its TTL has
                               passed, so a quiet call does not expire from the store.
+    store_recovered           the store answers again after failing (retry at once, no back-off)
+                              or may have lost its records (``lost_records``: Redis restarted
+                              empty): the state is written again at once, changed or not, so a
+                              backend lost later still leaves the session resumable.
+
+``StoreMonitor`` asks the store for its ``generation`` every second and tells the checkpointers
+it watches.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import asyncio
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +59,8 @@ DEFAULT_RETRY_MAX = 5.0
 KEEPALIVE_FRACTION = 0.5
 #: Bound on one store call made by ``AsyncCheckpointer``, in seconds.
 DEFAULT_CALL_TIMEOUT = 2.0
+#: How often ``StoreMonitor`` asks the store whether it lost records, in seconds.
+DEFAULT_MONITOR_INTERVAL = 1.0
 
 _LOG = logging.getLogger(__name__)
 
@@ -127,6 +137,8 @@ class CheckpointStatistics:
     conflicts: int
     #: Saves that found the record gone (expired, or the store lost it) and re-create it.
     lost: int
+    #: Writes of unchanged state because the store may have lost its records.
+    refreshes: int
     #: Loads made to learn the winner of a conflict.
     loads: int
     #: The last store error, if any.
@@ -185,13 +197,15 @@ class Checkpointer:
         self._pending: bytes | None = None
         self._in_flight: CheckpointWrite | None = None
         self._lost = False
+        self._refresh = False
+        self._refreshing = False
         self._conflict: CheckpointConflicted | None = None
         self._failures = 0
         self._not_before = -math.inf
         self._last_write_at = -math.inf
         self._counts = {
             "updates": 0, "coalesced": 0, "writes": 0, "written": 0, "keepalives": 0,
-            "failures": 0, "conflicts": 0, "loads": 0, "lost": 0,
+            "failures": 0, "conflicts": 0, "loads": 0, "lost": 0, "refreshes": 0,
         }  # fmt: skip
         self._last_error: str | None = None
 
@@ -252,6 +266,10 @@ class Checkpointer:
         self._in_flight = CheckpointWrite(
             record=record, expected_version=expected, keepalive=keepalive
         )
+        if self._refresh and keepalive:
+            self._counts["refreshes"] += 1
+        # Whatever is written now is the latest state; a failure sets the flag again.
+        self._refreshing, self._refresh = self._refresh, False
         self._pending = None
         self._last_write_at = now
         self._counts["writes"] += 1
@@ -287,6 +305,7 @@ class Checkpointer:
         write = self._take_in_flight()
         if self._pending is None and not write.keepalive:
             self._pending = write.record.state
+        self._refresh = self._refresh or self._refreshing
         self._failures += 1
         self._counts["failures"] += 1
         self._last_error = str(error)
@@ -322,6 +341,20 @@ class Checkpointer:
         self._counts["lost"] += 1
         self._last_error = "the session record was gone from the store; re-creating it"
         return CheckpointFailed(error=self._last_error, attempt=self._failures, retry_at=now)
+
+    def store_recovered(self, now: float, *, lost_records: bool) -> None:
+        """The store answers again: retry a failed write at once (no back-off).
+
+        With ``lost_records`` (it may have lost what it held: restarted without persistence,
+        flushed), write the state again at once even if it has not changed: otherwise the
+        record stays missing until the next change or keep-alive, and a session whose backend
+        dies meanwhile cannot be resumed. A write in flight does not count: it may have
+        reached the store before the loss.
+        """
+        self._not_before = -math.inf
+        stored = self._base is not None or self._in_flight is not None
+        if lost_records and (stored or self._pending is not None):
+            self._refresh = True
 
     def count_load(self) -> None:
         """Count a load made on this checkpointer's behalf (to learn a conflict's winner)."""
@@ -362,7 +395,7 @@ class Checkpointer:
         )
 
     def _due(self, now: float) -> float | None:
-        if self._pending is not None:
+        if self._pending is not None or (self._base is not None and (self._refresh or self._lost)):
             wanted = now
         elif self._keepalive and self._base is not None:
             wanted = self._base.expires_at - self._ttl * KEEPALIVE_FRACTION
@@ -424,6 +457,13 @@ class AsyncCheckpointer:
     def resolve(self, base: SessionRecord | None, state: bytes | None) -> None:
         """Continue after a conflict (see ``Checkpointer.resolve``)."""
         self._core.resolve(base, state, self._clock())
+        self._kick()
+
+    def store_recovered(self, *, lost_records: bool) -> None:
+        """The store answers again, and may have lost records (see ``Checkpointer``)."""
+        if self._closed:
+            return
+        self._core.store_recovered(self._clock(), lost_records=lost_records)
         self._kick()
 
     async def reload(self) -> SessionRecord | None:
@@ -526,3 +566,109 @@ class AsyncCheckpointer:
             message = f"store did not answer within {self._call_timeout} s"
             return core.write_failed(message, self._clock())
         return core.write_succeeded(stored, self._clock())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorStatistics:
+    """A snapshot of a ``StoreMonitor``'s counters."""
+
+    #: ``generation`` calls that answered.
+    checks: int
+    #: Calls that failed or timed out.
+    failures: int
+    #: Times the checkpointers were told to retry: the store answered again after failing,
+    #: or had lost its records.
+    recoveries: int
+    #: Times it had lost its records (its generation changed).
+    losses: int
+    #: Checkpointers watched now.
+    watched: int
+
+
+class StoreMonitor:
+    """Watches a store for lost records on behalf of every session's checkpointer.
+
+    Every ``interval`` seconds it asks ``store.generation()`` (one store operation). When the
+    store answers again after failing, every watched ``AsyncCheckpointer`` retries at once; when
+    the generation changed (the store lost its records, e.g. Redis restarted empty), each also
+    writes its state again at once. A store whose generation is ``None`` (memory) is not
+    watched. Checkpointers are held weakly; ``watch`` them as sessions start.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        interval: float = DEFAULT_MONITOR_INTERVAL,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+    ) -> None:
+        for name, value in (("interval", interval), ("call_timeout", call_timeout)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds")
+        self._store = store
+        self._interval = interval
+        self._call_timeout = call_timeout
+        self._watched: weakref.WeakSet[AsyncCheckpointer] = weakref.WeakSet()
+        self._task: asyncio.Task[None] | None = None
+        self._counts = {"checks": 0, "failures": 0, "recoveries": 0, "losses": 0}
+
+    def watch(self, checkpointer: AsyncCheckpointer) -> None:
+        """Tell ``checkpointer`` when the store recovers or loses its records."""
+        self._watched.add(checkpointer)
+
+    def start(self) -> None:
+        """Start watching (needs a running event loop)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        """Stop watching (without waiting)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop watching and wait for the task to end."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    def statistics(self) -> MonitorStatistics:
+        """Counters since the monitor was made."""
+        return MonitorStatistics(**self._counts, watched=len(self._watched))
+
+    async def _run(self) -> None:
+        known: int | None = None
+        failing = False
+        while True:
+            try:
+                async with asyncio.timeout(self._call_timeout):
+                    generation = await self._store.generation()
+            except (StoreError, TimeoutError) as error:
+                self._counts["failures"] += 1
+                if not failing:
+                    _LOG.warning("session store check failed: %s", error)
+                failing = True
+                await asyncio.sleep(self._interval)
+                continue
+            if generation is None:
+                return  # the store cannot lose records on its own
+            self._counts["checks"] += 1
+            lost = known is not None and generation != known
+            if lost or failing:
+                self._notify(lost_records=lost)
+            known, failing = generation, False
+            await asyncio.sleep(self._interval)
+
+    def _notify(self, *, lost_records: bool) -> None:
+        self._counts["recoveries"] += 1
+        if lost_records:
+            self._counts["losses"] += 1
+            _LOG.warning(
+                "session store lost its records: writing %d sessions again", len(self._watched)
+            )
+        for checkpointer in list(self._watched):
+            checkpointer.store_recovered(lost_records=lost_records)

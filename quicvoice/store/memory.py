@@ -113,6 +113,10 @@ class MemoryStore:
             return None
         return entry[0]
 
+    async def generation(self) -> int | None:
+        """``None``: the records live and die with this process; nothing to watch."""
+        return None
+
     def statistics(self) -> StoreStatistics:
         """Counters since the store was made."""
         return StoreStatistics(

@@ -5,16 +5,19 @@ opened. Keys (``P`` is the configured prefix, specs/store.md):
 
     P s:<session_id>    hash  v = version (decimal), d = record envelope (codec.py); PEXPIRE
     P t:<label hex>     string, an encoded TLS session ticket; PX
+    P g:<store hex>     string "1", this store object's marker (``generation``); PX 1 hour
 
 A save is one Lua script (atomic on the server): compare ``v`` with the expected version, then
-write both fields and the expiry. Every call is bounded by ``timeout``; redis-py's own retries are
-off, so a slow or dead Redis gives ``StoreUnavailableError`` within that bound.
+write both fields and the expiry. Every call is bounded by ``timeout``; redis-py retries only a
+connection error, once and at once (a pooled connection to a Redis that restarted fails its first
+command), so a slow or dead Redis gives ``StoreUnavailableError`` within that bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,6 +49,8 @@ from .config import StoreConfig
 
 #: Most pooled connections to Redis per store.
 MAX_CONNECTIONS = 32
+#: Lifetime of a store's marker key, refreshed by every ``generation`` call, in ms.
+MARKER_TTL_MS = 3_600_000
 
 #: Compare-and-set. KEYS[1] record key; ARGV: expected version, new version, envelope, TTL ms.
 #: Returns {1, new} on success, {0, actual} when stale, {-1, ""} when the key holds garbage.
@@ -83,7 +88,12 @@ class RedisStore:
         self._clock = clock
         self._timeout = config.timeout
         self._prefix = config.prefix.encode("utf-8")
-        self._client = aioredis.Redis(
+        # A blocking pool: beyond MAX_CONNECTIONS commands in flight, a command waits for a
+        # connection (within the call's bound) instead of failing at once with "Too many
+        # connections", as a burst of resumes onto one backend would otherwise.
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=MAX_CONNECTIONS,
+            timeout=config.timeout,
             host=config.host,
             port=config.port,
             db=config.db,
@@ -91,13 +101,18 @@ class RedisStore:
             password=config.password,
             socket_timeout=config.timeout,
             socket_connect_timeout=config.timeout,
-            retry=Retry(NoBackoff(), 0),
+            # One immediate retry on a connection error only: a pooled connection to a
+            # Redis that restarted fails its first command without running it.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             health_check_interval=0,
-            max_connections=MAX_CONNECTIONS,
             decode_responses=False,
         )
+        self._client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
         self._cas = self._client.register_script(CAS_SCRIPT)
         self._counters = _Counters()
+        self._marker = self._prefix + b"g:" + os.urandom(8).hex().encode("ascii")
+        self._marked = False
+        self._generation = 0
 
     def __repr__(self) -> str:
         return f"RedisStore({self._config!r})"
@@ -179,6 +194,20 @@ class RedisStore:
         if not isinstance(value, bytes) or len(value) > MAX_TICKET_LEN:
             raise self._corrupt("ticket entry is not a bounded byte string")
         return value
+
+    async def generation(self) -> int:
+        """Changes when Redis lost what this store wrote (restarted empty, flushed).
+
+        The store keeps a marker key of its own; each call refreshes its expiry (PEXPIRE,
+        one operation) and, when the marker is gone, counts a loss and writes it again.
+        """
+        if await self._call(self._client.pexpire(self._marker, MARKER_TTL_MS)):
+            return self._generation
+        if self._marked:
+            self._generation += 1
+        await self._call(self._client.set(self._marker, b"1", px=MARKER_TTL_MS))
+        self._marked = True
+        return self._generation
 
     def statistics(self) -> StoreStatistics:
         """Counters since the store was opened."""

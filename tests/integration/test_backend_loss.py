@@ -129,6 +129,44 @@ def test_the_cart_and_the_audio_survive_the_backend(
     assert received[B], "the resumed call reached the second backend"
 
 
+def test_a_call_with_no_state_yet_survives_its_backend(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """No conversational event yet (nothing the application checkpointed): the session was
+    stored empty when it started, so it resumes on B instead of being refused."""
+    deployment = Deployment(
+        tmp_path, server_ids=[A, B], session_store=redis_server.unique_url(), down={B}
+    )
+    deployment.start_forwarder()
+
+    async def scenario() -> None:
+        async with backends(deployment) as servers:
+            async with connect(*deployment.vip, verify=False, liveness_timeout=0.5) as call:
+                assert call.session is not None and call.session.server_id == A
+
+                async def speak() -> None:  # a silent client would notice nothing
+                    while True:
+                        call.send_audio(FRAME)
+                        await asyncio.sleep(0.02)
+
+                speaking = asyncio.get_running_loop().create_task(speak())
+                await asyncio.sleep(0.2)
+                crash(servers[A])
+                deployment.write(down={A})
+                deployment.reload()
+                resumed = await call.wait_resumed(timeout=15)
+                speaking.cancel()
+                assert resumed.server_id == B
+                call.send_event("order.list")
+                cart = await call.wait_event("order.cart")
+                assert cart.data == {"items": []}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        deployment.stop()
+
+
 def test_a_forged_or_foreign_token_is_refused(redis_server: RedisServer, tmp_path: Path) -> None:
     deployment = Deployment(tmp_path, server_ids=[A], session_store=redis_server.unique_url())
     deployment.start_forwarder()

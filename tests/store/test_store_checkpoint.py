@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
@@ -301,5 +302,141 @@ def test_a_write_that_timed_out_but_landed_is_not_a_conflict() -> None:
         stored = await store.load("s")
         assert stored is not None and stored.state == b"second"
         await writer.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_store_that_lost_its_records_gets_the_state_again_at_once() -> None:
+    """Redis restarted empty while nothing changed: without a rewrite the record would stay
+    missing until the next change or keep-alive (5 minutes at the default TTL), and a
+    session whose backend died meanwhile could not be resumed."""
+    core = Checkpointer("s", ttl=600)
+    core.update(b"cart", T0)
+    write = core.next_write(T0)
+    assert write is not None
+    core.write_succeeded(write.record, T0)
+    assert core.next_write(T0 + 1) is None and core.get_timer() == T0 + 300  # keep-alive only
+    core.store_recovered(T0 + 1, lost_records=True)
+    assert (core.get_timer() or math.inf) <= T0 + 1
+    refresh = core.next_write(T0 + 1)
+    assert refresh is not None and refresh.record.state == b"cart"
+    assert (refresh.expected_version, refresh.record.version) == (1, 2)
+    core.write_lost(T0 + 1)  # the CAS found no record: re-create it, now
+    recreate = core.next_write(T0 + 1)
+    assert recreate is not None and recreate.record.state == b"cart"
+    assert (recreate.expected_version, recreate.record.version) == (0, 2)
+    core.write_succeeded(recreate.record, T0 + 1)
+    assert core.next_write(T0 + 2) is None
+    stats = core.statistics()
+    assert (stats.refreshes, stats.lost, stats.version) == (1, 1, 2)
+
+
+def test_a_failed_refresh_is_retried() -> None:
+    """The first write after a Redis restart often fails (a pooled connection to the old
+    process): the rewrite must not be forgotten until the next keep-alive."""
+    base = SessionRecord(session_id="s", version=3, state=b"cart", expires_at=T0 + 600)
+    core = Checkpointer("s", ttl=600, base=base, retry_initial=0.1)
+    core.store_recovered(T0, lost_records=True)
+    refresh = core.next_write(T0)
+    assert refresh is not None
+    event = core.write_failed("connection closed by server", T0)
+    assert core.get_timer() == event.retry_at == T0 + 0.1
+    retry = core.next_write(T0 + 0.1)
+    assert retry is not None and retry.record.state == b"cart" and retry.expected_version == 3
+    core.write_succeeded(retry.record, T0 + 0.1)
+    assert core.next_write(T0 + 0.2) is None
+
+
+def test_a_write_in_flight_during_the_loss_is_followed_by_another() -> None:
+    core = Checkpointer("s", ttl=600)
+    core.update(b"a", T0)
+    write = core.next_write(T0)
+    assert write is not None
+    core.store_recovered(T0, lost_records=True)  # it may have landed before the loss
+    core.write_succeeded(write.record, T0)
+    again = core.next_write(T0)
+    assert again is not None and again.record.state == b"a" and again.expected_version == 1
+
+
+def test_recovery_without_loss_only_cuts_the_back_off() -> None:
+    core = Checkpointer("s", ttl=600, retry_initial=1.0, retry_max=5.0)
+    core.update(b"a", T0)
+    for now in (T0, T0 + 1.0, T0 + 3.0):
+        write = core.next_write(now)
+        assert write is not None
+        core.write_failed("down", now)
+    assert core.get_timer() == T0 + 7.0
+    core.store_recovered(T0 + 3.5, lost_records=False)
+    retry = core.next_write(T0 + 3.5)
+    assert retry is not None and retry.record.state == b"a"
+    core.write_succeeded(retry.record, T0 + 3.5)
+    core.store_recovered(T0 + 4, lost_records=False)
+    assert core.next_write(T0 + 4) is None  # nothing to write
+    fresh = Checkpointer("t", ttl=600)
+    fresh.store_recovered(T0, lost_records=True)
+    assert fresh.next_write(T0) is None  # never stored: nothing was lost
+
+
+class ForgetfulStore(MemoryStore):
+    """A memory store that can lose every record at once, as Redis restarted empty does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 0
+        self.down = False
+
+    def lose_everything(self) -> None:
+        self._records.clear()
+        self.lost += 1
+
+    async def generation(self) -> int | None:
+        if self.down:
+            raise StoreError("unreachable")
+        return self.lost
+
+
+def test_the_monitor_has_lost_state_written_again() -> None:
+    from quicvoice.store import StoreMonitor
+
+    async def main() -> None:
+        store = ForgetfulStore()
+        monitor = StoreMonitor(store, interval=0.02)
+        checkpointers = [AsyncCheckpointer(store, Checkpointer(f"s{i}", ttl=600)) for i in range(3)]
+        for i, cp in enumerate(checkpointers):
+            monitor.watch(cp)
+            cp.checkpoint(b"cart %d" % i)
+            assert await cp.flush(1)
+        monitor.start()
+        await asyncio.sleep(0.05)
+        store.down = True
+        store.lose_everything()
+        await asyncio.sleep(0.05)
+        assert await store.load("s0") is None
+        store.down = False
+        await asyncio.sleep(0.1)
+        for i in range(3):
+            record = await store.load(f"s{i}")
+            assert record is not None and record.state == b"cart %d" % i
+        stats = monitor.statistics()
+        assert stats.losses == 1 and stats.failures >= 1 and stats.watched == 3
+        store.lose_everything()  # lost between two checks, with no failure seen
+        await asyncio.sleep(0.1)
+        assert await store.load("s2") is not None and monitor.statistics().losses == 2
+        await monitor.aclose()
+        for cp in checkpointers:
+            await cp.aclose()
+
+    asyncio.run(main())
+
+
+def test_the_monitor_stops_for_a_memory_store() -> None:
+    from quicvoice.store import StoreMonitor
+
+    async def main() -> None:
+        monitor = StoreMonitor(MemoryStore(), interval=0.01)
+        monitor.start()
+        await asyncio.sleep(0.05)
+        assert monitor.statistics().checks == 0
+        await monitor.aclose()
 
     asyncio.run(main())

@@ -195,3 +195,88 @@ def test_redis_is_imported_only_when_opened() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "True"]
+
+
+def test_a_restart_changes_the_generation_and_state_comes_back(
+    own_redis_server: RedisServer,
+) -> None:
+    """Redis restarted empty while the session was quiet: the monitor sees the loss and the
+    checkpointer writes the unchanged state again, so the session stays resumable."""
+    from quicvoice.store import StoreMonitor
+
+    server = own_redis_server
+
+    async def main() -> None:
+        store = open_store(server.unique_url(timeout=str(TIMEOUT)))
+        first = await store.generation()
+        assert first is not None and await store.generation() == first
+        monitor = StoreMonitor(store, interval=0.05, call_timeout=1.0)
+        cp = AsyncCheckpointer(store, Checkpointer("quiet", ttl=600), call_timeout=1.0)
+        monitor.watch(cp)
+        monitor.start()
+        cp.checkpoint(b"\x91\xa5pizza")
+        assert await cp.flush(2.0)
+        server.stop()
+        server.start()  # same port, empty
+        deadline = time.monotonic() + 3.0
+        while await _load_or_none(store, "quiet") is None:
+            assert time.monotonic() < deadline, "the state never came back"
+            await asyncio.sleep(0.05)
+        record = await store.load("quiet")
+        assert record is not None and record.state == b"\x91\xa5pizza"
+        assert await store.generation() == first + 1
+        assert monitor.statistics().losses == 1 and cp.statistics().refreshes == 1
+        await monitor.aclose()
+        await cp.aclose()
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+async def _load_or_none(store: object, session_id: str) -> object:
+    try:
+        return await store.load(session_id)  # type: ignore[attr-defined]
+    except StoreError:
+        return None
+
+
+def test_pooled_connections_survive_a_restart(own_redis_server: RedisServer) -> None:
+    """Every pooled connection to the old process fails its first command; the store retries
+    that once, at once, so a resume right after a Redis restart is not refused."""
+    server = own_redis_server
+
+    async def main() -> None:
+        store = open_store(server.unique_url(timeout=str(TIMEOUT)))
+        expires = time.time() + 60
+        await asyncio.gather(
+            *(store.save(SessionRecord.new(f"s{i}", b"", expires_at=expires), 0) for i in range(8))
+        )
+        server.stop()
+        server.start()
+        loaded = await asyncio.gather(*(store.load(f"s{i}") for i in range(8)))
+        assert loaded == [None] * 8  # empty, and no StoreUnavailableError
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            await store.load("s0")  # still fails fast when nothing listens
+        assert time.monotonic() - started < TIMEOUT + 0.5
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_burst_beyond_the_pool_waits_instead_of_failing(redis_server: RedisServer) -> None:
+    """A backend taking over another's calls resumes them all at once (a load and a save
+    each, plus tickets): past the pool's 32 connections, commands wait for a free one (within
+    the timeout) instead of failing with "Too many connections" (68 of 100 did)."""
+
+    async def main() -> None:
+        store = open_store(redis_server.unique_url())
+        results = await asyncio.gather(
+            *(store.load(f"s{i}") for i in range(100)), return_exceptions=True
+        )
+        assert results == [None] * 100
+        assert store.statistics().errors == 0
+        await store.aclose()
+
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Benchmarks; ``benchmarks.load`` (the load generator and deployment) is importable by tests."""
