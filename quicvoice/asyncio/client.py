@@ -96,6 +96,8 @@ NEW_PATH_ATTEMPT_TIMEOUT = 1.5
 LIVENESS_CHECK_INTERVAL = 0.05
 #: Events a quiet connection may deliver during a resume, kept in case it comes back.
 MAX_QUIET_EVENTS = 10000
+#: Application events the app may send while the call reconnects.
+MAX_HELD_EVENTS = 1000
 #: Send errors that mean the socket's network is gone (its address or route vanished), not
 #: that the server is: the connection moves to whatever network remains.
 PATH_GONE_ERRORS = frozenset({errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN})
@@ -189,6 +191,10 @@ class _Link:
         self.packets_sent = 0
         self.packets_received = 0
         self.last_send = 0.0
+        #: When the first packet sent since the last one received went out (``None`` while
+        #: nothing sent is unanswered): silence counts from there, not from the last receive,
+        #: so a pause in sending is not mistaken for a dead peer.
+        self.unanswered_since: float | None = None
         self.last_receive = 0.0
         #: Event-loop times of the first packet sent, the handshake's end and ``welcome``.
         self.started_at = 0.0
@@ -230,6 +236,7 @@ class _Link:
             self._on_reset(self)
             return
         self.last_receive = now
+        self.unanswered_since = None
         self.quic.receive_datagram(data, addr, now)
         self.process_events(now)
         self.transmit()
@@ -273,6 +280,8 @@ class _Link:
         for data, addr in self.quic.datagrams_to_send(now=now):
             self.packets_sent += 1
             self.last_send = now
+            if self.unanswered_since is None:
+                self.unanswered_since = now
             active.transport.sendto(data, addr)
         self.timer.update()
 
@@ -375,6 +384,8 @@ class VoiceClient:
         #: During a resume: the connection that went quiet, and what it delivered meanwhile.
         self._quiet_link: _Link | None = None
         self._quiet_events: list[VoiceEvent] = []
+        #: Application events sent while reconnecting, sent once the session is back.
+        self._held_events: list[tuple[str, Any]] = []
         #: The migration the client made by itself when its network vanished, until the
         #: app's own ``migrate()`` to that network takes it over.
         self._moved_by_itself: Migration | None = None
@@ -507,7 +518,8 @@ class VoiceClient:
                 or link.last_receive == 0.0
             ):
                 continue
-            silent = link.last_send - link.last_receive
+            unanswered = link.unanswered_since
+            silent = 0.0 if unanswered is None else link.last_send - unanswered
             if silent > self._liveness_timeout:
                 reason = f"nothing heard for {silent:.2f} s while sending"
                 active = link.active
@@ -665,6 +677,7 @@ class VoiceClient:
             )
             self._resumptions.append(resumption)
             self._reconnecting = None
+            self._send_held_events()
             if old_may_revive:
                 self._drop_link(old)
             self._deliver(
@@ -725,6 +738,7 @@ class VoiceClient:
         self._kept = deque(frame for frame in self._kept if frame.stream_end != 0)
         for frame in captured_meanwhile:
             self._send_now(frame.seq, frame.timestamp, frame.payload)
+        self._send_held_events()
 
     def _prune_kept(self, link: _Link) -> None:
         stream_id = link.voice.uplink_stream_id
@@ -835,9 +849,19 @@ class VoiceClient:
         self._link.transmit_soon()
 
     def send_event(self, name: str, data: Any = None) -> None:
-        """Send an application event to the server."""
+        """Send an application event to the server (after the resume, while reconnecting)."""
+        if self._reconnecting is not None:
+            if len(self._held_events) >= MAX_HELD_EVENTS:
+                raise ConnectionError("too many events held while the call reconnects")
+            self._held_events.append((name, data))
+            return
         self._link.voice.send_event(name, data)
         self._link.transmit_soon()
+
+    def _send_held_events(self) -> None:
+        held, self._held_events = self._held_events, []
+        for name, data in held:
+            self.send_event(name, data)
 
     def cancel_turn(self, turn_id: int) -> None:
         """Barge in: stop turn ``turn_id`` here at once and tell the server to stop sending it."""
