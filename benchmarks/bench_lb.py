@@ -1,6 +1,8 @@
 """The stateless forwarder beside a minimal C relay and a naive Python relay, in one run.
 
     python benchmarks/bench_lb.py [--quick] [--rounds R] [--packets N] [--seconds S]
+                                  [--only TEXT ...]
+    python benchmarks/bench_lb.py --python-cost
 
 Every relay carries the same traffic on loopback: client -> relay -> echo backend -> relay ->
 client, one UDP flow of 200-octet datagrams that start like QUIC short headers with a QUIC-LB
@@ -11,6 +13,15 @@ recvfrom/sendto loop per direction, the last client's address in a variable: no 
 table). The naive relay is stock asyncio with a dict of one upstream socket per client, what
 people write first. quicvoice-lb runs per datagram (recvfrom/sendto, its default) and with
 --batch (recvmmsg/sendmmsg), each with one and two workers.
+
+Two "bare Python" relays give the ceiling of any pure-Python forwarder: the C relay's
+structure in Python, one blocking loop per direction, a fixed backend address, the last
+client's address in a variable, no parsing, no counting. The "loop" one calls recvfrom/sendto
+per datagram (the downlink recv, as the C relay does); the "batched" one recvmmsg/sendmmsg
+through lb/mmsg.py in place, as quicvoice-lb --batch does (each datagram sent from the receive
+buffer: no bytes object, no address string). The two directions are two processes (fork), as
+quicvoice-lb's pumps are, so that no GIL is shared; the uplink publishes a new client address
+to the downlink through a shared page (a generation octet checked once per datagram or batch).
 
 Per-core throughput is datagrams forwarded (two per round trip) divided by the CPU time
 (utime + stime from /proc/PID/stat) of the relay's processes, supervisor included. Added
@@ -25,7 +36,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import json
+import mmap
 import os
 import signal
 import socket
@@ -34,11 +48,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from quicvoice.quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
 
@@ -402,6 +416,129 @@ def naive_relay(port: int, backend_port: int) -> None:
     asyncio.run(serve())
 
 
+#: The shared page of the bare relays: octet 0 a generation (1..255), then the client's port
+#: and IPv4 address (6 octets, network order, as in a sockaddr_in).
+_BARE_PAGE = 16
+
+
+def _bare_sockets(port: int) -> tuple[socket.socket, socket.socket]:
+    """The C relay's two sockets: the VIP bound to ``port``, the backend side unbound."""
+    front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for sock in (front, back):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    front.bind((HOST, port))
+    back.bind((HOST, 0))
+    return front, back
+
+
+def _client_of(page: mmap.mmap) -> tuple[str, int]:
+    return (socket.inet_ntoa(page[3:7]), int.from_bytes(page[1:3], "big"))
+
+
+def _publish(page: mmap.mmap, port_and_address: bytes, generation: int) -> int:
+    page[1:7] = port_and_address
+    generation = generation % 255 + 1
+    page[0] = generation
+    return generation
+
+
+def _fork_downlink() -> bool:
+    """Fork the downlink process; True in the child. Each side takes the other down with it."""
+    child = os.fork()
+    if child == 0:
+        with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+        return True
+
+    def stop(signum: int, frame: object) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return False
+
+
+def bare_relay(port: int, backend_port: int) -> None:
+    """The ceiling of a per-datagram Python relay: the C relay's loops, in Python."""
+    front, back = _bare_sockets(port)
+    backend = (HOST, backend_port)
+    page = mmap.mmap(-1, _BARE_PAGE)  # MAP_SHARED: both processes see it
+    if _fork_downlink():  # downlink: backend -> last client
+        recv = back.recv
+        to_client = front.sendto
+        seen = 0
+        client = ("0.0.0.0", 9)
+        while True:
+            data = recv(65536)
+            if page[0] != seen:
+                seen = page[0]
+                client = _client_of(page)
+            to_client(data, client)
+    recvfrom = front.recvfrom
+    to_backend = back.sendto
+    last = None
+    generation = 0
+    while True:  # uplink: client -> fixed backend
+        data, source = recvfrom(65536)
+        if source != last:
+            last = source
+            raw = source[1].to_bytes(2, "big") + socket.inet_aton(source[0])
+            generation = _publish(page, raw, generation)
+        to_backend(data, backend)
+
+
+def bare_batched_relay(port: int, backend_port: int) -> None:
+    """The ceiling of a batched Python relay: lb.mmsg in place (Receiver.receive_count, Outbox),
+    as quicvoice-lb --batch uses it, with no parsing: each datagram is sent from where recvmmsg
+    left it, one stage_one() per datagram."""
+    from lb import mmsg
+
+    front, back = _bare_sockets(port)
+    page = mmap.mmap(-1, _BARE_PAGE)
+    downlink = _fork_downlink()
+    receiver = mmsg.Receiver(back if downlink else front)
+    outbox = mmsg.Outbox(front if downlink else back)
+    receive = receiver.receive_count
+    starts = receiver.starts
+    data_address = receiver.data_address
+    stage_one = outbox.stage_one
+    slots = outbox.slots
+    slot_len = outbox.slot_len
+    flush = outbox.flush
+    family = int(socket.AF_INET)
+    if downlink:  # backend -> last client
+        seen = 0
+        destination = bytes(6)
+    else:  # client -> fixed backend
+        destination = backend_port.to_bytes(2, "big") + socket.inet_aton(HOST)
+        names = receiver.names
+        name_len = receiver.name_len
+        last = b""
+        generation = 0
+    while True:
+        count = receive()
+        if downlink:
+            if page[0] != seen:
+                seen = page[0]
+                destination = page[1:7]
+        elif count:
+            source = names[(count - 1) * name_len + 2 : (count - 1) * name_len + 8]
+            if source != last:
+                last = source
+                generation = _publish(page, source, generation)
+        position = 0
+        lengths = receiver.lengths
+        for index in range(count):
+            stage_one(
+                slots, position, data_address + starts[index], lengths[index], family, destination
+            )
+            position += slot_len
+        flush(position)
+
+
 @dataclass(frozen=True)
 class Relay:
     """A relay under test: how to start it and how to load it."""
@@ -416,7 +553,7 @@ class Relay:
 
 
 def relays(directory: Path, binaries: dict[str, Path], echo_port: int) -> list[Relay]:
-    """The C floor, the naive relay and quicvoice-lb with and without batching."""
+    """The C floor, the bare Python ceilings, the naive relay, quicvoice-lb (batched or not)."""
     port = free_port()
     made = [
         Relay(
@@ -427,6 +564,13 @@ def relays(directory: Path, binaries: dict[str, Path], echo_port: int) -> list[R
             True,
         )
     ]
+    for name, flag, latency in (
+        ("bare Python loop (ceiling)", "--bare-relay", True),
+        ("bare Python batched (ceiling)", "--bare-batched-relay", False),
+    ):
+        port = free_port()
+        command = [sys.executable, __file__, flag, str(port), str(echo_port)]
+        made.append(Relay(name, command, port, 1, latency))
     port = free_port()
     made.append(
         Relay(
@@ -466,7 +610,12 @@ def run(args: argparse.Namespace) -> tuple[Rounds, Rounds]:
         echo_port = free_port()
         echo = stack.enter_context(running([str(binaries["echo"]), HOST, str(echo_port)]))
         started: list[tuple[Relay, list[int]]] = []
-        for relay in relays(directory, binaries, echo_port):
+        chosen = [
+            relay
+            for index, relay in enumerate(relays(directory, binaries, echo_port))
+            if not index or not args.only or any(text in relay.name for text in args.only)
+        ]
+        for relay in chosen:
             process = stack.enter_context(running(relay.command))
             wait_for_udp((HOST, relay.port), process)
             started.append((relay, process_tree(process.pid)))
@@ -564,6 +713,166 @@ def table(throughput: Rounds, latency: Rounds) -> str:
     return "\n".join(lines)
 
 
+def python_cost(datagrams: int = 192_000) -> str:
+    """quicvoice-lb's Python cost per round trip with the system calls taken out (--python-cost).
+
+    The real pump loops run in this process on real sockets whose receive calls hand back the
+    same datagrams again and again (one short header with a QUIC-LB CID of the backend, one
+    wrapped reply) and whose send calls return at once; a bare loop on the same fakes is
+    subtracted from the per-datagram figures. CPU time of this process, best of 3.
+    """
+    import io
+
+    from lb import forwarder, mmsg
+    from lb.config import Backend, ForwarderConfig
+    from lb.encapsulation import wrap
+    from lb.log import JsonLogger
+
+    def udp(host: str = HOST) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((host, 0))
+        return sock
+
+    vip, back, echo, client = udp(), udp(), udp(), udp(CLIENT_HOST)
+    config = ForwarderConfig(
+        listen=vip.getsockname(),
+        backend_listen=back.getsockname(),
+        configs=(LoadBalancerConfig(0, 4, 12, bytes.fromhex(KEY)),),
+        backends=(Backend(SERVER_ID, echo.getsockname()),),
+        health_interval=0.0,
+    )
+    datagram = bytes.fromhex(template())
+    reply = wrap(client.getsockname(), datagram)
+
+    class Fake:
+        family = socket.AF_INET
+
+        def __init__(self, item: tuple[bytes, tuple[str, int]], count: int) -> None:
+            self.item = item
+            self.left = count
+
+        def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
+            self.left -= 1
+            if self.left < 0:
+                raise forwarder._Stopped
+            return self.item
+
+        def sendto(self, data: bytes, address: object) -> int:
+            return 0
+
+    directory = Path(tempfile.gettempdir())  # nothing is written: no tick, no snapshot
+
+    def pump(direction: str, vip_: object, back_: object, batch: bool) -> forwarder.Pump:
+        return forwarder.Pump(
+            direction=direction,
+            worker=0,
+            config_path=directory / "bench-lb-unused.toml",
+            config=config,
+            vip=cast(socket.socket, vip_),
+            backend=cast(socket.socket, back_),
+            snapshot=directory / "bench-lb-unused.json",
+            parent_pid=os.getppid(),
+            logger=JsonLogger("error", io.StringIO()),
+            batch=batch,
+        )
+
+    def timed(run: Callable[[], object]) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            with contextlib.suppress(forwarder._Stopped):
+                run()
+            best = min(best, time.process_time() - start)
+        return best
+
+    def bare(item: tuple[bytes, tuple[str, int]]) -> float:
+        def run() -> None:
+            fake = Fake(item, datagrams)
+            recvfrom, sendto = fake.recvfrom, fake.sendto
+            while True:
+                data, address = recvfrom(65536)
+                sendto(data, address)
+
+        return timed(run)
+
+    def unbatched(direction: str, item: tuple[bytes, tuple[str, int]]) -> float:
+        def run() -> None:
+            fake = Fake(item, datagrams)
+            made = pump(direction, fake, fake, False)
+            made._next_tick = float("inf")
+            (made._uplink_loop if direction == "uplink" else made._downlink_loop)()
+
+        return timed(run)
+
+    def batched(direction: str, size: int) -> float:
+        """The in-place batched loop on ``size`` real datagrams, received once, then handed
+        back by a recvmmsg that returns at once (and sent by a sendmmsg that does nothing)."""
+        receiver_class, outbox_class = mmsg.Receiver, mmsg.Outbox
+        calls = datagrams // size
+
+        def recvmmsg(*args: object) -> int:
+            nonlocal calls
+            calls -= 1
+            if calls < 0:
+                raise forwarder._Stopped
+            return size
+
+        class Receiver(receiver_class):  # type: ignore[misc, valid-type]
+            def receive_count(self) -> int:
+                if not self.lengths:  # the first time: really receive them
+                    while super().receive_count() < size:
+                        pass
+                    self._recvmmsg = recvmmsg
+                return int(super().receive_count())
+
+        class Outbox(outbox_class):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, sendmmsg=lambda fd, pointer, count, flags: count)
+
+        sender, receiver = (client, vip) if direction == "uplink" else (echo, back)
+        for _ in range(size):
+            sender.sendto(datagram if direction == "uplink" else reply, receiver.getsockname())
+        setattr(mmsg, "Receiver", Receiver)  # noqa: B010 (a class attribute of the module)
+        setattr(mmsg, "Outbox", Outbox)  # noqa: B010
+        try:
+            made = pump(direction, vip, back, True)
+            made._next_tick = float("inf")
+            start = time.process_time()
+            with contextlib.suppress(forwarder._Stopped):
+                (made._uplink_relay if direction == "uplink" else made._downlink_relay)()
+            return time.process_time() - start
+        finally:
+            setattr(mmsg, "Receiver", receiver_class)  # noqa: B010
+            setattr(mmsg, "Outbox", outbox_class)  # noqa: B010
+
+    try:
+        base = bare((datagram, client.getsockname()))
+        up = unbatched("uplink", (datagram, client.getsockname()))
+        down = unbatched("downlink", (reply, echo.getsockname()))
+        lines = [
+            "Python cost per round trip, system calls taken out (CPU µs, best of 3)",
+            "",
+            "| path | uplink | downlink | round trip |",
+            "|---|---:|---:|---:|",
+            "| per datagram (minus a bare loop on the same fakes) "
+            f"| {1e6 * (up - base) / datagrams:.2f} | {1e6 * (down - base) / datagrams:.2f} "
+            f"| {1e6 * (up + down - 2 * base) / datagrams:.2f} |",
+        ]
+        if mmsg.AVAILABLE:
+            for size in (32, 1):
+                up = min(batched("uplink", size) for _ in range(3))
+                down = min(batched("downlink", size) for _ in range(3))
+                n = (datagrams // size) * size
+                lines.append(
+                    f"| --batch, {size} per recvmmsg | {1e6 * up / n:.2f} | {1e6 * down / n:.2f} "
+                    f"| {1e6 * (up + down) / n:.2f} |"
+                )
+        return "\n".join(lines)
+    finally:
+        for sock in (vip, back, echo, client):
+            sock.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -572,10 +881,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-packets", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=10.0, help="time limit per run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="measure only the relays whose name contains TEXT (repeatable; the C relay always)",
+    )
+    parser.add_argument(
+        "--python-cost",
+        action="store_true",
+        help="only quicvoice-lb's Python cost per round trip, system calls taken out",
+    )
     parser.add_argument("--naive-relay", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-relay", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-batched-relay", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.naive_relay:
         naive_relay(*args.naive_relay)
+        return 0
+    if args.bare_relay:
+        bare_relay(*args.bare_relay)
+        return 0
+    if args.bare_batched_relay:
+        bare_batched_relay(*args.bare_batched_relay)
+        return 0
+    if args.python_cost:
+        print(python_cost())
         return 0
     if args.quick:
         args.packets, args.latency_packets, args.seconds, args.rounds = 20_000, 5_000, 5.0, 1

@@ -34,10 +34,16 @@ MAX_HEADER_LEN = IPV6_HEADER_LEN
 MAX_PORT = 0xFFFF
 
 _PREFIX = struct.Struct("!BBH")
-_IPV4_PREFIX = _PREFIX.pack(MAGIC_VERSION, FAMILY_IPV4, 0)[:2]
+#: A whole IPv4 header: ``IPV4_HEADER.pack(MAGIC_VERSION, FAMILY_IPV4, port, address_octets)``
+#: (the forwarder's fast path builds it inline).
+IPV4_HEADER = struct.Struct("!BBH4s")
+_pack_ipv4 = IPV4_HEADER.pack
 _IPV6_PREFIX = _PREFIX.pack(MAGIC_VERSION, FAMILY_IPV6, 0)[:2]
 _pack_port = struct.Struct("!H").pack
-_inet_ntoa = socket.inet_ntoa
+#: The decimal text of each octet value, to spell IPv4 addresses: a constant (not a cache),
+#: a third of the cost of ``inet_ntoa``, whose glibc implementation goes through ``sprintf``.
+DECIMAL = tuple(str(value) for value in range(256))
+_dotted = ".".join
 _inet_pton = socket.inet_pton
 _inet_ntop = socket.inet_ntop
 _AF_INET = socket.AF_INET
@@ -67,7 +73,7 @@ def wrap(address: tuple[str, int], datagram: bytes) -> bytes:
                 + _inet_pton(_AF_INET6, host.partition("%")[0])
                 + datagram
             )
-        return _IPV4_PREFIX + _pack_port(port) + _inet_pton(_AF_INET, host) + datagram
+        return _pack_ipv4(MAGIC_VERSION, FAMILY_IPV4, port, _inet_pton(_AF_INET, host)) + datagram
     except (OSError, struct.error, TypeError) as error:
         raise EncapsulationError(f"cannot encapsulate address {address!r}: {error}") from None
 
@@ -88,7 +94,9 @@ def unwrap(data: bytes) -> tuple[tuple[str, int], bytes]:
         raise EncapsulationError("port 0")
     family = data[1]
     if family == FAMILY_IPV4:
-        return (_inet_ntoa(data[4:8]), port), data[8:]
+        octet = DECIMAL
+        host = _dotted((octet[data[4]], octet[data[5]], octet[data[6]], octet[data[7]]))
+        return (host, port), data[8:]
     if family == FAMILY_IPV6:
         if len(data) < IPV6_HEADER_LEN:
             raise EncapsulationError(f"{len(data)} octets: IPv6 header truncated")

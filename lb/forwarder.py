@@ -12,11 +12,20 @@ Each pump is a plain blocking loop in its own process, no event loop and no lock
 the other direction (the field notes measured asyncio at 5x the cost of such a loop). By
 default it is one ``recvfrom`` and one ``sendto`` per datagram. With ``--batch`` (Linux) it is
 batched (``lb.mmsg``): one ``recvmmsg`` takes every datagram already queued (up to ``BATCH``;
-it blocks only for the first), the Router decides each, and one ``sendmmsg`` per destination
-socket sends the decisions: fewer CPU-seconds under heavy load, more latency when light
-(specs/forwarder.md, "Performance"). The two pumps of a
-worker share its two sockets, inherited across ``fork``: the downlink pump sends from the VIP
-socket, the uplink pump from the backend socket, so backends answer to ``backend_listen``.
+it blocks only for the first), each is decided, and one ``sendmmsg`` per destination socket
+sends them; with IPv4 sockets the datagrams are sent from where ``recvmmsg`` wrote them
+(``mmsg.Outbox``: the encapsulation header is gathered from the received socket address, no
+``bytes`` is made). Fewer CPU-seconds under load, more latency when light (specs/forwarder.md,
+"Performance"). The two pumps of a worker share its two sockets, inherited across ``fork``:
+the downlink pump sends from the VIP socket, the uplink pump from the backend socket, so
+backends answer to ``backend_listen``.
+
+The common datagram (a short header whose CID names a live backend; an IPv4 header from a
+configured backend) is decided in the loop itself, from tables the Router precomputes
+(``Router.fast_*``), exactly as ``route_from_client``/``route_from_backend`` would decide it,
+and counted in plain integers that ``Router.fold`` moves into the counters before each
+snapshot; everything else calls the Router. tests/lb/test_lb_fast_path.py checks on any
+traffic that both give the same sends and the same counts.
 
 A pump reloads on SIGHUP between two batches (between two datagrams unbatched: the next one
 sees the new Router; the socket and its queue are untouched, so nothing is dropped) and exits
@@ -37,7 +46,7 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -48,10 +57,24 @@ from quicvoice.errors import ConfigurationError
 
 from . import mmsg
 from .config import Address, ForwarderConfig, format_address, load_config
-from .health import PROBE_REPLY_HEADER, HealthTable, probes
+from .encapsulation import DECIMAL, FAMILY_IPV4, IPV4_HEADER, IPV4_HEADER_LEN, MAGIC_VERSION
+from .health import PROBE_CLIENT, PROBE_REPLY_HEADER, HealthTable, probes
 from .log import JsonLogger
 from .metrics import MetricsServer, read_snapshots, write_snapshot
-from .router import Counters, DropReason, Forward, MetricSample, Reply, Router, Send
+from .packet import LONG_HEADER_BIT, MAX_CID_LEN_V1, MIN_SHORT_HEADER_LEN
+from .router import (
+    CONFIG_BITS_SHIFT,
+    MAX_CLIENT_DATAGRAM,
+    Counters,
+    DownlinkCount,
+    DropReason,
+    Forward,
+    MetricSample,
+    Reply,
+    Router,
+    Send,
+    UplinkCount,
+)
 
 #: Larger than any UDP payload: a datagram is never truncated.
 RECV_BUFFER_LEN = 65536
@@ -65,8 +88,23 @@ SNAPSHOT_INTERVAL = 1.0
 TICK_INTERVAL = 0.05
 #: Backends whose health is tracked (a larger pool is tracked up to this many).
 MAX_HEALTH_BACKENDS = 1024
-#: Length of the encapsulation header of a probe answer.
+#: Length of the encapsulation header of a probe answer, and its address octets.
 PROBE_HEADER_LEN = len(PROBE_REPLY_HEADER)
+PROBE_HOST_OCTETS = socket.inet_aton(PROBE_CLIENT[0])
+#: Batches smaller than this decrypt each single-pass CID on its own (``decode``): one AES
+#: call per datagram costs less than gathering the blocks for one call per batch.
+BATCH_DECRYPT_MIN = 4
+#: Config-bits values (draft-21 §3: three bits).
+CONFIG_SLOTS = 8
+#: A single-pass CID: its first octet, then one AES block (draft-21 §5.4.1).
+SINGLE_PASS_BLOCK_LEN = 16
+SINGLE_PASS_CID_END = 2 + SINGLE_PASS_BLOCK_LEN  # in a datagram: the first octet, then the CID
+#: The first two octets of an IPv4 encapsulation header (magic and version, family), and
+#: the same in memory for the batched pumps' iovecs.
+IPV4_PREFIX = bytes((MAGIC_VERSION, FAMILY_IPV4))
+_IPV4_PREFIX = ctypes.create_string_buffer(IPV4_PREFIX, len(IPV4_PREFIX))
+#: The rest of a probe answer's header: the port and address of PROBE_CLIENT.
+PROBE_PORT_AND_ADDRESS = PROBE_REPLY_HEADER[len(IPV4_PREFIX) :]
 #: Most datagrams a batched pump takes in one ``recvmmsg`` (and sends in one ``sendmmsg``).
 BATCH = mmsg.DEFAULT_BATCH
 #: Failed sends by errno, per direction: a breakdown of the ``send_error`` drops.
@@ -167,20 +205,43 @@ class Pump:
         self.batched = batch and mmsg.AVAILABLE
         #: Failed sendto calls by errno name (unbatched); batched senders count their own.
         self._send_errors: dict[str, int] = {}
-        self._senders: tuple[mmsg.Sender, ...] = ()
+        self._senders: tuple[mmsg.Sender | mmsg.Outbox, ...] = ()
         #: Probe answers (downlink) and health decisions (uplink): see lb/health.py.
         self._health = health
         self._backend_index = {b.address: i for i, b in enumerate(config.backends)}
         self._dead: frozenset[int] = frozenset()
+        #: When the loop next looks after itself; a SIGHUP sets it to 0 so that the datagram
+        #: being received is routed by the new Router (the loop tests no flag per datagram).
         self._next_tick = 0.0
-        #: The routing call of the hot loop: the router's own method, or, right after a
-        #: SIGHUP, a trampoline that reloads first (so the loop tests no flag per datagram).
-        self.route: Callable[[bytes, Any], object] = self._router_method()
+        #: Whether the unbatched fast path applies: IPv4 sockets (IPv6 goes the general way).
+        self._fast_uplink = vip.family == socket.AF_INET
+        self._fast_downlink = backend.family == socket.AF_INET
+        #: Whether the batched pumps can gather in place (``mmsg.Outbox``): both IPv4.
+        self._ipv4 = self._fast_uplink and self._fast_downlink
+        self._targets: dict[bytes | None, tuple[UplinkCount, bytes]] = {}
+        self._single_pass: tuple[tuple[int, Callable[[bytes], bytes], int], ...] = ()
+        self._raw_sources: dict[bytes, DownlinkCount] = {}
+        self._use(self.router)
 
-    def _router_method(self) -> Callable[[bytes, Any], object]:
-        if self.direction == UPLINK:
-            return self.router.route_from_client
-        return self.router.route_from_backend
+    def _use(self, router: Router) -> None:
+        """Route with ``router`` from the next datagram on (counts of the old one kept)."""
+        self.router.fold()
+        self.router = router
+        self._single_pass = tuple(
+            (bits, spec[0], spec[1])
+            for bits, spec in enumerate(router.fast_single_pass)
+            if spec is not None
+        )
+        if self._ipv4:
+            # The batched fast path's view of the router's tables: each backend's port and
+            # address as 6 octets in network order (as in a sockaddr_in or a header).
+            self._targets = {
+                server_id: (count, _port_and_address(count.address))
+                for server_id, count in router.fast_uplink.items()
+            }
+            self._raw_sources = {
+                _port_and_address(address): count for address, count in router.fast_downlink.items()
+            }
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT or until the supervisor is gone."""
@@ -193,7 +254,12 @@ class Pump:
         try:
             if os.getppid() != self._parent_pid:
                 return
-            if self.batched:
+            if self.batched and self._ipv4:
+                if self.direction == UPLINK:
+                    self._uplink_relay()
+                else:
+                    self._downlink_relay()
+            elif self.batched:
                 if self.direction == UPLINK:
                     self._uplink_batches()
                 else:
@@ -212,21 +278,66 @@ class Pump:
                 self.logger.info("pump_stopped", pid=os.getpid())
 
     def _uplink_loop(self) -> None:
+        """recvfrom, route, sendto. The common case (a short header whose CID names a live
+        backend, from an IPv4 client) is decided inline, exactly as ``route_from_client``
+        would; anything else goes through the Router. tests/lb/test_lb_fast_path.py checks
+        that both give the same sends and counts."""
         recvfrom = self._vip.recvfrom
         to_backend = self._backend.sendto
         to_client = self._vip.sendto
         monotonic = time.monotonic
+        fast = self._fast_uplink
+        header = IPV4_HEADER.pack
+        inet_aton = socket.inet_aton
+        route = self.router.route_from_client
+        decoders = self.router.fast_decoders
+        single_pass = self.router.fast_single_pass
+        live = self.router.fast_uplink
         while True:
             try:
                 datagram, client = recvfrom(RECV_BUFFER_LEN)
             except BlockingIOError:
                 self._idle()
+                route = self.router.route_from_client
+                decoders = self.router.fast_decoders
+                single_pass = self.router.fast_single_pass
+                live = self.router.fast_uplink
                 continue
             except OSError as error:
                 self._unexpected("recv_failed", error)
                 continue
+            if monotonic() >= self._next_tick:
+                self._tick()
+                route = self.router.route_from_client
+                decoders = self.router.fast_decoders
+                single_pass = self.router.fast_single_pass
+                live = self.router.fast_uplink
             try:
-                decision = self.route(datagram, client)
+                length = len(datagram)
+                if (
+                    MIN_SHORT_HEADER_LEN <= length <= MAX_CLIENT_DATAGRAM
+                    and not datagram[0] & LONG_HEADER_BIT
+                    and fast
+                ):
+                    bits = datagram[1] >> CONFIG_BITS_SHIFT
+                    spec = single_pass[bits]
+                    if spec is not None:  # what its decode does, without the call
+                        server_id = spec[0](datagram[2:SINGLE_PASS_CID_END])[: spec[1]]
+                    else:
+                        decode = decoders[bits]
+                        server_id = None
+                        if decode is not None:
+                            server_id = decode(datagram[1 : 1 + MAX_CID_LEN_V1])
+                    target = live.get(server_id)
+                    if target is not None and client[1]:
+                        wrapped = header(
+                            MAGIC_VERSION, FAMILY_IPV4, client[1], inet_aton(client[0])
+                        )
+                        target.packets += 1
+                        target.octets += length
+                        to_backend(wrapped + datagram, target.address)
+                        continue
+                decision = route(datagram, client)
                 if type(decision) is Forward:
                     to_backend(decision[1], decision[0])
                 elif type(decision) is Reply:
@@ -235,35 +346,69 @@ class Pump:
                 self._send_failed(self.counters.uplink_drops, error)
             except Exception as error:  # a bug must cost one datagram, never the forwarder
                 self._unexpected("route_failed", error)
-            if monotonic() >= self._next_tick:
-                self._tick()
 
     def _downlink_loop(self) -> None:
+        """recvfrom, route, sendto; an IPv4 header from a configured backend is unwrapped
+        inline, exactly as ``route_from_backend`` would (probe answers excepted)."""
         recvfrom = self._backend.recvfrom
         to_client = self._vip.sendto
         monotonic = time.monotonic
+        fast = self._fast_downlink
+        octet = DECIMAL
+        dotted = ".".join
+        route = self.router.route_from_backend
+        sources = self.router.fast_downlink
         while True:
             try:
                 datagram, source = recvfrom(RECV_BUFFER_LEN)
             except BlockingIOError:
                 self._idle()
+                route = self.router.route_from_backend
+                sources = self.router.fast_downlink
                 continue
             except OSError as error:
                 self._unexpected("recv_failed", error)
                 continue
-            if datagram[:PROBE_HEADER_LEN] == PROBE_REPLY_HEADER:
-                self._probe_answered(source)
-            else:
-                try:
-                    decision = self.route(datagram, source)
-                    if type(decision) is Send:
-                        to_client(decision[1], decision[0])
-                except OSError as error:
-                    self._send_failed(self.counters.downlink_drops, error)
-                except Exception as error:  # a bug must cost one datagram, never the forwarder
-                    self._unexpected("route_failed", error)
             if monotonic() >= self._next_tick:
                 self._tick()
+                route = self.router.route_from_backend
+                sources = self.router.fast_downlink
+            try:
+                if (
+                    fast
+                    and len(datagram) > IPV4_HEADER_LEN
+                    and datagram[0] == MAGIC_VERSION
+                    and datagram[1] == FAMILY_IPV4
+                ):
+                    port = datagram[2] << 8 | datagram[3]
+                    origin = sources.get(source)
+                    if (
+                        origin is not None
+                        and port
+                        and (port != PROBE_CLIENT[1] or datagram[4:8] != PROBE_HOST_OCTETS)
+                    ):
+                        client = dotted(
+                            (
+                                octet[datagram[4]],
+                                octet[datagram[5]],
+                                octet[datagram[6]],
+                                octet[datagram[7]],
+                            )
+                        )
+                        origin.packets += 1
+                        origin.octets += len(datagram)
+                        to_client(datagram[IPV4_HEADER_LEN:], (client, port))
+                        continue
+                if datagram[:PROBE_HEADER_LEN] == PROBE_REPLY_HEADER:
+                    self._probe_answered(source)
+                    continue
+                decision = route(datagram, source)
+                if type(decision) is Send:
+                    to_client(decision[1], decision[0])
+            except OSError as error:
+                self._send_failed(self.counters.downlink_drops, error)
+            except Exception as error:  # a bug must cost one datagram, never the forwarder
+                self._unexpected("route_failed", error)
 
     def _uplink_batches(self) -> None:
         receive = mmsg.Receiver(self._vip, BATCH).receive
@@ -350,6 +495,243 @@ class Pump:
             if monotonic() >= self._next_tick:
                 self._tick()
 
+    def _uplink_relay(self) -> None:
+        """--batch with IPv4 sockets: ``recvmmsg`` into fixed buffers, then the fast path of
+        ``_uplink_loop`` on each datagram where it lies, and one ``sendmmsg`` whose iovecs
+        gather the encapsulation header (its two constant octets, then the client's port and
+        address where ``recvmmsg`` wrote them) and the datagram: no ``bytes``, no address
+        string. Other datagrams go through the Router and are sent in the same order."""
+        receiver = mmsg.Receiver(self._vip, BATCH)
+        outbox = mmsg.Outbox(self._backend, BATCH)
+        to_client = mmsg.Sender(self._vip, BATCH)
+        self._senders = (outbox, to_client)
+        drops = self.counters.uplink_drops
+        replies: list[Reply] = []
+        reply = replies.append
+        monotonic = time.monotonic
+        receive = receiver.receive_count
+        item = receiver.item
+        data = receiver.data
+        names = receiver.names
+        # Per batch, one call each: every datagram's first two octets (the second: the CID's
+        # first, with the config bits) and the AES block of a single-pass CID after them,
+        # and every client's port (the sockaddr_in's octets 2..3)...
+        heads = receiver.data_unpackers(f"BB{SINGLE_PASS_BLOCK_LEN}s")
+        ports = receiver.name_unpackers("2xH")
+        # ... and where each lies: the datagrams, and the clients' port and address.
+        data_address = receiver.data_address
+        datagram_addresses = tuple(data_address + start for start in receiver.starts)
+        client_addresses = tuple(
+            receiver.names_address + slot * receiver.name_len + 2 for slot in range(BATCH)
+        )
+        slots = outbox.slots
+        stage = outbox.stage
+        slot_len = outbox.slot_len
+        add = outbox.add
+        flush = outbox.flush
+        prefix = ctypes.addressof(_IPV4_PREFIX)
+        family = int(socket.AF_INET)
+        while True:
+            if self._reload_pending:
+                self.reload()
+            try:
+                count = receive()
+            except BlockingIOError:
+                self._idle()
+                continue
+            except OSError as error:
+                self._unexpected("recv_failed", error)
+                continue
+            route = self.router.route_from_client
+            decoders = self.router.fast_decoders
+            single_pass = self._single_pass
+            targets = self._targets
+            lengths = receiver.lengths
+            batch_heads = heads[count](data)
+            seconds = batch_heads[1::3]
+            # Pass 1: which datagrams may take the fast path (the conditions of _uplink_loop's),
+            # by config bits; then the CID blocks of each single-pass configuration, all
+            # decrypted in one call.
+            decrypted: list[Iterator[bytes] | None] = [None] * CONFIG_SLOTS
+            kinds: list[int] = []
+            try:
+                # (zip without strict=: the keyword doubles the cost of creating a zip, which a
+                # batch pays several times; every sequence here is at least ``count`` long.)
+                for length, first, second, port in zip(  # noqa: B905
+                    lengths, batch_heads[0::3], seconds, ports[count](names)
+                ):
+                    if (
+                        MIN_SHORT_HEADER_LEN <= length <= MAX_CLIENT_DATAGRAM
+                        and not first & LONG_HEADER_BIT
+                        and port
+                    ):
+                        kinds.append(second >> CONFIG_BITS_SHIFT)
+                    else:
+                        kinds.append(-1)
+                for bits, decrypt, server_id_len in (
+                    single_pass if count >= BATCH_DECRYPT_MIN else ()
+                ):
+                    group = [
+                        block
+                        for kind, block in zip(kinds, batch_heads[2::3])  # noqa: B905
+                        if kind == bits
+                    ]
+                    if group:
+                        plaintext = decrypt(b"".join(group))
+                        decrypted[bits] = iter(
+                            [
+                                plaintext[start : start + server_id_len]
+                                for start in range(0, len(plaintext), SINGLE_PASS_BLOCK_LEN)
+                            ]
+                        )
+            except Exception as error:  # a bug: route this batch through the Router alone
+                self._unexpected("route_failed", error)
+                kinds = [-1] * count
+                decrypted = [None] * CONFIG_SLOTS
+            # Pass 2, in order: stage each fast datagram where it lies; route the others.
+            position = 0
+            for index, kind, length, datagram_address, client_address in zip(  # noqa: B905
+                range(count), kinds, lengths, datagram_addresses, client_addresses
+            ):
+                try:
+                    if kind >= 0:
+                        server_ids = decrypted[kind]
+                        if server_ids is not None:
+                            server_id = next(server_ids)
+                        else:
+                            decode = decoders[kind]
+                            server_id = None
+                            if decode is not None:
+                                start = datagram_address - data_address + 1
+                                server_id = decode(data[start : start + MAX_CID_LEN_V1])
+                        hit = targets.get(server_id)
+                        if hit is not None:
+                            target, port_and_address = hit
+                            target.packets += 1
+                            target.octets += length
+                            stage(
+                                slots,
+                                position,
+                                prefix,
+                                2,
+                                client_address,
+                                6,
+                                datagram_address,
+                                length,
+                                family,
+                                port_and_address,
+                            )
+                            position += slot_len
+                            continue
+                    datagram, address = item(index)
+                    decision = route(datagram, address)
+                except Exception as error:  # a bug must cost one datagram, never the forwarder
+                    self._unexpected("route_failed", error)
+                    continue
+                if type(decision) is Forward:
+                    position = add(position, decision[0], decision[1])
+                elif type(decision) is Reply:
+                    reply(decision)
+            failed = flush(position)
+            if failed:
+                drops[DropReason.SEND_ERROR] += failed
+            if replies:
+                failed = to_client.send(replies)
+                replies.clear()
+                if failed:
+                    drops[DropReason.SEND_ERROR] += failed
+            if monotonic() >= self._next_tick:
+                self._tick()
+
+    def _downlink_relay(self) -> None:
+        """--batch with IPv4 sockets: the fast path of ``_downlink_loop`` on each datagram
+        where ``recvmmsg`` left it; ``sendmmsg`` sends its payload from the receive buffer to
+        a ``sockaddr_in`` made of the header's port and address. Others go through the
+        Router (probe answers first), in order."""
+        receiver = mmsg.Receiver(self._backend, BATCH)
+        outbox = mmsg.Outbox(self._vip, BATCH)
+        self._senders = (outbox,)
+        drops = self.counters.downlink_drops
+        monotonic = time.monotonic
+        receive = receiver.receive_count
+        item = receiver.item
+        data = receiver.data
+        names = receiver.names
+        # Per batch, one call each: every datagram's header as its first two octets (magic and
+        # version, family) and the client's port and address (6 octets, as in a sockaddr_in),
+        # and every source's port and address.
+        heads = receiver.data_unpackers("2s6s")
+        sources = receiver.name_unpackers("2x6s")
+        payload_addresses = tuple(
+            receiver.data_address + start + IPV4_HEADER_LEN for start in receiver.starts
+        )
+        slots = outbox.slots
+        stage_one = outbox.stage_one
+        slot_len = outbox.slot_len
+        add = outbox.add
+        flush = outbox.flush
+        family = int(socket.AF_INET)
+        while True:
+            if self._reload_pending:
+                self.reload()
+            try:
+                count = receive()
+            except BlockingIOError:
+                self._idle()
+                continue
+            except OSError as error:
+                self._unexpected("recv_failed", error)
+                continue
+            route = self.router.route_from_backend
+            backends = self._raw_sources
+            batch_heads = heads[count](data)
+            position = 0
+            for index, length, prefix, client, source, payload_address in zip(  # noqa: B905
+                range(count),
+                receiver.lengths,
+                batch_heads[0::2],
+                batch_heads[1::2],
+                sources[count](names),
+                payload_addresses,
+            ):
+                try:
+                    # The conditions of _downlink_loop's fast path (client[:2]: the port).
+                    if (
+                        length > IPV4_HEADER_LEN
+                        and prefix == IPV4_PREFIX
+                        and (client[0] or client[1])
+                        and client != PROBE_PORT_AND_ADDRESS
+                    ):
+                        origin = backends.get(source)
+                        if origin is not None:
+                            origin.packets += 1
+                            origin.octets += length
+                            stage_one(
+                                slots,
+                                position,
+                                payload_address,
+                                length - IPV4_HEADER_LEN,
+                                family,
+                                client,
+                            )
+                            position += slot_len
+                            continue
+                    datagram, address = item(index)
+                    if datagram[:PROBE_HEADER_LEN] == PROBE_REPLY_HEADER:
+                        self._probe_answered(address)
+                        continue
+                    decision = route(datagram, address)
+                except Exception as error:  # a bug must cost one datagram, never the forwarder
+                    self._unexpected("route_failed", error)
+                    continue
+                if type(decision) is Send:
+                    position = add(position, decision[0], decision[1])
+            failed = flush(position)
+            if failed:
+                drops[DropReason.SEND_ERROR] += failed
+            if monotonic() >= self._next_tick:
+                self._tick()
+
     def _send_failed(self, drops: dict[DropReason, int], error: OSError) -> None:
         drops[DropReason.SEND_ERROR] += 1
         name = errno.errorcode.get(error.errno or 0, mmsg.ADDRESS_ERROR)
@@ -367,6 +749,8 @@ class Pump:
         ]
 
     def _tick(self) -> None:
+        if self._reload_pending:
+            self.reload()
         now = time.monotonic()
         self._next_tick = now + TICK_INTERVAL
         if now >= self._next_snapshot:
@@ -393,8 +777,7 @@ class Pump:
         for index in self._dead - dead:
             self.logger.info("backend_healthy", server_id=config.backends[index].server_id.hex())
         self._dead = dead
-        self.router = Router(_with_down(self._config, dead), self.counters)
-        self.route = self._router_method()
+        self._use(Router(_with_down(self._config, dead), self.counters))
 
     def _idle(self) -> None:
         if self._reload_pending:
@@ -407,6 +790,7 @@ class Pump:
     def flush(self) -> None:
         """Publish this pump's counters for the supervisor's metrics endpoint."""
         self._next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL
+        self.router.fold()
         try:
             write_snapshot(self._snapshot, self.counters.samples() + self.send_error_samples())
         except OSError as error:
@@ -428,24 +812,16 @@ class Pump:
             self._config = config
             self._backend_index = {b.address: i for i, b in enumerate(config.backends)}
             self._dead = frozenset()
-            self.router = Router(config, self.counters)
+            self._use(Router(config, self.counters))
             self.logger.info(
                 "reloaded",
                 backends=len(config.backends),
                 healthy=self.router.healthy_backends,
             )
-        self.route = self._router_method()
 
     def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self._reload_pending = True
-        direct = self._router_method()
-
-        def reload_then_route(datagram: bytes, address: Any) -> object:
-            self.reload()
-            return self.route(datagram, address)
-
-        if self.route == direct:
-            self.route = reload_then_route
+        self._next_tick = 0.0  # the loop reloads before it routes its next datagram
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         raise _Stopped
@@ -454,6 +830,11 @@ class Pump:
         self._errors += 1
         if self._errors <= ERROR_LOG_BURST or not self._errors % ERROR_LOG_EVERY:
             self.logger.error(event, error=repr(error), count=self._errors)
+
+
+def _port_and_address(address: Address) -> bytes:
+    """``address`` (IPv4) as its port and address octets, network order."""
+    return struct.pack("!H4s", address[1], socket.inet_pton(socket.AF_INET, address[0]))
 
 
 def _with_down(config: ForwarderConfig, dead: frozenset[int]) -> ForwarderConfig:

@@ -16,6 +16,13 @@ the object's address, and the offset of the octets in a ``bytes`` object is meas
 checked at import). There is no table of any kind: addresses are decoded and encoded by
 ``struct`` on every datagram.
 
+In place (the forwarder's batched pumps, IPv4): ``Receiver.receive_count`` leaves the batch in
+its buffers, ``data_unpackers``/``name_unpackers`` read a few fields of every datagram and
+source address of the batch in one ``struct`` call, and an ``Outbox`` sends each datagram
+gathered from up to three pieces of memory (say a constant, the source's port and address
+where ``recvmmsg`` wrote them, and the datagram in its receive buffer): no ``bytes``, no
+address string, no copy in Python.
+
 ``AVAILABLE`` is false where ``recvmmsg``/``sendmmsg`` cannot be found (not Linux, or not
 CPython); callers then use ``recvfrom``/``sendto``.
 """
@@ -29,6 +36,7 @@ import select
 import socket
 import struct
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .config import Address
 
@@ -99,6 +107,7 @@ _IOVEC_LEN = ctypes.sizeof(_IoVec)
 #: is written as ``htons(port)`` in native order, which is the same octets).
 _SEND_SLOT_V4 = struct.Struct(f"@PNHH4s{SOCKADDR_IN_LEN - 8}x")
 _SEND_SLOT_V6 = struct.Struct("@PNHHI16sI4x")
+_PORT_AND_IPV4 = struct.Struct("!H4s").pack
 
 
 def _bytes_data_offset() -> int | None:
@@ -165,11 +174,25 @@ class Receiver:
         name_len = SOCKADDR_IN6_LEN if self._ipv6 else SOCKADDR_IN_LEN
         self._data = mmap.mmap(-1, batch * SLOT_STRIDE)
         self._data_view = ctypes.c_char.from_buffer(self._data)
-        self._names = ctypes.create_string_buffer(batch * name_len)
+        self._names = mmap.mmap(-1, batch * name_len)
+        self._names_view = ctypes.c_char.from_buffer(self._names)
         self._iovecs = (_IoVec * batch)()
         self._headers = (_MMsgHdr * batch)()
         data = ctypes.addressof(self._data_view)
-        names = ctypes.addressof(self._names)
+        names = ctypes.addressof(self._names_view)
+        # For callers that read the batch in place (``receive_count``): datagram ``i`` is
+        # ``data[starts[i] : starts[i] + lengths[i]]`` at address ``data_address + starts[i]``,
+        # its source's socket address ``names[i * name_len : (i + 1) * name_len]`` at
+        # ``names_address + i * name_len``. Valid until the next receive.
+        #: The receive buffers (an anonymous mmap; slicing it copies).
+        self.data = self._data
+        #: The source addresses, ``sockaddr_in`` (16 octets) or ``sockaddr_in6`` (28) each.
+        self.names = self._names
+        self.data_address = data
+        self.names_address = names
+        self.name_len = name_len
+        #: Octet lengths of the datagrams of the last ``receive_count``.
+        self.lengths: tuple[int, ...] = ()
         for slot in range(batch):
             self._iovecs[slot].iov_base = data + slot * SLOT_STRIDE
             self._iovecs[slot].iov_len = SLOT_LEN
@@ -183,6 +206,8 @@ class Receiver:
         self._batch = ctypes.c_uint(batch)
         self._flags = ctypes.c_int(MSG_WAITFORONE)
         self._starts = tuple(slot * SLOT_STRIDE for slot in range(batch))
+        #: Where each slot's datagram starts in ``data``.
+        self.starts = self._starts
         after = _HEADER_LEN - _MSG_LEN_OFFSET - 4
         self._unpack_lengths = [
             struct.Struct("=" + f"{_MSG_LEN_OFFSET}xI{after}x" * count).unpack_from
@@ -194,6 +219,54 @@ class Receiver:
         self._unpack_names = [
             struct.Struct("!" + name * count).unpack_from for count in range(batch + 1)
         ]
+        self._unpack_name = self._unpack_names[1]
+
+    def data_unpackers(self, fields: str) -> list[Callable[[mmap.mmap], tuple[Any, ...]]]:
+        """For each count, an unpacker of ``data``: the ``struct`` ``fields`` (network order)
+        at the start of each of the first ``count`` datagrams, flat, in one call. Octets past
+        a datagram's end are stale: callers check ``lengths``."""
+        size = struct.calcsize("!" + fields)
+        if not 0 < size <= SLOT_LEN:
+            raise ValueError(f"{fields!r} does not fit a slot")
+        slot = f"{fields}{SLOT_STRIDE - size}x"
+        return [struct.Struct("!" + slot * count).unpack_from for count in range(self.batch + 1)]
+
+    def name_unpackers(self, fields: str) -> list[Callable[[mmap.mmap], tuple[Any, ...]]]:
+        """For each count, an unpacker of ``names``: the ``struct`` ``fields`` (network order)
+        of each of the first ``count`` source addresses (``sockaddr_in`` or ``_in6``), flat."""
+        size = struct.calcsize("!" + fields)
+        if not 0 < size <= self.name_len:
+            raise ValueError(f"{fields!r} does not fit a socket address")
+        slot = f"{fields}{self.name_len - size}x"
+        return [struct.Struct("!" + slot * count).unpack_from for count in range(self.batch + 1)]
+
+    def receive_count(self) -> int:
+        """Block until a datagram arrives; return how many were taken (up to ``batch``).
+
+        The datagrams stay in the buffers (see ``data``, ``starts``, ``lengths``, ``names``,
+        ``item``) until the next receive. Returns 0 when a signal interrupts the wait (its
+        Python handler runs on return), raises ``BlockingIOError`` when the receive timeout
+        (SO_RCVTIMEO) expires and ``OSError`` for anything else.
+        """
+        count = self._recvmmsg(self._fd, self._headers_pointer, self._batch, self._flags, None)
+        if count <= 0:
+            code = self._get_errno() if count < 0 else errno.EAGAIN
+            if code == errno.EINTR:
+                return 0
+            raise OSError(code, errno.errorcode.get(code, "recvmmsg failed"))
+        self.lengths = self._unpack_lengths[count](self._headers)
+        return count
+
+    def item(self, index: int) -> tuple[bytes, Address]:
+        """Datagram ``index`` of the last ``receive_count`` as ``receive`` returns it."""
+        start = self._starts[index]
+        datagram = self._data[start : start + self.lengths[index]]
+        if self._ipv6:
+            port, address = self._unpack_name(self._names, index * SOCKADDR_IN6_LEN)
+            return datagram, (_inet_ntop(_AF_INET6, address), port)
+        port, a, b, c, d = self._unpack_name(self._names, index * SOCKADDR_IN_LEN)
+        octet = _DECIMAL
+        return datagram, (_dotted((octet[a], octet[b], octet[c], octet[d])), port)
 
     def receive(self) -> list[tuple[bytes, Address]]:
         """Block until a datagram arrives; return it and all others queued, up to ``batch``.
@@ -202,13 +275,10 @@ class Receiver:
         receive timeout (SO_RCVTIMEO) expires, returns ``[]`` when a signal interrupts the
         wait (its Python handler runs on return), raises ``OSError`` for anything else.
         """
-        count = self._recvmmsg(self._fd, self._headers_pointer, self._batch, self._flags, None)
-        if count <= 0:
-            code = self._get_errno() if count < 0 else errno.EAGAIN
-            if code == errno.EINTR:
-                return []
-            raise OSError(code, errno.errorcode.get(code, "recvmmsg failed"))
-        lengths = self._unpack_lengths[count](self._headers)
+        count = self.receive_count()
+        if not count:
+            return []
+        lengths = self.lengths
         names = self._unpack_names[count](self._names)
         data = self._data
         if count == 1 and not self._ipv6:  # the lone datagram of a quiet moment: no zip
@@ -239,7 +309,46 @@ class Receiver:
         ]
 
 
-class Sender:
+class _Sending:
+    """What ``Sender`` and ``Outbox`` share: going on after a partial or failed ``sendmmsg``."""
+
+    socket: socket.socket
+    errors: dict[str, int]
+    _sendmmsg: Callable[..., int]
+    _get_errno: Callable[[], int]
+    _fd: ctypes.c_int
+    _headers_address: int
+
+    def _finish(self, result: int, count: int) -> int:
+        """Go on after ``sendmmsg`` returned ``result`` (a partial count or -1) for ``count``."""
+        sent = 0
+        dropped = 0
+        retries = 0
+        while True:
+            if result > 0:
+                sent += result
+                retries = 0
+            else:
+                code = self._get_errno() if result < 0 else errno.EIO
+                if code in TRANSIENT_ERRORS and retries < TRANSIENT_RETRIES:
+                    retries += 1
+                    if code == errno.EAGAIN or code == errno.EWOULDBLOCK:
+                        _wait_writable(self.socket)
+                else:  # this datagram is the cause: drop it alone
+                    self._count(errno.errorcode.get(code, f"errno_{code}"))
+                    dropped += 1
+                    sent += 1
+                    retries = 0
+            if sent >= count:
+                return dropped
+            pointer = ctypes.c_void_p(self._headers_address + sent * _HEADER_LEN)
+            result = self._sendmmsg(self._fd, pointer, count - sent, 0)
+
+    def _count(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+class Sender(_Sending):
     """``sendmmsg`` on one socket: a list of ``(address, datagram)`` in as few calls as possible.
 
     Counts what it could not send by errno name in ``errors`` (a dict bounded by the errno
@@ -361,33 +470,109 @@ class Sender:
             return dropped
         return dropped + self._finish(sent, count)
 
-    def _finish(self, result: int, count: int) -> int:
-        """Go on after ``sendmmsg`` returned ``result`` (a partial count or -1) for ``count``."""
-        sent = 0
-        dropped = 0
-        retries = 0
-        while True:
-            if result > 0:
-                sent += result
-                retries = 0
-            else:
-                code = self._get_errno() if result < 0 else errno.EIO
-                if code in TRANSIENT_ERRORS and retries < TRANSIENT_RETRIES:
-                    retries += 1
-                    if code == errno.EAGAIN or code == errno.EWOULDBLOCK:
-                        _wait_writable(self.socket)
-                else:  # this datagram is the cause: drop it alone
-                    self._count(errno.errorcode.get(code, f"errno_{code}"))
-                    dropped += 1
-                    sent += 1
-                    retries = 0
-            if sent >= count:
-                return dropped
-            pointer = ctypes.c_void_p(self._headers_address + sent * _HEADER_LEN)
-            result = self._sendmmsg(self._fd, pointer, count - sent, 0)
 
-    def _count(self, reason: str) -> None:
-        self.errors[reason] = self.errors.get(reason, 0) + 1
+class Outbox(_Sending):
+    """``sendmmsg`` of datagrams gathered from up to three pieces of memory each, no copy.
+
+    The forwarder's batched fast path (IPv4 sockets only) stages each datagram in place:
+    ``outbox.stage(outbox.slots, position, base0, len0, base1, len1, base2, len2, family,
+    port_and_address)`` writes slot ``position // outbox.slot_len``: three ``iovec``
+    (``stage_one``: one, then two empty ones, NULL and 0) and the destination
+    ``sockaddr_in`` (``family`` native, then the port and IPv4 address as 6 octets in network
+    order, as in a received ``sockaddr_in`` or an encapsulation header). ``add`` stages a
+    ``bytes`` datagram for an ``(host, port)`` address. ``flush(position)`` sends every
+    staged datagram in order, with ``Sender``'s handling of partial sends and errors, and
+    returns how many could not be sent. The memory staged must stay unchanged until then.
+    """
+
+    #: ``@PNPNPNH6s8x``: the slot layout (64 octets).
+    SLOT = struct.Struct("@PNPNPNH6s8x")
+    #: The same slot with one piece: its second and third iovecs zero (NULL, length 0).
+    SLOT_ONE = struct.Struct("@PN32xH6s8x")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        batch: int = DEFAULT_BATCH,
+        *,
+        sendmmsg: Callable[..., int] | None = None,
+        get_errno: Callable[[], int] = ctypes.get_errno,
+    ) -> None:
+        _check(sock, batch)
+        if sock.family != _AF_INET:
+            raise ValueError("an AF_INET socket is required")
+        if sendmmsg is None:
+            if _LIBC is None or _BYTES_DATA_OFFSET is None:
+                raise OSError(errno.ENOSYS, "sendmmsg is not available")
+            sendmmsg = _LIBC[1]
+        #: The socket sent from (kept open by this reference).
+        self.socket = sock
+        #: Most datagrams one ``flush`` sends.
+        self.batch = batch
+        #: Datagrams not sent, by errno name.
+        self.errors: dict[str, int] = {}
+        self._sendmmsg = sendmmsg
+        self._get_errno = get_errno
+        #: ``pack_into`` of ``SLOT``, and the buffer it writes to.
+        self.stage = self.SLOT.pack_into
+        #: ``stage_one(slots, position, base, length, family, port_and_address)``: one piece.
+        self.stage_one = self.SLOT_ONE.pack_into
+        self.slot_len = self.SLOT.size
+        self.slots = ctypes.create_string_buffer(batch * self.slot_len)
+        self._headers = (_MMsgHdr * batch)()
+        slots = ctypes.addressof(self.slots)
+        address_offset = self.slot_len - SOCKADDR_IN_LEN
+        for slot in range(batch):
+            header = self._headers[slot].msg_hdr
+            header.msg_iov = slots + slot * self.slot_len
+            header.msg_iovlen = 3
+            header.msg_name = slots + slot * self.slot_len + address_offset
+            header.msg_namelen = SOCKADDR_IN_LEN
+        self._headers_address = ctypes.addressof(self._headers)
+        self._headers_pointer = ctypes.c_void_p(self._headers_address)
+        self._fd = ctypes.c_int(sock.fileno())
+        self._offset = _BYTES_DATA_OFFSET or 0
+        #: ``bytes`` staged by ``add``, alive until ``flush`` has sent them.
+        self._keep: list[bytes] = []
+        #: Datagrams ``add`` could not stage (their address), reported by the next ``flush``.
+        self._refused = 0
+
+    def add(self, position: int, address: Address, datagram: bytes | bytearray) -> int:
+        """Stage ``datagram`` for ``address`` at ``position``; return the next position.
+
+        An address this socket cannot send to is counted (``EAFNOSUPPORT``) and dropped: the
+        position is then returned unchanged and the next ``flush`` reports the drop.
+        """
+        data: bytes = datagram if type(datagram) is bytes else bytes(datagram)
+        try:
+            port_and_address = _PORT_AND_IPV4(address[1], _inet_pton(_AF_INET, address[0]))
+            self.stage_one(
+                self.slots,
+                position,
+                id(data) + self._offset,
+                len(data),
+                _AF_INET,
+                port_and_address,
+            )
+        except (OSError, OverflowError, struct.error, TypeError, IndexError, ValueError):
+            self._count(ADDRESS_ERROR)
+            self._refused += 1
+            return position
+        self._keep.append(data)  # alive until flush has sent it
+        return position + self.slot_len
+
+    def flush(self, position: int) -> int:
+        """Send what is staged below ``position``; return how many could not be sent."""
+        dropped = self._refused
+        self._refused = 0
+        count = position // self.slot_len
+        if count:
+            sent = self._sendmmsg(self._fd, self._headers_pointer, count, 0)
+            if sent != count:
+                dropped += self._finish(sent, count)
+        if self._keep:
+            self._keep.clear()
+        return dropped
 
 
 def _encode_ipv6(host: str) -> bytes:

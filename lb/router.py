@@ -36,14 +36,22 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from quicvoice.quiclb import (
+    Algorithm,
     LoadBalancerConfig,
     LoadBalancerDecoder,
     Unroutable,
     stateless_reset_token,
 )
+from quicvoice.quiclb.algorithms import aes_ecb_decryptor
 
 from .config import Address, Backend, ForwarderConfig, format_address
-from .encapsulation import IPV6_HEADER_LEN, EncapsulationError, unwrap, wrap
+from .encapsulation import (
+    IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN,
+    EncapsulationError,
+    unwrap,
+    wrap,
+)
 from .packet import (
     LONG_HEADER_BIT,
     MAX_CID_LEN_V1,
@@ -310,6 +318,35 @@ class _Route(NamedTuple):
     up: bool
 
 
+class UplinkCount:
+    """A live backend as the pumps' fast path sees it, and what that path sent it since the
+    last ``Router.fold`` (plain attributes: two increments per datagram, folded later)."""
+
+    __slots__ = ("address", "stats", "packets", "octets")
+
+    def __init__(self, address: Address, stats: BackendStats) -> None:
+        #: Where its datagrams go.
+        self.address = address
+        #: Its counters, into which ``fold`` moves the counts below.
+        self.stats = stats
+        #: Client datagrams forwarded by the fast path, and their octets before wrapping.
+        self.packets = 0
+        self.octets = 0
+
+
+class DownlinkCount:
+    """A backend address as the downlink fast path sees it, and what it sent on from there."""
+
+    __slots__ = ("stats", "packets", "octets")
+
+    def __init__(self, stats: BackendStats) -> None:
+        self.stats = stats
+        #: Datagrams sent on to clients by the fast path, and their octets as received
+        #: (IPv4 encapsulation header included: the fast path takes IPv4 headers only).
+        self.packets = 0
+        self.octets = 0
+
+
 class Router:
     """Decides where each datagram goes, from the configuration alone (no per-client state).
 
@@ -327,6 +364,10 @@ class Router:
         "_healthy",
         "_reset_key",
         "_random",
+        "fast_decoders",
+        "fast_single_pass",
+        "fast_uplink",
+        "fast_downlink",
     )
 
     def __init__(
@@ -354,6 +395,58 @@ class Router:
         self._healthy = Rendezvous(b for b in config.backends if not b.down)
         self._reset_key = config.reset_key
         self._random = random
+        # The pumps' fast path (lb/forwarder.py), which must decide exactly as the methods
+        # below (tests/lb/test_lb_fast_path.py): a short header's decoder by config bits
+        # (what ``LoadBalancerDecoder.decode`` calls), live backends by server ID, backends by
+        # source address. What it forwards is counted in these objects until ``fold``.
+        #: ``LoadBalancerConfig.decode`` of the configuration that each config-bits value names.
+        self.fast_decoders: tuple[Callable[[bytes], bytes | None] | None, ...] = tuple(
+            None if lb_config is None else lb_config.decode for lb_config in slots
+        )
+        #: For each config-bits value whose configuration is single-pass (one AES-128-ECB
+        #: block, draft-21 §5.4.1): an ECB decryption of its own and the server ID length, so
+        #: that a batch of CIDs is decrypted in one call: ``decode(cid)`` is then
+        #: ``decrypt(cid[1:17])[:server_id_len]`` for any CID of 17 octets or more that names it.
+        self.fast_single_pass: tuple[tuple[Callable[[bytes], bytes], int] | None, ...] = tuple(
+            (aes_ecb_decryptor(lb_config.key).update, lb_config.server_id_len)
+            if lb_config is not None
+            and lb_config.algorithm is Algorithm.SINGLE_PASS
+            and lb_config.key is not None
+            else None
+            for lb_config in slots
+        )
+        #: Backends that take traffic (not down), by server ID (looked up with what a decoder
+        #: returned, ``None`` included, which is never a key).
+        self.fast_uplink: dict[bytes | None, UplinkCount] = {
+            server_id: UplinkCount(route.address, route.stats)
+            for server_id, route in self._routes.items()
+            if route.up
+        }
+        #: Every configured backend (down ones too), by address.
+        self.fast_downlink = {
+            address: DownlinkCount(stats) for address, stats in self._sources.items()
+        }
+
+    def fold(self) -> None:
+        """Move what the fast path counted into ``counters``, as the slow path counts it."""
+        counters = self.counters
+        for up in self.fast_uplink.values():
+            packets, octets = up.packets, up.octets
+            if packets:
+                up.packets = up.octets = 0
+                counters.uplink_packets += packets
+                counters.uplink_bytes += octets
+                counters.routed_server_id += packets
+                up.stats.uplink_packets += packets
+                up.stats.uplink_bytes += octets
+        for down in self.fast_downlink.values():
+            packets, octets = down.packets, down.octets
+            if packets:
+                down.packets = down.octets = 0
+                counters.downlink_packets += packets
+                counters.downlink_bytes += octets
+                down.stats.downlink_packets += packets
+                down.stats.downlink_bytes += octets - IPV4_HEADER_LEN * packets
 
     @property
     def healthy_backends(self) -> int:
