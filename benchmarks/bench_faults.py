@@ -34,8 +34,8 @@ carts intact, and sessions still open on the backends after every call ended (po
 45 s: a stale session is closed by its 30 s idle timeout). Exit status 1 if a call, a cart or a
 frame was lost.
 
-Application events are held while the client reconnects (``CallPlan.hold_events``), a
-workaround for a client bug; ``--send-events-while-reconnecting`` shows what it costs.
+``--hold-events`` makes the generator hold application events while the client reconnects
+(``CallPlan.hold_events``), a workaround for clients older than the fix of that bug.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def make_plans(
             orders=2,
             liveness_timeout=args.liveness,
             keep_arrivals=True,
-            hold_events=not args.send_events_while_reconnecting,
+            hold_events=args.hold_events,
         )
         for i in range(args.calls)
     ]
@@ -285,7 +285,7 @@ def describe(args: argparse.Namespace) -> str:
         f"{args.calls} calls through the forwarder, 3 backends, Redis store; {args.frame_ms} ms "
         f"PCMU frames, {speech}; 2 orders per call; migrations every "
         f"{args.migrate_every or '-'} s; client liveness {args.liveness:g} s; "
-        f"events {'sent' if args.send_events_while_reconnecting else 'held'} while reconnecting; "
+        f"{'app events held by the generator while reconnecting; ' if args.hold_events else ''}"
         f"{args.workers} generator processes; down time {args.down_s:g} s"
     )  # fmt: skip
 
@@ -338,8 +338,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--turn-every", type=float, default=5.0, help="with --talk 0: a reply every S s")
     add("--migrate-every", type=float, default=0.0)
     add("--liveness", type=float, default=1.0, help="client liveness_timeout")
-    add("--send-events-while-reconnecting", action="store_true",
-        help="do not hold app events while the client reconnects")  # fmt: skip
+    add("--hold-events", action="store_true",
+        help="hold app events while the client reconnects (clients before the fix)")  # fmt: skip
     add("--ramp", type=float, default=5.0, help="seconds to start all calls")
     add("--warm", type=float, default=5.0, help="seconds before the fault")
     add("--after", type=float, default=10.0, help="seconds after the fault")

@@ -85,9 +85,10 @@ class CallPlan:
     #: Return every (seq, arrival time) pair, for the benchmark's fault analysis.
     keep_arrivals: bool = False
     #: Hold application events while the client reconnects, and say goodbye only once it has
-    #: resumed: a workaround for the client sending them on a connection the server has not
-    #: accepted yet, which makes the server close the resumed session (``Inbox.send``).
-    hold_events: bool = True
+    #: resumed: a workaround for clients that sent them on a connection the server had not
+    #: accepted yet, which made the server close the resumed session (``Inbox.send``); the
+    #: client holds them itself since.
+    hold_events: bool = False
 
 
 @dataclass(slots=True)
@@ -202,9 +203,9 @@ class Inbox:
     def send(self, name: str, data: Any = None) -> None:
         """Send an application event; with ``hold_events``, not while reconnecting.
 
-        The client sends an event at once, also on a connection whose ``welcome`` has not come
-        yet; the server then closes the resumed session ("unexpected event in state
-        NEGOTIATING"). Held events go out when the session has resumed.
+        Clients before the fix sent an event at once, also on a connection whose ``welcome``
+        had not come yet; the server then closed the resumed session ("unexpected event in
+        state NEGOTIATING"). Held events go out when the session has resumed.
         """
         if self._hold_events and self.reconnecting():
             self._held.append((name, data))
