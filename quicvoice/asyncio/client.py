@@ -621,6 +621,7 @@ class VoiceClient:
         deadline = started_at + self._reconnect_timeout
         token = before.resume_token
         attempts = 0
+        may_have_taken_over = False
         while loop.time() < deadline:
             attempts += 1
             if self._local_host != host_measured:
@@ -647,10 +648,18 @@ class VoiceClient:
                     asyncio.shield(link.started), min(remaining, attempt_timeout)
                 )
             except (TimeoutError, ConnectionError, OSError, asyncio.CancelledError) as error:
+                link.close(say_goodbye=False)
+                task = asyncio.current_task()
+                if self._closing or (task is not None and task.cancelling()):
+                    old.close(say_goodbye=False)
+                    raise  # the app hung up: no more attempts
                 refused = isinstance(error, ConnectionError) and "refused" in str(error)
                 logger.info("resume attempt failed: %r", error)
-                link.close(say_goodbye=False)
-                if old_may_revive and _heard_since(old, started_at):
+                # An attempt that timed out may still reach a backend and take the session
+                # over, which closes the old connection: going back to it is safe only while
+                # every attempt got a definite refusal.
+                may_have_taken_over = may_have_taken_over or not refused
+                if old_may_revive and not may_have_taken_over and _heard_since(old, started_at):
                     self._restore(old, reason)
                     return
                 if refused:
@@ -689,10 +698,11 @@ class VoiceClient:
                 )
             )
             return
-        if old_may_revive:
+        if old_may_revive and not may_have_taken_over:
             if await self._revives(old, started_at, deadline):
                 self._restore(old, reason)
                 return
+        if old_may_revive:
             self._drop_link(old)
         self._reconnecting = None
         self._deliver(

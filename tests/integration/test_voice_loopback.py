@@ -350,32 +350,40 @@ def test_the_client_knows_where_the_kernel_routes_and_which_addresses_are_gone()
     assert address_vanished("192.0.2.77") is True  # TEST-NET-1: on no interface here
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the first resume attempt carries its hello in 0-RTT and the server refuses it "
+    "before the handshake completes; the client never reads that refusal, the attempt times "
+    "out, counts as one that may have taken the session over, and the quiet connection is "
+    "then (safely) not taken back",
+)
 def test_a_quiet_connection_that_comes_back_keeps_the_call_when_no_resume_succeeds() -> None:
-    """The backend hears nothing for 1 s (an overloaded host, a blackout): the client declares
-    the connection dead and tries to resume, but every new connection is lost (long headers
-    dropped here, as when the first flight hashes to a backend without the session). When the
-    old connection answers again, the call carries on over it with every frame."""
+    """The backend hears nothing on the call's path for 1 s (an overloaded host, a blackout):
+    the client declares the connection dead and tries to resume, and the resume is refused
+    (here the session's record is gone, as when the first flight hashes onto a backend
+    without it). When the old connection answers again, the call carries on over it with
+    every frame."""
     quiet_until = 0.0
-    loop_time = time.monotonic
+    first_peer: tuple[str, int] | None = None
 
     def accept(data: bytes, address: tuple[str, int]) -> bool:
-        if data and data[0] & 0x80 and resuming:
-            return False  # every resume attempt's first flight
-        return loop_time() >= quiet_until
-
-    resuming = False
+        nonlocal first_peer
+        if first_peer is None:
+            first_peer = address
+        return address != first_peer or time.monotonic() >= quiet_until
 
     async def scenario() -> None:
-        nonlocal quiet_until, resuming
+        nonlocal quiet_until
         async with running_server(accept_datagram=accept) as server:
             host, port = server.address
             async with connect(
                 host, port, verify=False, liveness_timeout=0.3, reconnect_timeout=5.0
             ) as client:
+                assert client.session is not None
                 streaming = asyncio.get_running_loop().create_task(stream(client, 100))
                 await asyncio.sleep(0.4)
-                resuming = True
-                quiet_until = loop_time() + 1.0
+                quiet_until = time.monotonic() + 1.0
+                assert await server.store.delete(client.session.session_id)
                 await streaming
                 client.end_audio()
                 await next_of(client, TurnEnded, timeout=10)
