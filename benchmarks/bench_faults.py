@@ -170,17 +170,6 @@ def resaved(redis: RedisProcess, expected: int, since: float, limit: float) -> s
     return f"session records in the new Redis {limit:.0f} s after its restart: {count} ({when})"
 
 
-def open_sessions_after(deployment: Deployment, limit: float) -> tuple[int, float]:
-    """Sessions still open on live backends; polled until none or ``limit`` seconds."""
-    started = time.monotonic()
-    while True:
-        counts = deployment.open_sessions().values()
-        left = sum(counts) if -1 not in counts else -1
-        if left == 0 or time.monotonic() - started > limit:
-            return left, time.monotonic() - started
-        time.sleep(1.0)
-
-
 def run_scenario(name: str, args: argparse.Namespace) -> Outcome:
     """One fresh deployment, the calls, the fault, the results."""
     with tempfile.TemporaryDirectory() as temporary:
@@ -207,7 +196,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> Outcome:
             results = generator.wait(plans[0].duration + args.ramp + 120)
             sampler.stop()
             drops = udp_drops() - drops
-            leaked, waited = open_sessions_after(deployment, 45.0)
+            leaked, waited = deployment.sessions_left(45.0)
             notes.append(f"sessions open on live backends after the last call: {leaked} "
                          f"(polled {waited:.0f} s)")  # fmt: skip
             warnings = backend_warnings(deployment)

@@ -192,7 +192,7 @@ def run_soak(args: argparse.Namespace) -> SoakOutcome:
             )
             outcome.udp_drops = udp_drops() - drops
             outcome.loads = loads
-            outcome.leaked, outcome.leak_wait_s = leftover_sessions(deployment, 45.0)
+            outcome.leaked, outcome.leak_wait_s = deployment.sessions_left(45.0)
             if redis is not None:
                 outcome.redis_keys = redis.count_keys("soak:s:*")
         finally:
@@ -203,17 +203,6 @@ def run_soak(args: argparse.Namespace) -> SoakOutcome:
     for poll in outcome.polls:
         poll.expected = expected_open(outcome.results, poll.at)
     return outcome
-
-
-def leftover_sessions(deployment: Deployment, limit: float) -> tuple[int, float]:
-    """Sessions open on the backends after every call ended, polled until 0 or ``limit`` s."""
-    started = time.monotonic()
-    while True:
-        counts = deployment.open_sessions().values()
-        left = sum(counts) if -1 not in counts else -1
-        if left == 0 or time.monotonic() - started > limit:
-            return left, time.monotonic() - started
-        time.sleep(1.0)
 
 
 def minute_table(outcome: SoakOutcome) -> list[str]:

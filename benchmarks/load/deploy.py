@@ -257,6 +257,17 @@ class Deployment:
 
         return asyncio.run(ask_all())
 
+    def sessions_left(self, limit: float) -> tuple[int, float]:
+        """Sessions still open on the live backends (-1 if one did not answer), polled every
+        second until none or ``limit`` seconds; and how long that took."""
+        started = time.monotonic()
+        while True:
+            counts = self.open_sessions().values()
+            left = sum(counts) if -1 not in counts else -1
+            if left == 0 or time.monotonic() - started > limit:
+                return left, time.monotonic() - started
+            time.sleep(1.0)
+
 
 async def http3_get_status(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
     """``GET /`` over HTTP/3 with a bare aioquic client; the backend's JSON status."""
