@@ -520,7 +520,7 @@ class AsyncCheckpointer:
 
     async def _run(self) -> None:
         core = self._core
-        while True:
+        while not self._closed:  # see StoreMonitor._run
             now = self._clock()
             write = core.next_write(now)
             if write is None:
@@ -610,6 +610,7 @@ class StoreMonitor:
         self._call_timeout = call_timeout
         self._watched: weakref.WeakSet[AsyncCheckpointer] = weakref.WeakSet()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._counts = {"checks": 0, "failures": 0, "recoveries": 0, "losses": 0}
 
     def watch(self, checkpointer: AsyncCheckpointer) -> None:
@@ -618,16 +619,19 @@ class StoreMonitor:
 
     def start(self) -> None:
         """Start watching (needs a running event loop)."""
+        self._stopped = False
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def stop(self) -> None:
         """Stop watching (without waiting)."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
 
     async def aclose(self) -> None:
         """Stop watching and wait for the task to end."""
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -643,7 +647,9 @@ class StoreMonitor:
     async def _run(self) -> None:
         known: int | None = None
         failing = False
-        while True:
+        # The flag, not only the cancellation, ends the loop: a cancellation that lands as a
+        # call times out can come out as TimeoutError, and aclose() would then wait forever.
+        while not self._stopped:
             try:
                 async with asyncio.timeout(self._call_timeout):
                     generation = await self._store.generation()

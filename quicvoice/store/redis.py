@@ -8,9 +8,10 @@ opened. Keys (``P`` is the configured prefix, specs/store.md):
     P g:<store hex>     string "1", this store object's marker (``generation``); PX 1 hour
 
 A save is one Lua script (atomic on the server): compare ``v`` with the expected version, then
-write both fields and the expiry. Every call is bounded by ``timeout``; redis-py retries only a
-connection error, once and at once (a pooled connection to a Redis that restarted fails its first
-command), so a slow or dead Redis gives ``StoreUnavailableError`` within that bound.
+write both fields and the expiry. Every call returns within ``timeout``, however redis-py
+behaves; redis-py retries only a connection error, once and at once (a pooled connection to a
+Redis that restarted fails its first command), so a slow or dead Redis gives
+``StoreUnavailableError`` within that bound.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class RedisStore:
         self._marker = self._prefix + b"g:" + os.urandom(8).hex().encode("ascii")
         self._marked = False
         self._generation = 0
+        self._overrun: set[asyncio.Future[Any]] = set()
 
     def __repr__(self) -> str:
         return f"RedisStore({self._config!r})"
@@ -219,7 +221,9 @@ class RedisStore:
         )
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool (cancelling any command that overran its bound)."""
+        for task in list(self._overrun):
+            task.cancel()
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.aclose()
@@ -233,11 +237,26 @@ class RedisStore:
         return self._prefix + b"t:" + label.hex().encode("ascii")
 
     async def _call(self, command: Awaitable[_T]) -> _T:
-        """Run one Redis command under the timeout, turning every failure into ``StoreError``."""
+        """Run one Redis command under the timeout, turning every failure into ``StoreError``.
+
+        The command runs as its own task and the wait for it is bounded here, so the bound
+        holds even where redis-py waits through a cancellation (a ``Condition`` reacquiring
+        its lock in the blocking pool); a command that overran is cancelled and left to end.
+        """
         self._counters.operations += 1
+        task = asyncio.ensure_future(command)
         try:
-            async with asyncio.timeout(self._timeout):
-                return await command
+            done, _ = await asyncio.wait((task,), timeout=self._timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        try:
+            if not done:
+                task.cancel()
+                self._overrun.add(task)
+                task.add_done_callback(self._forget_overrun)
+                raise TimeoutError
+            return task.result()
         except TimeoutError as exc:
             self._counters.errors += 1
             raise StoreUnavailableError(
@@ -258,6 +277,11 @@ class RedisStore:
         except RedisError as exc:
             self._counters.errors += 1
             raise StoreError(f"redis failed: {exc}") from exc
+
+    def _forget_overrun(self, task: asyncio.Future[Any]) -> None:
+        self._overrun.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its failure was already reported as a timeout
 
     def _parse_version(self, raw: Any, session_id: str) -> int:
         if isinstance(raw, bytes) and 0 < len(raw) <= 19 and raw.isdigit():

@@ -19,6 +19,7 @@ from quicvoice.store import (
     open_store,
 )
 from quicvoice.store.codec import encode_record
+from quicvoice.store.redis import MAX_CONNECTIONS
 
 from ..conftest import RedisServer
 from .conftest import FakeClock
@@ -119,6 +120,36 @@ def test_frozen_redis_times_out_within_the_bound(own_redis_server: RedisServer) 
         finally:
             server.resume()
         assert (await store.load("s")) is not None  # answers again once thawed
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_frozen_redis_bounds_commands_waiting_for_the_pool(
+    own_redis_server: RedisServer,
+) -> None:
+    """More commands than pooled connections while Redis is frozen: those holding a
+    connection and those queued for one all fail within the bound, and the store works again
+    once Redis thaws (no connection is lost to the pool)."""
+    server = own_redis_server
+
+    async def main() -> None:
+        store = open_store(server.unique_url(timeout=str(TIMEOUT)))
+        await store.save(SessionRecord.new("s", b"", expires_at=time.time() + 60), 0)
+        server.pause()
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                results = await asyncio.gather(
+                    *(store.load("s") for _ in range(MAX_CONNECTIONS + 16)),
+                    return_exceptions=True,
+                )
+                assert time.monotonic() - started < TIMEOUT + 0.5
+                assert all(isinstance(r, StoreUnavailableError) for r in results), results
+        finally:
+            server.resume()
+        loaded = await asyncio.gather(*(store.load("s") for _ in range(MAX_CONNECTIONS + 16)))
+        assert all(record is not None for record in loaded)
         await store.aclose()
 
     asyncio.run(main())
