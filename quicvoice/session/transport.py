@@ -201,8 +201,28 @@ class _QuicStreams:
             pass
 
     def close(self, error_code: int, reason: str) -> None:
-        """Close the connection with an application error code."""
+        """Close the connection with an application error code.
+
+        A server closing before its handshake completes (refusing a hello that came in
+        0-RTT) waits for the completion: until then the close could only go out in Initial or
+        Handshake packets, as a bare APPLICATION_ERROR without code or reason (RFC 9000
+        §10.2.3), and the client could not tell a refusal from any other failure. The
+        ``error`` message queued before it reaches the client in 0.5-RTT data meanwhile.
+        """
+        if not self.is_client and not self._handshake_done:
+            if self._deferred_close is None:
+                self._deferred_close = (error_code, reason)
+            return
         self.quic.close(error_code=error_code, reason_phrase=reason)
+
+    _handshake_done = False
+    _deferred_close: tuple[int, str] | None = None
+
+    def _handshake_completed(self) -> None:
+        self._handshake_done = True
+        if self._deferred_close is not None:
+            error_code, reason = self._deferred_close
+            self.quic.close(error_code=error_code, reason_phrase=reason)
 
     def _common(self, event: QuicEvent) -> TransportEvent | None:
         if isinstance(event, StreamReset):
@@ -232,6 +252,7 @@ class RawQuicTransport(_QuicStreams):
         if isinstance(event, DatagramFrameReceived):
             return [Datagram(event.data)]
         if isinstance(event, HandshakeCompleted):
+            self._handshake_completed()
             return [Ready()]
         common = self._common(event)
         return [common] if common is not None else []
@@ -285,6 +306,8 @@ class WebTransportTransport(_QuicStreams):
     def handle_event(self, event: QuicEvent) -> list[TransportEvent]:
         """Translate one QUIC event, passing it through HTTP/3 first."""
         out: list[TransportEvent] = []
+        if isinstance(event, HandshakeCompleted):
+            self._handshake_completed()
         common = self._common(event)
         if isinstance(common, StreamAborted):
             if common.stream_id in self._session_streams:

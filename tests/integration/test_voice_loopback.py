@@ -350,13 +350,6 @@ def test_the_client_knows_where_the_kernel_routes_and_which_addresses_are_gone()
     assert address_vanished("192.0.2.77") is True  # TEST-NET-1: on no interface here
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the first resume attempt carries its hello in 0-RTT and the server refuses it "
-    "before the handshake completes; the client never reads that refusal, the attempt times "
-    "out, counts as one that may have taken the session over, and the quiet connection is "
-    "then (safely) not taken back",
-)
 def test_a_quiet_connection_that_comes_back_keeps_the_call_when_no_resume_succeeds() -> None:
     """The backend hears nothing on the call's path for 1 s (an overloaded host, a blackout):
     the client declares the connection dead and tries to resume, and the resume is refused

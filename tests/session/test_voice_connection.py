@@ -26,7 +26,7 @@ from quicvoice.session.transport import (
     webtransport_error_to_http3,
 )
 
-from .pair import LB_CONFIG, SERVER_ID, make_pair
+from .pair import CERTIFICATE, LB_CONFIG, SERVER_ID, make_pair
 
 PAYLOAD = bytes(640)
 
@@ -195,3 +195,36 @@ def test_finished_turns_are_forgotten_once_delivered() -> None:
     last = pair.server.start_turn()
     assert pair.server.send_turn_audio(last, PAYLOAD, 0)
     assert list(pair.server._turn_streams) == [last]
+
+
+def test_a_server_close_before_the_handshake_completes_waits_for_it() -> None:
+    """Refusing a 0-RTT hello: the close waits for the handshake so that it can carry its
+    code and reason (before it, RFC 9000 §10.2.3 leaves only a bare APPLICATION_ERROR)."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+    from aioquic.quic.events import HandshakeCompleted
+
+    from quicvoice.session.transport import RawQuicTransport
+
+    closes: list[tuple[int, str]] = []
+
+    class RecordingConnection(QuicConnection):
+        def close(self, error_code: int = 0, frame_type: int | None = None,
+                  reason_phrase: str = "") -> None:  # fmt: skip
+            closes.append((error_code, reason_phrase))
+
+    configuration = QuicConfiguration(is_client=False)
+    configuration.certificate = CERTIFICATE.certificate
+    configuration.private_key = CERTIFICATE.private_key
+    quic = RecordingConnection(
+        configuration=configuration, original_destination_connection_id=bytes(8)
+    )
+    transport = RawQuicTransport(quic)
+    transport.close(int(ErrorCode.RESUME_REFUSED), "resume token refused")
+    transport.close(int(ErrorCode.INTERNAL_ERROR), "a second close does not replace the first")
+    assert closes == []
+    transport.handle_event(HandshakeCompleted("quicvoice/1", early_data_accepted=True,
+                                              session_resumed=True))  # fmt: skip
+    assert closes == [(int(ErrorCode.RESUME_REFUSED), "resume token refused")]
+    transport.close(0, "after the handshake: at once")
+    assert closes[-1] == (0, "after the handshake: at once")
