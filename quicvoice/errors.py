@@ -30,3 +30,19 @@ class StoreError(QuicVoiceError):
 
 class NonceExhaustedError(QuicVoiceError):
     """A connection-ID generator used every nonce of its configuration; rotate to a new one."""
+
+
+class SessionRefusedError(QuicVoiceError, ConnectionError):
+    """The connection closed before the server welcomed the session.
+
+    ``error_code`` says why: ``RESUME_REFUSED`` (0x109) or ``UNSUPPORTED`` (0x107) are the
+    server's deliberate refusals; any other code (a transport error, a bare
+    ``APPLICATION_ERROR``) is a connection that failed on the way.
+    """
+
+    def __init__(self, error_code: int, reason: str) -> None:
+        super().__init__(f"session refused: {reason or 'no reason given'} (code {error_code:#x})")
+        #: The close's error code (application or transport).
+        self.error_code = error_code
+        #: The close's reason phrase.
+        self.reason = reason

@@ -37,6 +37,7 @@ from aioquic.tls import SessionTicket
 
 from lb.config import format_address
 
+from ..errors import SessionRefusedError
 from ..quic import (
     VoiceQuicConnection,
     can_send_early_data,
@@ -101,6 +102,8 @@ MAX_HELD_EVENTS = 1000
 #: Send errors that mean the socket's network is gone (its address or route vanished), not
 #: that the server is: the connection moves to whatever network remains.
 PATH_GONE_ERRORS = frozenset({errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN})
+#: Close codes by which a backend refused a resume without taking the session over.
+DEFINITE_REFUSALS = frozenset({int(ErrorCode.RESUME_REFUSED), int(ErrorCode.UNSUPPORTED)})
 
 
 class _ClientSocket(asyncio.DatagramProtocol):
@@ -262,7 +265,7 @@ class _Link:
                     self.session_ended = True
                     if not self.started.done():
                         self.started.set_exception(
-                            ConnectionError(f"session refused: {voice_event.reason}")
+                            SessionRefusedError(voice_event.error_code, voice_event.reason)
                         )
                 self._on_event(self, voice_event)
             event = self.quic.next_event()
@@ -653,7 +656,9 @@ class VoiceClient:
                 if self._closing or (task is not None and task.cancelling()):
                     old.close(say_goodbye=False)
                     raise  # the app hung up: no more attempts
-                refused = isinstance(error, ConnectionError) and "refused" in str(error)
+                refused = (
+                    isinstance(error, SessionRefusedError) and error.error_code in DEFINITE_REFUSALS
+                )
                 logger.info("resume attempt failed: %r", error)
                 # An attempt that timed out may still reach a backend and take the session
                 # over, which closes the old connection: going back to it is safe only while

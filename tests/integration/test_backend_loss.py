@@ -16,6 +16,8 @@ import pytest
 from quicvoice.agent import handle_order
 from quicvoice.asyncio.client import connect
 from quicvoice.asyncio.server import ServerSession, VoiceServer
+from quicvoice.errors import SessionRefusedError
+from quicvoice.session.codes import ErrorCode
 from quicvoice.session.events import (
     AudioReceived,
     ByeReceived,
@@ -178,11 +180,12 @@ def test_a_forged_or_foreign_token_is_refused(redis_server: RedisServer, tmp_pat
                 token = call.session.resume_token
             forged = token[:-1] + bytes([token[-1] ^ 1])
             for bad in (forged, b"", b"\x01" * 80, token[:20]):
-                with pytest.raises(ConnectionError, match="refused"):
+                with pytest.raises(SessionRefusedError, match="refused") as refused:
                     async with connect(
                         *deployment.vip, verify=False, hello=Hello(resume_token=bad)
                     ):
                         pass
+                assert refused.value.error_code == ErrorCode.RESUME_REFUSED
 
     try:
         asyncio.run(scenario())
