@@ -15,7 +15,12 @@ from aioquic import tls
 from aioquic._buffer import Buffer
 from aioquic.h3.connection import FrameType, H3Connection, H3Stream
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionId
+from aioquic.quic.connection import (
+    NetworkAddress,
+    QuicConnection,
+    QuicConnectionId,
+    QuicConnectionState,
+)
 from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
     QuicFrameType,
@@ -47,6 +52,10 @@ PRIVATE_NAMES = {
         "_peer_cid",
         "_peer_cid_available",
         "_cryptos",
+        "_close_event",
+        "_close_end",
+        "_events",
+        "_state",
     ),
     "QuicPacketRecovery": ("_rtt_initialized", "_rtt_latest", "_rtt_smoothed", "_rtt_min"),
     "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
@@ -88,6 +97,29 @@ class VoiceQuicConnection(QuicConnection):
     def __init__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> None:
         super().__init__(configuration=configuration, **kwargs)
         self._ack_delay = VOICE_ACK_DELAY
+        self._peer_close_reported = False
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """Like aioquic's, but a peer's CONNECTION_CLOSE is reported as soon as it arrives.
+
+        aioquic holds ``ConnectionTerminated`` back until the draining period ends, 3 PTO
+        later: seconds, or minutes under overload, during which a departed caller's session
+        would live on. A draining endpoint sends nothing (RFC 9000 §10.2.2), so nothing is
+        lost by reporting at once; the event is not reported a second time when draining ends.
+        """
+        super().receive_datagram(data, addr, now)
+        if (
+            not self._peer_close_reported
+            and self._close_event is not None
+            and self._state is QuicConnectionState.DRAINING
+        ):
+            self._peer_close_reported = True
+            self._events.append(self._close_event)
+
+    def _close_end(self) -> None:
+        super()._close_end()
+        if self._peer_close_reported:
+            self._events.pop()  # the ConnectionTerminated reported when the peer closed
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         """Like aioquic's, with pending ACKs bundled into outgoing data."""

@@ -228,3 +228,34 @@ def test_a_server_close_before_the_handshake_completes_waits_for_it() -> None:
     assert closes == [(int(ErrorCode.RESUME_REFUSED), "resume token refused")]
     transport.close(0, "after the handshake: at once")
     assert closes[-1] == (0, "after the handshake: at once")
+
+
+def test_the_peer_closing_ends_the_session_at_once_not_after_draining() -> None:
+    """aioquic reports a peer's CONNECTION_CLOSE only when draining ends (3 PTO later, which
+    is minutes under overload); the server's session ends as soon as the close arrives, and
+    exactly one SessionClosed and one ConnectionTerminated are reported."""
+    from aioquic.quic.events import ConnectionTerminated
+
+    from .pair import CLIENT_ADDR
+
+    pair = make_pair()
+    pair.pump()
+    pair.take("server")
+    pair.client.close(ErrorCode.NO_ERROR, "bye")
+    terminated = []
+    for data, _addr in pair.client_quic.datagrams_to_send(pair.now):
+        pair.server_quic.receive_datagram(data, CLIENT_ADDR, pair.now)
+    event = pair.server_quic.next_event()
+    while event is not None:
+        terminated += [event] if isinstance(event, ConnectionTerminated) else []
+        assert pair.server is not None
+        pair.server_events.extend(pair.server.handle_event(event, pair.now))
+        event = pair.server_quic.next_event()
+    assert [(e.error_code, e.reason_phrase) for e in terminated] == [(0, "bye")]
+    closed = [e for e in pair.take("server") if isinstance(e, SessionClosed)]
+    assert [(c.error_code, c.reason) for c in closed] == [(0, "bye")]
+    # Draining still ends on time, without a second report.
+    timer = pair.server_quic.get_timer()
+    assert timer is not None and timer > pair.now
+    pair.server_quic.handle_timer(timer)
+    assert pair.server_quic.next_event() is None
