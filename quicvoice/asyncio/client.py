@@ -94,6 +94,9 @@ FAST_ATTEMPTS = 4
 #: The attempt timeout when the client has moved to another network meanwhile (its RTT there
 #: is unknown): long enough for a handshake over a slow cellular link.
 NEW_PATH_ATTEMPT_TIMEOUT = 1.5
+#: How long an attempt the backend has answered may take in all: under load its handshake
+#: and resume queue behind others, and abandoning it would only queue one more.
+ANSWERED_ATTEMPT_TIMEOUT = 3.0
 LIVENESS_CHECK_INTERVAL = 0.05
 #: Events a quiet connection may deliver during a resume, kept in case it comes back.
 MAX_QUIET_EVENTS = 10000
@@ -464,6 +467,11 @@ class VoiceClient:
         self._deliver(event)
 
     def _on_link_reset(self, link: _Link) -> None:
+        if link is self._link and self._reconnecting is not None:
+            # A resume attempt's backend has no such connection: try the next one at once.
+            if not link.started.done():
+                link.started.set_exception(ConnectionError("stateless reset"))
+            return
         if link is self._link:
             if self._should_resume(None):
                 self._begin_reconnect("stateless reset: the backend lost the connection")
@@ -646,10 +654,7 @@ class VoiceClient:
                     attempt_timeout = max(attempt_timeout, NEW_PATH_ATTEMPT_TIMEOUT)
                     await link.start((self._local_host, 0))
                 early = self._send_kept_early(link)
-                remaining = max(0.05, deadline - loop.time())
-                started = await asyncio.wait_for(
-                    asyncio.shield(link.started), min(remaining, attempt_timeout)
-                )
+                started = await _await_welcome(link, attempt_timeout, deadline)
             except (TimeoutError, ConnectionError, OSError, asyncio.CancelledError) as error:
                 link.close(say_goodbye=False)
                 task = asyncio.current_task()
@@ -1094,6 +1099,23 @@ async def connect(
         yield client
     finally:
         await client.close()
+
+
+async def _await_welcome(link: _Link, timeout: float, deadline: float) -> SessionStarted:
+    """Wait for a resume attempt's ``welcome``: ``timeout`` while the backend is silent, up to
+    ``ANSWERED_ATTEMPT_TIMEOUT`` in all once it has answered, never past ``deadline``."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        return await asyncio.wait_for(
+            asyncio.shield(link.started), max(0.05, min(deadline, began + timeout) - began)
+        )
+    except TimeoutError:
+        now = loop.time()
+        limit = min(deadline, began + max(timeout, ANSWERED_ATTEMPT_TIMEOUT))
+        if link.last_receive == 0.0 or now >= limit:
+            raise
+        return await asyncio.wait_for(asyncio.shield(link.started), limit - now)
 
 
 def _heard_since(link: _Link, moment: float) -> bool:

@@ -385,3 +385,52 @@ def test_a_quiet_connection_that_comes_back_keeps_the_call_when_no_resume_succee
                 assert len(server.sessions()) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_resume_the_backend_answered_is_not_abandoned_for_being_slow() -> None:
+    """An overloaded backend answers the handshake but takes a second to load the session:
+    the attempt is kept (a new one would only queue behind it), and the call resumes on the
+    first attempt with every frame."""
+    first_peer: tuple[str, int] | None = None
+
+    def accept(data: bytes, address: tuple[str, int]) -> bool:
+        nonlocal first_peer
+        if first_peer is None:
+            first_peer = address
+        return address != first_peer or not blackout
+
+    blackout = False
+
+    async def scenario() -> None:
+        nonlocal blackout
+        async with running_server(accept_datagram=accept) as server:
+            host, port = server.address
+            load = server.store.load
+
+            async def slow_load(session_id: str) -> object:
+                await asyncio.sleep(1.0)
+                return await load(session_id)
+
+            server.store.load = slow_load  # type: ignore[method-assign,assignment]
+            send = server.send
+
+            def send_unless_blacked_out(data: bytes, address: tuple[str, int]) -> None:
+                if not (blackout and address == first_peer):
+                    send(data, address)
+
+            server.send = send_unless_blacked_out  # type: ignore[method-assign]
+            async with connect(
+                host, port, verify=False, liveness_timeout=0.3, reconnect_timeout=5.0
+            ) as client:
+                streaming = asyncio.get_running_loop().create_task(stream(client, 100))
+                await asyncio.sleep(0.4)
+                blackout = True  # the old path is gone for good, both ways
+                await streaming
+                client.end_audio()
+                await next_of(client, TurnEnded, timeout=10)
+                [resumption] = client.resumptions
+                assert resumption.attempts == 1
+                assert resumption.gap_ms > 1000
+                assert await client.bye() + resumption.frames_resent >= 100
+
+    asyncio.run(scenario())
