@@ -656,10 +656,12 @@ class VoiceClient:
                 early = self._send_kept_early(link)
                 started = await _await_welcome(link, attempt_timeout, deadline)
             except (TimeoutError, ConnectionError, OSError, asyncio.CancelledError) as error:
-                link.close(say_goodbye=False)
+                # Say goodbye: a backend still loading the session for this attempt then
+                # leaves it where it is instead of claiming it for a connection nobody uses.
+                link.close(say_goodbye=not link.reset_received)
                 task = asyncio.current_task()
                 if self._closing or (task is not None and task.cancelling()):
-                    old.close(say_goodbye=False)
+                    old.close(say_goodbye=not old.reset_received)
                     raise  # the app hung up: no more attempts
                 refused = (
                     isinstance(error, SessionRefusedError) and error.error_code in DEFINITE_REFUSALS
@@ -730,7 +732,9 @@ class VoiceClient:
         if not link.closed:
             self._packets_sent += link.packets_sent
             self._packets_received += link.packets_received
-            link.close(say_goodbye=False)
+            # Goodbye, should it still get through: the backend then ends its stale session
+            # now rather than at the idle timeout (its writes already lose to the resume).
+            link.close(say_goodbye=not link.reset_received)
 
     async def _revives(self, old: _Link, declared_dead_at: float, deadline: float) -> bool:
         """Wait until ``deadline`` for the quiet connection to be heard from again."""

@@ -347,8 +347,12 @@ class _ServerConnection:
         state: dict[str, Any] = {}
         if hello.resume_token is not None:
             try:
-                session_id, record, state = await self.server.resume(hello.resume_token, owner)
+                session_id, record, state = await self.server.resume(
+                    hello.resume_token, owner, claim_if=lambda: voice.state is State.NEGOTIATING
+                )
             except ResumeRefused as refusal:
+                if voice.state is not State.NEGOTIATING:
+                    return  # the client gave up on this connection meanwhile
                 voice.reject(ErrorCode.RESUME_REFUSED, str(refusal))
                 self.transmit_soon()
                 return
@@ -535,12 +539,16 @@ class VoiceServer:
         await self.tickets.aclose()
         await self.store.aclose()
 
-    async def resume(self, token: bytes, owner: str) -> tuple[str, SessionRecord, dict[str, Any]]:
+    async def resume(
+        self, token: bytes, owner: str, *, claim_if: Callable[[], bool] | None = None
+    ) -> tuple[str, SessionRecord, dict[str, Any]]:
         """Verify a resume token, load the session and claim it for ``owner``.
 
         Raises ``ResumeRefused`` for a bad token, an unknown or expired session, or a store
         that cannot be read; claiming bumps the record's version, so the connection that held
-        the session before sees its next checkpoint refused and closes.
+        the session before sees its next checkpoint refused and closes. ``claim_if`` is asked
+        just before the claim: false (the asking connection closed while the record loaded)
+        leaves the session where it is and refuses with ``ABANDONED``.
         """
         session_id = self.resume_tokens.verify(token, time.time())
         try:
@@ -550,6 +558,8 @@ class VoiceServer:
             state = unpack_state(record.state)
             if not isinstance(state, dict):
                 raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, "stored state is not a map")
+            if claim_if is not None and not claim_if():
+                raise ResumeRefused(RefusalReason.ABANDONED, "the connection closed meanwhile")
             claimed = await self.store.save(
                 record.successor(owner=owner, expires_at=time.time() + self.config.state_ttl),
                 record.version,

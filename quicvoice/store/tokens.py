@@ -67,6 +67,8 @@ class RefusalReason(Enum):
     UNKNOWN_SESSION = "unknown session"
     #: Authentic, but the session store could not be read or held garbage.
     STATE_UNAVAILABLE = "state unavailable"
+    #: The connection asking closed before the session was claimed for it.
+    ABANDONED = "abandoned"
 
 
 class ResumeRefused(QuicVoiceError):

@@ -164,3 +164,28 @@ def test_a_real_server_refuses_forged_foreign_expired_and_orphan_tokens() -> Non
                 assert "expired" in await _refusal(server.address, token)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_resume_abandoned_before_the_claim_leaves_the_session_where_it_is() -> None:
+    """A connection that closed while its backend loaded the record (the client gave up on
+    that attempt) does not claim the session: the holder keeps it and its writes still land."""
+
+    async def scenario() -> None:
+        async with servers(1, "memory://") as (server,):
+            async with connect(*server.address, verify=False, reconnect=False) as call:
+                assert call.session is not None and call.session.resume_token is not None
+                assert await _order(call, "taro milk tea") == ["taro milk tea"]
+                before = await server.store.load(call.session.session_id)
+                with pytest.raises(ResumeRefused) as refused:
+                    await server.resume(call.session.resume_token, "gone", claim_if=lambda: False)
+                assert refused.value.reason is RefusalReason.ABANDONED
+                after = await server.store.load(call.session.session_id)
+                assert before is not None and after is not None
+                assert (after.version, after.owner) == (before.version, before.owner)
+                assert await _order(call, "oat milk") == ["taro milk tea", "oat milk"]
+                claimed, record, _ = await server.resume(
+                    call.session.resume_token, "next", claim_if=lambda: True
+                )
+                assert claimed == call.session.session_id and record.owner == "next"
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
