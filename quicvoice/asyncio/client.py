@@ -98,6 +98,11 @@ NEW_PATH_ATTEMPT_TIMEOUT = 1.5
 #: and resume queue behind others, and abandoning it would only queue one more.
 ANSWERED_ATTEMPT_TIMEOUT = 3.0
 LIVENESS_CHECK_INTERVAL = 0.05
+#: Once a send has gone unanswered this fraction of ``liveness_timeout``, PINGs probe the
+#: connection every ``PROBE_INTERVAL`` of it, so a live peer has many chances to answer
+#: before the connection is declared dead.
+PROBE_AFTER = 0.25
+PROBE_INTERVAL = 0.1
 #: Events a quiet connection may deliver during a resume, kept in case it comes back.
 MAX_QUIET_EVENTS = 10000
 #: Application events the app may send while the call reconnects.
@@ -201,6 +206,8 @@ class _Link:
         #: nothing sent is unanswered): silence counts from there, not from the last receive,
         #: so a pause in sending is not mistaken for a dead peer.
         self.unanswered_since: float | None = None
+        self.last_probe = 0.0
+        self._probes = 0
         self.last_receive = 0.0
         #: Event-loop times of the first packet sent, the handshake's end and ``welcome``.
         self.started_at = 0.0
@@ -290,6 +297,15 @@ class _Link:
                 self.unanswered_since = now
             active.transport.sendto(data, addr)
         self.timer.update()
+
+    def probe(self, now: float) -> None:
+        """Send a PING: the peer answers it with an ACK."""
+        if self.closed:
+            return
+        self._probes += 1
+        self.quic.send_ping(self._probes)
+        self.last_probe = now
+        self.transmit()
 
     def _on_timer(self, now: float) -> None:
         self.quic.handle_timer(now)
@@ -392,6 +408,9 @@ class VoiceClient:
         self._quiet_events: list[VoiceEvent] = []
         #: Application events sent while reconnecting, sent once the session is back.
         self._held_events: list[tuple[str, Any]] = []
+        #: The app finished the reliable uplink (``end_audio``): a connection that takes the
+        #: call over (a resume, or the quiet one taken back) finishes it too.
+        self._audio_ended = False
         #: The migration the client made by itself when its network vanished, until the
         #: app's own ``migrate()`` to that network takes it over.
         self._moved_by_itself: Migration | None = None
@@ -530,6 +549,16 @@ class VoiceClient:
             ):
                 continue
             unanswered = link.unanswered_since
+            now = asyncio.get_running_loop().time()
+            if (
+                unanswered is not None
+                and now - unanswered >= PROBE_AFTER * self._liveness_timeout
+                and now - link.last_probe >= PROBE_INTERVAL * self._liveness_timeout
+            ):
+                # Probe a silence instead of judging it on loss recovery's few, backed-off
+                # retransmissions: a frame or two lost each way in a quiet moment (10 % loss
+                # at 200 ms RTT) would otherwise look like a second of silence.
+                link.probe(now)
             silent = 0.0 if unanswered is None else link.last_send - unanswered
             if silent > self._liveness_timeout:
                 reason = f"nothing heard for {silent:.2f} s while sending"
@@ -698,6 +727,9 @@ class VoiceClient:
             )
             self._resumptions.append(resumption)
             self._reconnecting = None
+            if self._audio_ended:
+                link.voice.end_audio()
+                link.transmit_soon()
             self._send_held_events()
             if old_may_revive:
                 self._drop_link(old)
@@ -762,6 +794,9 @@ class VoiceClient:
         self._kept = deque(frame for frame in self._kept if frame.stream_end != 0)
         for frame in captured_meanwhile:
             self._send_now(frame.seq, frame.timestamp, frame.payload)
+        if self._audio_ended:
+            old.voice.end_audio()
+            old.transmit_soon()
         self._send_held_events()
 
     def _prune_kept(self, link: _Link) -> None:
@@ -830,6 +865,11 @@ class VoiceClient:
         """Reconnections that resumed this session."""
         return tuple(self._resumptions)
 
+    @property
+    def reconnecting(self) -> bool:
+        """Whether the connection was declared dead and the call is being resumed now."""
+        return self._reconnecting is not None
+
     def send_audio(self, payload: bytes, timestamp: int | None = None) -> int:
         """Send one uplink frame; ``timestamp`` defaults to seq x samples per frame.
 
@@ -868,7 +908,13 @@ class VoiceClient:
         self._kept.append(frame)
 
     def end_audio(self) -> None:
-        """Finish the reliable uplink: the server then knows every frame has arrived."""
+        """Finish the reliable uplink: the server then knows every frame has arrived.
+
+        While the call reconnects, the end waits for the connection that takes it over.
+        """
+        self._audio_ended = True
+        if self._reconnecting is not None:
+            return
         self._link.voice.end_audio()
         self._link.transmit_soon()
 

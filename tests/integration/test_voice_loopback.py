@@ -434,3 +434,89 @@ def test_a_resume_the_backend_answered_is_not_abandoned_for_being_slow() -> None
                 assert await client.bye() + resumption.frames_resent >= 100
 
     asyncio.run(scenario())
+
+
+def test_an_unanswered_send_is_probed_not_left_to_backed_off_retransmissions() -> None:
+    """Nothing comes back for 0.8 s after a send in a quiet moment: the client probes with
+    PINGs every tenth of its liveness timeout instead of waiting on loss recovery, whose
+    retransmissions back off exponentially (two lost packets each way at 10 % loss would
+    otherwise look like a second of silence). The connection lives on; no resume."""
+    arrivals: list[float] = []
+    blackout_until = 0.0
+
+    def accept(data: bytes, address: tuple[str, int]) -> bool:
+        now = time.monotonic()
+        if now < blackout_until:
+            arrivals.append(now)
+            return False
+        return True
+
+    async def scenario() -> None:
+        nonlocal blackout_until
+        async with running_server(accept_datagram=accept) as server:
+            host, port = server.address
+            async with connect(host, port, verify=False, liveness_timeout=1.0) as client:
+                await asyncio.sleep(0.3)  # quiet: nothing unanswered
+                start = time.monotonic()
+                blackout_until = start + 0.8
+                client.send_event("order.add", {"item": "taro milk tea"})
+                await client.wait_event("order.cart", 5.0)
+                assert client.resumptions == ()
+        assert arrivals and arrivals[0] - start < 0.05
+        late = [t for t in arrivals if t - start >= 0.35]
+        gaps = [b - a for a, b in zip(late, late[1:], strict=False)]
+        assert len(late) >= 4 and max(gaps) < 0.2, [round(g, 3) for g in gaps]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("outcome", ["taken-back", "resumed"])
+def test_the_uplink_ended_while_reconnecting_is_ended_by_the_connection_that_carries_on(
+    outcome: str,
+) -> None:
+    """The app finishes its utterance while the call reconnects: the end is not lost on a
+    failed attempt; whichever connection carries the call on (the quiet one taken back, or a
+    resumed one) finishes the uplink, and the agent answers."""
+    first_peer: tuple[str, int] | None = None
+    blackout_until = 0.0
+
+    def dark(address: tuple[str, int]) -> bool:
+        return address == first_peer and time.monotonic() < blackout_until
+
+    def accept(data: bytes, address: tuple[str, int]) -> bool:
+        nonlocal first_peer
+        if first_peer is None:
+            first_peer = address
+        return not dark(address)
+
+    async def scenario() -> None:
+        nonlocal blackout_until
+        async with running_server(accept_datagram=accept) as server:
+            send = server.send
+
+            def send_unless_dark(data: bytes, address: tuple[str, int]) -> None:
+                if not dark(address):
+                    send(data, address)
+
+            server.send = send_unless_dark  # type: ignore[method-assign]
+            host, port = server.address
+            async with connect(
+                host, port, verify=False, liveness_timeout=0.3, reconnect_timeout=5.0
+            ) as client:
+                assert client.session is not None
+                await stream(client, 10)
+                blackout_until = time.monotonic() + (1.2 if outcome == "taken-back" else 60)
+                if outcome == "taken-back":  # every resume is refused: the record is gone
+                    assert await server.store.delete(client.session.session_id)
+                loop = asyncio.get_running_loop()
+                streaming = loop.create_task(stream(client, 40))
+                deadline = loop.time() + 3.0
+                while client.reconnecting is False:
+                    assert loop.time() < deadline, "the client never declared the path dead"
+                    await asyncio.sleep(0.01)
+                await streaming
+                client.end_audio()  # while reconnecting
+                await next_of(client, TurnEnded, timeout=10)
+                assert len(client.resumptions) == (0 if outcome == "taken-back" else 1)
+
+    asyncio.run(scenario())
