@@ -14,6 +14,7 @@ from quicvoice.store import (
     CheckpointEvent,
     CorruptRecordError,
     SessionRecord,
+    SessionStore,
     StoreConfig,
     StoreUnavailableError,
     open_store,
@@ -104,12 +105,18 @@ def test_killed_redis_fails_fast_and_a_restart_catches_up(own_redis_server: Redi
     asyncio.run(main())
 
 
+async def _store_holding_one_session(server: RedisServer) -> SessionStore:
+    """A store with the tests' short timeout, holding one session record ``"s"``."""
+    store = open_store(server.unique_url(timeout=str(TIMEOUT)))
+    await store.save(SessionRecord.new("s", b"", expires_at=time.time() + 60), 0)
+    return store
+
+
 def test_frozen_redis_times_out_within_the_bound(own_redis_server: RedisServer) -> None:
     server = own_redis_server
 
     async def main() -> None:
-        store = open_store(server.unique_url(timeout=str(TIMEOUT)))
-        await store.save(SessionRecord.new("s", b"", expires_at=time.time() + 60), 0)
+        store = await _store_holding_one_session(server)
         server.pause()
         try:
             for call in (store.load("s"), store.take_ticket(b"t"), store.delete("s")):
@@ -134,8 +141,7 @@ def test_a_frozen_redis_bounds_commands_waiting_for_the_pool(
     server = own_redis_server
 
     async def main() -> None:
-        store = open_store(server.unique_url(timeout=str(TIMEOUT)))
-        await store.save(SessionRecord.new("s", b"", expires_at=time.time() + 60), 0)
+        store = await _store_holding_one_session(server)
         server.pause()
         try:
             for _ in range(3):
