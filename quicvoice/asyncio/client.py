@@ -1115,6 +1115,11 @@ async def connect(
     With ``reconnect`` the call resumes by itself when its connection dies: after a stateless
     reset, or after ``liveness_timeout`` seconds of sending without hearing anything; it
     gives up after ``reconnect_timeout`` seconds.
+
+    Raises ``SessionRefusedError`` (a ``ConnectionError``) when the server closes before
+    welcoming the session, with the close's ``error_code`` (``RESUME_REFUSED`` for a bad or
+    stale ``resume_token``, ``UNSUPPORTED`` for no common codec), and a plain
+    ``ConnectionError`` when no session is up within ``timeout``.
     """
     check_aioquic_version()
     ipaddress.ip_address(host)
