@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from quicvoice.errors import StoreError
 
+from .background import cancel_and_wait
 from .base import (
     MAX_STATE_LEN,
     SessionRecord,
@@ -500,12 +501,7 @@ class AsyncCheckpointer:
         """Stop writing (pending state is dropped; ``flush`` first to keep it)."""
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
 
     def _busy(self) -> bool:
         core = self._core
@@ -633,12 +629,7 @@ class StoreMonitor:
         """Stop watching and wait for the task to end."""
         self._stopped = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
 
     def statistics(self) -> MonitorStatistics:
         """Counters since the monitor was made."""

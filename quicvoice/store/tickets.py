@@ -34,6 +34,7 @@ from aioquic.tls import CipherSuite, SessionTicket
 
 from quicvoice.errors import StoreError
 
+from .background import cancel_and_wait
 from .base import MAX_TICKET_LABEL_LEN, MAX_TICKET_LEN, SessionStore
 
 #: Encoding format written by this version.
@@ -288,12 +289,7 @@ class TicketCache:
     async def aclose(self) -> None:
         """Stop the background flush (queued operations are dropped)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
 
     def _remember(self, label: bytes, ticket: SessionTicket) -> None:
         self._cache[label] = ticket
