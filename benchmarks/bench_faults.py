@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.load.calls import CallPlan, CallResult  # noqa: E402
 from benchmarks.load.deploy import SERVER_IDS, Deployment, RedisProcess  # noqa: E402
-from benchmarks.load.generator import LoadGenerator  # noqa: E402
+from benchmarks.load.generator import LoadGenerator, sampled_processes  # noqa: E402
 from benchmarks.load.procstat import Sampler, load_average, udp_drops  # noqa: E402
 from benchmarks.load.report import (  # noqa: E402
     backend_at,
@@ -193,10 +193,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> Outcome:
         deployment = Deployment(directory, session_store=redis.url(PREFIX))
         generator = LoadGenerator(directory, args.workers)
 
-        def groups() -> dict[str, list[int]]:
-            return deployment.process_groups() | generator.process_groups() | {"redis": redis.pids}
-
-        sampler = Sampler(groups, 1.0)
+        sampler = Sampler(sampled_processes(deployment, generator, redis), 1.0)
         drops = udp_drops()
         try:
             deployment.start()

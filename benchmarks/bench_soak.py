@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.load.calls import CallPlan, CallResult  # noqa: E402
 from benchmarks.load.deploy import Deployment, RedisProcess  # noqa: E402
-from benchmarks.load.generator import LoadGenerator  # noqa: E402
+from benchmarks.load.generator import LoadGenerator, sampled_processes  # noqa: E402
 from benchmarks.load.procstat import Sample, Sampler, load_average, udp_drops  # noqa: E402
 from benchmarks.load.report import linear_slope, summarize  # noqa: E402
 from benchmarks.load.worker import Churn  # noqa: E402
@@ -151,13 +151,7 @@ def run_soak(args: argparse.Namespace) -> SoakOutcome:
         )
         generator = LoadGenerator(directory, args.workers)
 
-        def groups() -> dict[str, list[int]]:
-            found = deployment.process_groups() | generator.process_groups()
-            if redis is not None:
-                found["redis"] = redis.pids
-            return found
-
-        sampler = Sampler(groups, args.sample)
+        sampler = Sampler(sampled_processes(deployment, generator, redis), args.sample)
         drops = udp_drops()
         polls: list[Poll] = []
         loads: list[str] = []

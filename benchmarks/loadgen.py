@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.load.calls import CallPlan, CallResult  # noqa: E402
 from benchmarks.load.deploy import Deployment, RedisProcess  # noqa: E402
-from benchmarks.load.generator import LoadGenerator  # noqa: E402
+from benchmarks.load.generator import LoadGenerator, sampled_processes  # noqa: E402
 from benchmarks.load.procstat import Sampler, load_average  # noqa: E402
 from benchmarks.load.report import cpu_rss_table, percentile, summarize  # noqa: E402
 
@@ -111,13 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         deployment = Deployment(directory, session_store=redis.url() if redis else "memory://")
         generator = LoadGenerator(directory, args.workers)
 
-        def groups() -> dict[str, list[int]]:
-            found = deployment.process_groups() | generator.process_groups()
-            if redis is not None:
-                found["redis"] = redis.pids
-            return found
-
-        sampler = Sampler(groups, 1.0)
+        sampler = Sampler(sampled_processes(deployment, generator, redis), 1.0)
         try:
             deployment.start()
             start_at = time.time() + 2.0

@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .calls import CallPlan, CallResult
+from .deploy import Deployment, RedisProcess
 from .worker import Churn, plan_to_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,3 +99,17 @@ class LoadGenerator:
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def sampled_processes(
+    deployment: Deployment, generator: LoadGenerator, redis: RedisProcess | None
+) -> Callable[[], dict[str, list[int]]]:
+    """What a ``Sampler`` watches in a load run: the deployment, the generator, and Redis."""
+
+    def groups() -> dict[str, list[int]]:
+        found = deployment.process_groups() | generator.process_groups()
+        if redis is not None:
+            found["redis"] = redis.pids
+        return found
+
+    return groups
