@@ -508,6 +508,16 @@ def test_the_uplink_ended_while_reconnecting_is_ended_by_the_connection_that_car
                 blackout_until = time.monotonic() + (1.2 if outcome == "taken-back" else 60)
                 if outcome == "taken-back":  # every resume is refused: the record is gone
                     assert await server.store.delete(client.session.session_id)
+                else:
+                    # A resume on loopback takes milliseconds; slow it so that the app
+                    # surely ends its utterance while the call is reconnecting.
+                    load = server.store.load
+
+                    async def slow_load(session_id: str) -> object:
+                        await asyncio.sleep(1.5)
+                        return await load(session_id)
+
+                    server.store.load = slow_load  # type: ignore[method-assign,assignment]
                 loop = asyncio.get_running_loop()
                 streaming = loop.create_task(stream(client, 40))
                 deadline = loop.time() + 3.0
