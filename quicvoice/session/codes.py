@@ -31,3 +31,25 @@ class ErrorCode(IntEnum):
     INTERNAL_ERROR = 0x108
     #: The resume token was forged, expired or for another session.
     RESUME_REFUSED = 0x109
+    #: The server requires a credential and the ``hello`` carried none.
+    UNAUTHENTICATED = 0x10A
+    #: The credential is not a well-formed token (or is too large).
+    TOKEN_MALFORMED = 0x10B
+    #: The token's ``exp`` has passed (beyond the allowed clock skew).
+    TOKEN_EXPIRED = 0x10C
+    #: The token's ``nbf`` (or ``iat``) is still in the future (beyond the allowed clock skew).
+    TOKEN_NOT_YET_VALID = 0x10D
+    #: The token's ``aud`` does not name this service.
+    TOKEN_WRONG_AUDIENCE = 0x10E
+    #: The token's ``iss`` is not a trusted issuer.
+    TOKEN_WRONG_ISSUER = 0x10F
+    #: The token's signature does not verify.
+    TOKEN_BAD_SIGNATURE = 0x110
+    #: The token names a key (``kid``) or algorithm the server does not have.
+    TOKEN_UNKNOWN_KEY = 0x111
+    #: The server application's accept hook refused the caller.
+    REFUSED = 0x112
+
+
+#: Codes an application's accept hook may choose for a refusal of its own, beside ``REFUSED``.
+APPLICATION_REFUSAL_CODES = range(0x1000, 0x2000)

@@ -6,6 +6,7 @@ with ``ErrorCode.MESSAGE_ERROR`` or ``UNKNOWN_MESSAGE``, never another exception
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -22,6 +23,12 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_LEN = 64 * 1024
 MAX_NAME_LEN = 128
 MAX_CODECS = 16
+#: Largest credential (a bearer token, e.g. a JWT) a ``hello`` may carry, in characters.
+MAX_TOKEN_LEN = 8192
+#: Most entries of a ``hello``'s ``metadata`` map, and the longest key and value in it.
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY_LEN = 64
+MAX_METADATA_VALUE_LEN = 1024
 
 
 class UplinkMode(Enum):
@@ -95,6 +102,16 @@ class Hello(Message):
     uplink: UplinkMode = UplinkMode.RELIABLE
     #: A resume token from an earlier ``welcome``, to continue that session.
     resume_token: bytes | None = None
+    #: The caller's credential, e.g. a bearer JWT (at most ``MAX_TOKEN_LEN`` characters).
+    token: str | None = None
+    #: Application metadata for the server's accept hook: string keys and values, bounded by
+    #: ``MAX_METADATA_ENTRIES``, ``MAX_METADATA_KEY_LEN`` and ``MAX_METADATA_VALUE_LEN``.
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.token is not None:
+            _check_token(self.token, error=ValueError)
+        _check_metadata(self.metadata, error=ValueError)
 
     def to_wire(self) -> dict[str, Any]:
         """Return the msgpack map of this message."""
@@ -107,6 +124,10 @@ class Hello(Message):
         }
         if self.resume_token is not None:
             body["resume_token"] = self.resume_token
+        if self.token is not None:
+            body["token"] = self.token
+        if self.metadata:
+            body["metadata"] = dict(self.metadata)
         return body
 
     @classmethod
@@ -128,7 +149,32 @@ class Hello(Message):
             frame_ms=frame_ms,
             uplink=uplink,
             resume_token=_get(body, "resume_token", bytes, optional=True),
+            token=_check_token(_get(body, "token", str, optional=True), error=_fail),
+            metadata=_check_metadata(_get(body, "metadata", dict, optional=True), error=_fail),
         )
+
+
+def _check_token(token: str | None, *, error: Callable[[str], Exception]) -> str | None:
+    if token is not None and not 0 < len(token) <= MAX_TOKEN_LEN:
+        raise error(f"hello: token must be 1 to {MAX_TOKEN_LEN} characters")
+    return token
+
+
+def _check_metadata(
+    metadata: Mapping[Any, Any] | None, *, error: Callable[[str], Exception]
+) -> dict[str, str]:
+    if not metadata:
+        return {}
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise error(f"hello: metadata has more than {MAX_METADATA_ENTRIES} entries")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_METADATA_KEY_LEN:
+            raise error(f"hello: metadata keys must be strings of 1 to {MAX_METADATA_KEY_LEN}")
+        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_LEN:
+            raise error(
+                f"hello: metadata values must be strings of at most {MAX_METADATA_VALUE_LEN}"
+            )
+    return dict(metadata)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
