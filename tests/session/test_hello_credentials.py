@@ -64,7 +64,11 @@ def test_bad_credentials_are_message_errors(extra: dict[str, Any]) -> None:
     assert raised.value.error_code == ErrorCode.MESSAGE_ERROR
 
 
-@given(st.dictionaries(st.text(max_size=80), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=2000), max_size=40))
+@given(
+    st.dictionaries(
+        st.text(max_size=80), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=2000), max_size=40
+    )
+)
 def test_arbitrary_metadata_decodes_or_is_a_message_error(metadata: dict[str, Any]) -> None:
     try:
         hello = decode_message(msgpack.packb({**BASE, "metadata": metadata}))
