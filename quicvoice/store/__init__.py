@@ -28,8 +28,9 @@ from .checkpoint import (
     StoreMonitor,
 )
 from .codec import pack_state, unpack_state
-from .config import DEFAULT_URL, StoreConfig, open_store
+from .config import DEFAULT_URL, StoreConfig
 from .memory import MemoryStore
+from .opening import open_store
 from .tokens import RefusalReason, ResumeRefused, ResumeTokenIssuer
 
 __all__ = [

@@ -1,24 +1,20 @@
-"""The ``session_store`` setting: parsing its URL and opening the store it names.
+"""The ``session_store`` setting: parsing its URL (``open_store`` in ``opening`` opens it).
 
     memory://                                    in-process (default)
     redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?timeout=SECONDS&prefix=TEXT]
 
-``redis`` is imported only when a ``redis://`` URL is opened, so a backend without the ``redis``
-extra runs with ``memory://``.
+``redis`` is imported only when a ``redis://`` URL is opened, so a backend without the
+``redis`` extra runs with ``memory://``.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from quicvoice.errors import ConfigurationError
-
-from .base import SessionStore
 
 #: The configuration key (and flag) this module parses; every error names it.
 SETTING = "session_store"
@@ -123,27 +119,6 @@ class StoreConfig:
             raise
         except ValueError as exc:  # bad port, timeout or database number
             raise ConfigurationError(f"{SETTING}: invalid URL {_safe(url)!r}: {exc}") from exc
-
-
-def open_store(url: str = DEFAULT_URL, *, clock: Callable[[], float] = time.time) -> SessionStore:
-    """The store named by a ``session_store`` URL; nothing is connected until first use.
-
-    ``clock`` (seconds, Unix time, shared by all backends) decides expiry. Raises
-    ``ConfigurationError`` naming ``session_store`` for a bad URL, or when ``redis://`` is asked
-    for and the ``redis`` package is not installed.
-    """
-    config = StoreConfig.from_url(url)
-    if config.kind == "memory":
-        from .memory import MemoryStore
-
-        return MemoryStore(clock=clock)
-    try:
-        from .redis import RedisStore
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"{SETTING}: redis:// needs the redis package (pip install 'quicvoice[redis]')"
-        ) from exc
-    return RedisStore(config, clock=clock)
 
 
 def _safe(url: str) -> str:
