@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from .asyncio.client import VoiceClient, connect
     from .asyncio.server import ServerSession, VoiceServer
 
-__version__ = "0.1.0"
+from .version import __version__
+
 __all__ = ["ServerSession", "VoiceClient", "VoiceServer", "__version__", "connect"]
 
 _LAZY = {

@@ -11,8 +11,8 @@ import signal
 import sys
 from typing import NoReturn
 
-from . import __version__
 from .errors import ConfigurationError
+from .version import __version__
 
 
 class _Parser(argparse.ArgumentParser):

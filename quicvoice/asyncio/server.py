@@ -30,7 +30,6 @@ from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_version_
 from lb.config import format_address
 from lb.encapsulation import unwrap, wrap
 
-from .. import __version__
 from ..audio.codecs import DEFAULT_CODECS, CodecSpec, make_codec, negotiate
 from ..audio.jitter import JitterBuffer, JitterBufferConfig
 from ..certificates import generate_certificate
@@ -74,6 +73,7 @@ from ..store import (
     unpack_state,
 )
 from ..store.tickets import TicketCache
+from ..version import __version__
 from .config import BackendConfig
 from .timer import ConnectionTimer
 from .udp import open_udp_endpoint
