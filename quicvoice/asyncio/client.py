@@ -60,7 +60,7 @@ from ..session.events import (
     VoiceEvent,
 )
 from ..session.messages import Hello, UplinkMode, codec_clock_rate
-from ..session.playout import PlayoutBuffer
+from ..session.playout import PlayedTurn, PlayoutBuffer
 from ..session.stats import Migration, SessionStats
 from ..session.transport import (
     ALPN_H3,
@@ -456,7 +456,9 @@ class VoiceClient:
             ) from None
         self._clock_rate = codec_clock_rate(self.session.codec) or DEFAULT_CLOCK_RATE
         self._samples_per_frame = self._clock_rate * self.session.frame_ms // 1000
-        self.playout = PlayoutBuffer(self._samples_per_frame)
+        self.playout = PlayoutBuffer(
+            self._samples_per_frame, rate=self._clock_rate, on_turn_played=self._report_played
+        )
         if self._reconnect:
             self._liveness = asyncio.get_running_loop().create_task(self._watch_liveness())
 
@@ -932,6 +934,14 @@ class VoiceClient:
         held, self._held_events = self._held_events, []
         for name, data in held:
             self.send_event(name, data)
+
+    def _report_played(self, played: PlayedTurn) -> None:
+        """Tell the server how much of a turn the caller heard (cancelled or played out)."""
+        voice = self._link.voice
+        if self._reconnecting is None and voice.send_played(
+            played.turn_id, played.played_ms, complete=played.complete
+        ):
+            self._link.transmit_soon()
 
     def cancel_turn(self, turn_id: int) -> None:
         """Barge in: stop turn ``turn_id`` here at once and tell the server to stop sending it."""

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from audio_signals import AMPLITUDE, FULL_SCALE, tone, tone_gain_db
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicvoice.audio.pcm import APP_RATES, PcmDecoder, PcmEncoder, PcmFrame
 from quicvoice.errors import CodecError
-
-from audio_signals import AMPLITUDE, FULL_SCALE, tone, tone_gain_db
 
 CODECS = ["L16/16000", "L16/24000", "L16/48000", "PCMU/8000", "PCMA/8000", "opus/48000"]
 #: Lowest codec rate per codec: a tone must sit inside its passband (0.9 x Nyquist).
@@ -57,7 +56,8 @@ def test_a_sine_keeps_frequency_level_and_a_bounded_delay(codec: str, app_rate: 
     assert len(out) == count * frame >= len(signal)
     threshold = 0.3 * AMPLITUDE * FULL_SCALE
     delay_ms = (_onset(out, threshold) - _onset(signal, threshold)) * 1000 / app_rate
-    assert -0.5 < delay_ms < 15, delay_ms  # quantisation; resampler (<= 4 ms) + Opus look-ahead (6.5 ms)
+    # A quantisation step early at most; the resampler (<= 4 ms) + Opus look-ahead (6.5 ms).
+    assert -0.5 < delay_ms < 15, delay_ms
     steady = out[silence + app_rate // 10 : silence + app_rate // 10 + app_rate // 2]
     assert abs(_dominant_hz(steady, app_rate) - TONE_HZ) < 2.0
     tolerance = 1.5 if codec.startswith("opus") else 0.5
