@@ -162,6 +162,13 @@ class ServerSession:
         """The client's moves seen so far, oldest first."""
         return self._connection.migrations
 
+    def take_pending(self) -> list[VoiceEvent]:
+        """The events queued for ``receive()`` and not taken yet (a new consumer takes over)."""
+        pending = []
+        while not self._events.empty():
+            pending.append(self._events.get_nowait())
+        return pending
+
     def deliver(self, event: VoiceEvent) -> None:
         """Hand an event to ``on_event``, or queue it for ``receive()``."""
         if self.on_event is not None:
@@ -225,8 +232,8 @@ class ServerSession:
         self._connection.voice_connection().send_bye()
         self._connection.transmit_soon()
 
-    def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
-        """Close the session's connection."""
+    def close(self, code: ErrorCode | int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Close the session's connection (``code``: an ``ErrorCode`` or an application's)."""
         self._connection.voice_connection().close(code, reason)
         self._connection.transmit_soon()
 

@@ -590,7 +590,7 @@ class VoiceConnection:
             uplink_frames = self._stats[key]
         self._send_message(Bye(uplink_frames=uplink_frames))
 
-    def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+    def close(self, code: ErrorCode | int = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close the connection."""
         self._transport.close(int(code), reason)
 
