@@ -171,9 +171,10 @@ class Turn:
             else:
                 if self.turn_id is not None:
                     session.lower.end_turn(self.turn_id)
-            session.turn_finished()
         elif exc is not None and not isinstance(exc, TurnInterrupted):
             self.cancel()  # the app failed or was cancelled: the caller must not wait
+            return False
+        session.turn_finished()
         return isinstance(exc, TurnInterrupted)
 
     async def write(self, pcm: bytes | bytearray | memoryview | Any) -> None:
