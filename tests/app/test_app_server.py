@@ -127,6 +127,7 @@ async def test_write_waits_while_the_turn_is_unacknowledged_beyond_the_bound() -
     gate = {"open": True}
     progress: list[float] = []
     done = asyncio.Event()
+    stalled = asyncio.Event()
 
     async def writer(session: Session) -> None:
         async with session.turn() as turn:
@@ -134,6 +135,8 @@ async def test_write_waits_while_the_turn_is_unacknowledged_beyond_the_bound() -
             for _ in range(200):  # 4 s of audio in 20 ms writes
                 await turn.write(np.zeros(320, dtype=np.int16))
                 progress.append(turn.outstanding_ms)
+                if turn.outstanding_ms >= app.turn_buffer_ms:
+                    stalled.set()
         done.set()
 
     app = App(writer, turn_buffer_ms=300)
@@ -143,12 +146,9 @@ async def test_write_waits_while_the_turn_is_unacknowledged_beyond_the_bound() -
         host, port = server.address
         async with connect(host, port, verify=False, reconnect=False) as client:
             await next_of(client, TurnStarted)
-            for _ in range(100):
-                if len(progress) >= 15:
-                    break
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(stalled.wait(), TIMEOUT)
             blocked_at = len(progress)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # nothing to await: the writer must stay put meanwhile
             assert len(progress) == blocked_at  # the writer waits: no ACKs, no room
             assert 14 <= blocked_at <= 16 and max(progress) <= 300
             gate["open"] = True  # ACKs flow again (the client retransmits them)
@@ -191,6 +191,7 @@ async def test_a_failing_handler_ends_only_its_own_session(
 
 async def test_events_arrive_as_a_typed_union_in_order() -> None:
     seen: list[object] = []
+    ended = asyncio.Event()
 
     async def listener(session: Session) -> None:
         async with session.turn() as turn:
@@ -201,6 +202,7 @@ async def test_events_arrive_as_a_typed_union_in_order() -> None:
                 case UserEvent(name="ping", data=data):
                     session.send_event("pong", data)
                 case SessionEnded():
+                    ended.set()
                     break
 
     async with running_server(session_handler(App(listener))) as server:
@@ -217,10 +219,7 @@ async def test_events_arrive_as_a_typed_union_in_order() -> None:
             client.send_event("ping", {"n": 1})
             pong = await next_of(client, EventReceived)
             assert isinstance(pong, EventReceived) and pong.data == {"n": 1}
-        for _ in range(100):
-            if seen and isinstance(seen[-1], SessionEnded):
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(ended.wait(), TIMEOUT)
     assert isinstance(started, TurnStarted)
     kinds = [type(event) for event in seen]
     assert kinds[:3] == [TurnPlayed, CallerMigrated, UserEvent]
