@@ -48,6 +48,7 @@ BACKEND_KEYS = frozenset(
         "serve",
         "session",
         "store",
+        "app",
     }
 )
 FORWARDER_KEYS = frozenset(

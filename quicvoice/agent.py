@@ -24,6 +24,10 @@ FEC/PLC/expanded frames, loss, lateness, waiting time) plus ``final`` and ``reco
 with ``record_dir`` (``quicvoice serve --record-uplink DIR``) the played-out audio is written
 to ``DIR/<session_id>.wav`` (mono 16-bit at the codec rate) and the report next to it as
 ``DIR/<session_id>.json``; ``recording`` is the WAV's path, else ``None``.
+
+It works with codec payloads (it echoes them unchanged), so as an application
+(``quicvoice serve --app quicvoice.agent:demo``, the default) it takes the lower-level
+session over at once (``Session.detach()``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from .app import App, Session
 from .asyncio.server import ServerSession
 from .audio.quality import PlayoutRecorder
 from .session.events import (
@@ -284,3 +289,16 @@ async def demo_agent(
         reply.cancel()
     if listener is not None:
         await listener.close()
+
+
+def make_demo(*, speedup: float = DEFAULT_SPEEDUP, record_dir: Path | None = None) -> App:
+    """The demo agent as an application (``record_dir``: see :func:`demo_agent`)."""
+
+    async def demo_app(session: Session) -> None:
+        await demo_agent(session.detach(), speedup=speedup, record_dir=record_dir)
+
+    return App(demo_app)
+
+
+#: ``quicvoice serve --app quicvoice.agent:demo`` (the default application).
+demo = make_demo()

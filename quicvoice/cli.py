@@ -38,8 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("selfcheck", help="issue and decode QUIC-LB connection IDs in every mode")
 
-    serve = commands.add_parser("serve", help="run a backend with the demo voice agent")
+    serve = commands.add_parser(
+        "serve", help="run a backend with a voice application (default: the demo agent)"
+    )
     serve.add_argument("--config", help="backend TOML file (the forwarder's file works too)")
+    serve.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help="the application: an App or an async handler, imported from the working "
+        "directory, e.g. myagent:app (overrides the config's app; default: "
+        "quicvoice.agent:demo)",
+    )
     serve.add_argument("--listen", type=_address, help="HOST:PORT, overrides the config")
     serve.add_argument("--server-id", help="hex server ID, overrides the config")
     serve.add_argument(
@@ -103,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
-    from functools import partial
     from pathlib import Path
 
-    from .agent import demo_agent
-    from .asyncio.config import BackendConfig
+    from .agent import make_demo
+    from .app import DEFAULT_APP, load_app, session_handler
+    from .asyncio.config import BackendConfig, check_import_string
     from .asyncio.server import VoiceServer
     from .quiclb import LoadBalancerConfig
 
@@ -139,9 +148,19 @@ def _serve(args: argparse.Namespace) -> int:
             record_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigurationError(f"--record-uplink: {error}") from None
+    if args.app is not None:
+        app_spec, what = check_import_string(args.app, "--app"), "--app"
+    else:
+        app_spec, what = config.app or DEFAULT_APP, "app"
+    if app_spec == DEFAULT_APP:
+        app = make_demo(record_dir=record_dir)
+    elif record_dir is not None:
+        raise ConfigurationError("--record-uplink: only the demo agent records its uplink")
+    else:
+        app = load_app(app_spec, what=what)
 
     async def serve() -> None:
-        server = VoiceServer(config, partial(demo_agent, record_dir=record_dir))
+        server = VoiceServer(config, session_handler(app))
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -155,6 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
                     "listening": f"{host}:{port}",
                     "server_id": config.server_id.hex(),
                     "certificate_sha256": fingerprint,
+                    "app": app_spec,
                 }
             ),
             flush=True,

@@ -60,7 +60,7 @@ from ..session.events import (
     VoiceEvent,
 )
 from ..session.messages import Hello, UplinkMode, codec_clock_rate
-from ..session.playout import PlayoutBuffer
+from ..session.playout import PlayedTurn, PlayoutBuffer
 from ..session.stats import Migration, SessionStats
 from ..session.transport import (
     ALPN_H3,
@@ -456,7 +456,7 @@ class VoiceClient:
             ) from None
         self._clock_rate = codec_clock_rate(self.session.codec) or DEFAULT_CLOCK_RATE
         self._samples_per_frame = self._clock_rate * self.session.frame_ms // 1000
-        self.playout = PlayoutBuffer(self._samples_per_frame)
+        self._playout()
         if self._reconnect:
             self._liveness = asyncio.get_running_loop().create_task(self._watch_liveness())
 
@@ -500,8 +500,19 @@ class VoiceClient:
                     SessionClosed(error_code=ErrorCode.NO_ERROR, reason="stateless reset")
                 )
 
+    def _playout(self) -> PlayoutBuffer | None:
+        """The playout buffer, made as soon as ``welcome`` names the codec: a turn's first
+        frames may arrive with the welcome, before ``open()`` has resumed."""
+        welcome = self._link.voice.welcome
+        if self.playout is None and welcome is not None:
+            rate = codec_clock_rate(welcome.codec) or DEFAULT_CLOCK_RATE
+            self.playout = PlayoutBuffer(
+                rate * welcome.frame_ms // 1000, rate=rate, on_turn_played=self._report_played
+            )
+        return self.playout
+
     def _deliver(self, event: VoiceEvent) -> None:
-        playout = self.playout
+        playout = self._playout()
         if isinstance(event, AudioReceived):
             if playout is not None and event.turn_id is not None:
                 playout.push(event.turn_id, event.frame.payload)
@@ -933,10 +944,22 @@ class VoiceClient:
         for name, data in held:
             self.send_event(name, data)
 
+    def _report_played(self, played: PlayedTurn) -> None:
+        """Tell the server how much of a turn the caller heard (cancelled or played out)."""
+        voice = self._link.voice
+        if self._reconnecting is None and voice.send_played(
+            played.turn_id, played.played_ms, complete=played.complete
+        ):
+            self._link.transmit_soon()
+
     def cancel_turn(self, turn_id: int) -> None:
         """Barge in: stop turn ``turn_id`` here at once and tell the server to stop sending it."""
         for event in self._link.voice.cancel_turn(turn_id):
             self._deliver(event)
+        if self.playout is not None:
+            # A turn that had fully arrived is still playing out here: flush it too (the
+            # server hears of it from the ``played`` report, complete=False).
+            self.playout.cancel(turn_id)
         self._link.transmit_soon()
 
     async def receive(self) -> VoiceEvent:

@@ -12,6 +12,7 @@ forwarder's ``backend_listen``, and ignores the other forwarder keys. A backend-
     forwarder = "127.0.0.1:4435"    # optional: the forwarder's backend_listen address
     certificate = "cert.pem"        # optional, with private_key; else self-signed P-256
     private_key = "key.pem"
+    app = "mypackage.agent:app"     # optional: the application (default: the demo agent)
 
     [[configs]]
     id = 0
@@ -48,6 +49,7 @@ BACKEND_KEYS = frozenset(
         "private_key",
         "session_store",
         "session",
+        "app",
     }
 )
 SESSION_KEYS = frozenset({"resume_key", "resume_key_id", "state_ttl", "token_ttl"})
@@ -95,6 +97,9 @@ class BackendConfig:
     state_ttl: float = DEFAULT_STATE_TTL
     #: Seconds a resume token stays valid.
     token_ttl: float = DEFAULT_TOKEN_TTL
+    #: The application, ``"package.module:attribute"`` (an ``App`` or an async handler),
+    #: imported at start relative to the working directory; ``None``: the demo agent.
+    app: str | None = None
 
     @property
     def effective_resume_key(self) -> bytes:
@@ -125,6 +130,8 @@ class BackendConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value <= 30 * 86400):
                 raise ConfigurationError(f"session.{name}: must be 0 < seconds <= 30 days")
+        if self.app is not None:
+            check_import_string(self.app)
         if (self.certificate is None) != (self.private_key is None):
             raise ConfigurationError(
                 "certificate: give both certificate and private_key, or neither"
@@ -178,6 +185,8 @@ class BackendConfig:
             arguments["reset_key"] = parse_hex(table["reset_key"], "reset_key", secret=True)
         if "forwarder" in table:
             arguments["forwarder"] = parse_address(table["forwarder"], "forwarder")
+        if "app" in table:
+            arguments["app"] = check_import_string(table["app"])
         if "session_store" in table:
             if not isinstance(table["session_store"], str):
                 raise ConfigurationError("session_store: must be a URL string")
@@ -222,6 +231,18 @@ class BackendConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigurationError(f"{path}: not valid TOML: {error}") from None
         return cls.from_mapping(document, base=path.parent, server_id=server_id, listen=listen)
+
+
+def check_import_string(spec: object, what: str = "app") -> str:
+    """Return ``spec`` if it looks like ``module:attribute``; else a ``ConfigurationError``."""
+    if not isinstance(spec, str):
+        raise ConfigurationError(f"{what}: must be a string 'package.module:attribute'")
+    module, colon, attribute = spec.partition(":")
+    parts = module.split(".") + attribute.split(".")
+    if not colon or not all(part.isidentifier() for part in parts):
+        raise ConfigurationError(f"{what}: {spec!r:.200} is not 'package.module:attribute'")
+    return spec
+
 
 
 def _own_address(table: Mapping[str, Any], server_id: bytes | None) -> Address:

@@ -131,6 +131,12 @@ class ServerSession:
         #: call stack, instead of through ``receive()``: no task switch per frame, for
         #: handlers that process audio synchronously (the benchmark's echo, a VAD).
         self.on_audio: Callable[[MediaFrame], None] | None = None
+        #: When set, every other voice event goes to this callback instead of ``receive()``
+        #: (the application API, :mod:`quicvoice.app`, routes them itself).
+        self.on_event: Callable[[VoiceEvent], None] | None = None
+        #: When set, called after each datagram of the session was handled: acknowledgements
+        #: may have advanced, the peer may have moved.
+        self.on_progress: Callable[[], None] | None = None
         #: Realtime mode only: the uplink's jitter buffer, fed as datagrams arrive. Call
         #: ``jitter_buffer.get(now)`` once per frame period for a steady stream of PCM, with
         #: losses concealed (Opus: FEC, then PLC); ``None`` in reliable mode.
@@ -150,6 +156,29 @@ class ServerSession:
     def peer_address(self) -> Address | None:
         """The client's current address (changes when it migrates)."""
         return self._connection.peer_address
+
+    @property
+    def migrations(self) -> tuple[Migration, ...]:
+        """The client's moves seen so far, oldest first."""
+        return self._connection.migrations
+
+    def take_pending(self) -> list[VoiceEvent]:
+        """The events queued for ``receive()`` and not taken yet (a new consumer takes over)."""
+        pending = []
+        while not self._events.empty():
+            pending.append(self._events.get_nowait())
+        return pending
+
+    def deliver(self, event: VoiceEvent) -> None:
+        """Hand an event to ``on_event``, or queue it for ``receive()``."""
+        if self.on_event is not None:
+            self.on_event(event)
+        else:
+            self._events.put_nowait(event)
+
+    def turn_send_offsets(self, turn_id: int) -> tuple[int, int] | None:
+        """(acknowledged, written) octet offsets of a turn's stream; ``None``: forgotten."""
+        return self._connection.voice_connection().turn_send_offsets(turn_id)
 
     async def receive(self) -> VoiceEvent:
         """Wait for the next event; after ``SessionClosed`` it is returned again forever."""
@@ -190,7 +219,7 @@ class ServerSession:
         """Cancel a turn from the server side (the agent changed its mind)."""
         for event in self._connection.voice_connection().cancel_turn(turn_id):
             if isinstance(event, TurnCancelled):
-                self._events.put_nowait(event)
+                self.deliver(event)
         self._connection.transmit_soon()
 
     def send_event(self, name: str, data: Any = None) -> None:
@@ -203,8 +232,8 @@ class ServerSession:
         self._connection.voice_connection().send_bye()
         self._connection.transmit_soon()
 
-    def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
-        """Close the session's connection."""
+    def close(self, code: ErrorCode | int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Close the session's connection (``code``: an ``ErrorCode`` or an application's)."""
         self._connection.voice_connection().close(code, reason)
         self._connection.transmit_soon()
 
@@ -257,6 +286,11 @@ class _ServerConnection:
         #: Voice events for the session's handler.
         self.events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
 
+    @property
+    def migrations(self) -> tuple[Migration, ...]:
+        """The peer's moves seen so far, oldest first."""
+        return tuple(self._migrations)
+
     def voice_connection(self) -> VoiceConnection:
         if self._voice is None:
             raise RuntimeError("no voice session on this connection yet")
@@ -281,6 +315,9 @@ class _ServerConnection:
         self._last_receive = now
         self.process_events(now)
         self.transmit_soon()
+        session = self.session
+        if session is not None and session.on_progress is not None:
+            session.on_progress()
 
     def process_events(self, now: float) -> None:
         event = self.quic.next_event()
@@ -326,7 +363,7 @@ class _ServerConnection:
             if isinstance(event, AudioReceived) and self.session.on_audio is not None:
                 self.session.on_audio(event.frame)
                 return
-            self.events.put_nowait(event)
+            self.session.deliver(event)
 
     async def _accept(self, hello: Hello) -> None:
         voice = self.voice_connection()
@@ -368,6 +405,7 @@ class _ServerConnection:
             server_id=self.server.config.server_id.hex(),
             resumed=record is not None,
             resume_token=self.server.resume_tokens.issue(session_id, time.time()),
+            played_reports=True,
         )
         started = voice.accept(welcome)
         checkpointer = AsyncCheckpointer(

@@ -33,6 +33,7 @@ from quicvoice.audio.jitter import (
     PlayoutKind,
 )
 from quicvoice.audio.opus import OpusConfig, OpusDecoder, OpusEncoder
+from quicvoice.audio.pcm import EncodedFrame, PcmDecoder, PcmEncoder, PcmFrame
 from quicvoice.audio.quality import (
     Alignment,
     PlayoutRecorder,
@@ -59,6 +60,7 @@ __all__ = [
     "AudioFrame",
     "CodecError",
     "CodecSpec",
+    "EncodedFrame",
     "FilterDesign",
     "FrameDecoder",
     "G711Codec",
@@ -70,6 +72,9 @@ __all__ = [
     "OpusConfig",
     "OpusDecoder",
     "OpusEncoder",
+    "PcmDecoder",
+    "PcmEncoder",
+    "PcmFrame",
     "PlayoutFrame",
     "PlayoutKind",
     "PlayoutRecorder",

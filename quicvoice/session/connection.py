@@ -9,7 +9,7 @@ Control messages allowed in each state (anything else is a ``ProtocolError``):
     side    state              peer may send
     server  AWAITING_HELLO     hello
     server  NEGOTIATING        (nothing: the application is deciding)
-    server  ACTIVE             event, error, cancel, bye
+    server  ACTIVE             event, error, cancel, bye, played
     client  AWAITING_WELCOME   welcome, error
     client  ACTIVE             event, error, cancel, bye
     both    CLOSED             (everything ignored)
@@ -40,6 +40,7 @@ from .events import (
     SessionStarted,
     TurnCancelled,
     TurnEnded,
+    TurnPlayed,
     TurnStarted,
     UplinkEnded,
     VoiceEvent,
@@ -52,6 +53,7 @@ from .messages import (
     Hello,
     Message,
     MessageReader,
+    Played,
     UplinkMode,
     Welcome,
     codec_clock_rate,
@@ -94,7 +96,7 @@ class State(Enum):
 ALLOWED_MESSAGES: dict[tuple[bool, State], frozenset[type[Message]]] = {
     (False, State.AWAITING_HELLO): frozenset({Hello}),
     (False, State.NEGOTIATING): frozenset(),
-    (False, State.ACTIVE): frozenset({Event, Error, Cancel, Bye}),
+    (False, State.ACTIVE): frozenset({Event, Error, Cancel, Bye, Played}),
     (True, State.AWAITING_WELCOME): frozenset({Welcome, Error}),
     (True, State.ACTIVE): frozenset({Event, Error, Cancel, Bye}),
 }
@@ -360,6 +362,16 @@ class VoiceConnection:
             self._cancel(message.turn_id, by_peer=True, out=out)
         elif isinstance(message, Bye):
             out.append(ByeReceived(uplink_frames=message.uplink_frames))
+        elif isinstance(message, Played) and message.turn_id < self._next_turn_id:
+            # A report for a turn this connection never opened (one from before a resume)
+            # says nothing about this connection's turns: it is dropped.
+            out.append(
+                TurnPlayed(
+                    turn_id=message.turn_id,
+                    played_ms=message.played_ms,
+                    complete=message.complete,
+                )
+            )
 
     def _start(self, welcome: Welcome) -> None:
         self.welcome = welcome
@@ -543,6 +555,30 @@ class VoiceConnection:
             self._send_message(Cancel(turn_id=turn_id))
         out.append(TurnCancelled(turn_id=turn_id, by_peer=by_peer))
 
+    def send_played(self, turn_id: int, played_ms: int, *, complete: bool) -> bool:
+        """Client: report how much of a turn was played out; False when not sent.
+
+        Sent only in an active session whose server asked for reports (``played_reports``
+        in ``welcome``): an older server would close the session on an unknown message.
+        """
+        welcome = self.welcome
+        if not self.is_client or self.state is not State.ACTIVE or welcome is None:
+            return False
+        if not welcome.played_reports:
+            return False
+        self._send_message(Played(turn_id=turn_id, played_ms=played_ms, complete=complete))
+        return True
+
+    def turn_send_offsets(self, turn_id: int) -> tuple[int, int] | None:
+        """Server: (acknowledged, written) octet offsets of a turn's stream.
+
+        ``None`` for a turn this side never opened or has forgotten (finished and delivered).
+        """
+        stream_id = self._turn_streams.get(turn_id)
+        if stream_id is None or self.is_client:
+            return None
+        return glue.stream_send_offsets(self._transport.quic, stream_id)
+
     def send_event(self, name: str, data: Any = None) -> None:
         """Send an application event on the control stream."""
         self._send_message(Event(name=name, data=data))
@@ -554,7 +590,7 @@ class VoiceConnection:
             uplink_frames = self._stats[key]
         self._send_message(Bye(uplink_frames=uplink_frames))
 
-    def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+    def close(self, code: ErrorCode | int = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close the connection."""
         self._transport.close(int(code), reason)
 

@@ -94,6 +94,18 @@ class TurnCancelled(VoiceEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TurnPlayed(VoiceEvent):
+    """Server: the client reported how much of turn ``turn_id`` its caller heard."""
+
+    #: The turn.
+    turn_id: int
+    #: Milliseconds of the turn the client's playout handed to its audio device.
+    played_ms: int
+    #: True when the whole turn played out, False when it was cut short.
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UplinkEnded(VoiceEvent):
     """Server: the client finished its reliable uplink stream; every frame has been reported."""
 

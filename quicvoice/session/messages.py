@@ -29,6 +29,8 @@ MAX_TOKEN_LEN = 8192
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_LEN = 64
 MAX_METADATA_VALUE_LEN = 1024
+#: Integers in ``played`` stay below this (QUIC's varint range, for other implementations).
+U62 = 1 << 62
 
 
 class UplinkMode(Enum):
@@ -196,6 +198,9 @@ class Welcome(Message):
     resumed: bool = False
     #: Token with which the client may resume this session on any backend.
     resume_token: bytes | None = None
+    #: The server wants ``played`` reports (servers that predate them would refuse the
+    #: message as unknown, so a client sends them only when this is true).
+    played_reports: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """Return the msgpack map of this message."""
@@ -210,6 +215,8 @@ class Welcome(Message):
         }
         if self.resume_token is not None:
             body["resume_token"] = self.resume_token
+        if self.played_reports:
+            body["played_reports"] = True
         return body
 
     @classmethod
@@ -222,6 +229,9 @@ class Welcome(Message):
         resumed = body.get("resumed", False)
         if not isinstance(resumed, bool):
             raise _fail("welcome: resumed must be a boolean")
+        played_reports = body.get("played_reports")
+        if played_reports is not None and not isinstance(played_reports, bool):
+            raise _fail("welcome: played_reports must be a boolean")
         return cls(
             session_id=_check_name(_get(body, "session_id", str), "session_id"),
             codec=_check_name(_get(body, "codec", str), "codec"),
@@ -230,6 +240,7 @@ class Welcome(Message):
             server_id=_get(body, "server_id", str),
             resumed=resumed,
             resume_token=_get(body, "resume_token", bytes, optional=True),
+            played_reports=bool(played_reports),
         )
 
 
@@ -318,8 +329,52 @@ class Bye(Message):
         return cls(uplink_frames=frames)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Played(Message):
+    """Client to server: how much of turn ``turn_id`` the caller actually heard.
+
+    Sent when a turn was cancelled (by either side) and when a turn finished playing out,
+    only to servers whose ``welcome`` asked for it (``played_reports``).
+    """
+
+    TYPE: ClassVar[str] = "played"
+    #: The turn.
+    turn_id: int
+    #: Milliseconds of the turn's audio the client's playout handed to its audio device.
+    played_ms: int
+    #: True when the whole turn played out; False when it was cut short (cancelled).
+    complete: bool
+
+    def __post_init__(self) -> None:
+        for name in ("turn_id", "played_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < U62:
+                raise ValueError(f"played: {name} must be an integer 0 <= n < 2**62")
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the msgpack map of this message."""
+        return {
+            "type": self.TYPE,
+            "turn_id": self.turn_id,
+            "played_ms": self.played_ms,
+            "complete": self.complete,
+        }
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Played:
+        """Validate and build a ``played``."""
+        turn_id = _get(body, "turn_id", int)
+        played_ms = _get(body, "played_ms", int)
+        complete = body.get("complete")
+        if not isinstance(complete, bool):
+            raise _fail("played: complete must be a boolean")
+        if not 0 <= turn_id < U62 or not 0 <= played_ms < U62:
+            raise _fail("played: turn_id and played_ms must be 0 <= n < 2**62")
+        return cls(turn_id=turn_id, played_ms=played_ms, complete=complete)
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Hello, Welcome, Event, Error, Cancel, Bye)
+    cls.TYPE: cls for cls in (Hello, Welcome, Event, Error, Cancel, Bye, Played)
 }
 
 

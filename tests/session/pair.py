@@ -42,6 +42,7 @@ class Pair:
     server_limits: SessionLimits | None = None
     drop_to_server: int = 0
     wire_dcids: list[bytes] = field(default_factory=list)
+    played_reports: bool = False
 
     def pump(self, rounds: int = 20, advance: float = 0.005) -> None:
         """Exchange datagrams until both sides are quiet (or ``rounds`` run out)."""
@@ -98,6 +99,7 @@ class Pair:
                                 frame_ms=hello.frame_ms,
                                 uplink=hello.uplink,
                                 server_id=SERVER_ID.hex(),
+                                played_reports=self.played_reports,
                             )
                         )
                     )
@@ -115,6 +117,7 @@ def make_pair(
     webtransport: bool = False,
     hello: Hello | None = None,
     server_limits: SessionLimits | None = None,
+    played_reports: bool = False,
 ) -> Pair:
     alpn = ALPN_H3 if webtransport else ALPN_VOICE
     generator = QuicLbConnectionIdGenerator(SERVER_ID, LB_CONFIG, RESET_KEY)
@@ -145,6 +148,7 @@ def make_pair(
         server_quic=server_quic,
         webtransport=webtransport,
         server_limits=server_limits,
+        played_reports=played_reports,
     )
     client_quic.connect(SERVER_ADDR, now=0.0)
     pair.pump(rounds=40)
