@@ -20,7 +20,8 @@ SCHEME_HTTPS = "https"
 #: Port used when a URL names none: 443 for both schemes, as a forwarder's VIP listens there
 #: (the ALPN, not the port, tells raw QUIC from HTTP/3).
 DEFAULT_PORTS = {SCHEME_QUIC: 443, SCHEME_HTTPS: 443}
-#: WebTransport path used when an ``https`` URL has none (the backend serves sessions there).
+#: WebTransport path used when an ``https`` URL has none, or only "/" (the backend serves
+#: sessions there; "/" itself is its HTTP/3 status page).
 DEFAULT_WEBTRANSPORT_PATH = "/voice"
 MAX_URL_LENGTH = 2048
 #: RFC 1035 §2.3.4: 253 characters in the written form, 63 per label.
@@ -184,8 +185,9 @@ def _parse_path(path: str, scheme: str) -> str:
         return ""
     if not _PATH.fullmatch(path) or _PERCENT.search(path):
         raise InvalidURLError(f"path {path!r} has characters a URL path cannot hold")
-    if not path or path.startswith("?"):
-        return DEFAULT_WEBTRANSPORT_PATH + path
+    if not path or path.startswith(("?", "/?")) or path == "/":
+        # No path (browsers write it "/"): the backend's default WebTransport path.
+        return DEFAULT_WEBTRANSPORT_PATH + path.removeprefix("/")
     return path
 
 
