@@ -149,7 +149,10 @@ class _ClientSocket(asyncio.DatagramProtocol):
         self.last_receive = now
         if not self.first_receive.done():
             self.first_receive.set_result(now)
-        self._on_datagram(data, addr, now)
+        # An IPv6 socket reports (host, port, flowinfo, scope_id); aioquic compares the
+        # peer's address with the one it connected to, (host, port), so a 4-tuple would look
+        # like a packet from another path and the handshake would never finish.
+        self._on_datagram(data, (addr[0], addr[1]), now)
 
     def error_received(self, exc: Exception) -> None:
         # Unconnected UDP sockets get no ICMP errors on Linux: what arrives here is the

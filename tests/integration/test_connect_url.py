@@ -276,3 +276,13 @@ async def crash(server: VoiceServer) -> None:
         await asyncio.sleep(0)
         if server._transport.get_extra_info("socket").fileno() < 0:
             break
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("scheme", ["quic", "https"])
+async def test_ipv6_literal_urls(tmp_path: Path, ca_file: Path, scheme: str) -> None:
+    async with tls_server(tmp_path, LEAF, listen=("::1", 0)) as (server, seen):
+        async with connect(f"{scheme}://[::1]:{server.address[1]}", ca_file=ca_file) as client:
+            assert ":" in client.local_address[0]
+            await round_trip(client, 3)
+        assert len(seen.hellos) == 1
