@@ -4,6 +4,7 @@ resolver (``/etc/hosts`` of a mount namespace the test makes; root), real UDP so
 - IPv6 answers: IPv6 wins, IPv4 is not bothered.
 - IPv6 is silent: IPv4 takes over one attempt delay later, well under a second, and the
   silent attempt is closed with CONNECTION_CLOSE.
+- A name not in that file fails as a name that does not resolve (no DNS query leaves).
 - IPv6 completes its handshake and the backend opens a session, but the welcome never comes
   back: IPv4 wins, and the loser's session is closed on the backend (no half-session).
 """
@@ -41,6 +42,9 @@ CA = make_ca()
 LEAF = make_leaf(CA)
 V6_SERVER_ID = bytes.fromhex("0a0b0c06")
 HOSTS = "::1 localhost\n127.0.0.1 localhost\n"
+#: Names are looked up in that file only: a name not in it fails without a DNS query leaving
+#: the machine.
+NSSWITCH = "hosts: files\n"
 Address = tuple[str, int]
 
 
@@ -73,6 +77,8 @@ class Dialer:
 async def dialer(directory: Path, url: str, ca_file: Path) -> AsyncIterator[Dialer]:
     hosts = directory / "hosts"
     hosts.write_text(HOSTS)
+    nsswitch = directory / "nsswitch.conf"
+    nsswitch.write_text(NSSWITCH)
     process = await asyncio.create_subprocess_exec(
         "unshare",
         "--mount",
@@ -80,8 +86,10 @@ async def dialer(directory: Path, url: str, ca_file: Path) -> AsyncIterator[Dial
         "private",
         "sh",
         "-c",
-        'mount --bind "$0" /etc/hosts && exec "$@"',
+        'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/nsswitch.conf '
+        '&& shift && exec "$@"',
         str(hosts),
+        str(nsswitch),
         sys.executable,
         "-m",
         "tests.integration.dialer",
@@ -265,3 +273,13 @@ async def test_a_losing_attempt_with_a_session_is_closed_on_the_backend(
                 ), [s.session_id for s in server.sessions()]
                 assert sum(1 for s in seen.sessions if s.closed) == 1
                 await client.hang_up()
+
+
+@pytest.mark.asyncio
+async def test_a_name_that_does_not_resolve_says_so(tmp_path: Path, ca_file: Path) -> None:
+    async with dialer(tmp_path, "quic://nonexistent.invalid:4433", ca_file) as client:
+        report = await client.report()
+        assert not report["ok"]
+        assert report["error"] == "NameResolutionError", report
+        assert "nonexistent.invalid" in str(report["message"])
+        assert float(report["elapsed_ms"]) < 1000  # type: ignore[arg-type]
