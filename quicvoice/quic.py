@@ -149,6 +149,8 @@ def install_certificate_check(context: tls.Context, check: CertificateCheck) -> 
             check(leaf, list(context._peer_certificate_chain))
         except CertificateVerificationError as error:
             raise CertificateRejected(error) from error
+        except Exception as error:  # a failing check must close the connection, not crash it
+            raise tls.AlertBadCertificate(f"certificate check failed: {error!r}") from error
 
     context._client_handle_certificate_verify = checked  # type: ignore[method-assign]
 

@@ -195,3 +195,15 @@ def test_any_sequence_keeps_the_invariants(
         assert race.running <= set(started) - ended
     assert decisions <= 1
     assert len(started) <= count
+
+
+def test_local_address_keeps_only_its_family() -> None:
+    from quicvoice.asyncio.dial import usable_addresses
+    from quicvoice.errors import NameResolutionError
+
+    addresses = [V4A, V6A, V4B]
+    assert usable_addresses("h", addresses, None) == [V6A, V4A, V4B]
+    assert usable_addresses("h", addresses, "192.0.2.9") == [V4A, V4B]
+    assert usable_addresses("h", addresses, "::") == [V6A]
+    with pytest.raises(NameResolutionError, match="no IPv6 address"):
+        usable_addresses("h", [V4A], "::1")

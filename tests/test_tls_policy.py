@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -152,3 +153,36 @@ def test_garbage_pem_raises_value_error_only(data: bytes) -> None:
         parse_trust_anchors(data, "garbage")
     except ValueError:
         pass
+
+
+@given(st.lists(st.one_of(st.text(max_size=80), st.binary(max_size=40)), max_size=3))
+def test_any_certificate_hash_argument_parses_or_raises_value_error(values: list[object]) -> None:
+    try:
+        digests = hashes_from(values)  # type: ignore[arg-type]
+    except ValueError:
+        return
+    assert all(len(digest) == 32 for digest in digests)
+
+
+def test_an_unreadable_subject_alt_name_fails_the_format_check() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "garbled")])
+    garbled = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(5)
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + DAY)
+        .add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03\xff\x00"),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    assert rejected(policy("garbled", garbled), garbled) == "format"

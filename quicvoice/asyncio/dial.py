@@ -43,6 +43,7 @@ from ..happy_eyeballs import (
 )
 from ..quic import VoiceQuicConfiguration
 from ..tls import (
+    CHECK_FORMAT,
     CertificatePolicy,
     certificate_sha256,
     hashes_from,
@@ -232,6 +233,10 @@ def client_configuration(
             except CertificateVerificationError as error:
                 on_rejected(error)
                 raise
+            except Exception as error:  # whatever the server sent, it is a refusal, not a crash
+                refusal = CertificateVerificationError(CHECK_FORMAT, f"cannot check it: {error!r}")
+                on_rejected(refusal)
+                raise refusal from error
 
         configuration.certificate_check = check
     return configuration
