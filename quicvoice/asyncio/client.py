@@ -72,9 +72,9 @@ from ..session.transport import (
 )
 from ..urls import dial_target
 from .dial import (
-    authority,
     client_configuration,
     race,
+    request_authority,
     resolve,
     tls_settings,
     usable_addresses,
@@ -1205,7 +1205,7 @@ async def connect(
             webtransport=url.webtransport,
             hello=hello,
             limits=limits,
-            authority=authority(url, server_name),
+            authority=request_authority(url, server_name),
             path=url.path or WEBTRANSPORT_PATH,
             reconnect=reconnect,
             liveness_timeout=liveness_timeout,

@@ -242,7 +242,7 @@ def client_configuration(
     return configuration
 
 
-def authority(url: VoiceURL, server_name: str | None) -> str:
+def request_authority(url: VoiceURL, server_name: str | None) -> str:
     """The WebTransport request's ``:authority``."""
     return format_authority(server_name or url.host, url.port)
 
