@@ -77,8 +77,51 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
     call = commands.add_parser("call", help="place a call: stream audio, print a JSON report")
-    call.add_argument("address", type=_address, metavar="HOST:PORT")
-    call.add_argument("--webtransport", action="store_true", help="WebTransport over HTTP/3")
+    call.add_argument(
+        "target",
+        metavar="URL",
+        help="quic://HOST[:PORT] (raw QUIC) or https://HOST[:PORT]/PATH (WebTransport), port "
+        "443 by default; or IP:PORT, the older form, which checks no certificate unless "
+        "--ca-file or --certificate-hash is given",
+    )
+    call.add_argument(
+        "--webtransport", action="store_true", help="with IP:PORT: WebTransport over HTTP/3"
+    )
+    call.add_argument("--token", help="the caller's credential (e.g. a JWT), sent in the hello")
+    call.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata for the server's accept hook, sent in the hello (repeatable)",
+    )
+    call.add_argument(
+        "--ca-file",
+        "--cafile",
+        dest="ca_file",
+        metavar="FILE",
+        help="trust this PEM CA (or self-signed certificate) instead of the system store",
+    )
+    call.add_argument(
+        "--certificate-hash",
+        action="append",
+        default=[],
+        dest="certificate_hashes",
+        metavar="SHA256",
+        help="accept the server certificate with this SHA-256 (hex; `serve` prints it), "
+        "no CA needed (repeatable)",
+    )
+    call.add_argument(
+        "--server-name", help="the name to check the certificate against (default: the host)"
+    )
+    call.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not check the server certificate at all (development only)",
+    )
+    call.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to get a session (default 5)"
+    )
     call.add_argument("--seconds", type=float, default=3.0, help="tone length (default 3)")
     call.add_argument("--wav", help="mono 16-bit WAV at the codec rate, instead of a tone")
     call.add_argument("--local-address", help="local IP to send from")
@@ -86,7 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--migrate-to", metavar="A", help="local IP to migrate to")
     call.add_argument("--realtime", action="store_true", help="datagram uplink")
     call.add_argument("--codec", default="L16/16000", help="NAME/RATE (default L16/16000)")
-    call.add_argument("--cafile", help="verify the server against this CA (default: no check)")
     call.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return parser
 
@@ -198,14 +240,45 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _call(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .asyncio.call import CallOptions, run_call
+    from .errors import QuicVoiceError
+    from .session.messages import Hello
 
     if (args.migrate_after is None) != (args.migrate_to is None):
         parser.error("--migrate-after and --migrate-to go together")
-    host, port = args.address
+    pinned = bool(args.certificate_hashes) or args.ca_file is not None
+    if args.insecure and pinned:
+        parser.error("--insecure contradicts --ca-file / --certificate-hash")
+    if args.ca_file is not None and args.certificate_hashes:
+        parser.error("give --ca-file or --certificate-hash, not both")
+    metadata = {}
+    for item in args.metadata:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            parser.error(f"--metadata: {item!r} is not KEY=VALUE")
+        metadata[key] = value
+    try:
+        Hello(token=args.token, metadata=metadata)
+    except ValueError as error:
+        parser.error(f"--token / --metadata: {error}")
+    port: int | None = None
+    verify = not args.insecure
+    if "://" in args.target:
+        target = args.target
+        if args.webtransport and not target.lower().startswith("https://"):
+            parser.error("--webtransport goes with IP:PORT; a URL says it by its scheme")
+        webtransport: bool | None = None
+    else:
+        try:
+            target, port = _address(args.target)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"{error} (a name goes in a URL: quic://NAME:PORT)")
+        webtransport = args.webtransport
+        # The older form kept its old default: no check unless asked for one.
+        verify = pinned
     options = CallOptions(
-        host=host,
+        target=target,
         port=port,
-        webtransport=args.webtransport,
+        webtransport=webtransport,
         seconds=args.seconds,
         wav=args.wav,
         local_address=args.local_address,
@@ -213,15 +286,25 @@ def _call(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         migrate_to=args.migrate_to,
         realtime=args.realtime,
         codec=args.codec,
-        cafile=args.cafile,
+        token=args.token,
+        metadata=metadata,
+        ca_file=args.ca_file,
+        certificate_hashes=tuple(args.certificate_hashes),
+        server_name=args.server_name,
+        verify=verify,
+        timeout=args.timeout,
     )
-    if args.cafile is None:
-        print("quicvoice call: server certificate not verified (no --cafile)", file=sys.stderr)
+    if not verify:
+        print("quicvoice call: server certificate not verified", file=sys.stderr)
     try:
         report = asyncio.run(run_call(options))
     except ConnectionError as error:
         print(f"quicvoice call: {error}", file=sys.stderr)
         return 1
+    except (QuicVoiceError, ValueError) as error:
+        # A bad URL, CA file or certificate hash: named in the message.
+        print(f"quicvoice call: {error}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report))
     else:

@@ -46,3 +46,44 @@ class SessionRefusedError(QuicVoiceError, ConnectionError):
         self.error_code = error_code
         #: The close's reason phrase.
         self.reason = reason
+
+
+class InvalidURLError(QuicVoiceError, ValueError):
+    """A URL given to ``connect`` (or ``quicvoice call``) is not one a client can dial.
+
+    The message names what is wrong: the scheme, a missing host, the port, userinfo, ...
+    """
+
+
+class NameResolutionError(QuicVoiceError, ConnectionError):
+    """The server's host name did not resolve to any address the client can use."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"cannot resolve {host!r}: {reason}")
+        #: The name that did not resolve.
+        self.host = host
+        #: Why, as the resolver said it.
+        self.reason = reason
+
+
+class CertificateVerificationError(QuicVoiceError, ConnectionError):
+    """The server's certificate failed a check; no hello or audio was sent to it.
+
+    ``check`` names the check that failed: ``"hash"`` (certificate-hash pinning), ``"validity"``
+    (not yet or no longer valid), ``"name"`` (the host is not among the certificate's names),
+    ``"trust"`` (no chain to a trusted certificate authority) or ``"format"`` (unreadable).
+    """
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"server certificate rejected ({check} check): {message}")
+        #: Which check failed (see the class docstring).
+        self.check = check
+
+
+class ConnectFailedError(QuicVoiceError, ConnectionError):
+    """Every address of the server was tried and none gave a voice session; the message lists
+    each address and why."""
+
+
+class ConnectTimeoutError(QuicVoiceError, ConnectionError, TimeoutError):
+    """No voice session was up within ``connect``'s timeout."""

@@ -8,6 +8,8 @@ attribute used below still exists in the installed aioquic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
@@ -29,8 +31,10 @@ from aioquic.quic.packet import (
     pull_ack_frame,
     pull_quic_header,
 )
-from aioquic.tls import pull_client_hello
+from aioquic.tls import ClientHello, pull_client_hello
+from cryptography import x509
 
+from .errors import CertificateVerificationError
 from .quiclb import Algorithm, ConnectionIdGenerator, QuicLbConnectionIdGenerator
 
 #: The aioquic releases whose internals this module was written against.
@@ -56,6 +60,13 @@ PRIVATE_NAMES = {
         "_close_end",
         "_events",
         "_state",
+        "_initialize",
+        "_configuration",
+    ),
+    "Context": (
+        "_client_handle_certificate_verify",
+        "_peer_certificate",
+        "_peer_certificate_chain",
     ),
     "QuicPacketRecovery": ("_rtt_initialized", "_rtt_latest", "_rtt_smoothed", "_rtt_min"),
     "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
@@ -83,6 +94,65 @@ def check_aioquic_version() -> None:
 #: 20 ms frame period, so the next frame carries it, and under the 25 ms max_ack_delay that
 #: aioquic advertises (RFC 9000 §13.2.1).
 VOICE_ACK_DELAY = 0.024
+
+
+#: A client's own check of the server's certificate: the leaf and the rest of the chain the
+#: server sent; raises ``CertificateVerificationError`` to refuse it.
+CertificateCheck = Callable[[x509.Certificate, list[x509.Certificate]], None]
+
+
+@dataclass
+class VoiceQuicConfiguration(QuicConfiguration):
+    """aioquic's configuration plus a certificate check of the client's own.
+
+    aioquic verifies against ``certifi``'s CAs with its own name rules and cannot pin a
+    certificate by hash; with ``certificate_check`` set (and ``verify_mode`` at
+    ``ssl.CERT_NONE``, so aioquic's own check stays out of the way) the client runs its check
+    instead, inside the handshake (``install_certificate_check``).
+    """
+
+    certificate_check: CertificateCheck | None = None
+
+
+#: The TLS alert sent for each failed check (RFC 8446 §6.2); anything else is bad_certificate.
+_ALERT_DESCRIPTIONS = {
+    "validity": tls.AlertDescription.certificate_expired,
+    "trust": tls.AlertDescription.unknown_ca,
+}
+
+
+class CertificateRejected(tls.Alert):
+    """The client's certificate check refused the server's certificate (a TLS alert)."""
+
+    def __init__(self, error: CertificateVerificationError) -> None:
+        super().__init__(str(error))
+        self.description = _ALERT_DESCRIPTIONS.get(
+            error.check, tls.AlertDescription.bad_certificate
+        )
+
+
+def install_certificate_check(context: tls.Context, check: CertificateCheck) -> None:
+    """Run ``check`` when the server's CertificateVerify arrives, after aioquic has checked
+    its signature (the server holds the certificate's key) and before the server's Finished
+    is processed. The client sends its Finished, and with it the first 1-RTT data, only after
+    that, so a refused certificate closes the connection (with a TLS alert) before any hello
+    or audio leaves. (A 0-RTT resumption sends no certificate: its ticket came from a
+    connection that passed this check.)"""
+    handle_certificate_verify = context._client_handle_certificate_verify
+
+    def checked(input_buf: Buffer) -> None:
+        handle_certificate_verify(input_buf)
+        leaf = context._peer_certificate
+        if leaf is None:
+            raise tls.AlertBadCertificate("no server certificate")
+        try:
+            check(leaf, list(context._peer_certificate_chain))
+        except CertificateVerificationError as error:
+            raise CertificateRejected(error) from error
+        except Exception as error:  # a failing check must close the connection, not crash it
+            raise tls.AlertBadCertificate(f"certificate check failed: {error!r}") from error
+
+    context._client_handle_certificate_verify = checked  # type: ignore[method-assign]
 
 
 class VoiceQuicConnection(QuicConnection):
@@ -115,6 +185,12 @@ class VoiceQuicConnection(QuicConnection):
         ):
             self._peer_close_reported = True
             self._events.append(self._close_event)
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        check = getattr(self._configuration, "certificate_check", None)
+        if check is not None and self._is_client:
+            install_certificate_check(self.tls, check)
 
     def _close_end(self) -> None:
         super()._close_end()
@@ -290,13 +366,11 @@ def peer_reset_tokens(quic: QuicConnection) -> set[bytes]:
     return {token for token in tokens if token}
 
 
-def peek_psk_identity(data: bytes, cid_length: int) -> bytes | None:
-    """The PSK identity (TLS session ticket label) offered in a client's first Initial, if any.
+def peek_client_hello(data: bytes, cid_length: int) -> ClientHello | None:
+    """The TLS ClientHello in a client's first Initial datagram, if it holds a whole one.
 
-    aioquic looks tickets up synchronously, inside the handshake; a backend that keeps tickets
-    in a shared store reads the label first, fetches the ticket, then starts the connection.
-    Initial keys derive from the client's DCID (RFC 9001 §5.2), so this needs no state. Returns
-    ``None`` for anything else, including a ClientHello spread over several datagrams.
+    Initial keys derive from the client's DCID (RFC 9001 §5.2), so this needs no state.
+    Returns ``None`` for anything else, including a ClientHello spread over several datagrams.
     """
     try:
         buf = Buffer(data=data)
@@ -311,12 +385,27 @@ def peek_psk_identity(data: bytes, cid_length: int) -> bytes | None:
             return None
         if len(handshake) < 4 + int.from_bytes(handshake[1:4], "big"):
             return None
-        hello = pull_client_hello(Buffer(data=handshake))
-    except Exception:  # anything malformed is simply "no ticket": aioquic will judge it
+        return pull_client_hello(Buffer(data=handshake))
+    except Exception:  # anything malformed is simply "no hello": aioquic will judge it
         return None
-    if hello.pre_shared_key is None or not hello.pre_shared_key.identities:
+
+
+def peek_psk_identity(data: bytes, cid_length: int) -> bytes | None:
+    """The PSK identity (TLS session ticket label) offered in a client's first Initial, if any.
+
+    aioquic looks tickets up synchronously, inside the handshake; a backend that keeps tickets
+    in a shared store reads the label first, fetches the ticket, then starts the connection.
+    """
+    hello = peek_client_hello(data, cid_length)
+    if hello is None or hello.pre_shared_key is None or not hello.pre_shared_key.identities:
         return None
     return bytes(hello.pre_shared_key.identities[0][0])
+
+
+def peek_server_name(data: bytes, cid_length: int) -> str | None:
+    """The SNI (RFC 6066 §3) of the ClientHello in a client's first Initial, if any."""
+    hello = peek_client_hello(data, cid_length)
+    return None if hello is None else hello.server_name
 
 
 def _initial_crypto_stream(payload: bytes) -> bytes | None:

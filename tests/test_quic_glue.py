@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aioquic import tls
 from aioquic.h3.connection import H3Connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -17,6 +18,7 @@ OWNERS = {
     "QuicStreamSender": QuicStreamSender,
     "H3Connection": H3Connection,
     "QuicPacketRecovery": QuicPacketRecovery,
+    "Context": tls.Context,
 }
 
 
@@ -45,6 +47,7 @@ def test_every_private_name_still_exists() -> None:
         "QuicStreamSender": QuicStreamSender(stream_id=0, writable=True),
         "H3Connection": H3Connection(client),
         "QuicPacketRecovery": connection._loss,
+        "Context": tls.Context(is_client=True),
     }
     missing = [
         f"{owner}.{name}"

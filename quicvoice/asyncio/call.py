@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import wave
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,9 +27,11 @@ TONE_AMPLITUDE = 8000
 class CallOptions:
     """What ``quicvoice call`` does."""
 
-    host: str
-    port: int
-    webtransport: bool = False
+    #: A ``quic://`` or ``https://`` URL; or, with ``port``, a host (the ``HOST:PORT`` form).
+    target: str
+    port: int | None = None
+    #: With ``port``: WebTransport instead of raw QUIC (a URL says it by its scheme).
+    webtransport: bool | None = None
     seconds: float = 3.0
     wav: str | None = None
     local_address: str | None = None
@@ -36,7 +39,15 @@ class CallOptions:
     migrate_to: str | None = None
     realtime: bool = False
     codec: str = "L16/16000"
-    cafile: str | None = None
+    #: The caller's credential and metadata, sent in the hello.
+    token: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    #: How the server's certificate is checked (``connect``'s keywords of the same names).
+    ca_file: str | None = None
+    certificate_hashes: tuple[str, ...] = ()
+    server_name: str | None = None
+    verify: bool = True
+    timeout: float = 5.0
     reply_timeout: float = 10.0
 
 
@@ -95,13 +106,18 @@ async def run_call(options: CallOptions) -> dict[str, Any]:
         uplink=UplinkMode.REALTIME if options.realtime else UplinkMode.RELIABLE,
     )
     async with connect(
-        options.host,
+        options.target,
         options.port,
         webtransport=options.webtransport,
         local_address=options.local_address,
         hello=hello,
-        cafile=options.cafile,
-        verify=options.cafile is not None,
+        token=options.token,
+        metadata=options.metadata,
+        ca_file=options.ca_file,
+        certificate_hashes=options.certificate_hashes,
+        server_name=options.server_name,
+        verify=options.verify,
+        timeout=options.timeout,
     ) as client:
         assert client.session is not None
         loop = asyncio.get_running_loop()

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
+import os
 import socket
-import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -37,7 +36,8 @@ from aioquic.tls import SessionTicket
 
 from lb.config import format_address
 
-from ..errors import SessionRefusedError
+from ..errors import CertificateVerificationError, SessionRefusedError
+from ..happy_eyeballs import DEFAULT_ATTEMPT_DELAY
 from ..quic import (
     VoiceQuicConnection,
     can_send_early_data,
@@ -65,9 +65,19 @@ from ..session.stats import Migration, SessionStats
 from ..session.transport import (
     ALPN_H3,
     ALPN_VOICE,
+    WEBTRANSPORT_PATH,
     RawQuicTransport,
     VoiceTransport,
     WebTransportTransport,
+)
+from ..urls import dial_target
+from .dial import (
+    client_configuration,
+    race,
+    request_authority,
+    resolve,
+    tls_settings,
+    usable_addresses,
 )
 from .timer import ConnectionTimer
 from .udp import bind_udp_socket
@@ -139,7 +149,10 @@ class _ClientSocket(asyncio.DatagramProtocol):
         self.last_receive = now
         if not self.first_receive.done():
             self.first_receive.set_result(now)
-        self._on_datagram(data, addr, now)
+        # An IPv6 socket reports (host, port, flowinfo, scope_id); aioquic compares the
+        # peer's address with the one it connected to, (host, port), so a 4-tuple would look
+        # like a packet from another path and the handshake would never finish.
+        self._on_datagram(data, (addr[0], addr[1]), now)
 
     def error_received(self, exc: Exception) -> None:
         # Unconnected UDP sockets get no ICMP errors on Linux: what arrives here is the
@@ -175,6 +188,7 @@ class _Link:
         hello: Hello,
         limits: SessionLimits | None,
         authority: str,
+        path: str,
         on_event: Callable[[_Link, VoiceEvent], None],
         on_reset: Callable[[_Link], None],
         on_ticket: Callable[[SessionTicket], None],
@@ -185,7 +199,7 @@ class _Link:
             configuration=configuration, session_ticket_handler=on_ticket
         )
         transport: VoiceTransport = (
-            WebTransportTransport(self.quic, authority=authority)
+            WebTransportTransport(self.quic, path=path, authority=authority)
             if webtransport
             else RawQuicTransport(self.quic)
         )
@@ -375,6 +389,7 @@ class VoiceClient:
         reconnect: bool,
         liveness_timeout: float,
         reconnect_timeout: float,
+        path: str = WEBTRANSPORT_PATH,
     ) -> None:
         self._server = server
         self._configuration = configuration
@@ -382,6 +397,7 @@ class VoiceClient:
         self._hello = hello
         self._limits = limits
         self._authority = authority
+        self._path = path
         self._ticket: SessionTicket | None = None
         self._reconnect = reconnect
         self._liveness_timeout = liveness_timeout
@@ -435,6 +451,7 @@ class VoiceClient:
             hello=hello,
             limits=self._limits,
             authority=self._authority,
+            path=self._path,
             on_event=self._on_link_event,
             on_reset=self._on_link_reset,
             on_ticket=self._on_ticket,
@@ -1113,16 +1130,24 @@ class VoiceClient:
 
 
 
+#: How long ``connect`` waits before racing the next address of a name (RFC 8305 §5).
+ATTEMPT_DELAY = DEFAULT_ATTEMPT_DELAY
+
+
 @asynccontextmanager
 async def connect(
-    host: str,
-    port: int,
+    target: str,
+    port: int | None = None,
     *,
-    webtransport: bool = False,
+    webtransport: bool | None = None,
     local_address: str | Address | None = None,
     hello: Hello | None = None,
+    token: str | None = None,
+    metadata: Mapping[str, str] | None = None,
     server_name: str | None = None,
-    cafile: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    cafile: str | os.PathLike[str] | None = None,
+    certificate_hashes: Iterable[bytes | str] = (),
     verify: bool = True,
     limits: SessionLimits | None = None,
     idle_timeout: float = 30.0,
@@ -1130,53 +1155,131 @@ async def connect(
     reconnect: bool = True,
     liveness_timeout: float = 1.0,
     reconnect_timeout: float = 10.0,
+    attempt_delay: float = ATTEMPT_DELAY,
 ) -> AsyncIterator[VoiceClient]:
-    """Open a voice call to ``host:port`` (an IP literal) and close it on exit.
+    """Open a voice call and close it on exit.
 
-    ``local_address`` is the local IP (or (IP, port)) to send from; ``verify=False`` accepts
-    any certificate (development only); ``cafile`` trusts a specific CA or self-signed cert.
-    With ``reconnect`` the call resumes by itself when its connection dies: after a stateless
-    reset, or after ``liveness_timeout`` seconds of sending without hearing anything; it
-    gives up after ``reconnect_timeout`` seconds.
+    ``target`` is a URL, ``quic://HOST[:PORT]`` (raw QUIC, ALPN ``quicvoice/1``) or
+    ``https://HOST[:PORT]/PATH`` (WebTransport at PATH, ``/voice`` if none), the port 443 when
+    not given; or a host (DNS name or IP literal) with ``port``, raw QUIC unless
+    ``webtransport=True``. A bad URL raises ``InvalidURLError`` (a ``ValueError``).
 
-    Raises ``SessionRefusedError`` (a ``ConnectionError``) when the server closes before
-    welcoming the session, with the close's ``error_code`` (``RESUME_REFUSED`` for a bad or
-    stale ``resume_token``, ``UNSUPPORTED`` for no common codec), and a plain
-    ``ConnectionError`` when no session is up within ``timeout``.
+    A name is resolved, and its IPv6 and IPv4 addresses raced happy-eyeballs style
+    (RFC 8305): the next address is tried ``attempt_delay`` seconds after the previous one, or
+    as soon as it fails; the first whose session is welcomed wins and the others are closed.
+    ``NameResolutionError`` when the name does not resolve.
+
+    The server's certificate must carry the host (or ``server_name``, also sent as SNI) and
+    chain to the system's trust store, or to ``ca_file`` (``cafile`` is an alias) when given;
+    with ``certificate_hashes`` (SHA-256 digests, bytes or hex) the leaf must be one of them
+    instead, like the browsers' ``serverCertificateHashes``. ``verify=False`` accepts any
+    certificate (development only). A certificate that fails raises
+    ``CertificateVerificationError`` naming the check, before any hello or audio is sent.
+
+    ``token`` and ``metadata`` go into the hello (and into the hellos of resumes);
+    ``local_address`` is the local IP (or (IP, port)) to send from. With ``reconnect`` the call
+    resumes by itself when its connection dies: after a stateless reset, or after
+    ``liveness_timeout`` seconds of sending without hearing anything; it gives up after
+    ``reconnect_timeout`` seconds.
+
+    Raises ``SessionRefusedError`` when the server closes before welcoming the session, with
+    the close's ``error_code`` (``RESUME_REFUSED`` for a bad or stale ``resume_token``,
+    ``UNSUPPORTED`` for no common codec), and ``ConnectTimeoutError`` when no session is up
+    within ``timeout`` (resolution included).
     """
     check_aioquic_version()
-    ipaddress.ip_address(host)
-    configuration = QuicConfiguration(
-        is_client=True,
-        alpn_protocols=[ALPN_H3 if webtransport else ALPN_VOICE],
-        max_datagram_frame_size=65536,
-        idle_timeout=idle_timeout,
-        server_name=server_name or "localhost",
+    if ca_file is not None and cafile is not None:
+        raise ValueError("give ca_file or its alias cafile, not both")
+    url = dial_target(target, port, webtransport)
+    hello = hello_with_credentials(hello or Hello(), token, metadata)
+    settings = tls_settings(
+        url,
+        server_name=server_name,
+        ca_file=ca_file if ca_file is not None else cafile,
+        certificate_hashes=certificate_hashes,
+        verify=verify,
     )
-    if not verify:
-        configuration.verify_mode = ssl.CERT_NONE
-    elif cafile is not None:
-        configuration.load_verify_locations(cafile)
-    if local_address is None:
-        local_address = ("::" if ":" in host else "0.0.0.0", 0)
-    elif isinstance(local_address, str):
+    if isinstance(local_address, str):
         local_address = (local_address, 0)
-    client = VoiceClient(
-        (host, port),
-        configuration,
-        webtransport=webtransport,
-        hello=hello or Hello(),
-        limits=limits,
-        authority=f"{server_name or host}:{port}",
-        reconnect=reconnect,
-        liveness_timeout=liveness_timeout,
-        reconnect_timeout=reconnect_timeout,
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    resolved = await resolve(url.host, url.port, timeout)
+    addresses = usable_addresses(
+        url.host, resolved, None if local_address is None else local_address[0]
+    )
+    chosen_local = local_address
+
+    async def open_attempt(server: Address) -> VoiceClient:
+        rejected: asyncio.Future[CertificateVerificationError] = loop.create_future()
+
+        def on_rejected(error: CertificateVerificationError) -> None:
+            if not rejected.done():
+                rejected.set_result(error)
+
+        configuration = client_configuration(
+            settings,
+            alpn=ALPN_H3 if url.webtransport else ALPN_VOICE,
+            idle_timeout=idle_timeout,
+            on_rejected=on_rejected,
+        )
+        client = VoiceClient(
+            server,
+            configuration,
+            webtransport=url.webtransport,
+            hello=hello,
+            limits=limits,
+            authority=request_authority(url, server_name),
+            path=url.path or WEBTRANSPORT_PATH,
+            reconnect=reconnect,
+            liveness_timeout=liveness_timeout,
+            reconnect_timeout=reconnect_timeout,
+        )
+        local = chosen_local or ("::" if ":" in server[0] else "0.0.0.0", 0)
+        # The race's deadline bounds the attempt; open()'s own timeout only backs it up.
+        opening = loop.create_task(client.open(local, max(0.0, deadline - loop.time()) + 1.0))
+        try:
+            waiting: set[asyncio.Future[Any]] = {opening, rejected}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if rejected.done():
+                raise rejected.result()
+            opening.result()
+        except BaseException:
+            opening.cancel()
+            await asyncio.wait({opening})
+            await client.close()  # CONNECTION_CLOSE: the backend keeps no half-open session
+            raise
+        return client
+
+    async def close_attempt(client: VoiceClient) -> None:
+        await client.close()
+
+    client, _ = await race(
+        url.host,
+        addresses,
+        open_attempt,
+        close_attempt,
+        deadline=deadline,
+        attempt_delay=attempt_delay,
     )
     try:
-        await client.open(local_address, timeout)
         yield client
     finally:
         await client.close()
+
+
+def hello_with_credentials(
+    hello: Hello, token: str | None, metadata: Mapping[str, str] | None
+) -> Hello:
+    """``hello`` with ``token`` and ``metadata`` put in (``ValueError`` if out of bounds)."""
+    if token is not None:
+        if hello.token is not None and hello.token != token:
+            raise ValueError("token given both as a keyword and in hello")
+        hello = replace(hello, token=token)
+    if metadata is not None:
+        if hello.metadata and dict(hello.metadata) != dict(metadata):
+            raise ValueError("metadata given both as a keyword and in hello")
+        hello = replace(hello, metadata=dict(metadata))
+    return hello
 
 
 async def _await_welcome(link: _Link, timeout: float, deadline: float) -> SessionStarted:
