@@ -48,6 +48,7 @@ BACKEND_KEYS = frozenset(
         "serve",
         "session",
         "store",
+        "auth",
     }
 )
 FORWARDER_KEYS = frozenset(

@@ -18,6 +18,13 @@ forwarder's ``backend_listen``, and ignores the other forwarder keys. A backend-
     server_id_len = 4
     nonce_len = 12
     key = "<32 hex digits>"
+
+    [auth]                          # optional: who may call (quicvoice.auth.config, specs/auth.md)
+    audience = "voice.example.com"
+    [[auth.keys]]
+    kid = "2026-11"
+    alg = "HS256"
+    secret = "env:QUICVOICE_JWT_SECRET"
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any
 
 from lb.config import FORWARDER_KEYS, Address, format_address, parse_address, parse_hex
 
+from ..auth.config import AuthConfig
 from ..errors import ConfigurationError
 from ..quiclb import LoadBalancerConfig
 from ..store import StoreConfig
@@ -48,6 +56,7 @@ BACKEND_KEYS = frozenset(
         "private_key",
         "session_store",
         "session",
+        "auth",
     }
 )
 SESSION_KEYS = frozenset({"resume_key", "resume_key_id", "state_ttl", "token_ttl"})
@@ -95,6 +104,8 @@ class BackendConfig:
     state_ttl: float = DEFAULT_STATE_TTL
     #: Seconds a resume token stays valid.
     token_ttl: float = DEFAULT_TOKEN_TTL
+    #: Who may call: token keys, issuer, audience, clock skew (``[auth]``); no keys: anyone.
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def effective_resume_key(self) -> bytes:
@@ -125,6 +136,8 @@ class BackendConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value <= 30 * 86400):
                 raise ConfigurationError(f"session.{name}: must be 0 < seconds <= 30 days")
+        if not isinstance(self.auth, AuthConfig):
+            raise ConfigurationError("auth: must be an AuthConfig")
         if (self.certificate is None) != (self.private_key is None):
             raise ConfigurationError(
                 "certificate: give both certificate and private_key, or neither"
@@ -201,6 +214,8 @@ class BackendConfig:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ConfigurationError(f"session.{name}: must be a number")
                 arguments[name] = value
+        if "auth" in table:
+            arguments["auth"] = AuthConfig.from_mapping(table["auth"], base)
         for name in ("certificate", "private_key"):
             if name in table:
                 if not isinstance(table[name], str):

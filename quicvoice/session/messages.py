@@ -149,9 +149,19 @@ class Hello(Message):
             frame_ms=frame_ms,
             uplink=uplink,
             resume_token=_get(body, "resume_token", bytes, optional=True),
-            token=_check_token(_get(body, "token", str, optional=True), error=_fail),
+            token=_wire_token(body.get("token")),
             metadata=_check_metadata(_get(body, "metadata", dict, optional=True), error=_fail),
         )
+
+
+def _wire_token(token: object) -> str | None:
+    # A bad credential is refused with its own code (TOKEN_MALFORMED), not MESSAGE_ERROR, so
+    # the caller learns that its token, not the client library, is at fault.
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise ProtocolError("hello: token must be a string", ErrorCode.TOKEN_MALFORMED)
+    return _check_token(token, error=lambda text: ProtocolError(text, ErrorCode.TOKEN_MALFORMED))
 
 
 def _check_token(token: str | None, *, error: Callable[[str], Exception]) -> str | None:

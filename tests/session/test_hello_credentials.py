@@ -1,4 +1,5 @@
-"""The ``hello``'s credential and metadata: carried intact, bounded, refused with MESSAGE_ERROR."""
+"""The ``hello``'s credential and metadata: carried intact, bounded; a bad token is refused
+with TOKEN_MALFORMED, bad metadata with MESSAGE_ERROR."""
 
 from __future__ import annotations
 
@@ -46,10 +47,18 @@ def test_token_and_metadata_round_trip(token: str | None, metadata: dict[str, st
 
 @pytest.mark.parametrize(
     "extra",
+    [{"token": ""}, {"token": "x" * (MAX_TOKEN_LEN + 1)}, {"token": b"bytes"}, {"token": 7}],
+)
+def test_bad_tokens_are_token_malformed(extra: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        decode_message(msgpack.packb({**BASE, **extra}))
+    assert raised.value.error_code == ErrorCode.TOKEN_MALFORMED
+    assert "x" * 16 not in str(raised.value)  # the token is not echoed
+
+
+@pytest.mark.parametrize(
+    "extra",
     [
-        {"token": ""},
-        {"token": "x" * (MAX_TOKEN_LEN + 1)},
-        {"token": b"bytes"},
         {"metadata": ["not", "a", "map"]},
         {"metadata": {"k": 1}},
         {"metadata": {"": "empty key"}},
