@@ -1,4 +1,5 @@
-"""The ``quicvoice`` command: ``serve`` a backend, place a ``call``, or run the ``selfcheck``."""
+"""The ``quicvoice`` command: ``serve`` a backend, place a ``call``, mint a ``token``, or run
+the ``selfcheck``."""
 
 from __future__ import annotations
 
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--codec", default="L16/16000", help="NAME/RATE (default L16/16000)")
     call.add_argument("--cafile", help="verify the server against this CA (default: no check)")
     call.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+    from .tokencli import add_token_parser
+
+    add_token_parser(commands)
     return parser
 
 
@@ -95,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "call":
             return _call(args, parser)
+        if args.command == "token":
+            from .tokencli import run_token
+
+            return run_token(args)
     except ConfigurationError as error:
         print(f"quicvoice {args.command}: {error}", file=sys.stderr)
         return 2

@@ -180,7 +180,7 @@ def _key(
     if alg is Algorithm.HS256:
         if "public_key_file" in entry:
             raise ConfigurationError(f"{name}.public_key_file: an HS256 key takes secret")
-        secret = _secret(entry.get("secret"), f"{name}.secret", base, environ)
+        secret = load_secret(entry.get("secret"), f"{name}.secret", base, environ)
         try:
             return VerificationKey.hs256(secret, kid=kid)
         except ValueError as error:
@@ -190,7 +190,7 @@ def _key(
     path_text = entry.get("public_key_file")
     if not isinstance(path_text, str) or not path_text:
         raise ConfigurationError(f"{name}.public_key_file: must be a path to a PEM public key")
-    pem = _read(_path(path_text, base), f"{name}.public_key_file")
+    pem = read_file(_path(path_text, base), f"{name}.public_key_file")
     try:
         return VerificationKey.es256_from_pem(pem, kid=kid)
     except (ValueError, UnsupportedAlgorithm) as error:
@@ -205,14 +205,22 @@ def _path(text: str, base: Path | None) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
-def _read(path: Path, name: str) -> bytes:
+def read_file(path: Path, name: str) -> bytes:
+    """The file's octets; ``ConfigurationError`` naming ``name`` when it cannot be read."""
     try:
         return path.read_bytes()
     except OSError as error:
         raise ConfigurationError(f"{name}: cannot read {path}: {error.strerror}") from None
 
 
-def _secret(value: object, name: str, base: Path | None, environ: Mapping[str, str]) -> bytes:
+def load_secret(
+    value: object, name: str, base: Path | None = None, environ: Mapping[str, str] | None = None
+) -> bytes:
+    """An HS256 secret from hex digits, ``env:NAME`` or ``file:PATH`` (see the module doc).
+
+    ``ConfigurationError`` names ``name`` and never shows the value.
+    """
+    environ = os.environ if environ is None else environ
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{name}: must be hex digits, env:NAME or file:PATH")
     if value.startswith("env:"):
@@ -221,7 +229,7 @@ def _secret(value: object, name: str, base: Path | None, environ: Mapping[str, s
             raise ConfigurationError(f"{name}: environment variable {variable} is not set")
         return environ[variable].encode("utf-8")
     if value.startswith("file:"):
-        data = _read(_path(value[5:], base), name)
+        data = read_file(_path(value[5:], base), name)
         if data.endswith(b"\r\n"):
             return data[:-2]
         return data[:-1] if data.endswith(b"\n") else data

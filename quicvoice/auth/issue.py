@@ -29,33 +29,33 @@ def issue_token(
 ) -> str:
     """A JWT for ``subject``, issued at ``now`` (Unix seconds), valid ``ttl`` seconds.
 
-    ``extra`` adds claims (JSON values) beside the registered ones. Raises ``ValueError`` for
-    arguments quicvoice's verifier would refuse.
+    ``extra`` adds claims (JSON values) beside the registered ones. Raises ``ValueError``,
+    whose message starts with the argument's name, for arguments the verifier would refuse.
     """
     if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_LEN:
-        raise ValueError(f"subject must be 1 to {MAX_SUBJECT_LEN} characters")
+        raise ValueError(f"subject: must be 1 to {MAX_SUBJECT_LEN} characters")
     if issuer is not None and (
         not isinstance(issuer, str) or not 0 < len(issuer) <= MAX_ISSUER_LEN
     ):
-        raise ValueError(f"issuer must be 1 to {MAX_ISSUER_LEN} characters")
+        raise ValueError(f"issuer: must be 1 to {MAX_ISSUER_LEN} characters")
     if not (isinstance(ttl, int | float) and math.isfinite(ttl) and 0 < ttl <= MAX_TTL):
-        raise ValueError(f"ttl must be 0 < seconds <= {MAX_TTL:g}")
+        raise ValueError(f"ttl: must be 0 < seconds <= {MAX_TTL:.0f} (30 days)")
     if not (isinstance(now, int | float) and math.isfinite(now) and now >= 0):
-        raise ValueError("now must be a non-negative Unix time")
+        raise ValueError("now: must be a non-negative Unix time")
     claims: dict[str, Any] = {"sub": subject, "iat": int(now), "exp": int(now + ttl)}
     if issuer is not None:
         claims["iss"] = issuer
     if audience is not None:
         audiences = [audience] if isinstance(audience, str) else list(audience)
         if not audiences or not all(isinstance(a, str) and a for a in audiences):
-            raise ValueError("audience must be a non-empty string or list of them")
+            raise ValueError("audience: must be a non-empty string or list of them")
         claims["aud"] = audiences[0] if len(audiences) == 1 else audiences
     if not_before is not None:
         if not math.isfinite(not_before):
-            raise ValueError("not_before must be finite")
+            raise ValueError("not_before: must be finite")
         claims["nbf"] = int(not_before)
     for name, value in (extra or {}).items():
         if name in REGISTERED:
-            raise ValueError(f"extra claim {name!r} is set by issue_token itself")
+            raise ValueError(f"extra: claim {name!r} is set by issue_token itself")
         claims[name] = value
     return encode_token(claims, key)
