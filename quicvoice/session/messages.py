@@ -102,8 +102,9 @@ class Hello(Message):
     uplink: UplinkMode = UplinkMode.RELIABLE
     #: A resume token from an earlier ``welcome``, to continue that session.
     resume_token: bytes | None = None
-    #: The caller's credential, e.g. a bearer JWT (at most ``MAX_TOKEN_LEN`` characters).
-    token: str | None = None
+    #: The caller's credential, e.g. a bearer JWT (at most ``MAX_TOKEN_LEN`` characters);
+    #: kept out of ``repr`` so logging a ``hello`` cannot leak it.
+    token: str | None = field(default=None, repr=False)
     #: Application metadata for the server's accept hook: string keys and values, bounded by
     #: ``MAX_METADATA_ENTRIES``, ``MAX_METADATA_KEY_LEN`` and ``MAX_METADATA_VALUE_LEN``.
     metadata: Mapping[str, str] = field(default_factory=dict)

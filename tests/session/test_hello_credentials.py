@@ -92,3 +92,8 @@ def test_local_misuse_raises_value_error() -> None:
         Hello(token="")
     with pytest.raises(ValueError):
         Hello(metadata={"k": "v" * (MAX_METADATA_VALUE_LEN + 1)})
+
+
+def test_the_token_is_not_in_the_repr() -> None:
+    hello = Hello(token="eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2ln", metadata={"k": "v"})
+    assert "eyJhbGci" not in repr(hello) and "'k'" in repr(hello)
