@@ -49,6 +49,7 @@ BACKEND_KEYS = frozenset(
         "session",
         "store",
         "app",
+        "auth",
     }
 )
 FORWARDER_KEYS = frozenset(

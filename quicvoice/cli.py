@@ -1,4 +1,5 @@
-"""The ``quicvoice`` command: ``serve`` a backend, place a ``call``, or run the ``selfcheck``."""
+"""The ``quicvoice`` command: ``serve`` a backend, place a ``call``, mint a ``token``, or run
+the ``selfcheck``."""
 
 from __future__ import annotations
 
@@ -130,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--realtime", action="store_true", help="datagram uplink")
     call.add_argument("--codec", default="L16/16000", help="NAME/RATE (default L16/16000)")
     call.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+    from .tokencli import add_token_parser
+
+    add_token_parser(commands)
     return parser
 
 
@@ -146,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "call":
             return _call(args, parser)
+        if args.command == "token":
+            from .tokencli import run_token
+
+            return run_token(args)
     except ConfigurationError as error:
         print(f"quicvoice {args.command}: {error}", file=sys.stderr)
         return 2
@@ -202,7 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
         app = load_app(app_spec, what=what)
 
     async def serve() -> None:
-        server = VoiceServer(config, session_handler(app))
+        server = VoiceServer(config, session_handler(app), accept=app.accept)
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -21,6 +21,7 @@ from typing import Any
 from ..asyncio.server import ServerSession
 from ..audio.jitter import PlayoutKind
 from ..audio.pcm import EncodedFrame, PcmDecoder, PcmEncoder, PcmFrame, check_app_rate
+from ..auth import AcceptHook, Caller
 from ..errors import CodecError, QuicVoiceError
 from ..session.codes import ErrorCode
 from ..session.events import (
@@ -88,8 +89,9 @@ class App:
     #: The PCM rate of ``audio()`` and of what ``Turn.write`` takes, in Hz (8000, 16000,
     #: 24000, 44100 or 48000); the library resamples to and from the negotiated codec.
     sample_rate: int = 16000
-    #: Who may call: ``quicvoice.auth.AcceptHook`` (sync or async), or ``None`` (anyone).
-    accept: Any = None
+    #: Who may call, decided after the credentials are checked (``quicvoice.auth``; sync or
+    #: async), or ``None``: anyone with valid credentials.
+    accept: AcceptHook | None = None
     #: Uplink audio held for an app that falls behind, in milliseconds; beyond it the
     #: oldest frames are dropped and counted (``Session.audio_frames_dropped``).
     audio_buffer_ms: int = 2000
@@ -325,9 +327,9 @@ class Session:
         return self._lower.hello.metadata
 
     @property
-    def caller(self) -> Any:
-        """The caller's verified identity; ``None`` until credentials are configured."""
-        return None
+    def caller(self) -> Caller | None:
+        """The caller's verified identity (``[auth]``, specs/auth.md); ``None`` without one."""
+        return self.lower.caller
 
     @property
     def state(self) -> dict[str, Any]:

@@ -19,6 +19,13 @@ forwarder's ``backend_listen``, and ignores the other forwarder keys. A backend-
     server_id_len = 4
     nonce_len = 12
     key = "<32 hex digits>"
+
+    [auth]                          # optional: who may call (quicvoice.auth.config, specs/auth.md)
+    audience = "voice.example.com"
+    [[auth.keys]]
+    kid = "2026-11"
+    alg = "HS256"
+    secret = "env:QUICVOICE_JWT_SECRET"
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any
 
 from lb.config import FORWARDER_KEYS, Address, format_address, parse_address, parse_hex
 
+from ..auth.config import AuthConfig
 from ..errors import ConfigurationError
 from ..quiclb import LoadBalancerConfig
 from ..store import StoreConfig
@@ -50,6 +58,7 @@ BACKEND_KEYS = frozenset(
         "session_store",
         "session",
         "app",
+        "auth",
     }
 )
 SESSION_KEYS = frozenset({"resume_key", "resume_key_id", "state_ttl", "token_ttl"})
@@ -100,6 +109,8 @@ class BackendConfig:
     #: The application, ``"package.module:attribute"`` (an ``App`` or an async handler),
     #: imported at start relative to the working directory; ``None``: the demo agent.
     app: str | None = None
+    #: Who may call: token keys, issuer, audience, clock skew (``[auth]``); no keys: anyone.
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def effective_resume_key(self) -> bytes:
@@ -132,6 +143,8 @@ class BackendConfig:
                 raise ConfigurationError(f"session.{name}: must be 0 < seconds <= 30 days")
         if self.app is not None:
             check_import_string(self.app)
+        if not isinstance(self.auth, AuthConfig):
+            raise ConfigurationError("auth: must be an AuthConfig")
         if (self.certificate is None) != (self.private_key is None):
             raise ConfigurationError(
                 "certificate: give both certificate and private_key, or neither"
@@ -210,6 +223,8 @@ class BackendConfig:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ConfigurationError(f"session.{name}: must be a number")
                 arguments[name] = value
+        if "auth" in table:
+            arguments["auth"] = AuthConfig.from_mapping(table["auth"], base)
         for name in ("certificate", "private_key"):
             if name in table:
                 if not isinstance(table[name], str):

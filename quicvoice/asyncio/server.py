@@ -32,6 +32,15 @@ from lb.encapsulation import unwrap, wrap
 
 from ..audio.codecs import DEFAULT_CODECS, CodecSpec, make_codec, negotiate
 from ..audio.jitter import JitterBuffer, JitterBufferConfig
+from ..auth import (
+    AcceptHook,
+    Caller,
+    CallRequest,
+    CredentialRefused,
+    TokenVerifier,
+    decode_caller,
+    encode_caller,
+)
 from ..certificates import generate_certificate
 from ..errors import StoreError
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header, peek_psk_identity
@@ -74,6 +83,7 @@ from ..store import (
 )
 from ..store.tickets import TicketCache
 from ..version import __version__
+from .accept import run_accept_hook
 from .config import BackendConfig
 from .timer import ConnectionTimer
 from .udp import open_udp_endpoint
@@ -115,12 +125,16 @@ class ServerSession:
         events: asyncio.Queue[VoiceEvent],
         state: dict[str, Any] | None = None,
         checkpointer: AsyncCheckpointer | None = None,
+        caller: Caller | None = None,
     ) -> None:
         self._connection = connection
         #: What the client asked for.
         self.hello = hello
         #: The session as accepted (``started.resumed``: it continues an earlier connection).
         self.started = started
+        #: Who is calling, as their verified token says (restored on resume); ``None`` when
+        #: the server checks no credentials or the caller presented none (specs/auth.md).
+        self.caller = caller
         #: Application state (msgpack-serialisable), restored on resume; persist it with
         #: ``checkpoint()`` after each conversational event that changes it.
         self.state: dict[str, Any] = state if state is not None else {}
@@ -265,6 +279,16 @@ class ServerSession:
             await checkpointer.aclose()
 
 
+class _Refused(Exception):
+    """Inside ``_accept``: the call is refused with ``code`` (a credential or the hook said so)."""
+
+    def __init__(self, code: int, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.detail = detail
+
+
 class _ServerConnection:
     """One QUIC connection of the endpoint and the voice session on it."""
 
@@ -273,6 +297,7 @@ class _ServerConnection:
         self.quic = quic
         self.cids: set[bytes] = {original_dcid, quic.host_cid}
         self._voice: VoiceConnection | None = None
+        self._transport: VoiceTransport | None = None
         self.session: ServerSession | None = None
         self.via_forwarder = False
         self.peer_address: Address | None = None
@@ -340,6 +365,7 @@ class _ServerConnection:
                 transport = WebTransportTransport(self.quic, status=self.server.status)
             else:
                 transport = RawQuicTransport(self.quic)
+            self._transport = transport
             self._voice = VoiceConnection(transport, limits=self.server.limits)
         if self._voice is not None:
             for voice_event in self._voice.handle_event(event, now):
@@ -376,27 +402,49 @@ class _ServerConnection:
         codec = negotiate(offered, SUPPORTED_CODECS)
         if hello.version != 1 or codec is None:
             names = ", ".join(str(spec) for spec in SUPPORTED_CODECS)
-            voice.reject(ErrorCode.UNSUPPORTED, f"supported codecs: {names}")
-            self.transmit_soon()
+            self._refuse(ErrorCode.UNSUPPORTED, f"supported codecs: {names}")
             return
         owner = f"{self.server.config.server_id.hex()}/{id(self):x}"
         record: SessionRecord | None = None
         state: dict[str, Any] = {}
+        caller: Caller | None = None
         if hello.resume_token is not None:
+
+            async def authorize(stored: SessionRecord) -> bytes | None:
+                nonlocal caller
+                caller = await self._authorize_resume(hello, str(codec), stored)
+                blob = encode_caller(caller) if caller is not None else b""
+                return None if blob == stored.caller else blob
+
             try:
                 session_id, record, state = await self.server.resume(
-                    hello.resume_token, owner, claim_if=lambda: voice.state is State.NEGOTIATING
+                    hello.resume_token,
+                    owner,
+                    claim_if=lambda: voice.state is State.NEGOTIATING,
+                    authorize=authorize,
                 )
             except ResumeRefused as refusal:
-                if voice.state is not State.NEGOTIATING:
-                    return  # the client gave up on this connection meanwhile
-                voice.reject(ErrorCode.RESUME_REFUSED, str(refusal))
-                self.transmit_soon()
+                if voice.state is State.NEGOTIATING:
+                    self._refuse(ErrorCode.RESUME_REFUSED, str(refusal))
+                return
+            except _Refused as refusal:
+                if voice.state is State.NEGOTIATING:
+                    self._refuse(refusal.code, refusal.reason, refusal.detail)
                 return
         else:
             session_id = secrets.token_hex(8)
+            try:
+                caller = self.server.credentials.authenticate(hello.token, time.time())
+                await self._ask_hook(hello, str(codec), session_id, caller, resumed=False)
+            except CredentialRefused as refusal:
+                self._refuse(refusal.error_code, refusal.reason, refusal.detail)
+                return
+            except _Refused as refusal:
+                if voice.state is State.NEGOTIATING:
+                    self._refuse(refusal.code, refusal.reason, refusal.detail)
+                return
         if voice.state is not State.NEGOTIATING:
-            return  # the connection closed while the store was asked
+            return  # the connection closed while the store or the hook was asked
         welcome = Welcome(
             session_id=session_id,
             codec=str(codec),
@@ -410,11 +458,19 @@ class _ServerConnection:
         started = voice.accept(welcome)
         checkpointer = AsyncCheckpointer(
             self.server.store,
-            Checkpointer(session_id, ttl=self.server.config.state_ttl, base=record, owner=owner),
+            Checkpointer(
+                session_id,
+                ttl=self.server.config.state_ttl,
+                base=record,
+                owner=owner,
+                caller=encode_caller(caller) if caller is not None else b"",
+            ),
             on_event=self._on_checkpoint,
         )
         self.server.store_monitor.watch(checkpointer)
-        self.session = ServerSession(self, hello, started, self.events, state, checkpointer)
+        self.session = ServerSession(
+            self, hello, started, self.events, state, checkpointer, caller=caller
+        )
         if record is None:
             # A new session is stored at once, empty: a call whose backend dies before its
             # first conversational event can still be resumed elsewhere.
@@ -423,6 +479,60 @@ class _ServerConnection:
             self._on_voice_event(early)
         self.transmit_soon()
         await self._run_handler(self.session)
+
+    async def _authorize_resume(
+        self, hello: Hello, codec: str, stored: SessionRecord
+    ) -> Caller | None:
+        """The caller of a session being resumed; ``_Refused`` when it may not resume."""
+        stored_caller: Caller | None = None
+        if stored.caller:
+            try:
+                stored_caller = decode_caller(stored.caller)
+            except ValueError as error:
+                raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, str(error)) from None
+        try:
+            caller = self.server.credentials.authenticate_resume(
+                hello.token, time.time(), stored_caller
+            )
+        except CredentialRefused as refusal:
+            raise _Refused(refusal.error_code, refusal.reason, refusal.detail) from None
+        await self._ask_hook(hello, codec, stored.session_id, caller, resumed=True)
+        return caller
+
+    async def _ask_hook(
+        self, hello: Hello, codec: str, session_id: str, caller: Caller | None, *, resumed: bool
+    ) -> None:
+        """Run the server's accept hook, if any; ``_Refused`` when it refuses the call."""
+        hook = self.server.accept
+        if hook is None:
+            return
+        request = CallRequest(
+            caller=caller,
+            metadata=hello.metadata,
+            peer_address=self.peer_address,
+            resumed=resumed,
+            session_id=session_id,
+            codec=codec,
+            webtransport=isinstance(self._transport, WebTransportTransport),
+        )
+        decision = await run_accept_hook(
+            hook, request, self.server.credentials.config.accept_timeout
+        )
+        if decision.refusal_code is not None:
+            raise _Refused(decision.refusal_code, decision.reason, "the accept hook refused")
+
+    def _refuse(self, code: int, reason: str, detail: str = "") -> None:
+        """Refuse the session: an ``error`` message with ``code`` and ``reason``, then a close."""
+        try:
+            name = ErrorCode(code).name
+        except ValueError:
+            name = f"{code:#x}"
+        address = format_address(self.peer_address) if self.peer_address else "?"
+        logger.info(
+            "session refused from %s: %s%s", address, name, f" ({detail})" if detail else ""
+        )
+        self.voice_connection().reject(code, reason)
+        self.transmit_soon()
 
     def _on_checkpoint(self, event: CheckpointEvent) -> None:
         if isinstance(event, CheckpointConflicted) and self.session is not None:
@@ -487,11 +597,21 @@ class VoiceServer:
         *,
         idle_timeout: float = 30.0,
         limits: SessionLimits | None = None,
+        accept: AcceptHook | None = None,
+        credentials: TokenVerifier | None = None,
     ) -> None:
+        """``accept``: the accept hook (``quicvoice.auth.hook``), called for every session
+        before it starts. ``credentials``: verifies callers' tokens; default: one built from
+        ``config.auth``.
+        """
         check_aioquic_version()
         self.config = config
         self.handler = handler
         self.limits = limits
+        #: Asked about every call before it starts (``None``: every authenticated call starts).
+        self.accept = accept
+        #: Verifies the tokens callers present (``config.auth`` by default).
+        self.credentials = credentials if credentials is not None else TokenVerifier(config.auth)
         active = config.configs[-1] if config.configs else None
         self.cid_generator = QuicLbConnectionIdGenerator(config.server_id, active, config.reset_key)
         for older in config.configs[:-1]:
@@ -558,6 +678,23 @@ class VoiceServer:
         """Bind the UDP socket and start serving."""
         self._transport = await open_udp_endpoint(self.config.listen, self._on_datagram)
         self.store_monitor.start()
+        self._warn_if_open()
+
+    def _warn_if_open(self) -> None:
+        """Say loudly when this backend lets callers in without a credential."""
+        if not self.credentials.enabled:
+            decides = "it ACCEPTS ANYONE who can reach it"
+            if self.accept is not None:
+                decides = "the accept hook alone decides who may call"
+            logger.warning(
+                "no token keys configured ([auth] keys): callers are not authenticated and %s "
+                "(specs/auth.md)",
+                decides,
+            )
+        elif not self.credentials.required:
+            logger.warning(
+                "auth.required = false: callers without a token are accepted (specs/auth.md)"
+            )
 
     def close(self) -> None:
         """Close every connection and the socket."""
@@ -578,15 +715,22 @@ class VoiceServer:
         await self.store.aclose()
 
     async def resume(
-        self, token: bytes, owner: str, *, claim_if: Callable[[], bool] | None = None
+        self,
+        token: bytes,
+        owner: str,
+        *,
+        claim_if: Callable[[], bool] | None = None,
+        authorize: Callable[[SessionRecord], Awaitable[bytes | None]] | None = None,
     ) -> tuple[str, SessionRecord, dict[str, Any]]:
         """Verify a resume token, load the session and claim it for ``owner``.
 
         Raises ``ResumeRefused`` for a bad token, an unknown or expired session, or a store
         that cannot be read; claiming bumps the record's version, so the connection that held
-        the session before sees its next checkpoint refused and closes. ``claim_if`` is asked
-        just before the claim: false (the asking connection closed while the record loaded)
-        leaves the session where it is and refuses with ``ABANDONED``.
+        the session before sees its next checkpoint refused and closes. ``authorize`` is
+        awaited with the loaded record before the claim: it raises to refuse (the session
+        stays where it is) or returns a new caller blob for the record (``None``: keep it).
+        ``claim_if`` is asked just before the claim: false (the asking connection closed while
+        the record loaded) leaves the session where it is and refuses with ``ABANDONED``.
         """
         session_id = self.resume_tokens.verify(token, time.time())
         try:
@@ -596,10 +740,13 @@ class VoiceServer:
             state = unpack_state(record.state)
             if not isinstance(state, dict):
                 raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, "stored state is not a map")
+            caller = await authorize(record) if authorize is not None else None
             if claim_if is not None and not claim_if():
                 raise ResumeRefused(RefusalReason.ABANDONED, "the connection closed meanwhile")
             claimed = await self.store.save(
-                record.successor(owner=owner, expires_at=time.time() + self.config.state_ttl),
+                record.successor(
+                    owner=owner, expires_at=time.time() + self.config.state_ttl, caller=caller
+                ),
                 record.version,
             )
         except StoreError as error:

@@ -437,8 +437,11 @@ class VoiceConnection:
         self._uplink_stream_id = self._transport.open_stream(unidirectional=True)
         self._send(self._uplink_stream_id, encode_stream_header(StreamKind.UPLINK))
 
-    def reject(self, code: ErrorCode, message: str) -> None:
-        """Server: refuse the session, with an ``error`` message and a close."""
+    def reject(self, code: int, message: str) -> None:
+        """Server: refuse the session, with an ``error`` message and a close.
+
+        ``code``: an ``ErrorCode`` or an application's refusal code (0x1000..0x1FFF).
+        """
         self._send_message(Error(code=int(code), message=message))
         self._transport.close(int(code), message)
         self.state = State.CLOSED

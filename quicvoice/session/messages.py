@@ -104,8 +104,9 @@ class Hello(Message):
     uplink: UplinkMode = UplinkMode.RELIABLE
     #: A resume token from an earlier ``welcome``, to continue that session.
     resume_token: bytes | None = None
-    #: The caller's credential, e.g. a bearer JWT (at most ``MAX_TOKEN_LEN`` characters).
-    token: str | None = None
+    #: The caller's credential, e.g. a bearer JWT (at most ``MAX_TOKEN_LEN`` characters);
+    #: kept out of ``repr`` so logging a ``hello`` cannot leak it.
+    token: str | None = field(default=None, repr=False)
     #: Application metadata for the server's accept hook: string keys and values, bounded by
     #: ``MAX_METADATA_ENTRIES``, ``MAX_METADATA_KEY_LEN`` and ``MAX_METADATA_VALUE_LEN``.
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -151,9 +152,19 @@ class Hello(Message):
             frame_ms=frame_ms,
             uplink=uplink,
             resume_token=_get(body, "resume_token", bytes, optional=True),
-            token=_check_token(_get(body, "token", str, optional=True), error=_fail),
+            token=_wire_token(body.get("token")),
             metadata=_check_metadata(_get(body, "metadata", dict, optional=True), error=_fail),
         )
+
+
+def _wire_token(token: object) -> str | None:
+    # A bad credential is refused with its own code (TOKEN_MALFORMED), not MESSAGE_ERROR, so
+    # the caller learns that its token, not the client library, is at fault.
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise ProtocolError("hello: token must be a string", ErrorCode.TOKEN_MALFORMED)
+    return _check_token(token, error=lambda text: ProtocolError(text, ErrorCode.TOKEN_MALFORMED))
 
 
 def _check_token(token: str | None, *, error: Callable[[str], Exception]) -> str | None:

@@ -24,6 +24,8 @@ MAX_OWNER_LEN = 128
 MAX_TICKET_LABEL_LEN = 1024
 #: Largest encoded TLS session ticket a store accepts, in octets.
 MAX_TICKET_LEN = 16 * 1024
+#: Largest caller blob (the verified caller's identity, ``quicvoice.auth.encode_caller``).
+MAX_CALLER_LEN = 16 * 1024
 #: Largest version number (it travels as a signed 64-bit integer in Redis).
 MAX_VERSION = 2**63 - 1
 
@@ -97,6 +99,9 @@ class SessionRecord:
     #: Who holds the session (e.g. backend and connection); a resume writes its own tag, so an
     #: older holder's next write fails with ``StaleWriteError``. Empty when unused.
     owner: str = ""
+    #: Who called: the verified caller (``quicvoice.auth.encode_caller``), opaque to the store,
+    #: so a resumed session knows its caller without the original token. Empty: none.
+    caller: bytes = b""
 
     def __post_init__(self) -> None:
         check_session_id(self.session_id)
@@ -114,14 +119,29 @@ class SessionRecord:
             raise TypeError("owner must be a str")
         if len(self.owner.encode("utf-8")) > MAX_OWNER_LEN or not self.owner.isprintable():
             raise ValueError(f"owner must be printable, at most {MAX_OWNER_LEN} UTF-8 octets")
+        if not isinstance(self.caller, bytes):
+            raise TypeError("caller must be bytes")
+        if len(self.caller) > MAX_CALLER_LEN:
+            raise ValueError(f"caller must be at most {MAX_CALLER_LEN} octets")
 
     @classmethod
     def new(
-        cls, session_id: str, state: bytes, *, expires_at: float, owner: str = ""
+        cls,
+        session_id: str,
+        state: bytes,
+        *,
+        expires_at: float,
+        owner: str = "",
+        caller: bytes = b"",
     ) -> SessionRecord:
         """A first record (version 1); save it with ``expected_version=0``."""
         return cls(
-            session_id=session_id, version=1, state=state, expires_at=expires_at, owner=owner
+            session_id=session_id,
+            version=1,
+            state=state,
+            expires_at=expires_at,
+            owner=owner,
+            caller=caller,
         )
 
     def successor(
@@ -130,6 +150,7 @@ class SessionRecord:
         state: bytes | None = None,
         expires_at: float | None = None,
         owner: str | None = None,
+        caller: bytes | None = None,
     ) -> SessionRecord:
         """The next version of this record; save it with ``expected_version=self.version``."""
         return replace(
@@ -138,6 +159,7 @@ class SessionRecord:
             state=self.state if state is None else state,
             expires_at=self.expires_at if expires_at is None else expires_at,
             owner=self.owner if owner is None else owner,
+            caller=self.caller if caller is None else caller,
         )
 
 

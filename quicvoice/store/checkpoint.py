@@ -171,12 +171,17 @@ class Checkpointer:
         ttl: float,
         base: SessionRecord | None = None,
         owner: str = "",
+        caller: bytes = b"",
         min_interval: float = 0.0,
         retry_initial: float = DEFAULT_RETRY_INITIAL,
         retry_max: float = DEFAULT_RETRY_MAX,
         keepalive: bool = True,
     ) -> None:
-        """``base``: the stored record this session continues (``None``: not stored yet)."""
+        """``base``: the stored record this session continues (``None``: not stored yet).
+
+        ``owner`` and ``caller`` go into the first record when there is no ``base``; a base
+        record's own are kept.
+        """
         check_session_id(session_id)
         if base is not None and base.session_id != session_id:
             raise ValueError("base record belongs to another session")
@@ -190,6 +195,7 @@ class Checkpointer:
         self._session_id = session_id
         self._ttl = float(ttl)
         self._owner = owner if base is None else base.owner
+        self._caller = caller if base is None else base.caller
         self._min_interval = float(min_interval)
         self._retry_initial = float(retry_initial)
         self._retry_max = float(retry_max)
@@ -258,7 +264,11 @@ class Checkpointer:
         expires_at = now + self._ttl
         if self._base is None:
             record = SessionRecord.new(
-                self._session_id, state, expires_at=expires_at, owner=self._owner
+                self._session_id,
+                state,
+                expires_at=expires_at,
+                owner=self._owner,
+                caller=self._caller,
             )
             expected = 0
         else:

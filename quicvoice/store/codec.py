@@ -1,8 +1,10 @@
 """Encodings of what a store keeps: the record envelope and application state (msgpack).
 
-Record envelope, format 1 (a msgpack array, specs/store.md):
+Record envelope (a msgpack array, specs/store.md), format 1, or format 2 when the record
+carries a caller (so records without one stay readable by older backends):
 
     [1, session_id: str, version: int, expires_at_ms: int, owner: str, state: bin]
+    [2, session_id: str, version: int, expires_at_ms: int, owner: str, state: bin, caller: bin]
 
 Decoding checks every field and that the record is the one asked for, so a store returning
 garbage, or another session's record, yields ``CorruptRecordError`` and never a record.
@@ -17,6 +19,7 @@ import msgpack
 from quicvoice.errors import StoreError
 
 from .base import (
+    MAX_CALLER_LEN,
     MAX_OWNER_LEN,
     MAX_SESSION_ID_LEN,
     MAX_STATE_LEN,
@@ -24,29 +27,33 @@ from .base import (
     SessionRecord,
 )
 
-#: Envelope format written by this version of quicvoice.
+#: Envelope format of a record without a caller (readable by every version of quicvoice).
 RECORD_FORMAT = 1
+#: Envelope format of a record with a caller.
+RECORD_FORMAT_WITH_CALLER = 2
 #: Fields of a format-1 envelope.
 RECORD_FIELDS = 6
-#: Largest envelope accepted on read: the state plus generous room for the other fields.
-MAX_RECORD_LEN = MAX_STATE_LEN + MAX_SESSION_ID_LEN + MAX_OWNER_LEN + 64
+#: Fields of each envelope format.
+_FIELDS = {RECORD_FORMAT: RECORD_FIELDS, RECORD_FORMAT_WITH_CALLER: RECORD_FIELDS + 1}
+#: Largest envelope accepted on read: the state and caller plus room for the other fields.
+MAX_RECORD_LEN = MAX_STATE_LEN + MAX_CALLER_LEN + MAX_SESSION_ID_LEN + MAX_OWNER_LEN + 64
 #: Deepest nesting accepted in application state.
 MAX_STATE_DEPTH = 32
 
 
 def encode_record(record: SessionRecord) -> bytes:
     """The format-1 envelope of ``record``."""
-    body: bytes = msgpack.packb(
-        [
-            RECORD_FORMAT,
-            record.session_id,
-            record.version,
-            round(record.expires_at * 1000),
-            record.owner,
-            record.state,
-        ],
-        use_bin_type=True,
-    )
+    fields: list[object] = [
+        RECORD_FORMAT_WITH_CALLER if record.caller else RECORD_FORMAT,
+        record.session_id,
+        record.version,
+        round(record.expires_at * 1000),
+        record.owner,
+        record.state,
+    ]
+    if record.caller:
+        fields.append(record.caller)
+    body: bytes = msgpack.packb(fields, use_bin_type=True)
     return body
 
 
@@ -67,17 +74,25 @@ def decode_record(blob: object, session_id: str) -> SessionRecord:
             strict_map_key=True,
             max_bin_len=MAX_STATE_LEN,
             max_str_len=max(MAX_SESSION_ID_LEN, MAX_OWNER_LEN) * 4,
-            max_array_len=RECORD_FIELDS,
+            max_array_len=RECORD_FIELDS + 1,
             max_map_len=0,
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises many types for garbage; none may escape
         raise CorruptRecordError(f"session {session_id!r}: record is not msgpack") from exc
-    if not (isinstance(fields, list) and len(fields) == RECORD_FIELDS):
-        raise CorruptRecordError(f"session {session_id!r}: record is not a {RECORD_FIELDS}-array")
-    fmt, stored_id, version, expires_ms, owner, state = fields
-    if type(fmt) is not int or fmt != RECORD_FORMAT:
+    if not (isinstance(fields, list) and fields):
+        raise CorruptRecordError(f"session {session_id!r}: record is not an array")
+    fmt = fields[0]
+    if type(fmt) is not int or fmt not in _FIELDS:
         raise CorruptRecordError(f"session {session_id!r}: unknown record format {fmt!r}")
+    if len(fields) != _FIELDS[fmt]:
+        raise CorruptRecordError(
+            f"session {session_id!r}: a format-{fmt} record is not a {_FIELDS[fmt]}-array"
+        )
+    _, stored_id, version, expires_ms, owner, state, *rest = fields
+    caller = rest[0] if rest else b""
+    if fmt == RECORD_FORMAT_WITH_CALLER and not (isinstance(caller, bytes) and caller):
+        raise CorruptRecordError(f"session {session_id!r}: caller is not a non-empty bin")
     if stored_id != session_id:
         raise CorruptRecordError(f"session {session_id!r}: record belongs to another session")
     if type(version) is not int or type(expires_ms) is not int:
@@ -91,6 +106,7 @@ def decode_record(blob: object, session_id: str) -> SessionRecord:
             state=state,
             expires_at=expires_ms / 1000,
             owner=owner,
+            caller=caller,
         )
     except (TypeError, ValueError) as exc:
         raise CorruptRecordError(f"session {session_id!r}: invalid record: {exc}") from exc

@@ -1,4 +1,5 @@
-"""The ``hello``'s credential and metadata: carried intact, bounded, refused with MESSAGE_ERROR."""
+"""The ``hello``'s credential and metadata: carried intact, bounded; a bad token is refused
+with TOKEN_MALFORMED, bad metadata with MESSAGE_ERROR."""
 
 from __future__ import annotations
 
@@ -46,10 +47,18 @@ def test_token_and_metadata_round_trip(token: str | None, metadata: dict[str, st
 
 @pytest.mark.parametrize(
     "extra",
+    [{"token": ""}, {"token": "x" * (MAX_TOKEN_LEN + 1)}, {"token": b"bytes"}, {"token": 7}],
+)
+def test_bad_tokens_are_token_malformed(extra: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        decode_message(msgpack.packb({**BASE, **extra}))
+    assert raised.value.error_code == ErrorCode.TOKEN_MALFORMED
+    assert "x" * 16 not in str(raised.value)  # the token is not echoed
+
+
+@pytest.mark.parametrize(
+    "extra",
     [
-        {"token": ""},
-        {"token": "x" * (MAX_TOKEN_LEN + 1)},
-        {"token": b"bytes"},
         {"metadata": ["not", "a", "map"]},
         {"metadata": {"k": 1}},
         {"metadata": {"": "empty key"}},
@@ -83,3 +92,8 @@ def test_local_misuse_raises_value_error() -> None:
         Hello(token="")
     with pytest.raises(ValueError):
         Hello(metadata={"k": "v" * (MAX_METADATA_VALUE_LEN + 1)})
+
+
+def test_the_token_is_not_in_the_repr() -> None:
+    hello = Hello(token="eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2ln", metadata={"k": "v"})
+    assert "eyJhbGci" not in repr(hello) and "'k'" in repr(hello)

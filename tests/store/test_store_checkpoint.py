@@ -440,3 +440,24 @@ def test_the_monitor_stops_for_a_memory_store() -> None:
         await monitor.aclose()
 
     asyncio.run(main())
+
+
+def test_the_caller_goes_into_every_record_and_survives_a_lost_record() -> None:
+    core = Checkpointer("s", ttl=TTL, owner="b/1", caller=b"caller-blob")
+    core.update(b"1", T0)
+    write = core.next_write(T0)
+    assert write is not None and write.record.caller == b"caller-blob"
+    core.write_succeeded(write.record, T0)
+    core.update(b"2", T0 + 1)
+    write = core.next_write(T0 + 1)
+    assert write is not None and write.record.caller == b"caller-blob"
+    core.write_lost(T0 + 1)
+    rewrite = core.next_write(T0 + 10)
+    assert rewrite is not None and rewrite.expected_version == 0
+    assert rewrite.record.caller == b"caller-blob"
+    # A resumed session continues its stored record: the record's caller wins.
+    base = SessionRecord.new("s", b"", expires_at=T0 + TTL, caller=b"stored")
+    resumed = Checkpointer("s", ttl=TTL, base=base, caller=b"ignored")
+    resumed.update(b"3", T0)
+    write = resumed.next_write(T0)
+    assert write is not None and write.record.caller == b"stored"

@@ -24,6 +24,7 @@ records = st.builds(
     state=st.binary(max_size=200),
     expires_at=st.integers(0, 2**40).map(lambda ms: ms / 1000),
     owner=st.text(max_size=20).filter(str.isprintable),
+    caller=st.binary(max_size=64),
 )
 
 
@@ -52,6 +53,27 @@ def test_garbage_envelopes_are_store_errors(blob: object) -> None:
      [1, "s", 1, 0, ""], {"a": 1}, [1, "s", 1, 0, "\x00", b""]],
 )  # fmt: skip
 def test_wrong_fields_are_store_errors(fields: object) -> None:
+    with pytest.raises(StoreError):
+        decode_record(msgpack.packb(fields, use_bin_type=True), "s")
+
+
+@given(record=records)
+def test_records_without_a_caller_keep_format_1(record: SessionRecord) -> None:
+    """Older backends read format 1 only: a record gets format 2 only when it has a caller."""
+    fields = msgpack.unpackb(encode_record(record))
+    if record.caller:
+        assert (fields[0], len(fields), fields[-1]) == (2, 7, record.caller)
+    else:
+        assert (fields[0], len(fields)) == (1, 6)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[2, "s", 1, 0, "", b"", b""], [2, "s", 1, 0, "", b"", "text"], [2, "s", 1, 0, "", b"", None],
+     [1, "s", 1, 0, "", b"", b"caller"], [2, "s", 1, 0, "", b"", b"c", b"more"],
+     [2, "s", 1, 0, "", b"", b"x" * (16 * 1024 + 1)]],
+)  # fmt: skip
+def test_wrong_caller_fields_are_store_errors(fields: object) -> None:
     with pytest.raises(StoreError):
         decode_record(msgpack.packb(fields, use_bin_type=True), "s")
 

@@ -64,6 +64,22 @@ def first(clock: FakeClock, sid: str = "s1", state: bytes = b"\x80") -> SessionR
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_the_caller_is_kept_across_versions(
+    kind: str, request: pytest.FixtureRequest, clock: FakeClock
+) -> None:
+    async def body(store: SessionStore) -> None:
+        caller = b'{"v":1,"sub":"alice"}'
+        v1 = await store.save(
+            SessionRecord.new("s1", b"\x80", expires_at=clock() + TTL, caller=caller), 0
+        )
+        v2 = await store.save(v1.successor(state=b"\x81"), v1.version)
+        loaded = await store.load("s1")
+        assert loaded == v2 and loaded is not None and loaded.caller == caller
+
+    run(kind, request, clock, body)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_create_load_update_delete(
     kind: str, request: pytest.FixtureRequest, clock: FakeClock
 ) -> None:
