@@ -205,7 +205,8 @@ class ServerSession:
         return self
 
     async def __anext__(self) -> VoiceEvent:
-        if self.closed and self._events.empty():
+        # ``receive()`` keeps returning ``SessionClosed``: the iteration ends after yielding it.
+        if self.closed:
             raise StopAsyncIteration
         event = await self.receive()
         if isinstance(event, SessionClosed):

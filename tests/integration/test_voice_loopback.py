@@ -15,6 +15,7 @@ from quicvoice.session.events import (
     SessionClosed,
     TurnEnded,
     TurnStarted,
+    VoiceEvent,
 )
 from quicvoice.session.messages import Hello, UplinkMode
 
@@ -530,3 +531,21 @@ def test_the_uplink_ended_while_reconnecting_is_ended_by_the_connection_that_car
                 assert len(client.resumptions) == (0 if outcome == "taken-back" else 1)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.asyncio
+async def test_iterating_a_server_session_ends_after_session_closed() -> None:
+    seen: list[VoiceEvent] = []
+    done = asyncio.get_running_loop().create_future()
+
+    async def handler(session: ServerSession) -> None:
+        async for event in session:
+            seen.append(event)
+        done.set_result(None)
+
+    async with running_server(handler) as server:
+        async with connect(*server.address, verify=False) as client:
+            client.send_event("hi")
+        await asyncio.wait_for(done, 5)
+    assert isinstance(seen[-1], SessionClosed)
+    assert sum(isinstance(event, SessionClosed) for event in seen) == 1
