@@ -12,10 +12,6 @@ resolver (``/etc/hosts`` of a mount namespace the test makes; root), real UDP so
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import shutil
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,87 +22,25 @@ from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_ack_frame, pull_quic_header
 
 from ..pki import make_ca, make_leaf
+from .private_hosts import ClientProcess, needs_private_hosts, with_private_hosts
 from .tls_harness import tls_server
 from .voice_harness import SERVER_ID
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("unshare") is None,
-        reason="a private /etc/hosts needs a mount namespace: root and unshare (CI runs as root)",
-    ),
-]
+pytestmark = [pytest.mark.integration, needs_private_hosts]
 
-ROOT = Path(__file__).resolve().parents[2]
 CA = make_ca()
 LEAF = make_leaf(CA)
 V6_SERVER_ID = bytes.fromhex("0a0b0c06")
-HOSTS = "::1 localhost\n127.0.0.1 localhost\n"
-#: Names are looked up in that file only: a name not in it fails without a DNS query leaving
-#: the machine.
-NSSWITCH = "hosts: files\n"
 Address = tuple[str, int]
 
 
-class Dialer:
-    """The client process (tests/integration/dialer.py) inside its own mount namespace."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    async def report(self, timeout: float = 15.0) -> dict[str, object]:
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        if not line:
-            assert self.process.stderr is not None
-            raise AssertionError((await self.process.stderr.read()).decode())
-        report: dict[str, object] = json.loads(line)
-        return report
-
-    async def hang_up(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-
-
 @asynccontextmanager
-async def dialer(directory: Path, url: str, ca_file: Path) -> AsyncIterator[Dialer]:
-    hosts = directory / "hosts"
-    hosts.write_text(HOSTS)
-    nsswitch = directory / "nsswitch.conf"
-    nsswitch.write_text(NSSWITCH)
-    process = await asyncio.create_subprocess_exec(
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/nsswitch.conf '
-        '&& shift && exec "$@"',
-        str(hosts),
-        str(nsswitch),
-        sys.executable,
-        "-m",
-        "tests.integration.dialer",
-        url,
-        "--ca-file",
-        str(ca_file),
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    running = Dialer(process)
-    try:
-        yield running
-    finally:
-        if process.returncode is None:
-            await running.hang_up()
+async def dialer(directory: Path, url: str, ca_file: Path) -> AsyncIterator[ClientProcess]:
+    """``tests/integration/dialer.py`` dialing ``url`` with the private hosts file."""
+    async with with_private_hosts(
+        directory, "tests.integration.dialer", url, "--ca-file", str(ca_file)
+    ) as client:
+        yield client
 
 
 class _Socket(asyncio.DatagramProtocol):
