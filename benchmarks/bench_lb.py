@@ -581,14 +581,18 @@ def relays(directory: Path, binaries: dict[str, Path], echo_port: int) -> list[R
             True,
         )
     )
-    for workers in (1, 2):
-        for batch in (False, True):
-            port = free_port()
-            config = forwarder_config(directory, port, free_port(), echo_port)
-            command = [sys.executable, "-m", "lb", "--config", str(config)]
-            command += ["--workers", str(workers)] + (["--batch"] if batch else [])
-            name = f"quicvoice-lb --workers {workers}" + (" --batch" if batch else "")
-            made.append(Relay(name, command, port, 8 if workers > 1 else 1, workers == 1))
+    for workers, flags in (
+        (1, ()),
+        (2, ()),
+        (1, ("--python-path",)),
+        (1, ("--python-path", "--batch")),
+    ):
+        port = free_port()
+        config = forwarder_config(directory, port, free_port(), echo_port)
+        command = [sys.executable, "-m", "lb", "--config", str(config)]
+        command += ["--workers", str(workers), *flags]
+        name = " ".join([f"quicvoice-lb --workers {workers}", *flags])
+        made.append(Relay(name, command, port, 8 if workers > 1 else 1, workers == 1))
     return made
 
 

@@ -776,7 +776,7 @@ typedef struct {
     } tx_control[MAX_BATCH];
     uint64_t errors[ERRNO_SLOTS];
     uint64_t dropped;
-    uint64_t batches, datagrams;
+    uint64_t batches, datagrams, gso_messages;
 } RelayObject;
 
 static inline int transient(int code)
@@ -907,6 +907,7 @@ static void send_kind(RelayObject *r, int fd, uint8_t kind, uint8_t also)
         if (r->tx_segments[k] < 2)
             continue;
         struct msghdr *h = &m->msg_hdr;
+        r->gso_messages++;
         h->msg_control = r->tx_control[k].buffer;
         h->msg_controllen = sizeof r->tx_control[k].buffer;
         struct cmsghdr *c = CMSG_FIRSTHDR(h);
@@ -1211,8 +1212,9 @@ static PyObject *relay_errors(RelayObject *r, PyObject *unused)
 static PyObject *relay_statistics(RelayObject *r, PyObject *unused)
 {
     (void)unused;
-    return Py_BuildValue("(KKi)", (unsigned long long)r->batches,
-                         (unsigned long long)r->datagrams, r->gso);
+    return Py_BuildValue("(KKKi)", (unsigned long long)r->batches,
+                         (unsigned long long)r->datagrams, (unsigned long long)r->gso_messages,
+                         r->gso);
 }
 
 static PyMethodDef relay_methods[] = {
@@ -1230,7 +1232,7 @@ static PyMethodDef relay_methods[] = {
     {"errors", (PyCFunction)relay_errors, METH_NOARGS,
      "errors() -> {errno: datagrams not sent}, since the start"},
     {"statistics", (PyCFunction)relay_statistics, METH_NOARGS,
-     "statistics() -> (batches received, datagrams received, GSO still on)"},
+     "statistics() -> (batches and datagrams received, GSO messages sent, GSO still on)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from quicvoice.quiclb import Algorithm, LoadBalancerConfig
 
@@ -71,10 +71,25 @@ AESNI = bool(native is not None and native.AESNI)
 _ALGORITHMS = {Algorithm.PLAINTEXT: 1, Algorithm.SINGLE_PASS: 2, Algorithm.FOUR_PASS: 3}
 
 
-def _config_spec(config: LoadBalancerConfig | None) -> tuple[int, int, int, bytes | None] | None:
+def config_spec(
+    config: LoadBalancerConfig | None,
+) -> tuple[int, int, int, bytes | None] | None:
+    """A configuration as ``lb._native.Tables`` takes it: algorithm, lengths, key."""
     if config is None:
         return None
     return (_ALGORITHMS[config.algorithm], config.server_id_len, config.nonce_len, config.key)
+
+
+class RelayStatistics(NamedTuple):
+    """What a native loop did since it started."""
+
+    #: ``recvmmsg`` calls that returned datagrams, and the datagrams they returned.
+    batches: int
+    datagrams: int
+    #: Messages sent with UDP GSO (several datagrams each).
+    gso_messages: int
+    #: Whether GSO is still used (a socket whose GSO sends keep failing stops using it).
+    gso: bool
 
 
 class NativeTables:
@@ -91,7 +106,7 @@ class NativeTables:
         self._downlink: tuple[DownlinkCount, ...] = tuple(router.fast_downlink.values())
         #: The C tables (raises ValueError for an address that is not IPv4).
         self.tables: _native.Tables = native.Tables(
-            [_config_spec(config) for config in router.fast_configs],
+            [config_spec(config) for config in router.fast_configs],
             [
                 (server_id, port_and_address(count.address))
                 for server_id, count in router.fast_uplink.items()
@@ -117,7 +132,13 @@ class NativeRelay:
     """One pump's native loop (IPv4 sockets): ``run(pump)`` until the pump stops."""
 
     def __init__(
-        self, *, uplink: bool, vip: socket.socket, backend: socket.socket, router: Router
+        self,
+        *,
+        uplink: bool,
+        vip: socket.socket,
+        backend: socket.socket,
+        router: Router,
+        gso: bool = True,
     ) -> None:
         if native is None:
             raise OSError(errno.ENOSYS, f"the native path is not available: {UNAVAILABLE}")
@@ -129,7 +150,7 @@ class NativeRelay:
         receive, send = (vip, backend) if uplink else (backend, vip)
         self._sockets = (vip, backend)  # kept open by this reference
         self.relay: _native.Relay = native.Relay(
-            receive.fileno(), send.fileno(), vip.fileno(), self._tables.tables, uplink
+            receive.fileno(), send.fileno(), vip.fileno(), self._tables.tables, uplink, gso=gso
         )
 
     def use(self, router: Router) -> None:
@@ -154,10 +175,12 @@ class NativeRelay:
             for code, count in self.relay.errors().items()
         }
 
-    def statistics(self) -> tuple[int, int, bool]:
-        """Batches and datagrams received so far, and whether GSO is still used."""
-        batches, datagrams, gso = self.relay.statistics()
-        return batches, datagrams, bool(gso)
+    def statistics(self) -> RelayStatistics:
+        """What the loop did so far."""
+        batches, datagrams, gso_messages, gso = self.relay.statistics()
+        return RelayStatistics(
+            batches=batches, datagrams=datagrams, gso_messages=gso_messages, gso=bool(gso)
+        )
 
     def run(self, pump: Pump) -> None:
         """Relay until the pump stops (``_Stopped`` from a signal handler, or its ``idle``)."""

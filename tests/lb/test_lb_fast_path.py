@@ -28,14 +28,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lb import mmsg
+from lb import mmsg, python_path
 from lb.config import Address, Backend, ForwarderConfig
 from lb.encapsulation import wrap
-from lb import python_path
-from lb.pump import DOWNLINK, UPLINK, Pump, Stopped
 from lb.health import PROBE_CLIENT
 from lb.log import JsonLogger
 from lb.packet import QUIC_V1
+from lb.pump import DOWNLINK, UPLINK, Pump, Stopped
 from lb.router import Counters, Drop, DropReason, Forward, MetricSample, Reply, Router, Send
 from quicvoice.quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
 
