@@ -259,18 +259,20 @@ def any_io_forwarder(
 ) -> Iterator[Forwarder]:
     made = Forwarder(tmp_path, backends, extra_args=IO_MODES[request.param])
     made.start()
-    native = request.param == "native" and native_path.AVAILABLE
-    batched = native or (request.param == "python-batched" and mmsg.AVAILABLE)
-    expected = f'"path":"{"native" if native else "python"}"'
-    deadline = time.monotonic() + START_TIMEOUT
-    while made.log.read_text().count('"event":"pump_started"') < 2:
-        assert time.monotonic() < deadline, made.log.read_text()
-        time.sleep(0.05)
-    started = [line for line in made.log.read_text().splitlines() if "pump_started" in line]
-    assert all(expected in line for line in started), started
-    assert all(f'"batched":{str(batched).lower()}' in line for line in started), started
-    yield made
-    made.stop()
+    try:
+        native = request.param == "native" and native_path.AVAILABLE
+        batched = native or (request.param == "python-batched" and mmsg.AVAILABLE)
+        expected = f'"path":"{"native" if native else "python"}"'
+        deadline = time.monotonic() + START_TIMEOUT
+        while made.log.read_text().count('"event":"pump_started"') < 2:
+            assert time.monotonic() < deadline, made.log.read_text()
+            time.sleep(0.05)
+        started = [line for line in made.log.read_text().splitlines() if "pump_started" in line]
+        assert all(expected in line for line in started), started
+        assert all(f'"batched":{str(batched).lower()}' in line for line in started), started
+        yield made
+    finally:
+        made.stop()
 
 
 def test_datagrams_land_where_the_cids_say_and_replies_leave_from_the_vip(
