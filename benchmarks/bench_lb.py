@@ -703,18 +703,21 @@ def table(throughput: Rounds, latency: Rounds) -> str:
         "Latency: one datagram in flight; added = relay percentile - direct percentile of the "
         "same round (medians over rounds)",
         "",
-        "| path | round trips | RTT p50 µs | RTT p99 µs | added p50 µs | added p99 µs |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| path | round trips | RTT p50 µs | RTT p99 µs | added p50 µs | added p99 µs "
+        "| CPU µs per round trip |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in latency[0]:
         results = [delays[name] for delays in latency]
         added50 = [delays[name].p50_us - delays[direct].p50_us for delays in latency]
         added99 = [delays[name].p99_us - delays[direct].p99_us for delays in latency]
+        cpu = [1e6 * r.cpu_seconds / r.round_trips for r in results if r.round_trips]
         lines.append(
             f"| {name} | {sum(r.round_trips for r in results)} "
             f"| {_median([r.p50_us for r in results]):.1f} "
             f"| {_median([r.p99_us for r in results]):.1f} "
-            f"| {_median(added50):.1f} | {_median(added99):.1f} |"
+            f"| {_median(added50):.1f} | {_median(added99):.1f} "
+            f"| {_median(cpu):.1f} |"
         )
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -514,3 +515,55 @@ def test_a_stale_extension_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native_path, "ABI_VERSION", native_path.ABI_VERSION + 1)
     module, reason = native_path._load()
     assert module is None and "stale" in reason
+
+
+@needs_native
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    address=st.one_of(
+        st.tuples(st.text(max_size=20), st.integers(-5, 70000)),
+        st.tuples(st.sampled_from(["127.0.0.1", "::1", "1.2.3", "256.0.0.1"]), st.integers()),
+        st.tuples(st.integers(), st.integers()),
+        st.tuples(st.just("127.0.0.1")),
+        st.none(),
+    ),
+    index=st.integers(-1, 70),
+)
+def test_resolve_sends_counts_or_refuses_whatever_python_hands_it(
+    loopback: Loopback, tmp_path: Path, address: object, index: int
+) -> None:
+    """The one entry point that takes Python objects: an address an IPv4 socket cannot reach
+    is one datagram lost and counted (EAFNOSUPPORT); misuse (an index that waits for nothing)
+    is a ValueError or TypeError; nothing else happens."""
+    drain(loopback.vip)
+    pump = native_pump(UPLINK, loopback, tmp_path, None, True)
+    assert pump.native is not None
+    relay = pump.native.relay
+    initial = bytes([0xC3]) + (1).to_bytes(4, "big") + bytes([8]) + bytes(8) + bytes(1200)
+    loopback.clients[0].sendto(initial, loopback.address(loopback.vip))
+    assert native_path.native is not None
+    assert relay.run(math.inf) == native_path.native.SLOW
+    [(waiting, datagram, _)] = relay.pending()
+    assert datagram == initial
+    try:
+        relay.resolve(index, address, b"reply", False)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        assert index != waiting
+        relay.flush()
+        return
+    relay.flush()
+    errors = relay.errors()
+    dropped = relay.take_dropped()
+    reachable = (
+        isinstance(address, tuple)
+        and len(address) >= 2
+        and address[0] == "127.0.0.1"
+        and isinstance(address[1], int)
+        and 0 <= address[1] <= 0xFFFF
+    )
+    if not reachable:
+        assert errors.get(errno.EAFNOSUPPORT) == 1 and dropped == 1
