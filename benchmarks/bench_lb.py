@@ -2,6 +2,7 @@
 
     python benchmarks/bench_lb.py [--quick] [--rounds R] [--packets N] [--seconds S]
                                   [--only TEXT ...]
+    python benchmarks/bench_lb.py --decode-cost
     python benchmarks/bench_lb.py --python-cost
 
 Every relay carries the same traffic on loopback: client -> relay -> echo backend -> relay ->
@@ -11,8 +12,9 @@ CID of the echo backend. A C load generator keeps a window of datagrams in fligh
 a temporary directory along with the floor, a minimal C relay (two threads, one blocking
 recvfrom/sendto loop per direction, the last client's address in a variable: no parsing, no
 table). The naive relay is stock asyncio with a dict of one upstream socket per client, what
-people write first. quicvoice-lb runs per datagram (recvfrom/sendto, its default) and with
---batch (recvmmsg/sendmmsg), each with one and two workers.
+people write first. quicvoice-lb runs on its native path (the default: lb._native, adaptive
+recvmmsg/sendmmsg batches with UDP GSO) with one and two workers, and on its Python path
+(--python-path) per datagram and with --batch.
 
 Two "bare Python" relays give the ceiling of any pure-Python forwarder: the C relay's
 structure in Python, one blocking loop per direction, a fixed backend address, the last
@@ -581,14 +583,18 @@ def relays(directory: Path, binaries: dict[str, Path], echo_port: int) -> list[R
             True,
         )
     )
-    for workers in (1, 2):
-        for batch in (False, True):
-            port = free_port()
-            config = forwarder_config(directory, port, free_port(), echo_port)
-            command = [sys.executable, "-m", "lb", "--config", str(config)]
-            command += ["--workers", str(workers)] + (["--batch"] if batch else [])
-            name = f"quicvoice-lb --workers {workers}" + (" --batch" if batch else "")
-            made.append(Relay(name, command, port, 8 if workers > 1 else 1, workers == 1))
+    for workers, flags in (
+        (1, ()),
+        (2, ()),
+        (1, ("--python-path",)),
+        (1, ("--python-path", "--batch")),
+    ):
+        port = free_port()
+        config = forwarder_config(directory, port, free_port(), echo_port)
+        command = [sys.executable, "-m", "lb", "--config", str(config)]
+        command += ["--workers", str(workers), *flags]
+        name = " ".join([f"quicvoice-lb --workers {workers}", *flags])
+        made.append(Relay(name, command, port, 8 if workers > 1 else 1, workers == 1))
     return made
 
 
@@ -697,18 +703,21 @@ def table(throughput: Rounds, latency: Rounds) -> str:
         "Latency: one datagram in flight; added = relay percentile - direct percentile of the "
         "same round (medians over rounds)",
         "",
-        "| path | round trips | RTT p50 µs | RTT p99 µs | added p50 µs | added p99 µs |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| path | round trips | RTT p50 µs | RTT p99 µs | added p50 µs | added p99 µs "
+        "| CPU µs per round trip |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in latency[0]:
         results = [delays[name] for delays in latency]
         added50 = [delays[name].p50_us - delays[direct].p50_us for delays in latency]
         added99 = [delays[name].p99_us - delays[direct].p99_us for delays in latency]
+        cpu = [1e6 * r.cpu_seconds / r.round_trips for r in results if r.round_trips]
         lines.append(
             f"| {name} | {sum(r.round_trips for r in results)} "
             f"| {_median([r.p50_us for r in results]):.1f} "
             f"| {_median([r.p99_us for r in results]):.1f} "
-            f"| {_median(added50):.1f} | {_median(added99):.1f} |"
+            f"| {_median(added50):.1f} | {_median(added99):.1f} "
+            f"| {_median(cpu):.1f} |"
         )
     return "\n".join(lines)
 
@@ -723,7 +732,8 @@ def python_cost(datagrams: int = 192_000) -> str:
     """
     import io
 
-    from lb import forwarder, mmsg
+    from lb import mmsg, python_path
+    from lb import pump as pump_module
     from lb.config import Backend, ForwarderConfig
     from lb.encapsulation import wrap
     from lb.log import JsonLogger
@@ -754,7 +764,7 @@ def python_cost(datagrams: int = 192_000) -> str:
         def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
             self.left -= 1
             if self.left < 0:
-                raise forwarder._Stopped
+                raise pump_module.Stopped
             return self.item
 
         def sendto(self, data: bytes, address: object) -> int:
@@ -762,8 +772,8 @@ def python_cost(datagrams: int = 192_000) -> str:
 
     directory = Path(tempfile.gettempdir())  # nothing is written: no tick, no snapshot
 
-    def pump(direction: str, vip_: object, back_: object, batch: bool) -> forwarder.Pump:
-        return forwarder.Pump(
+    def pump(direction: str, vip_: object, back_: object, batch: bool) -> pump_module.Pump:
+        return pump_module.Pump(
             direction=direction,
             worker=0,
             config_path=directory / "bench-lb-unused.toml",
@@ -774,13 +784,14 @@ def python_cost(datagrams: int = 192_000) -> str:
             parent_pid=os.getppid(),
             logger=JsonLogger("error", io.StringIO()),
             batch=batch,
+            native=False,
         )
 
     def timed(run: Callable[[], object]) -> float:
         best = float("inf")
         for _ in range(3):
             start = time.process_time()
-            with contextlib.suppress(forwarder._Stopped):
+            with contextlib.suppress(pump_module.Stopped):
                 run()
             best = min(best, time.process_time() - start)
         return best
@@ -799,8 +810,9 @@ def python_cost(datagrams: int = 192_000) -> str:
         def run() -> None:
             fake = Fake(item, datagrams)
             made = pump(direction, fake, fake, False)
-            made._next_tick = float("inf")
-            (made._uplink_loop if direction == "uplink" else made._downlink_loop)()
+            made.next_tick = float("inf")
+            loop = python_path.uplink_loop if direction == "uplink" else python_path.downlink_loop
+            loop(made)
 
         return timed(run)
 
@@ -814,7 +826,7 @@ def python_cost(datagrams: int = 192_000) -> str:
             nonlocal calls
             calls -= 1
             if calls < 0:
-                raise forwarder._Stopped
+                raise pump_module.Stopped
             return size
 
         class Receiver(receiver_class):  # type: ignore[misc, valid-type]
@@ -836,10 +848,13 @@ def python_cost(datagrams: int = 192_000) -> str:
         setattr(mmsg, "Outbox", Outbox)  # noqa: B010
         try:
             made = pump(direction, vip, back, True)
-            made._next_tick = float("inf")
+            made.next_tick = float("inf")
+            relay = (
+                python_path.uplink_relay if direction == "uplink" else python_path.downlink_relay
+            )
             start = time.process_time()
-            with contextlib.suppress(forwarder._Stopped):
-                (made._uplink_relay if direction == "uplink" else made._downlink_relay)()
+            with contextlib.suppress(pump_module.Stopped):
+                relay(made)
             return time.process_time() - start
         finally:
             setattr(mmsg, "Receiver", receiver_class)  # noqa: B010
@@ -873,6 +888,51 @@ def python_cost(datagrams: int = 192_000) -> str:
             sock.close()
 
 
+def decode_cost(rounds: int = 9, calls: int = 2_000_000) -> str:
+    """QUIC-LB decoding inside the native path, against one bare AES block (--decode-cost).
+
+    Timed in C (``lb._native.Tables.decode_cost`` / ``aes_cost``): each call's input depends on
+    the last call's output, so both measure latency, not a pipeline. Best of ``rounds``
+    interleaved rounds of ``calls`` each.
+    """
+    from lb import native_path
+
+    if native_path.native is None or not native_path.AESNI:
+        return f"no native path with AES-NI here: {native_path.UNAVAILABLE or 'no AES-NI'}"
+    cases = [
+        ("plaintext 4+8: decode", LoadBalancerConfig(1, 4, 8), 4),
+        ("single-pass 4+12: decode", LoadBalancerConfig(0, 4, 12, bytes.fromhex(KEY)), 4),
+        ("four-pass 3+4 (3-pass decode): decode", LoadBalancerConfig(2, 3, 4, bytes(16)), 3),
+        ("four-pass 10+5 (4-pass decode): decode", LoadBalancerConfig(3, 10, 5, bytes(16)), 10),
+    ]
+    slots: list[LoadBalancerConfig | None] = [None] * 8
+    for _, config, _ in cases:
+        slots[config.config_id] = config
+    tables = native_path.native.Tables(
+        [native_path.config_spec(config) for config in slots], [], [], bytes(6)
+    )
+    cids = [
+        config.encode(bytes(range(1, 1 + length)), bytes(config.nonce_len))
+        for _, config, length in cases
+    ]
+    floor = float("inf")
+    best = [float("inf")] * len(cases)
+    for _ in range(rounds):
+        floor = min(floor, tables.aes_cost(0, calls))
+        for index, cid in enumerate(cids):
+            best[index] = min(best[index], tables.decode_cost(cid, calls))
+    lines = [
+        f"QUIC-LB decode in lb._native (best of {rounds} rounds of {calls:,} calls)",
+        "",
+        "| operation | ns per CID | x AES decrypt |",
+        "|---|---:|---:|",
+        f"| floor: AES-128 decrypt 1 block (AES-NI) | {floor:.1f} | 1.00 |",
+    ]
+    for (name, _, _), cost in zip(cases, best, strict=True):
+        lines.append(f"| {name} | {cost:.1f} | {cost / floor:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -892,6 +952,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only quicvoice-lb's Python cost per round trip, system calls taken out",
     )
+    parser.add_argument(
+        "--decode-cost",
+        action="store_true",
+        help="only the native path's QUIC-LB decoding against one bare AES block, timed in C",
+    )
     parser.add_argument("--naive-relay", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-relay", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-batched-relay", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -907,6 +972,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.python_cost:
         print(python_cost())
+        return 0
+    if args.decode_cost:
+        print(decode_cost())
         return 0
     if args.quick:
         args.packets, args.latency_packets, args.seconds, args.rounds = 20_000, 5_000, 5.0, 1

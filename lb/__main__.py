@@ -1,6 +1,6 @@
 """Entry point of the ``quicvoice-lb`` command.
 
-``quicvoice-lb --config lb.toml [--workers N] [--batch]``
+``quicvoice-lb --config lb.toml [--workers N] [--python-path [--batch]]``
 
 Exit status: 0 after SIGTERM/SIGINT, 2 for a bad argument or configuration (one line on
 stderr naming the key, no traceback), 1 when the sockets cannot be bound.
@@ -54,11 +54,17 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="worker process pairs sharing the ports with SO_REUSEPORT (default 1)",
     )
     parser.add_argument(
+        "--python-path",
+        action="store_true",
+        help="route on the Python path even where the native one (lb._native: batched, the "
+        "common datagram decided in C) is available (specs/forwarder.md)",
+    )
+    parser.add_argument(
         "--batch",
         action="store_true",
-        help="recvmmsg/sendmmsg batches instead of one recvfrom/sendto per datagram: more "
-        "datagrams per CPU-second under heavy load, more latency when lightly loaded "
-        "(Linux only; specs/forwarder.md)",
+        help="on the Python path: recvmmsg/sendmmsg batches instead of one recvfrom/sendto per "
+        "datagram, fewer CPU-seconds under heavy load, more latency when lightly loaded "
+        "(Linux only). The native path always batches, adaptively",
     )
     return parser.parse_args(argv)
 
@@ -74,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     logger = JsonLogger(config.log_level, program=PROGRAM)
     try:
         supervisor = Supervisor(
-            arguments.config, config, arguments.workers, logger, batch=arguments.batch
+            arguments.config,
+            config,
+            arguments.workers,
+            logger,
+            batch=arguments.batch,
+            native=not arguments.python_path,
         )
         return supervisor.run()
     except ConfigurationError as error:

@@ -364,6 +364,7 @@ class Router:
         "_healthy",
         "_reset_key",
         "_random",
+        "fast_configs",
         "fast_decoders",
         "fast_single_pass",
         "fast_uplink",
@@ -395,10 +396,14 @@ class Router:
         self._healthy = Rendezvous(b for b in config.backends if not b.down)
         self._reset_key = config.reset_key
         self._random = random
-        # The pumps' fast path (lb/forwarder.py), which must decide exactly as the methods
-        # below (tests/lb/test_lb_fast_path.py): a short header's decoder by config bits
-        # (what ``LoadBalancerDecoder.decode`` calls), live backends by server ID, backends by
-        # source address. What it forwards is counted in these objects until ``fold``.
+        # The pumps' fast paths (lb/python_path.py, lb/native_path.py), which must decide
+        # exactly as the methods below (tests/lb/test_lb_fast_path.py,
+        # tests/lb/test_lb_native_path.py): a short header's configuration and decoder by
+        # config bits (what ``LoadBalancerDecoder.decode`` calls), live backends by server ID,
+        # backends by source address. What they forward is counted in these objects until
+        # ``fold``.
+        #: The configuration that each config-bits value names (``None``: no configuration).
+        self.fast_configs: tuple[LoadBalancerConfig | None, ...] = self._configs
         #: ``LoadBalancerConfig.decode`` of the configuration that each config-bits value names.
         self.fast_decoders: tuple[Callable[[bytes], bytes | None] | None, ...] = tuple(
             None if lb_config is None else lb_config.decode for lb_config in slots

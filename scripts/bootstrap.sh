@@ -39,7 +39,9 @@ qv_install_venv() {
     local extras="${QV_EXTRAS:-}"
     local stamp="$QV_VENV/.quicvoice-installed"
     local want
-    want="$(cat "$QV_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) [$extras]"
+    # The build inputs: dependencies, and the forwarder's C extension (built by pip install).
+    want="$(cat "$QV_ROOT/pyproject.toml" "$QV_ROOT/setup.py" "$QV_ROOT/lb/_native.c" \
+        | sha256sum | cut -d' ' -f1) [$extras]"
     if [ -f "$stamp" ] && grep -qxF "$want" "$stamp"; then
         return 0
     fi

@@ -208,6 +208,19 @@ def seeds() -> dict[str, dict[str, bytes]]:
     router["initial"] = b"\x01" + quic["initial"]
     router["encapsulated"] = b"\x00" + wrap(("198.51.100.7", 50000), quic["short"])
 
+    native = out["lb_native"]
+    native.update(router)
+    four_pass = FORWARDER_CONFIG.configs[1]
+    native["short-four-pass"] = (
+        b"\x00\x41" + four_pass.encode(healthy.server_id, bytes(5)) + bytes(30)
+    )
+    native["short-no-port"] = (
+        b"\x02\x41" + single_pass.encode(healthy.server_id, bytes(12)) + bytes(30)
+    )
+    native["encapsulated-from-backend"] = b"\x80" + wrap(("198.51.100.7", 50000), quic["short"])
+    native["probe-answer"] = b"\x80" + wrap(("0.0.0.0", 9), bytes(30))
+    native["cid-four-pass"] = QUICLB_CONFIGS[3].encode(bytes(range(10)), bytes(5)) + bytes(30)
+
     wire = out["wire"]
     wire["frames"] = b"\x05" + b"".join(encode_frame(f) for f in FRAMES)
     wire["turn-header"] = b"\x00" + encode_stream_header(StreamKind.TURN, 300)

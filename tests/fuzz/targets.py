@@ -13,9 +13,12 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
+from lb import native_path
 from lb.config import Backend, ForwarderConfig
 from lb.encapsulation import EncapsulationError, unwrap, wrap
+from lb.health import PROBE_REPLY_HEADER
 from lb.packet import LongHeader, Malformed, ShortHeader, parse
+from lb.python_path import port_and_address
 from lb.router import Drop, Forward, Reply, Router, Send
 from quicvoice.errors import ProtocolError
 from quicvoice.quic import peek_psk_identity
@@ -152,6 +155,67 @@ def fuzz_lb_router(data: bytes) -> None:
             assert 0 < len(reply.datagram) < len(datagram)
         else:
             assert isinstance(reply, Drop)
+
+
+#: The native path's tables of a router of its own (its counters are its own), and of every
+#: QUICLB_CONFIGS configuration for the decoder; None where the extension is not built.
+NATIVE_ROUTER = Router(FORWARDER_CONFIG, random=lambda n: bytes(n))
+NATIVE_TABLES = native_path.NativeTables(NATIVE_ROUTER).tables if native_path.AVAILABLE else None
+NATIVE_DECODER = (
+    native_path.native.Tables(
+        [
+            native_path.config_spec(QUICLB_DECODER.config_for(bytes((bits << 5,))))
+            for bits in range(8)
+        ],
+        [],
+        [],
+        bytes(6),
+    )
+    if native_path.native is not None and native_path.AESNI
+    else None
+)
+NATIVE_CLIENTS = (("198.51.100.7", 50000), ("127.0.0.1", 5001), ("10.0.0.1", 0))
+
+
+def fuzz_lb_native(data: bytes) -> None:
+    """lb._native's decisions against the Router's on the same bytes (a differential target):
+    the fast path takes a client datagram exactly when the Router forwards it by server ID as
+    a short header from a client with a port, and a backend's exactly when the Router sends on
+    an IPv4 header that is no probe answer; its decoder reads every CID as the codec does."""
+    if NATIVE_TABLES is None:
+        return  # no extension here: the Python path is the forwarder
+    if NATIVE_DECODER is not None:
+        cid = data[:20]
+        expected = QUICLB_DECODER.decode(cid)
+        assert NATIVE_DECODER.decode(cid) == (expected if isinstance(expected, bytes) else None)
+    selector, datagram = (data[0], data[1:]) if data else (0, b"")
+    client = NATIVE_CLIENTS[selector % len(NATIVE_CLIENTS)]
+    counters = NATIVE_ROUTER.counters
+    by_server_id = counters.routed_server_id
+    try:
+        decision: Forward | Reply | Drop | None = NATIVE_ROUTER.route_from_client(datagram, client)
+    except EncapsulationError:
+        decision = None  # port 0: not encapsulable
+    index = NATIVE_TABLES.uplink(datagram, client[1])
+    fast = (
+        type(decision) is Forward
+        and counters.routed_server_id > by_server_id
+        and not datagram[0] & 0x80
+    )
+    if fast and native_path.AESNI:  # (without AES-NI, AES configurations are Python's)
+        assert decision is not None
+        live = list(NATIVE_ROUTER.fast_uplink.values())
+        assert index >= 0 and live[index].address == decision.address, index
+    else:
+        assert index == -1, index
+    sources = list(NATIVE_ROUTER.fast_downlink)
+    source = sources[selector % len(sources)] if selector & 0x80 else ("127.0.0.1", 4433)
+    reply = NATIVE_ROUTER.route_from_backend(datagram, source)
+    index = NATIVE_TABLES.downlink(datagram, port_and_address(source))
+    if type(reply) is Send and datagram[1] == 4 and datagram[:8] != PROBE_REPLY_HEADER:
+        assert sources[index] == source, index
+    else:
+        assert index == -1, index
 
 
 # -- voice protocol ---------------------------------------------------------------------------
@@ -293,6 +357,7 @@ TARGETS: dict[str, Target] = {
     "lb_packet": fuzz_lb_packet,
     "lb_encapsulation": fuzz_lb_encapsulation,
     "lb_router": fuzz_lb_router,
+    "lb_native": fuzz_lb_native,
     "wire": fuzz_wire,
     "messages": fuzz_messages,
     "resume_token": fuzz_resume_token,
@@ -306,6 +371,7 @@ MAX_LEN = {
     "lb_packet": 1500,
     "lb_encapsulation": 256,
     "lb_router": 1500,
+    "lb_native": 1500,
     "wire": 8192,
     "messages": 4096,
     "resume_token": 256,

@@ -1,6 +1,6 @@
 """The pumps' fast paths decide exactly as the Router: same sends, same counts, any datagrams.
 
-``lb/forwarder.py`` routes the common datagram inline (a short header whose CID names a live
+``lb/python_path.py`` routes the common datagram inline (a short header whose CID names a live
 backend; an IPv4 header from a configured backend) instead of calling ``Router.route_from_*``,
 and counts it in ``UplinkCount``/``DownlinkCount`` until ``Router.fold``. These tests run the
 real pump loops on mixed traffic, every case of the routing table included, and compare what
@@ -28,13 +28,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lb import mmsg
+from lb import mmsg, python_path
 from lb.config import Address, Backend, ForwarderConfig
 from lb.encapsulation import wrap
-from lb.forwarder import DOWNLINK, UPLINK, Pump, _Stopped
 from lb.health import PROBE_CLIENT
 from lb.log import JsonLogger
 from lb.packet import QUIC_V1
+from lb.pump import DOWNLINK, UPLINK, Pump, Stopped
 from lb.router import Counters, Drop, DropReason, Forward, MetricSample, Reply, Router, Send
 from quicvoice.quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
 
@@ -124,9 +124,10 @@ def make_pump(
         parent_pid=os.getppid(),
         logger=JsonLogger("error", io.StringIO()),
         batch=batch,
+        native=False,
     )
     # The same stateless-reset randomness as the reference router.
-    pump._use(Router(config, pump.counters, random=seeded(seed)))
+    pump.use(Router(config, pump.counters, random=seeded(seed)))
     return pump
 
 
@@ -148,7 +149,7 @@ class FakeSocket:
 
     def recvfrom(self, size: int) -> tuple[bytes, object]:
         if not self.incoming:
-            raise _Stopped
+            raise Stopped
         return self.incoming.pop(0)
 
     def sendto(self, data: bytes, address: object) -> int:
@@ -173,12 +174,12 @@ def fast_packets(pump: Pump) -> int:
 def run_loop(pump: Pump) -> int:
     """Run the per-datagram loop over its fake socket's datagrams; return how many took the
     fast path (no tick meanwhile: nothing is folded before the end)."""
-    pump._next_tick = math.inf
-    with pytest.raises(_Stopped):
+    pump.next_tick = math.inf
+    with pytest.raises(Stopped):
         if pump.direction == UPLINK:
-            pump._uplink_loop()
+            python_path.uplink_loop(pump)
         else:
-            pump._downlink_loop()
+            python_path.downlink_loop(pump)
     fast = fast_packets(pump)
     pump.flush()
     return fast
@@ -279,7 +280,7 @@ def test_the_downlink_loop_sends_and_counts_as_the_router(
     backend.incoming = list(traffic)
     pump = make_pump(DOWNLINK, config, vip, backend, tmp_path)
     heard: list[object] = []
-    pump._probe_answered = heard.append  # type: ignore[method-assign,assignment]
+    pump.probe_answered = heard.append  # type: ignore[method-assign,assignment]
     fast = run_loop(pump)
 
     reference = Router(config)
@@ -358,21 +359,21 @@ def loopback() -> Iterator[Loopback]:
 
 def stop() -> None:
     """A pump's ``_idle`` for tests: the socket stayed empty, the run is over."""
-    raise _Stopped
+    raise Stopped
 
 
 def run_batches(pump: Pump) -> int:
     """Run the batched loop until its socket stays empty for RECEIVE_TIMEOUT; return how many
     datagrams took the fast path."""
 
-    pump._idle = stop  # type: ignore[method-assign]
-    pump._next_tick = math.inf
-    assert pump._ipv4
-    with pytest.raises(_Stopped):
+    pump.idle = stop  # type: ignore[method-assign]
+    pump.next_tick = math.inf
+    assert pump.ipv4
+    with pytest.raises(Stopped):
         if pump.direction == UPLINK:
-            pump._uplink_relay()
+            python_path.uplink_relay(pump)
         else:
-            pump._downlink_relay()
+            python_path.downlink_relay(pump)
     fast = fast_packets(pump)
     pump.flush()
     return fast
@@ -473,7 +474,7 @@ def test_the_batched_downlink_sends_and_counts_as_the_router(
     )
     pump = make_pump(DOWNLINK, config, loopback.vip, loopback.backend, tmp_path, batch=True)
     heard: list[object] = []
-    pump._probe_answered = heard.append  # type: ignore[method-assign,assignment]
+    pump.probe_answered = heard.append  # type: ignore[method-assign,assignment]
     senders = [*loopback.backends, loopback.stranger]
     items = []
     for kind, sender_index, client_index, payload in traffic:
@@ -553,7 +554,7 @@ def test_the_batched_uplink_leaves_clients_without_a_port_to_the_router(
             reference.route_from_client(datagram, (loopback.address(client)[0], 0))
     assert all(drain(sock) == [] for sock in loopback.backends)
     assert samples(pump.counters) == samples(reference.counters)
-    assert pump._errors == len(datagrams)  # each logged as route_failed
+    assert pump.errors == len(datagrams)  # each logged as route_failed
 
 
 # mmsg.Outbox --------------------------------------------------------------------------------
@@ -666,10 +667,10 @@ def test_ipv6_sockets_batch_through_the_router(tmp_path: Path) -> None:
         for datagram in uplink:
             client.sendto(datagram, address(vip))
         pump = make_pump(UPLINK, config, vip, backend, tmp_path, batch=True, seed=4)
-        assert not pump._ipv4
-        pump._idle = stop  # type: ignore[method-assign]
-        with pytest.raises(_Stopped):
-            pump._uplink_batches()
+        assert not pump.ipv4
+        pump.idle = stop  # type: ignore[method-assign]
+        with pytest.raises(Stopped):
+            python_path.uplink_batches(pump)
         pump.flush()
         reference = Router(config, random=seeded(4))
         expected: dict[Address, list[bytes]] = {address(sock): [] for sock in backends}
@@ -692,10 +693,10 @@ def test_ipv6_sockets_batch_through_the_router(tmp_path: Path) -> None:
             backends[0].sendto(datagram, address(backend))
         pump = make_pump(DOWNLINK, config, vip, backend, tmp_path, batch=True)
         heard: list[object] = []
-        pump._probe_answered = heard.append  # type: ignore[method-assign,assignment]
-        pump._idle = stop  # type: ignore[method-assign]
-        with pytest.raises(_Stopped):
-            pump._downlink_batches()
+        pump.probe_answered = heard.append  # type: ignore[method-assign,assignment]
+        pump.idle = stop  # type: ignore[method-assign]
+        with pytest.raises(Stopped):
+            python_path.downlink_batches(pump)
         pump.flush()
         got = drain(client, 5)
         assert [data for data, _ in got] == [bytes([n]) for n in range(5)]
@@ -716,4 +717,4 @@ def test_the_batched_in_place_loops_are_for_ipv4_sockets_only(tmp_path: Path) ->
     sent: list[tuple[str, bytes, object]] = []
     vip = FakeSocket("vip", socket.AF_INET6, sent)
     pump = make_pump(UPLINK, config, vip, FakeSocket("b", socket.AF_INET6, sent), tmp_path)
-    assert not pump._ipv4 and pump._targets == {} and pump._raw_sources == {}
+    assert not pump.ipv4 and pump.in_place.targets == {} and pump.in_place.sources == {}

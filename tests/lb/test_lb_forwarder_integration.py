@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lb import mmsg
+from lb import mmsg, native_path
 from lb.encapsulation import unwrap, wrap
 from quicvoice.quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
 
@@ -244,8 +244,13 @@ def forwarder(tmp_path: Path, backends: list[FakeBackend]) -> Iterator[Forwarder
     made.stop()
 
 
-#: The per-datagram loop (the default) and batched pumps (recvmmsg/sendmmsg, --batch).
-IO_MODES = {"batched": ("--batch",), "no-batch": ()}
+#: The native path (the default where lb._native is built: batched, adaptively), and the
+#: Python path per datagram and batched (recvmmsg/sendmmsg, --batch).
+IO_MODES = {
+    "native": (),
+    "python": ("--python-path",),
+    "python-batched": ("--python-path", "--batch"),
+}
 
 
 @pytest.fixture(params=list(IO_MODES))
@@ -254,15 +259,20 @@ def any_io_forwarder(
 ) -> Iterator[Forwarder]:
     made = Forwarder(tmp_path, backends, extra_args=IO_MODES[request.param])
     made.start()
-    batched = "true" if request.param == "batched" and mmsg.AVAILABLE else "false"
-    deadline = time.monotonic() + START_TIMEOUT
-    while made.log.read_text().count('"event":"pump_started"') < 2:
-        assert time.monotonic() < deadline, made.log.read_text()
-        time.sleep(0.05)
-    started = [line for line in made.log.read_text().splitlines() if "pump_started" in line]
-    assert all(f'"batched":{batched}' in line for line in started), started
-    yield made
-    made.stop()
+    try:
+        native = request.param == "native" and native_path.AVAILABLE
+        batched = native or (request.param == "python-batched" and mmsg.AVAILABLE)
+        expected = f'"path":"{"native" if native else "python"}"'
+        deadline = time.monotonic() + START_TIMEOUT
+        while made.log.read_text().count('"event":"pump_started"') < 2:
+            assert time.monotonic() < deadline, made.log.read_text()
+            time.sleep(0.05)
+        started = [line for line in made.log.read_text().splitlines() if "pump_started" in line]
+        assert all(expected in line for line in started), started
+        assert all(f'"batched":{str(batched).lower()}' in line for line in started), started
+        yield made
+    finally:
+        made.stop()
 
 
 def test_datagrams_land_where_the_cids_say_and_replies_leave_from_the_vip(

@@ -1,0 +1,309 @@
+"""The forwarder's supervisor: sockets, pump processes, signals, metrics, health probes.
+
+Process layout::
+
+    supervisor (quicvoice-lb)         parses the config, binds the sockets, serves /metrics,
+     |                                 validates and relays SIGHUP, restarts dead pumps,
+     |                                 sends the health probes
+     +- worker 0: uplink pump          VIP socket -> decide -> backend socket (lb/pump.py)
+     |            downlink pump        backend socket -> decide -> VIP socket
+     +- worker 1: ... (--workers N: N pairs of sockets on the same ports, SO_REUSEPORT)
+
+Each pump is a plain blocking loop in its own process, no event loop and no lock shared with
+the other direction. The two pumps of a worker share its two sockets, inherited across
+``fork``: the downlink pump sends from the VIP socket, the uplink pump from the backend socket,
+so backends answer to ``backend_listen``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from quicvoice.errors import ConfigurationError
+
+from . import mmsg
+from .config import Address, ForwarderConfig, format_address, load_config
+from .health import HealthTable, probes
+from .log import JsonLogger
+from .metrics import MetricsServer, read_snapshots
+from .pump import DOWNLINK, HANDLED_SIGNALS, NATIVE, PYTHON, UPLINK, Pump, native_path_for
+from .router import MetricSample
+
+#: Socket buffers asked for (the kernel may cap them at net.core.[rw]mem_max).
+SOCKET_BUFFER_LEN = 4 * 1024 * 1024
+#: How long a pump blocks in a receive before it looks after itself (SO_RCVTIMEO).
+IDLE_TIMEOUT = 0.25
+#: Backends whose health is tracked (a larger pool is tracked up to this many).
+MAX_HEALTH_BACKENDS = 1024
+#: A pump that dies sooner than this after starting is restarted only after this long.
+RESTART_BACKOFF = 1.0
+#: How long the supervisor waits for pumps to exit on SIGTERM before it kills them.
+STOP_GRACE = 2.0
+#: Between relaying SIGHUP to the downlink pumps and to the uplink pumps (seconds): a backend
+#: that a reload adds is trusted on the way back before the first datagram goes to it.
+RELOAD_STAGGER = 0.05
+SUPERVISOR_TICK = 0.1
+#: Gauge: 1 when the pumps run on the native path, 0 on the Python path.
+NATIVE_PATH_METRIC = "quicvoice_lb_native_path"
+
+
+def open_socket(address: Address) -> socket.socket:
+    """A UDP socket bound to ``address`` with SO_REUSEPORT and large buffers, blocking.
+
+    SO_RCVTIMEO makes ``recvfrom`` return EAGAIN after ``IDLE_TIMEOUT`` while Python still
+    sees a blocking socket (a Python-level timeout would add a poll() per datagram).
+    """
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        for option, forced in (
+            (socket.SO_RCVBUF, getattr(socket, "SO_RCVBUFFORCE", None)),
+            (socket.SO_SNDBUF, getattr(socket, "SO_SNDBUFFORCE", None)),
+        ):
+            try:
+                if forced is None:
+                    raise PermissionError
+                sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER_LEN)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_LEN)
+        seconds = int(IDLE_TIMEOUT)
+        timeval = struct.pack("@ll", seconds, int((IDLE_TIMEOUT - seconds) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _run_pump(kwargs: dict[str, Any]) -> None:
+    Pump(**kwargs).run()
+
+
+class Supervisor:
+    """Starts ``workers`` pairs of pumps, relays signals, serves metrics, restarts dead pumps."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        config: ForwarderConfig,
+        workers: int,
+        logger: JsonLogger,
+        *,
+        batch: bool = False,
+        native: bool = True,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.config_path = config_path
+        self.config = config
+        self.workers = workers
+        #: Whether pumps on the Python path batch system calls (``--batch``).
+        self.batch = batch
+        #: Whether pumps may take the native path (``--python-path`` says no).
+        self.native = native
+        #: Why the pumps route on the Python path (``None``: they take the native one).
+        self.python_reason: str | None = "--python-path"
+        self.logger = logger.bind(role="supervisor")
+        self._context = multiprocessing.get_context("fork")
+        self._run_dir = Path(tempfile.mkdtemp(prefix="quicvoice-lb-"))
+        self._sockets: list[tuple[socket.socket, socket.socket]] = []
+        self._pumps: dict[tuple[int, str], BaseProcess] = {}
+        self._started: dict[tuple[int, str], float] = {}
+        self._stopping = False
+        self._reload_requested = False
+        self._reloads = {"ok": 0, "error": 0}
+        self._restarts = 0
+        self._metrics: MetricsServer | None = None
+        #: When each backend last answered a probe; shared with the pumps across fork.
+        self._health = (
+            HealthTable(MAX_HEALTH_BACKENDS, config.health_timeout)
+            if config.health_interval > 0
+            else None
+        )
+        self._next_probe = 0.0
+
+    def collect(self) -> list[MetricSample]:
+        """Every pump's latest counters plus the supervisor's own."""
+        samples = read_snapshots(self._run_dir)
+        samples.append(("quicvoice_lb_workers", (), self.workers))
+        samples.append((NATIVE_PATH_METRIC, (), int(self.python_reason is None)))
+        samples.append(("quicvoice_lb_pump_restarts_total", (), self._restarts))
+        for result, count in self._reloads.items():
+            samples.append(("quicvoice_lb_config_reloads_total", (("result", result),), count))
+        return samples
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit status."""
+        try:
+            self._bind()
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+            try:
+                for worker in range(self.workers):
+                    for direction in (DOWNLINK, UPLINK):
+                        self._start(worker, direction)
+                signal.signal(signal.SIGHUP, self._on_sighup)
+                signal.signal(signal.SIGTERM, self._on_stop)
+                signal.signal(signal.SIGINT, self._on_stop)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            if self.config.metrics is not None:
+                self._metrics = MetricsServer(self.config.metrics, self.collect)
+                self._metrics.start()
+                self.logger.info("metrics_listening", address=format_address(self._metrics.address))
+            if self.python_reason is not None:
+                self.logger.warning("python_path", reason=self.python_reason)
+            self.logger.info(
+                "forwarding",
+                listen=format_address(self.config.listen),
+                backend_listen=format_address(self.config.backend_listen),
+                workers=self.workers,
+                path=PYTHON if self.python_reason is not None else NATIVE,
+                batched=self.python_reason is None or (self.batch and mmsg.AVAILABLE),
+                backends=len(self.config.backends),
+                pid=os.getpid(),
+            )
+            while not self._stopping:
+                time.sleep(SUPERVISOR_TICK)
+                if self._reload_requested:
+                    self._reload()
+                self._reap()
+                self._probe()
+            return 0
+        finally:
+            self._shutdown()
+
+    def _bind(self) -> None:
+        for _ in range(self.workers):
+            vip = backend = None
+            try:
+                vip = open_socket(self.config.listen)
+                backend = open_socket(self.config.backend_listen)
+            except OSError as error:
+                for sock in (vip, backend):
+                    if sock is not None:
+                        sock.close()
+                key = "listen" if vip is None else "backend_listen"
+                address = getattr(self.config, key)
+                raise ConfigurationError(
+                    f"{key}: cannot bind {format_address(address)}: {error.strerror or error}"
+                ) from None
+            self._sockets.append((vip, backend))
+        if self.native:
+            self.python_reason = native_path_for(*self._sockets[0])
+
+    def _start(self, worker: int, direction: str) -> None:
+        vip, backend = self._sockets[worker]
+        kwargs = {
+            "direction": direction,
+            "worker": worker,
+            "config_path": self.config_path,
+            "config": self.config,
+            "vip": vip,
+            "backend": backend,
+            "snapshot": self._run_dir / f"worker{worker}-{direction}.json",
+            "parent_pid": os.getpid(),
+            "logger": self.logger.bind(role="pump"),
+            "batch": self.batch,
+            "native": self.native,
+            "health": self._health,
+        }
+        process = self._context.Process(
+            target=_run_pump, args=(kwargs,), name=f"quicvoice-lb {direction} {worker}"
+        )
+        process.start()
+        self._pumps[(worker, direction)] = process
+        self._started[(worker, direction)] = time.monotonic()
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for key, process in list(self._pumps.items()):
+            if process.is_alive() or self._stopping:
+                continue
+            if now - self._started[key] < RESTART_BACKOFF:
+                continue  # it died young: wait before trying again
+            self.logger.error("pump_died", worker=key[0], pump=key[1], exit_code=process.exitcode)
+            process.join(0)
+            self._restarts += 1
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+            try:
+                self._start(*key)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+
+    def _reload(self) -> None:
+        self._reload_requested = False
+        try:
+            config = load_config(self.config_path)
+        except ConfigurationError as error:
+            self._reloads["error"] += 1
+            self.logger.error("reload_refused", error=str(error))
+            return
+        self._reloads["ok"] += 1
+        for key in ("listen", "backend_listen", "metrics"):
+            if getattr(config, key) != getattr(self.config, key):
+                self.logger.warning("reload_ignores_key", key=key, reason="restart to rebind")
+        self.config = config
+        if self._health is not None:
+            self._health.reset(len(config.backends))
+        for direction in (DOWNLINK, UPLINK):
+            for (_, pump_direction), process in self._pumps.items():
+                if pump_direction == direction and process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
+            if direction == DOWNLINK:
+                time.sleep(RELOAD_STAGGER)
+        self.logger.info("reload_relayed", backends=len(config.backends))
+
+    def _probe(self) -> None:
+        """Send each backend a health probe every ``health_interval``."""
+        now = time.monotonic()
+        if self._health is None or now < self._next_probe or not self._sockets:
+            return
+        self._next_probe = now + self.config.health_interval
+        backend_socket = self._sockets[0][1]
+        for backend, packet in zip(
+            self.config.backends, probes(self.config.configs, self.config.backends), strict=True
+        ):
+            try:
+                backend_socket.sendto(packet, backend.address)
+            except OSError:
+                pass  # a probe that cannot leave is a probe unanswered
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        for process in self._pumps.values():
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for process in self._pumps.values():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+        if self._metrics is not None:
+            self._metrics.close()
+        for pair in self._sockets:
+            for sock in pair:
+                sock.close()
+        shutil.rmtree(self._run_dir, ignore_errors=True)
+        self.logger.info("stopped")
