@@ -159,16 +159,30 @@ def test_forwarder_loads_without_aioquic_numpy_or_sessions() -> None:
     assert result.stdout.strip() == ""
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Project module -> the project modules it imports, anywhere in its body (lazy imports too).
+def runtime_imports_of(module: str, path: Path) -> list[tuple[int, str]]:
+    """``imports_of`` less the imports under ``if TYPE_CHECKING:`` (never run)."""
+    tree = ast.parse(path.read_text(), str(path))
+    type_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for inner in node.body:
+                type_only.update(
+                    sub.lineno for sub in ast.walk(inner) if isinstance(sub, ast.stmt)
+                )
+    return [(line, target) for line, target in imports_of(module, path) if line not in type_only]
 
-    An import of a module's own parent package is left out: Python initialises a package before
-    its submodules whatever they import, so that edge orders nothing.
+
+def import_graph() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports when it runs, lazy imports included.
+
+    Left out: an import of a module's own parent package (Python initialises a package before
+    its submodules whatever they import, so that edge orders nothing) and imports for type
+    checkers only.
     """
     modules = project_modules()
     graph: dict[str, set[str]] = {module: set() for module in modules}
     for module, path in modules.items():
-        for _, target in imports_of(module, path):
+        for _, target in runtime_imports_of(module, path):
             while target and target not in modules:
                 target = target.rpartition(".")[0]
             if target and target != module and not matches(module, target):

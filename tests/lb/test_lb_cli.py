@@ -70,7 +70,8 @@ def test_the_forwarder_imports_only_the_codec_and_the_standard_library() -> None
     third, project = result.stdout.splitlines()
     assert set(third.split()) <= {"cryptography"}
     assert all(
-        name == "quicvoice" or name.startswith(("quicvoice.quiclb", "quicvoice.errors", "lb"))
+        name == "quicvoice"
+        or name.startswith(("quicvoice.quiclb", "quicvoice.errors", "quicvoice.version", "lb"))
         for name in project.split()
     ), project
 
