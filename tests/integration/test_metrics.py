@@ -1,0 +1,146 @@
+"""A real backend's ``/metrics`` after real calls on loopback, parsed by Prometheus' parser."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from quicvoice.agent import demo_agent
+from quicvoice.asyncio.client import VoiceClient, connect
+from quicvoice.asyncio.config import BackendConfig
+from quicvoice.asyncio.server import ServerSession, SessionHandler, VoiceServer
+from quicvoice.errors import SessionRefusedError
+from quicvoice.session.codes import ErrorCode
+from quicvoice.session.events import SessionClosed, TurnEnded
+from quicvoice.session.messages import Hello
+
+from .metrics_scrape import Samples, scrape, scrape_until, value
+from .voice_harness import FRAME, LB_CONFIG, SERVER_ID
+
+pytestmark = pytest.mark.integration
+B = "quicvoice_backend_"
+
+
+def make_server(handler: SessionHandler = demo_agent) -> VoiceServer:
+    config = BackendConfig(
+        listen=("127.0.0.1", 0),
+        server_id=SERVER_ID,
+        configs=(LB_CONFIG,),
+        metrics=("127.0.0.1", 0),
+    )
+    return VoiceServer(config, handler)
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[VoiceServer]:
+    server = make_server()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.aclose()
+
+
+def metrics_address(server: VoiceServer) -> tuple[str, int]:
+    address = server.telemetry.metrics_address
+    assert address is not None
+    return address
+
+
+async def talk(client: VoiceClient, frames: int) -> None:
+    """Speak ``frames`` frames, let the demo agent echo them as a turn, say bye."""
+    for _ in range(frames):
+        client.send_audio(FRAME)
+        await asyncio.sleep(0.002)
+    client.end_audio()
+
+    async def turn_ended() -> None:
+        while not isinstance(await client.receive(), TurnEnded):
+            pass
+
+    await asyncio.wait_for(turn_ended(), 5.0)
+    assert await client.bye() == frames
+
+
+def sessions_closed(expected: int) -> object:
+    def condition(samples: Samples) -> bool:
+        closed = sum(v for (n, _), v in samples.items() if n == f"{B}sessions_closed_total")
+        return closed >= expected and value(samples, f"{B}sessions_open") == 0
+
+    return condition
+
+
+@pytest.mark.asyncio
+async def test_calls_and_a_refusal_are_counted(server: VoiceServer) -> None:
+    host, port = server.address
+    address = metrics_address(server)
+    async with connect(host, port, verify=False) as client:
+        await talk(client, 25)
+        during = await scrape(address)
+        assert value(during, f"{B}sessions_open") == 1
+        # Counted while the session is open: read from its statistics at scrape time.
+        assert value(during, f"{B}uplink_frames_received_total") == 25
+    async with connect(host, port, webtransport=True, verify=False) as client:
+        await talk(client, 10)
+    with pytest.raises(SessionRefusedError) as refused:
+        async with connect(host, port, hello=Hello(codecs=("G729/8000",)), verify=False):
+            pass
+    assert refused.value.error_code == ErrorCode.UNSUPPORTED
+    with pytest.raises(SessionRefusedError):
+        async with connect(host, port, hello=Hello(resume_token=b"not a token"), verify=False):
+            pass
+
+    samples = await scrape_until(address, sessions_closed(2))  # type: ignore[arg-type]
+    assert value(samples, f"{B}sessions_accepted_total", resumed="false") == 2
+    assert value(samples, f"{B}sessions_accepted_total", resumed="true") == 0
+    assert value(samples, f"{B}sessions_refused_total", reason="UNSUPPORTED") == 1
+    assert value(samples, f"{B}sessions_refused_total", reason="RESUME_REFUSED") == 1
+    assert value(samples, f"{B}resumptions_total", result="malformed") == 1
+    assert value(samples, f"{B}sessions_closed_total", code="NO_ERROR") == 2
+    # Folded into the totals when the sessions closed: nothing lost, nothing counted twice.
+    assert value(samples, f"{B}uplink_frames_received_total") == 35
+    assert value(samples, f"{B}downlink_frames_sent_total") == 35
+    assert value(samples, f"{B}turns_started_total") == 2
+    assert value(samples, f"{B}handler_errors_total") == 0
+    assert value(samples, f"{B}session_rtt_milliseconds_count") >= 2
+    assert value(samples, f"{B}session_rtt_milliseconds_bucket", le="+Inf") >= 2
+    assert 0 < value(samples, f"{B}session_rtt_milliseconds_sum") < 2 * 1000
+    assert value(samples, f"{B}session_jitter_milliseconds_count") >= 2
+    assert value(samples, f"{B}connections_total") == 4
+    assert value(samples, f"{B}received_datagrams_total") == server.counters["datagrams"]
+    assert value(samples, f"{B}dropped_datagrams_total", reason="unknown_cid") >= 0
+    assert value(samples, f"{B}info", server_id=SERVER_ID.hex(), version="0.1.0") == 1
+
+
+@pytest.mark.asyncio
+async def test_a_migration_and_a_failing_handler_are_counted() -> None:
+    async def failing(session: ServerSession) -> None:
+        await session.receive()
+        raise ValueError("the application broke")
+
+    failing_server = make_server(failing)
+    await failing_server.start()
+    try:
+        host, port = failing_server.address
+        address = metrics_address(failing_server)
+        async with connect(host, port, local_address="127.0.0.2", verify=False) as client:
+            await client.migrate("127.0.0.3")
+            client.send_audio(FRAME)
+
+            async def closed_by_server() -> SessionClosed:
+                while True:
+                    event = await client.receive()
+                    if isinstance(event, SessionClosed):
+                        return event
+
+            closed = await asyncio.wait_for(closed_by_server(), 5.0)
+            assert closed.error_code == ErrorCode.INTERNAL_ERROR
+        samples = await scrape_until(address, sessions_closed(1))  # type: ignore[arg-type]
+        assert value(samples, f"{B}migrations_total") == 1
+        assert value(samples, f"{B}handler_errors_total") == 1
+        assert value(samples, f"{B}sessions_closed_total", code="INTERNAL_ERROR") == 1
+    finally:
+        await failing_server.aclose()
