@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,12 +18,12 @@ from quicvoice.agent import demo_agent
 from quicvoice.asyncio.client import VoiceClient, connect
 from quicvoice.asyncio.config import BackendConfig
 from quicvoice.asyncio.server import ServerSession, SessionHandler, VoiceServer
-from quicvoice.errors import SessionRefusedError
+from quicvoice.errors import ConfigurationError, SessionRefusedError
 from quicvoice.session.codes import ErrorCode
 from quicvoice.session.events import SessionClosed, TurnEnded
 from quicvoice.session.messages import Hello
 
-from .metrics_scrape import Samples, scrape, scrape_until, value
+from .metrics_scrape import Samples, parse, scrape, scrape_until, value
 from .voice_harness import FRAME, LB_CONFIG, SERVER_ID
 
 pytestmark = pytest.mark.integration
@@ -144,3 +150,115 @@ async def test_a_migration_and_a_failing_handler_are_counted() -> None:
         assert value(samples, f"{B}sessions_closed_total", code="INTERNAL_ERROR") == 1
     finally:
         await failing_server.aclose()
+
+
+@pytest.mark.asyncio
+async def test_hostile_http_on_the_metrics_port_does_not_disturb_a_call(
+    server: VoiceServer,
+) -> None:
+    host, port = server.address
+    metrics_host, metrics_port = metrics_address(server)
+    hostile = [
+        b"\x00" * 5000,
+        b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+        b"GET /../../etc/passwd HTTP/1.1\r\n\r\n",
+        b"DELETE /metrics HTTP/1.1\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\n",  # never finished: held until the deadline
+        b"",  # connects and says nothing
+    ]
+    writers = []
+    async with connect(host, port, verify=False) as client:
+        for request in hostile * 3:
+            reader, writer = await asyncio.open_connection(metrics_host, metrics_port)
+            writer.write(request)
+            writers.append(writer)
+        await talk(client, 50)  # every frame arrives and is echoed while they hang on
+        for writer in writers:
+            writer.close()
+    samples = await scrape_until((metrics_host, metrics_port), sessions_closed(1))
+    assert value(samples, f"{B}uplink_frames_received_total") == 50
+
+
+def test_a_bad_metrics_address_is_a_configuration_error_naming_it() -> None:
+    for bad in ("localhost:9100", "127.0.0.1", "127.0.0.1:70000", "[::1", 9100):
+        with pytest.raises(ConfigurationError, match="^metrics: "):
+            BackendConfig.from_mapping({"metrics": bad})
+    assert BackendConfig.from_mapping({"metrics": "[::1]:0"}).metrics == ("::1", 0)
+    # In the forwarder's file the top-level key is the forwarder's own.
+    shared = {
+        "metrics": "127.0.0.1:9100",
+        "backends": [{"server_id": "0a000001", "address": "127.0.0.1:4501"}],
+    }
+    assert BackendConfig.from_mapping(shared, server_id=b"\x0a\x00\x00\x01").metrics is None
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_with_metrics_from_the_command_line() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "quicvoice.cli", "serve",
+            "--listen", f"127.0.0.1:{free_udp_port()}", "--metrics", "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        listening = json.loads(process.stdout.readline())
+        url = json.loads(process.stdout.readline())["metrics"]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+        with urllib.request.urlopen(url, timeout=5) as response:
+            samples = parse(response.read().decode())
+        assert value(samples, f"{B}sessions_open") == 0
+        assert value(samples, f"{B}info", server_id=listening["server_id"], version="0.1.0") == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+
+
+def test_serve_refuses_a_bad_metrics_flag() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "quicvoice.cli", "serve", "--metrics", "localhost:9100"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--metrics" in result.stderr and "not an IPv4 address" in result.stderr
+
+
+NO_OPENTELEMETRY = """
+import asyncio, sys
+sys.modules["opentelemetry"] = None  # as if opentelemetry-api were not installed
+from quicvoice.asyncio.config import BackendConfig
+from quicvoice.asyncio.server import VoiceServer
+from quicvoice.agent import demo_agent
+from quicvoice.asyncio.client import connect
+
+async def main():
+    server = VoiceServer(BackendConfig(listen=("127.0.0.1", 0)), demo_agent)
+    await server.start()
+    async with connect(*server.address, verify=False) as client:
+        client.send_audio(bytes(640))
+        start = server.sessions()[0].start_turn()
+        server.sessions()[0].end_turn(start)
+    await server.aclose()
+    loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry") and sys.modules[m])
+    print(server.telemetry.tracing, loaded)
+
+asyncio.run(main())
+"""
+
+
+def test_without_opentelemetry_nothing_is_imported_and_calls_work() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", NO_OPENTELEMETRY], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "[]"]
