@@ -20,9 +20,10 @@ from quicvoice.asyncio.config import BackendConfig
 from quicvoice.asyncio.server import ServerSession, SessionHandler, VoiceServer
 from quicvoice.errors import ConfigurationError, SessionRefusedError
 from quicvoice.session.codes import ErrorCode
-from quicvoice.session.events import SessionClosed, TurnEnded
+from quicvoice.session.events import EventReceived, SessionClosed, TurnEnded
 from quicvoice.session.messages import Hello
 
+from ..conftest import RedisServer
 from .metrics_scrape import Samples, parse, scrape, scrape_until, value
 from .voice_harness import FRAME, LB_CONFIG, SERVER_ID
 
@@ -262,3 +263,48 @@ def test_without_opentelemetry_nothing_is_imported_and_calls_work() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "[]"]
+
+
+@pytest.mark.asyncio
+async def test_store_failures_are_counted(own_redis_server: RedisServer) -> None:
+    async def saving(session: ServerSession) -> None:
+        async for event in session:
+            if isinstance(event, EventReceived):
+                session.state["saved"] = event.data
+                session.checkpoint()
+                session.send_event("saving")
+            elif isinstance(event, SessionClosed):
+                return  # (iterating on would see SessionClosed again and again)
+
+    config = BackendConfig(
+        listen=("127.0.0.1", 0),
+        configs=(LB_CONFIG,),
+        metrics=("127.0.0.1", 0),
+        session_store=own_redis_server.unique_url(timeout="0.2"),
+    )
+    server = VoiceServer(config, saving)
+    await server.start()
+    try:
+        host, port = server.address
+        address = metrics_address(server)
+        async with connect(host, port, verify=False, reconnect=False) as client:
+            assert client.session is not None and client.session.resume_token is not None
+            token = client.session.resume_token
+            own_redis_server.stop()
+            client.send_event("order", "taro milk tea")
+            await client.wait_event("saving")
+            await scrape_until(
+                address, lambda s: value(s, f"{B}store_errors_total", operation="checkpoint") >= 1
+            )
+        with pytest.raises(SessionRefusedError) as refused:
+            async with connect(
+                host, port, hello=Hello(resume_token=token), verify=False, reconnect=False
+            ):
+                pass
+        assert refused.value.error_code == ErrorCode.RESUME_REFUSED
+        samples = await scrape(address)
+        assert value(samples, f"{B}store_errors_total", operation="resume") == 1
+        assert value(samples, f"{B}resumptions_total", result="state_unavailable") == 1
+        assert value(samples, f"{B}sessions_refused_total", reason="RESUME_REFUSED") == 1
+    finally:
+        await server.aclose()
