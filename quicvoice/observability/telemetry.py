@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
@@ -165,9 +164,7 @@ class BackendTelemetry:
 
     def render(self) -> str:
         """Every metric in the Prometheus text format (what ``/metrics`` answers)."""
-        live = functools.reduce(
-            SessionCounters.__add__, (s.counters() for s in self._sessions), SessionCounters()
-        )
+        live = SessionCounters.total(session.counters() for session in self._sessions)
         families = self.metrics.families(
             open_sessions=len(self._sessions), live=live, endpoint=self._endpoint_counters
         )
