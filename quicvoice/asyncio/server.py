@@ -539,10 +539,10 @@ class VoiceServer:
         return host, port
 
     async def start(self) -> None:
-        """Bind the UDP socket and start serving."""
+        """Bind the UDP socket and start serving (and ``/metrics`` when configured)."""
+        await self.telemetry.start(self.config.metrics)
         self._transport = await open_udp_endpoint(self.config.listen, self._on_datagram)
         self.store_monitor.start()
-        await self.telemetry.start(self.config.metrics)
 
     def close(self) -> None:
         """Close every connection and the socket."""

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from ..errors import ConfigurationError
 from ..session.events import SessionStarted
 from ..session.stats import Migration, SessionStats
 from .endpoint import MetricsEndpoint
@@ -139,11 +140,19 @@ class BackendTelemetry:
         return self._endpoint.address if self._endpoint is not None else None
 
     async def start(self, metrics: Address | None) -> None:
-        """Serve ``/metrics`` at ``metrics`` (``None``: not at all) and start sampling."""
+        """Serve ``/metrics`` at ``metrics`` (``None``: not at all) and start sampling.
+
+        Raises ``ConfigurationError`` naming ``metrics`` when the address cannot be bound.
+        """
         if metrics is None or self._endpoint is not None:
             return
         endpoint = MetricsEndpoint(self.render)
-        await endpoint.start(metrics)
+        try:
+            await endpoint.start(metrics)
+        except OSError as error:
+            raise ConfigurationError(
+                f"metrics: cannot listen on {metrics[0]}:{metrics[1]}: {error.strerror or error}"
+            ) from None
         self._endpoint = endpoint
         self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
 

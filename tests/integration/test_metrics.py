@@ -308,3 +308,13 @@ async def test_store_failures_are_counted(own_redis_server: RedisServer) -> None
         assert value(samples, f"{B}sessions_refused_total", reason="RESUME_REFUSED") == 1
     finally:
         await server.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_metrics_address_in_use_is_a_configuration_error(server: VoiceServer) -> None:
+    taken = metrics_address(server)
+    config = BackendConfig(listen=("127.0.0.1", 0), metrics=taken)
+    other = VoiceServer(config, demo_agent)
+    with pytest.raises(ConfigurationError, match="^metrics: cannot listen on 127.0.0.1:"):
+        await other.start()
+    await other.aclose()
