@@ -11,6 +11,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -18,17 +19,19 @@ from quicvoice.agent import demo_agent
 from quicvoice.asyncio.client import VoiceClient, connect
 from quicvoice.asyncio.config import BackendConfig
 from quicvoice.asyncio.server import ServerSession, SessionHandler, VoiceServer
+from quicvoice.audio import encode_stream, make_codec
 from quicvoice.errors import ConfigurationError, SessionRefusedError
 from quicvoice.session.codes import ErrorCode
 from quicvoice.session.events import EventReceived, SessionClosed, TurnEnded
-from quicvoice.session.messages import Hello
+from quicvoice.session.messages import Hello, UplinkMode
 
 from ..conftest import RedisServer
 from .metrics_scrape import Samples, parse, scrape, scrape_until, value
-from .voice_harness import FRAME, LB_CONFIG, SERVER_ID
+from .voice_harness import FRAME, LB_CONFIG, SERVER_ID, running_server
 
 pytestmark = pytest.mark.integration
 B = "quicvoice_backend_"
+FRAMES = 50
 
 
 def make_server(handler: SessionHandler = demo_agent) -> VoiceServer:
@@ -240,6 +243,7 @@ sys.modules["opentelemetry"] = None  # as if opentelemetry-api were not installe
 from quicvoice.asyncio.config import BackendConfig
 from quicvoice.asyncio.server import VoiceServer
 from quicvoice.agent import demo_agent
+from quicvoice.audio import encode_stream, make_codec
 from quicvoice.asyncio.client import connect
 
 async def main():
@@ -318,3 +322,36 @@ async def test_a_metrics_address_in_use_is_a_configuration_error(server: VoiceSe
     with pytest.raises(ConfigurationError, match="^metrics: cannot listen on 127.0.0.1:"):
         await other.start()
     await other.aclose()
+
+
+@pytest.mark.asyncio
+async def test_realtime_concealment_is_counted_from_the_jitter_buffer() -> None:
+    t = np.arange(FRAMES * 320) / 16000
+    payloads = encode_stream(
+        (5000 * np.sin(2 * np.pi * 200 * t)).astype(np.int16), 16000, make_codec("opus/48000")
+    )
+    arrived = 0
+
+    def lossy(data: bytes, address: tuple[str, int]) -> bool:
+        nonlocal arrived
+        arrived += 1
+        return arrived < 20 or arrived % 6 != 0  # a sixth of the call's packets, after setup
+
+    async with running_server(accept_datagram=lossy) as server:
+        host, port = server.address
+        hello = Hello(codecs=("opus/48000",), uplink=UplinkMode.REALTIME)
+        async with connect(host, port, hello=hello, verify=False) as client:
+            loop = asyncio.get_running_loop()
+            begin = loop.time()
+            for index, payload in enumerate(payloads):
+                await asyncio.sleep(max(0.0, begin + index * 0.02 - loop.time()))
+                client.send_audio(payload)
+            client.send_event("utterance.end", {"frames": FRAMES})
+            client.send_event("session.playout")
+            playout = (await client.wait_event("session.playout", 5.0)).data
+            samples = parse(server.telemetry.render())
+    concealed = playout["fec_frames"] + playout["plc_frames"] + playout["expand_frames"]
+    assert concealed > 0
+    assert value(samples, f"{B}uplink_frames_concealed_total") == concealed
+    assert value(samples, f"{B}uplink_frames_too_late_total") == playout["packets_late"]
+    assert value(samples, f"{B}uplink_frames_received_total") == playout["packets_received"]
