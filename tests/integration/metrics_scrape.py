@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -61,8 +61,3 @@ async def scrape_until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("the metrics never met the condition")
         await asyncio.sleep(interval)
-
-
-def wait_for(awaitable: Awaitable[object], timeout: float = 5.0) -> Awaitable[object]:
-    """``asyncio.wait_for`` with this module's default bound."""
-    return asyncio.wait_for(awaitable, timeout)
