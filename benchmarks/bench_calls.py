@@ -1,6 +1,6 @@
 """How many concurrent voice calls one backend core carries, beside stock aioquic.
 
-    python benchmarks/bench_calls.py [--quick] [--levels 25,50,100] [--seconds 5]
+    python benchmarks/bench_calls.py [--quick] [--levels 25,50,100] [--seconds 5] [--metrics]
 
 Each call sends one 20 ms frame (640 octets, L16 16 kHz) every 20 ms on the reliable uplink and
 the backend echoes every frame at once on a response turn, so audio flows 50 frames/s each way.
@@ -14,6 +14,8 @@ Two backends are measured the same way, in the same run:
 - ``stock``: aioquic's ``serve()`` and ``QuicConnectionProtocol`` speaking the same protocol
   with the same frame parser, i.e. what one writes with aioquic as it comes.
 The load generator is the same quicvoice client for both, so the difference is the backend's.
+``--metrics`` also serves the quicvoice backend's Prometheus ``/metrics`` (its sampler runs) and
+scrapes it once a second during the window, reporting the slowest scrape.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # -- the two backends (run in a subprocess) ------------------------------------------------
 
 
-async def serve_quicvoice(port: int) -> None:
+async def serve_quicvoice(port: int, metrics_port: int | None = None) -> None:
     from quicvoice.asyncio.config import BackendConfig
     from quicvoice.asyncio.server import ServerSession, VoiceServer
     from quicvoice.quiclb import LoadBalancerConfig
@@ -57,7 +59,9 @@ async def serve_quicvoice(port: int) -> None:
                 return
 
     config = BackendConfig(
-        listen=("127.0.0.1", port), configs=(LoadBalancerConfig(0, 4, 12, os.urandom(16)),)
+        listen=("127.0.0.1", port),
+        configs=(LoadBalancerConfig(0, 4, 12, os.urandom(16)),),
+        metrics=None if metrics_port is None else ("127.0.0.1", metrics_port),
     )
     server = VoiceServer(config, echo)
     await server.start()
@@ -206,13 +210,31 @@ async def one_call(
         return False
 
 
-async def run_level(backend: str, calls: int, seconds: float) -> Level:
+async def scrape_every_second(port: int, stop: float, durations: list[float]) -> None:
+    """GET /metrics once a second until ``stop``; record each scrape's wall time."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < stop:
+        begin = loop.time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+        body = await reader.read()
+        writer.close()
+        if not body.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError("the metrics scrape failed")
+        durations.append(loop.time() - begin)
+        await asyncio.sleep(max(0.0, begin + 1.0 - loop.time()))
+
+
+async def run_level(
+    backend: str, calls: int, seconds: float, metrics: bool = False
+) -> tuple[Level, list[float]]:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", backend, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    metrics_port = free_port() if metrics and backend == "quicvoice" else None
+    command = [sys.executable, __file__, "--serve", backend, "--port", str(port)]
+    if metrics_port is not None:
+        command += ["--metrics-port", str(metrics_port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    scrapes: list[float] = []
     try:
         assert process.stdout is not None
         if process.stdout.readline().strip() != "ready":
@@ -230,11 +252,16 @@ async def run_level(backend: str, calls: int, seconds: float) -> Level:
             for i in range(calls)
         ]
         await asyncio.sleep(max(0.0, measure_from - loop.time()))
+        scraper = None
+        if metrics_port is not None:
+            scraper = loop.create_task(scrape_every_second(metrics_port, stop, scrapes))
         server_before, client_before = cpu_seconds(process.pid), time.process_time()
         await asyncio.sleep(max(0.0, stop - loop.time()))
         server_cpu = (cpu_seconds(process.pid) - server_before) / seconds
         client_cpu = (time.process_time() - client_before) / seconds
         established = sum(await asyncio.gather(*tasks))
+        if scraper is not None:
+            await scraper
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -254,7 +281,8 @@ async def run_level(backend: str, calls: int, seconds: float) -> Level:
         if all_latencies
         else float("nan")
     )
-    return Level(backend, calls, established, server_cpu, client_cpu, frames, late, p50, p99)
+    level = Level(backend, calls, established, server_cpu, client_cpu, frames, late, p50, p99)
+    return level, scrapes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,22 +292,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement window")
     parser.add_argument("--serve", choices=["quicvoice", "stock"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--metrics", action="store_true", help="serve and scrape the quicvoice backend's /metrics"
+    )
     args = parser.parse_args(argv)
     if args.serve:
-        runner = serve_quicvoice if args.serve == "quicvoice" else serve_stock
+        if args.serve == "quicvoice":
+            serving = serve_quicvoice(args.port, args.metrics_port)
+        else:
+            serving = serve_stock(args.port)
         if os.environ.get("BENCH_UVLOOP"):
             import uvloop
 
-            uvloop.run(runner(args.port))
+            uvloop.run(serving)
         else:
-            asyncio.run(runner(args.port))
+            asyncio.run(serving)
         return 0
     levels = [10] if args.quick else [int(n) for n in args.levels.split(",")]
     seconds = 2.0 if args.quick else args.seconds
     results = []
+    scrapes: list[float] = []
     for calls in levels:
         for backend in ("stock", "quicvoice"):
-            results.append(asyncio.run(run_level(backend, calls, seconds)))
+            level, durations = asyncio.run(run_level(backend, calls, seconds, args.metrics))
+            results.append(level)
+            scrapes += durations
     print(
         f"Concurrent calls, 50 frames/s each way, {seconds:.0f} s windows, Python "
         f"{sys.version.split()[0]}"
@@ -298,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.calls_per_core:.0f} | {ratio:.2f} | {100 * r.late_ratio:.2f} % | "
             f"{r.p50_ms:.1f} / {r.p99_ms:.1f} | {100 * r.client_cpu:.0f} % |"
         )
+    if scrapes:
+        print()
+        print(f"/metrics: {len(scrapes)} scrapes, slowest {1000 * max(scrapes):.1f} ms")
     return 0
 
 

@@ -30,6 +30,16 @@ def _address(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(error).removeprefix("address: ")) from None
 
 
+def _listen_address(value: str) -> tuple[str, int]:
+    """An address to listen on: like ``_address``, and port 0 means any free port."""
+    from lb.config import parse_address
+
+    try:
+        return parse_address(value, "address", allow_port_zero=True)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("address: ")) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``quicvoice`` command."""
     parser = _Parser(
@@ -74,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write each realtime session's uplink, as the agent's jitter buffer played it, "
         "to DIR/<session_id>.wav (and its playout report to DIR/<session_id>.json)",
+    )
+    serve.add_argument(
+        "--metrics",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus text metrics at http://HOST:PORT/metrics (overrides the config)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
@@ -165,6 +181,8 @@ def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
+    from lb.config import format_address
+
     from .agent import make_demo
     from .app import DEFAULT_APP, load_app, session_handler
     from .asyncio.config import BackendConfig, check_import_string
@@ -192,6 +210,8 @@ def _serve(args: argparse.Namespace) -> int:
             config = replace(config, server_id=server_id)
     if args.session_store is not None:
         config = replace(config, session_store=args.session_store)
+    if args.metrics is not None:
+        config = replace(config, metrics=args.metrics)
     record_dir = None
     if args.record_uplink is not None:
         record_dir = Path(args.record_uplink)
@@ -232,6 +252,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if not config.configs:
             logging.warning("no [[configs]]: connection IDs are unroutable (0b111)")
+        metrics = server.telemetry.metrics_address
+        if metrics is not None:
+            print(json.dumps({"metrics": f"http://{format_address(metrics)}/metrics"}), flush=True)
         web = None
         if args.web is not None:
             from .asyncio.web import start_web

@@ -4,7 +4,8 @@ The file may be the forwarder's own (``examples/lb.toml``): both read the same
 ``[[configs]]`` tables and ``reset_key``. In such a file (it has ``[[backends]]``) the top-level
 ``listen`` is the forwarder's VIP, so a backend finds its own address in the ``[[backends]]``
 entry with its ``server_id`` (given with ``--server-id``), sends its replies to the
-forwarder's ``backend_listen``, and ignores the other forwarder keys. A backend-only file::
+forwarder's ``backend_listen``, and ignores the other forwarder keys (``metrics`` there is the
+forwarder's: give each backend its own with ``--metrics``). A backend-only file::
 
     listen = "127.0.0.1:4434"
     server_id = "0a000001"          # hex, server_id_len octets of every config
@@ -13,6 +14,7 @@ forwarder's ``backend_listen``, and ignores the other forwarder keys. A backend-
     certificate = "cert.pem"        # optional, with private_key; else self-signed P-256
     private_key = "key.pem"
     app = "mypackage.agent:app"     # optional: the application (default: the demo agent)
+    metrics = "127.0.0.1:9101"      # optional: Prometheus text at http://HOST:PORT/metrics
 
     [[configs]]
     id = 0
@@ -59,6 +61,7 @@ BACKEND_KEYS = frozenset(
         "session",
         "app",
         "auth",
+        "metrics",
     }
 )
 SESSION_KEYS = frozenset({"resume_key", "resume_key_id", "state_ttl", "token_ttl"})
@@ -111,6 +114,9 @@ class BackendConfig:
     app: str | None = None
     #: Who may call: token keys, issuer, audience, clock skew (``[auth]``); no keys: anyone.
     auth: AuthConfig = field(default_factory=AuthConfig)
+    #: TCP address serving Prometheus text metrics at ``/metrics`` (port 0: any free port);
+    #: ``None``: no metrics endpoint.
+    metrics: Address | None = None
 
     @property
     def effective_resume_key(self) -> bytes:
@@ -200,6 +206,8 @@ class BackendConfig:
             arguments["forwarder"] = parse_address(table["forwarder"], "forwarder")
         if "app" in table:
             arguments["app"] = check_import_string(table["app"])
+        if "metrics" in table and not shared:  # a shared file's ``metrics`` is the forwarder's
+            arguments["metrics"] = parse_address(table["metrics"], "metrics", allow_port_zero=True)
         if "session_store" in table:
             if not isinstance(table["session_store"], str):
                 raise ConfigurationError("session_store: must be a URL string")

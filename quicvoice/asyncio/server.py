@@ -43,6 +43,7 @@ from ..auth import (
 )
 from ..certificates import generate_certificate
 from ..errors import StoreError
+from ..observability.telemetry import NO_SESSION, BackendTelemetry, SessionTelemetry
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header, peek_psk_identity
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
 from ..session.codes import ErrorCode
@@ -216,6 +217,7 @@ class ServerSession:
     def start_turn(self) -> int:
         """Open a response turn; return its ID."""
         turn_id = self._connection.voice_connection().start_turn()
+        self._connection.telemetry.turn_started(turn_id)
         self._connection.transmit_soon()
         return turn_id
 
@@ -228,6 +230,7 @@ class ServerSession:
     def end_turn(self, turn_id: int) -> None:
         """Finish a turn."""
         self._connection.voice_connection().end_turn(turn_id)
+        self._connection.telemetry.turn_ended(turn_id)
         self._connection.transmit_soon()
 
     def cancel_turn(self, turn_id: int) -> None:
@@ -235,6 +238,7 @@ class ServerSession:
         for event in self._connection.voice_connection().cancel_turn(turn_id):
             if isinstance(event, TurnCancelled):
                 self.deliver(event)
+        self._connection.telemetry.turn_ended(turn_id, cancelled_by="server")
         self._connection.transmit_soon()
 
     def send_event(self, name: str, data: Any = None) -> None:
@@ -300,6 +304,8 @@ class _ServerConnection:
         self._voice: VoiceConnection | None = None
         self._transport: VoiceTransport | None = None
         self.session: ServerSession | None = None
+        #: Metrics and spans of the session (``NO_SESSION`` until it is welcomed).
+        self.telemetry: SessionTelemetry = NO_SESSION
         self.via_forwarder = False
         self.peer_address: Address | None = None
         self._last_receive = 0.0
@@ -337,6 +343,7 @@ class _ServerConnection:
                         gap_ms=(now - self._last_receive) * 1000,
                     )
                 )
+                self.telemetry.migrated(self._migrations[-1])
             self.peer_address = peer
         self._last_receive = now
         self.process_events(now)
@@ -372,6 +379,7 @@ class _ServerConnection:
             for voice_event in self._voice.handle_event(event, now):
                 self._on_voice_event(voice_event)
         if isinstance(event, ConnectionTerminated):
+            self.telemetry.closed(event.error_code, event.frame_type, event.reason_phrase)
             self.server.forget(self)
 
     def _on_voice_event(self, event: VoiceEvent) -> None:
@@ -390,6 +398,8 @@ class _ServerConnection:
             if isinstance(event, AudioReceived) and self.session.on_audio is not None:
                 self.session.on_audio(event.frame)
                 return
+            if isinstance(event, TurnCancelled):
+                self.telemetry.turn_ended(event.turn_id, cancelled_by="client")
             self.session.deliver(event)
 
     async def _accept(self, hello: Hello) -> None:
@@ -425,6 +435,7 @@ class _ServerConnection:
                     authorize=authorize,
                 )
             except ResumeRefused as refusal:
+                self.server.telemetry.resume_refused(refusal.reason.name)
                 if voice.state is State.NEGOTIATING:
                     self._refuse(ErrorCode.RESUME_REFUSED, str(refusal))
                 return
@@ -472,6 +483,7 @@ class _ServerConnection:
         self.session = ServerSession(
             self, hello, started, self.events, state, checkpointer, caller=caller
         )
+        self.telemetry = self.server.telemetry.session_started(self.session)
         if record is None:
             # A new session is stored at once, empty: a call whose backend dies before its
             # first conversational event can still be resumed elsewhere.
@@ -533,6 +545,7 @@ class _ServerConnection:
             "session refused from %s: %s%s", address, name, f" ({detail})" if detail else ""
         )
         self.voice_connection().reject(code, reason)
+        self.server.telemetry.refused(code)
         self.transmit_soon()
 
     def _on_checkpoint(self, event: CheckpointEvent) -> None:
@@ -541,12 +554,14 @@ class _ServerConnection:
             logger.info("session %s: resumed elsewhere, closing", self.session.session_id)
             self.session.close(ErrorCode.NO_ERROR, "session resumed elsewhere")
         elif isinstance(event, CheckpointFailed):
+            self.server.telemetry.store_failed("checkpoint")
             logger.warning("session checkpoint failed: %s", event.error)
 
     async def _run_handler(self, session: ServerSession) -> None:
         try:
             await self.server.handler(session)
-        except Exception:
+        except Exception as error:
+            self.telemetry.handler_failed(error)
             logger.exception("session %s: handler failed", session.session_id)
             session.close(ErrorCode.INTERNAL_ERROR, "the server application failed")
         finally:
@@ -666,6 +681,10 @@ class VoiceServer:
             ),
             0,
         )
+        #: Metrics (``/metrics`` when ``config.metrics`` is set) and OpenTelemetry spans.
+        self.telemetry = BackendTelemetry(
+            server_id=config.server_id.hex(), version=__version__, endpoint_counters=self.counters
+        )
 
     @property
     def address(self) -> Address:
@@ -676,7 +695,8 @@ class VoiceServer:
         return host, port
 
     async def start(self) -> None:
-        """Bind the UDP socket and start serving."""
+        """Bind the UDP socket and start serving (and ``/metrics`` when configured)."""
+        await self.telemetry.start(self.config.metrics)
         self._transport = await open_udp_endpoint(self.config.listen, self._on_datagram)
         self.store_monitor.start()
         self._warn_if_open()
@@ -703,14 +723,17 @@ class VoiceServer:
             connection.quic.close(error_code=ErrorCode.NO_ERROR, reason_phrase="server shutdown")
             connection.transmit()
             connection.cancel_timers()
+            connection.telemetry.closed(ErrorCode.NO_ERROR, None, "server shutdown")
         self._connections.clear()
         if self._transport is not None:
             self._transport.close()
         self.store_monitor.stop()
+        self.telemetry.close()
 
     async def aclose(self) -> None:
         """``close()``, then release the ticket cache and the session store."""
         self.close()
+        await self.telemetry.wait_closed()
         await self.store_monitor.aclose()
         await self.tickets.aclose()
         await self.store.aclose()
@@ -751,6 +774,7 @@ class VoiceServer:
                 record.version,
             )
         except StoreError as error:
+            self.telemetry.store_failed("resume")
             raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, str(error)) from None
         return session_id, claimed, state
 
