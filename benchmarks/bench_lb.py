@@ -735,8 +735,8 @@ def python_cost(datagrams: int = 192_000) -> str:
     from lb import mmsg, python_path
     from lb import pump as pump_module
     from lb.config import Backend, ForwarderConfig
-    from lb.encapsulation import wrap
     from lb.log import JsonLogger
+    from quicvoice.encapsulation import wrap
 
     def udp(host: str = HOST) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

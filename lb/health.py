@@ -18,10 +18,11 @@ import os
 import time
 from collections.abc import Sequence
 
+from quicvoice.encapsulation import wrap
 from quicvoice.quiclb import LoadBalancerConfig
+from quicvoice.settings import Address
 
-from .config import Address, Backend
-from .encapsulation import wrap
+from .config import Backend
 
 #: The client address probes claim to come from: 0.0.0.0 is never a real peer's source.
 PROBE_CLIENT: Address = ("0.0.0.0", 9)

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .config import Address
+from quicvoice.settings import Address
+
 from .router import MetricSample
 
 SNAPSHOT_SUFFIX = ".json"

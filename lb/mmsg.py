@@ -38,7 +38,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import Address
+from quicvoice.settings import Address
 
 #: Datagrams per system call. 32 slots of receive buffer are 2 MiB of address space, of
 #: which only the pages datagrams actually reach become resident.

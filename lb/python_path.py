@@ -28,9 +28,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
+from quicvoice.encapsulation import (
+    DECIMAL,
+    FAMILY_IPV4,
+    IPV4_HEADER,
+    IPV4_HEADER_LEN,
+    MAGIC_VERSION,
+)
+from quicvoice.settings import Address
+
 from . import mmsg
-from .config import Address
-from .encapsulation import DECIMAL, FAMILY_IPV4, IPV4_HEADER, IPV4_HEADER_LEN, MAGIC_VERSION
 from .health import PROBE_CLIENT, PROBE_REPLY_HEADER
 from .packet import LONG_HEADER_BIT, MAX_CID_LEN_V1, MIN_SHORT_HEADER_LEN
 from .router import (

@@ -35,6 +35,13 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import NamedTuple
 
+from quicvoice.encapsulation import (
+    IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN,
+    EncapsulationError,
+    unwrap,
+    wrap,
+)
 from quicvoice.quiclb import (
     Algorithm,
     LoadBalancerConfig,
@@ -43,15 +50,9 @@ from quicvoice.quiclb import (
     stateless_reset_token,
 )
 from quicvoice.quiclb.algorithms import aes_ecb_decryptor
+from quicvoice.settings import Address, format_address
 
-from .config import Address, Backend, ForwarderConfig, format_address
-from .encapsulation import (
-    IPV4_HEADER_LEN,
-    IPV6_HEADER_LEN,
-    EncapsulationError,
-    unwrap,
-    wrap,
-)
+from .config import Backend, ForwarderConfig
 from .packet import (
     LONG_HEADER_BIT,
     MAX_CID_LEN_V1,

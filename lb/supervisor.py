@@ -32,9 +32,10 @@ from types import FrameType
 from typing import Any
 
 from quicvoice.errors import ConfigurationError
+from quicvoice.settings import Address, format_address
 
 from . import mmsg
-from .config import Address, ForwarderConfig, format_address, load_config
+from .config import ForwarderConfig, load_config
 from .health import HealthTable, probes
 from .log import JsonLogger
 from .metrics import MetricsServer, read_snapshots

@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _address(value: str) -> tuple[str, int]:
-    from lb.config import parse_address
+    from .settings import parse_address
 
     try:
         return parse_address(value, "address")
@@ -32,7 +32,7 @@ def _address(value: str) -> tuple[str, int]:
 
 def _listen_address(value: str) -> tuple[str, int]:
     """An address to listen on: like ``_address``, and port 0 means any free port."""
-    from lb.config import parse_address
+    from .settings import parse_address
 
     try:
         return parse_address(value, "address", allow_port_zero=True)
@@ -181,13 +181,12 @@ def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from lb.config import format_address
-
     from .agent import make_demo
     from .app import DEFAULT_APP, load_app, session_handler
     from .asyncio.config import BackendConfig, check_import_string
     from .asyncio.server import VoiceServer
     from .quiclb import LoadBalancerConfig
+    from .settings import format_address
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

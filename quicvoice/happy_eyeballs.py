@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Address = tuple[str, int]
+from .settings import Address
 
 #: RFC 8305 §8: the recommended Connection Attempt Delay, seconds.
 DEFAULT_ATTEMPT_DELAY = 0.25

@@ -232,3 +232,15 @@ def test_no_import_cycles() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_quicvoice_never_imports_the_forwarder() -> None:
+    """``lb`` builds on quicvoice's codec and settings; the reverse would make a package cycle."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {target}"
+        for module, path in project_modules().items()
+        if matches(module, "quicvoice")
+        for line, target in imports_of(module, path)
+        if matches(target, "lb")
+    ]
+    assert found == []

@@ -38,6 +38,7 @@ from ..session.events import UplinkEnded as VoiceUplinkEnded
 from ..session.messages import UplinkMode
 from ..session.stats import SessionStats
 from ..session.wire import MediaFrame
+from ..settings import Address
 from .events import (
     AppEvent,
     Bye,
@@ -53,7 +54,6 @@ logger = logging.getLogger("quicvoice.app")
 
 Handler = Callable[["Session"], Awaitable[None]]
 """An application: ``async def handler(session: Session) -> None``."""
-Address = tuple[str, int]
 
 #: Turns whose ``played`` report is awaited at once; older ones give up waiting.
 MAX_AWAITED_REPORTS = 64

@@ -34,8 +34,6 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import HandshakeCompleted
 from aioquic.tls import SessionTicket
 
-from lb.config import format_address
-
 from ..errors import CertificateVerificationError, SessionRefusedError
 from ..happy_eyeballs import DEFAULT_ATTEMPT_DELAY
 from ..quic import (
@@ -70,6 +68,7 @@ from ..session.transport import (
     VoiceTransport,
     WebTransportTransport,
 )
+from ..settings import Address, format_address
 from ..urls import dial_target
 from .dial import (
     client_configuration,
@@ -84,7 +83,6 @@ from .udp import bind_udp_socket
 
 logger = logging.getLogger("quicvoice.client")
 
-Address = tuple[str, int]
 #: Clock rate assumed for a codec name without a usable rate (L16/16000's).
 DEFAULT_CLOCK_RATE = 16000
 #: How long the old socket stays open after a migration, at least (make-before-break).

@@ -41,11 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lb.config import FORWARDER_KEYS, Address, format_address, parse_address, parse_hex
-
 from ..auth.config import AuthConfig
 from ..errors import ConfigurationError
 from ..quiclb import LoadBalancerConfig
+from ..settings import FORWARDER_KEYS, Address, format_address, parse_address, parse_hex
 from ..store import StoreConfig
 
 BACKEND_KEYS = frozenset(

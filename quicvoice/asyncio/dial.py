@@ -33,7 +33,6 @@ from ..errors import (
 )
 from ..happy_eyeballs import (
     AbandonAttempt,
-    Address,
     ConnectionRace,
     RaceFailed,
     RaceTimedOut,
@@ -42,6 +41,7 @@ from ..happy_eyeballs import (
     interleave_families,
 )
 from ..quic import VoiceQuicConfiguration
+from ..settings import Address
 from ..tls import (
     CHECK_FORMAT,
     CertificatePolicy,

@@ -3,7 +3,7 @@
 aioquic's stock ``serve()`` makes its own CIDs and drops unknown DCIDs silently, so this
 endpoint routes datagrams itself: DCID -> connection, new connections from Initials, version
 negotiation, stateless resets for CIDs of this deployment that no connection owns, and the
-forwarder's encapsulation (``lb.encapsulation``) when a forwarder is configured.
+forwarder's encapsulation (``quicvoice.encapsulation``) when a forwarder is configured.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ from aioquic.quic.events import (
 )
 from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_version_negotiation
 
-from lb.config import format_address
-from lb.encapsulation import unwrap, wrap
-
 from ..audio.codecs import DEFAULT_CODECS, CodecSpec, make_codec, negotiate
 from ..audio.jitter import JitterBuffer, JitterBufferConfig
 from ..auth import (
@@ -42,6 +39,7 @@ from ..auth import (
     encode_caller,
 )
 from ..certificates import generate_certificate
+from ..encapsulation import unwrap, wrap
 from ..errors import StoreError
 from ..observability.telemetry import NO_SESSION, BackendTelemetry, SessionTelemetry
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header, peek_psk_identity
@@ -66,6 +64,7 @@ from ..session.transport import (
     WebTransportTransport,
 )
 from ..session.wire import MediaFrame
+from ..settings import Address, format_address
 from ..store import (
     AsyncCheckpointer,
     CheckpointConflicted,
@@ -106,7 +105,6 @@ MAX_PENDING_CONNECTIONS = 256
 MAX_PENDING_DATAGRAMS = 8
 
 SessionHandler = Callable[["ServerSession"], Awaitable[None]]
-Address = tuple[str, int]
 
 
 class ServerSession:

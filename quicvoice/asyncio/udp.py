@@ -6,7 +6,8 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-Address = tuple[str, int]
+from ..settings import Address
+
 DatagramCallback = Callable[[bytes, Address], None]
 
 #: Stock asyncio reads every datagram into a fresh 256 KiB buffer; QUIC datagrams are at most

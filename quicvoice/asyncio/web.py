@@ -24,11 +24,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..settings import Address
 from .server import VoiceServer
 
 logger = logging.getLogger("quicvoice.web")
 
-Address = tuple[str, int]
 
 #: The largest request head (request line and headers) read before answering 400/431.
 MAX_REQUEST_HEAD = 8192

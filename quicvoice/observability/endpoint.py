@@ -15,11 +15,11 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from ..settings import Address
 from .exposition import CONTENT_TYPE
 
 logger = logging.getLogger("quicvoice.metrics")
 
-Address = tuple[str, int]
 
 #: The path Prometheus scrapes.
 METRICS_PATH = "/metrics"

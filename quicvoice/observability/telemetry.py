@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..errors import ConfigurationError
 from ..session.events import SessionStarted
 from ..session.stats import Migration, SessionStats
+from ..settings import Address
 from .endpoint import MetricsEndpoint
 from .exposition import render
 from .metrics import BackendMetrics, SessionCounters, close_code_name
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("quicvoice.metrics")
 
-Address = tuple[str, int]
 
 #: Seconds between two samples of every open session's RTT and jitter.
 DEFAULT_SAMPLE_INTERVAL = 10.0

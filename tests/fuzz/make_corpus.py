@@ -16,7 +16,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoPair
 from aioquic.tls import SessionTicket
 
-from lb.encapsulation import wrap
+from quicvoice.encapsulation import wrap
 from quicvoice.quic import QuicLbConnection, parse_header, peek_psk_identity
 from quicvoice.quiclb import QuicLbConnectionIdGenerator
 from quicvoice.session.messages import (

@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 from lb import native_path
 from lb.config import Backend, ForwarderConfig
-from lb.encapsulation import EncapsulationError, unwrap, wrap
 from lb.health import PROBE_REPLY_HEADER
 from lb.packet import LongHeader, Malformed, ShortHeader, parse
 from lb.python_path import port_and_address
 from lb.router import Drop, Forward, Reply, Router, Send
+from quicvoice.encapsulation import EncapsulationError, unwrap, wrap
 from quicvoice.errors import ProtocolError
 from quicvoice.quic import peek_psk_identity
 from quicvoice.quiclb import LoadBalancerConfig, LoadBalancerDecoder, Unroutable

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from lb.encapsulation import wrap
 from quicvoice.asyncio.client import connect
+from quicvoice.encapsulation import wrap
 
 from .deployment import (
     LB_CONFIG,

@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lb.config import (
-    BACKEND_KEYS,
-    Backend,
-    ForwarderConfig,
-    format_address,
-    load_config,
-    parse_address,
-    parse_config,
-)
+from lb.config import Backend, ForwarderConfig, load_config, parse_config
 from quicvoice.errors import ConfigurationError
 from quicvoice.quiclb import Algorithm
+from quicvoice.settings import BACKEND_KEYS, format_address, parse_address
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "8f95f09245765f80256934e50c66207f"

@@ -29,14 +29,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lb import mmsg, python_path
-from lb.config import Address, Backend, ForwarderConfig
-from lb.encapsulation import wrap
+from lb.config import Backend, ForwarderConfig
 from lb.health import PROBE_CLIENT
 from lb.log import JsonLogger
 from lb.packet import QUIC_V1
 from lb.pump import DOWNLINK, UPLINK, Pump, Stopped
 from lb.router import Counters, Drop, DropReason, Forward, MetricSample, Reply, Router, Send
+from quicvoice.encapsulation import wrap
 from quicvoice.quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
+from quicvoice.settings import Address
 
 KEY = bytes.fromhex("8f95f09245765f80256934e50c66207f")
 RESET_KEY = bytes(range(32))

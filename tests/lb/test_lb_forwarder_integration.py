@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from lb import mmsg, native_path
-from lb.encapsulation import unwrap, wrap
+from quicvoice.encapsulation import unwrap, wrap
 from quicvoice.quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
 
 pytestmark = pytest.mark.integration

@@ -45,15 +45,16 @@ from test_lb_fast_path import (
 )
 
 from lb import native_path
-from lb.config import Address, load_config
-from lb.encapsulation import wrap
+from lb.config import load_config
 from lb.health import PROBE_CLIENT, PROBE_REPLY_HEADER
 from lb.log import JsonLogger
 from lb.pump import DOWNLINK, NATIVE, PYTHON, UPLINK, Pump, Stopped
 from lb.python_path import port_and_address
 from lb.router import DropReason, Forward, Reply, Router, Send
 from lb.supervisor import NATIVE_PATH_METRIC, Supervisor
+from quicvoice.encapsulation import wrap
 from quicvoice.quiclb import LoadBalancerConfig, LoadBalancerDecoder
+from quicvoice.settings import Address
 
 needs_native = pytest.mark.skipif(not native_path.AVAILABLE, reason=native_path.UNAVAILABLE)
 needs_aesni = pytest.mark.skipif(not native_path.AESNI, reason="no AES-NI on this CPU")

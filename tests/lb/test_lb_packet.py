@@ -8,14 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lb.encapsulation import (
-    IPV4_HEADER_LEN,
-    IPV6_HEADER_LEN,
-    MAGIC_VERSION,
-    EncapsulationError,
-    unwrap,
-    wrap,
-)
 from lb.packet import (
     QUIC_V1,
     QUIC_V2,
@@ -24,6 +16,14 @@ from lb.packet import (
     Malformed,
     ShortHeader,
     parse,
+)
+from quicvoice.encapsulation import (
+    IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN,
+    MAGIC_VERSION,
+    EncapsulationError,
+    unwrap,
+    wrap,
 )
 
 

@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lb.config import Backend, ForwarderConfig
-from lb.encapsulation import unwrap, wrap
 from lb.packet import QUIC_V1
 from lb.router import (
     MAX_CLIENT_DATAGRAM,
@@ -28,6 +27,7 @@ from lb.router import (
     Router,
     Send,
 )
+from quicvoice.encapsulation import unwrap, wrap
 from quicvoice.quiclb import (
     LoadBalancerConfig,
     QuicLbConnectionIdGenerator,

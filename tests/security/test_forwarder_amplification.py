@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lb.encapsulation import wrap
+from quicvoice.encapsulation import wrap
 from tests.integration.deployment import LB_CONFIG, Deployment
 
 pytestmark = pytest.mark.integration
