@@ -45,6 +45,7 @@ from typing import Any
 from .app import App, Session
 from .asyncio.server import ServerSession
 from .audio.quality import PlayoutRecorder
+from .errors import InvalidStateError
 from .session.events import (
     AudioReceived,
     ByeReceived,
@@ -189,7 +190,7 @@ async def _reply_playout(session: ServerSession, listener: UplinkListener | None
             data = await asyncio.wait_for(asyncio.shield(listener.finished), PLAYOUT_REPLY_TIMEOUT)
         except TimeoutError:
             data = listener.snapshot()
-    with contextlib.suppress(RuntimeError):  # the session closed meanwhile
+    with contextlib.suppress(InvalidStateError):  # the session closed meanwhile
         session.send_event("session.playout", data)
 
 

@@ -16,6 +16,11 @@ class ProtocolError(QuicVoiceError):
         self.error_code = error_code
 
 
+class InvalidStateError(QuicVoiceError, RuntimeError):
+    """Local misuse: the session, connection or endpoint is not in a state that allows the call
+    (audio before the session is up, a turn on a client, an endpoint not started)."""
+
+
 class ConfigurationError(QuicVoiceError, ValueError):
     """A configuration value, file or command-line argument is invalid; the message names it."""
 

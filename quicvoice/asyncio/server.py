@@ -40,7 +40,7 @@ from ..auth import (
 )
 from ..certificates import generate_certificate
 from ..encapsulation import unwrap, wrap
-from ..errors import StoreError
+from ..errors import InvalidStateError, StoreError
 from ..observability.telemetry import NO_SESSION, BackendTelemetry, SessionTelemetry
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header, peek_psk_identity
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
@@ -323,7 +323,7 @@ class _ServerConnection:
 
     def voice_connection(self) -> VoiceConnection:
         if self._voice is None:
-            raise RuntimeError("no voice session on this connection yet")
+            raise InvalidStateError("no voice session on this connection yet")
         return self._voice
 
     def receive(self, data: bytes, address: Address, via_forwarder: bool, now: float) -> None:
@@ -688,7 +688,7 @@ class VoiceServer:
     def address(self) -> Address:
         """The bound UDP address."""
         if self._transport is None:
-            raise RuntimeError("the server is not started")
+            raise InvalidStateError("the server is not started")
         host, port = self._transport.get_extra_info("sockname")[:2]
         return host, port
 

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..errors import InvalidStateError
 from ..settings import Address
 from .server import VoiceServer
 
@@ -168,7 +169,7 @@ class WebServer:
     def address(self) -> Address:
         """The bound TCP address."""
         if self._server is None or not self._server.sockets:
-            raise RuntimeError("the web server is not started")
+            raise InvalidStateError("the web server is not started")
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
 

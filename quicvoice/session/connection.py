@@ -28,7 +28,7 @@ from typing import Any
 from aioquic.quic.events import QuicEvent
 
 from .. import quic as glue
-from ..errors import ProtocolError
+from ..errors import InvalidStateError, ProtocolError
 from .codes import ErrorCode
 from .events import (
     AudioReceived,
@@ -406,7 +406,7 @@ class VoiceConnection:
         ``take_early_events()``.
         """
         if self.is_client or self.state is not State.NEGOTIATING:
-            raise RuntimeError(f"accept() in state {self.state.name}")
+            raise InvalidStateError(f"accept() in state {self.state.name}")
         self._start(welcome)
         self._send_message(welcome)
         return self._started_event(welcome)
@@ -459,14 +459,14 @@ class VoiceConnection:
         """
         early = self.state is State.AWAITING_WELCOME and self._uplink_stream_id is not None
         if not self.is_client or not (self.state is State.ACTIVE or early):
-            raise RuntimeError("send_audio() needs an active client session")
+            raise InvalidStateError("send_audio() needs an active client session")
         if seq is None:
             seq = self._next_seq
         frame = MediaFrame(seq % U32, timestamp % U32, payload)
         self._next_seq = (seq + 1) % U32
         if self._uplink_mode() is UplinkMode.RELIABLE:
             if self._uplink_stream_id is None:
-                raise RuntimeError("the uplink has ended")
+                raise InvalidStateError("the uplink has ended")
             self._send(self._uplink_stream_id, encode_frame(frame))
         else:
             datagram = encode_datagram(frame)
@@ -506,7 +506,7 @@ class VoiceConnection:
     def start_turn(self) -> int:
         """Server: open a new response turn and return its ID."""
         if self.is_client or self.state is not State.ACTIVE:
-            raise RuntimeError("start_turn() needs an active server session")
+            raise InvalidStateError("start_turn() needs an active server session")
         turn_id = self._next_turn_id
         self._next_turn_id += 1
         stream_id = self._transport.open_stream(unidirectional=True)
@@ -599,7 +599,7 @@ class VoiceConnection:
 
     def _send_message(self, message: Message) -> None:
         if self._control_stream_id is None:
-            raise RuntimeError("no control stream yet")
+            raise InvalidStateError("no control stream yet")
         self._send(self._control_stream_id, encode_message(message))
 
     def _send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:

@@ -31,6 +31,7 @@ from aioquic.quic.events import (
 )
 
 from .. import quic as glue
+from ..errors import InvalidStateError
 from .wire import read_varint
 
 #: ALPN of the raw-QUIC voice protocol.
@@ -403,7 +404,7 @@ class WebTransportTransport(_QuicStreams):
     def open_stream(self, unidirectional: bool) -> int:
         """Open a WebTransport stream of the session."""
         if self.session_id is None:
-            raise RuntimeError("the WebTransport session is not established")
+            raise InvalidStateError("the WebTransport session is not established")
         stream_id = self.h3.create_webtransport_stream(self.session_id, unidirectional)
         if not unidirectional:
             glue.mark_local_webtransport_stream(self.h3, stream_id, self.session_id)
@@ -413,7 +414,7 @@ class WebTransportTransport(_QuicStreams):
     def send_datagram(self, data: bytes) -> None:
         """Queue an HTTP/3 datagram of the session."""
         if self.session_id is None:
-            raise RuntimeError("the WebTransport session is not established")
+            raise InvalidStateError("the WebTransport session is not established")
         self.h3.send_datagram(self.session_id, data)
 
 
