@@ -3,16 +3,33 @@
 Calls survive a change of network (QUIC connection migration), route through a
 stateless QUIC-LB load balancer, and keep their state outside the backend process.
 
-``quicvoice.connect`` (a call, client side), ``quicvoice.VoiceServer`` (a backend) and the
-server application API (``quicvoice.App``, ``quicvoice.Session``, ...; ``quicvoice.app``) are
-imported on first use, so ``import quicvoice`` alone (as the forwarder does, for the QUIC-LB
-codec) loads neither aioquic nor the audio stack.
+The public names live here: the client (``connect``, ``VoiceClient`` and the events a call
+receives), the server application API (``App``, ``Session``, ``Turn``, the ``AppEvent``
+union), who may call (``CallRequest``, ``Caller``, ``Refuse``) and the error tree. All but
+the errors are imported on first use, so ``import quicvoice`` alone (as the forwarder does,
+for the QUIC-LB codec) loads neither aioquic nor the audio stack.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    CertificateVerificationError,
+    CodecError,
+    ConfigurationError,
+    ConnectFailedError,
+    ConnectTimeoutError,
+    InvalidStateError,
+    InvalidURLError,
+    NameResolutionError,
+    ProtocolError,
+    QuicVoiceError,
+    SessionRefusedError,
+    StoreError,
+)
+from .version import __version__
 
 if TYPE_CHECKING:
     from .app import (
@@ -32,22 +49,86 @@ if TYPE_CHECKING:
     from .asyncio.client import VoiceClient, connect
     from .asyncio.server import ServerSession, VoiceServer
     from .audio.pcm import PcmFrame
+    from .auth import Caller, CallRequest, Refuse
+    from .session.events import (
+        AudioReceived,
+        ErrorReceived,
+        EventReceived,
+        SessionClosed,
+        SessionResumed,
+        TurnCancelled,
+        TurnEnded,
+        TurnStarted,
+    )
 
-from .version import __version__
+_LAZY_FROM = {
+    "quicvoice.app": (
+        "App",
+        "AppEvent",
+        "Bye",
+        "CallerMigrated",
+        "Session",
+        "SessionEnded",
+        "Turn",
+        "TurnInterrupted",
+        "TurnInterruptedByCaller",
+        "TurnPlayed",
+        "UplinkEnded",
+        "UserEvent",
+    ),
+    "quicvoice.asyncio.client": ("VoiceClient", "connect"),
+    "quicvoice.asyncio.server": ("ServerSession", "VoiceServer"),
+    "quicvoice.audio.pcm": ("PcmFrame",),
+    "quicvoice.auth": ("CallRequest", "Caller", "Refuse"),
+    "quicvoice.session.events": (
+        "AudioReceived",
+        "ErrorReceived",
+        "EventReceived",
+        "SessionClosed",
+        "SessionResumed",
+        "TurnCancelled",
+        "TurnEnded",
+        "TurnStarted",
+    ),
+}
+_LAZY = {name: module for module, names in _LAZY_FROM.items() for name in names}
 
 __all__ = [
     "App",
     "AppEvent",
+    "AudioReceived",
     "Bye",
+    "CallRequest",
+    "Caller",
     "CallerMigrated",
+    "CertificateVerificationError",
+    "CodecError",
+    "ConfigurationError",
+    "ConnectFailedError",
+    "ConnectTimeoutError",
+    "ErrorReceived",
+    "EventReceived",
+    "InvalidStateError",
+    "InvalidURLError",
+    "NameResolutionError",
     "PcmFrame",
+    "ProtocolError",
+    "QuicVoiceError",
+    "Refuse",
     "ServerSession",
     "Session",
+    "SessionClosed",
     "SessionEnded",
+    "SessionRefusedError",
+    "SessionResumed",
+    "StoreError",
     "Turn",
+    "TurnCancelled",
+    "TurnEnded",
     "TurnInterrupted",
     "TurnInterruptedByCaller",
     "TurnPlayed",
+    "TurnStarted",
     "UplinkEnded",
     "UserEvent",
     "VoiceClient",
@@ -55,29 +136,6 @@ __all__ = [
     "__version__",
     "connect",
 ]
-
-_APP_NAMES = (
-    "App",
-    "AppEvent",
-    "Bye",
-    "CallerMigrated",
-    "Session",
-    "SessionEnded",
-    "Turn",
-    "TurnInterrupted",
-    "TurnInterruptedByCaller",
-    "TurnPlayed",
-    "UplinkEnded",
-    "UserEvent",
-)
-_LAZY = {
-    "connect": "quicvoice.asyncio.client",
-    "VoiceClient": "quicvoice.asyncio.client",
-    "VoiceServer": "quicvoice.asyncio.server",
-    "ServerSession": "quicvoice.asyncio.server",
-    "PcmFrame": "quicvoice.audio.pcm",
-    **dict.fromkeys(_APP_NAMES, "quicvoice.app"),
-}
 
 
 def __getattr__(name: str) -> Any:

@@ -244,3 +244,11 @@ def test_quicvoice_never_imports_the_forwarder() -> None:
         if matches(target, "lb")
     ]
     assert found == []
+
+
+def test_the_package_root_names_what_it_exports() -> None:
+    """Every name in ``quicvoice.__all__`` resolves (the lazy ones import their module)."""
+    import quicvoice
+
+    missing = [name for name in quicvoice.__all__ if not hasattr(quicvoice, name)]
+    assert missing == []

@@ -93,9 +93,11 @@ def test_encapsulation_is_import_light_for_backends() -> None:
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
     )
-    # The package root and the two stdlib-only modules it takes: no aioquic, no session stack.
+    # The package root and the stdlib-only modules it takes: no aioquic, no session stack.
     loaded = set(result.stdout.strip()[1:-1].replace("'", "").split(", "))
-    assert loaded <= {"quicvoice", "quicvoice.version", "quicvoice.encapsulation"}
+    assert loaded <= {
+        "quicvoice", "quicvoice.errors", "quicvoice.version", "quicvoice.encapsulation"
+    }
 
 
 def test_batch_turns_batched_io_on() -> None:
