@@ -292,6 +292,10 @@ def build_session() -> AgentSession:
         stt=ToneSTT(),
         llm=ScriptedLLM(),
         tts=BeepTTS(),
+        # LiveKit ignores barge-ins for the first 3 s of agent speech by default, in case the
+        # caller's device echoes the agent back before its echo canceller has converged; a
+        # quicvoice client plays and captures through the platform's voice-processing I/O.
+        aec_warmup_duration=None,
         turn_handling={
             "turn_detection": "vad",
             "interruption": {"mode": "vad", "resume_false_interruption": False},

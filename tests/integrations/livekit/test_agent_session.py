@@ -92,3 +92,58 @@ async def test_the_agent_hears_the_caller_and_answers_at_the_apps_rate(
     for event, turn_id in zip(agents.finished, (greeting, turn), strict=True):
         assert not event.interrupted
         assert event.playback_position == pytest.approx(caller.played_ms(turn_id) / 1000, abs=0.021)
+
+
+async def test_a_callers_barge_in_interrupts_the_agent_and_reports_what_was_heard(
+    tmp_path: Path,
+) -> None:
+    agents = Agents()
+    async with deployed(tmp_path, agents, 16000) as deployment:
+        async with connect(*deployment.vip, verify=False) as client:
+            async with calling(client, "L16/16000") as caller:
+                await caller.wait_for(lambda: caller.turns_started(), "the greeting")
+                greeting = caller.turns_started()[0]
+                await caller.wait_for(lambda: caller.played_ms(greeting) >= 600, "600 ms heard")
+                client.cancel_turn(greeting)  # the caller talks over the agent
+                heard = caller.played_ms(greeting)
+                await caller.wait_for(lambda: agents.finished, "the greeting's end")
+                await caller.wait_for(lambda: caller.conversation, "the greeting's transcript")
+    call = agents.calls[0]
+    assert call.barge_ins == 1
+    finished = agents.finished[0]
+    assert finished.interrupted
+    assert finished.playback_position == pytest.approx(heard / 1000, abs=0.021)
+    full = len(example.beep_pcm(example.reply_to(example.llm.ChatContext()))) / 2 / 24000
+    assert heard / 1000 < full - 1.0  # it was cut short: the agent knows it was not all heard
+    assert caller.conversation[0]["role"] == "assistant"
+    assert caller.conversation[0]["interrupted"] is True
+    assert caller.played_ms(greeting) == heard  # nothing of it played after the barge-in
+
+
+async def test_the_agents_barge_in_stops_the_callers_playout_of_a_sent_turn(
+    tmp_path: Path,
+) -> None:
+    agents = Agents()
+    async with deployed(tmp_path, agents, 16000) as deployment:
+        async with connect(*deployment.vip, verify=False) as client:
+            async with calling(client, "L16/16000") as caller:
+                await caller.wait_for(lambda: caller.turns_started(), "the greeting")
+                greeting = caller.turns_started()[0]
+                await caller.wait_for(lambda: caller.played_ms(greeting) >= 400, "400 ms heard")
+                # The whole greeting has reached the client; the caller starts to speak and
+                # the agent's VAD, not the client, decides it is an interruption.
+                await caller.say(tone(440.0, caller.rate, 0.8))
+                await caller.wait_for(lambda: caller.cancelled(), "the agent's cancel")
+                heard = caller.played_ms(greeting)
+                await caller.wait_for(lambda: len(caller.conversation) >= 3, "the answer")
+    assert [c.turn_id for c in caller.cancelled()] == [greeting]
+    assert caller.cancelled()[0].by_peer
+    assert agents.calls[0].barge_ins == 0  # the agent's own doing, not the caller's
+    finished = agents.finished[0]
+    assert finished.interrupted
+    assert finished.playback_position == pytest.approx(heard / 1000, abs=0.021)
+    full = len(example.beep_pcm(example.reply_to(example.llm.ChatContext()))) / 2 / 24000
+    assert heard / 1000 < full - 1.0
+    assert caller.played_ms(greeting) == heard  # the client stopped playing it at once
+    assert caller.conversation[0]["interrupted"] is True
+    assert caller.conversation[2]["text"] == "You made a 440 hertz sound. That was your turn 1."
