@@ -93,7 +93,10 @@ class FrameConverter:
         tail = int(np.ceil(resampler.delay * resampler.in_rate)) + len(self._held)
         padded = np.zeros(-(-tail // multiple) * multiple, dtype=np.int16)
         padded[: len(self._held)] = self._held
-        out = resampler.process(padded)
+        # The padding up to the input multiple is not audio: keep only the held samples and
+        # the filter's delay.
+        keep = int(np.ceil(tail * resampler.out_rate / resampler.in_rate))
+        out = resampler.process(padded)[:keep]
         self._resampler = None
         self._held = np.zeros(0, dtype=np.int16)
         return out
