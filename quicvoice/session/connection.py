@@ -121,6 +121,9 @@ class SessionLimits:
     #: before ``accept()``, or a turn reaching the client before ``welcome`` (the streams are
     #: not ordered with the control stream). 500 frames is 10 s of audio.
     max_early_events: int = 500
+    #: Ended turns remembered as possibly still playing out at the client (cancellable);
+    #: a ``played`` report forgets one, and beyond this the oldest is forgotten.
+    max_playing_turns: int = 64
 
 
 @dataclass(slots=True)
@@ -160,6 +163,9 @@ class VoiceConnection:
         self._uplink_opened = False
         self._turn_streams: dict[int, int] = {}
         self._turns_ended: set[int] = set()
+        # Turns whose FIN went out (server) or came in (client) and that may still be playing
+        # out at the client: either side may still cancel them (barge-in); oldest first.
+        self._turns_playing: dict[int, None] = {}
         self._next_turn_id = 0
         self._next_seq = 0
         self._datagram_times: deque[float] = deque()
@@ -261,6 +267,7 @@ class VoiceConnection:
             if event.end_stream:
                 assert turn_id is not None
                 self._turns_ended.add(turn_id)
+                self._playing(turn_id)
                 sink.append(TurnEnded(turn_id=turn_id))
         if event.end_stream:
             del self._inbound[stream_id]
@@ -365,6 +372,7 @@ class VoiceConnection:
         elif isinstance(message, Played) and message.turn_id < self._next_turn_id:
             # A report for a turn this connection never opened (one from before a resume)
             # says nothing about this connection's turns: it is dropped.
+            self._turns_playing.pop(message.turn_id, None)
             out.append(
                 TurnPlayed(
                     turn_id=message.turn_id,
@@ -533,7 +541,13 @@ class VoiceConnection:
         stream_id = self._turn_streams.get(turn_id)
         if stream_id is not None and turn_id not in self._turns_ended:
             self._turns_ended.add(turn_id)
+            self._playing(turn_id)
             self._send(stream_id, b"", end_stream=True)
+
+    def _playing(self, turn_id: int) -> None:
+        self._turns_playing[turn_id] = None
+        if len(self._turns_playing) > self.limits.max_playing_turns:
+            del self._turns_playing[next(iter(self._turns_playing))]
 
     def cancel_turn(self, turn_id: int) -> list[VoiceEvent]:
         """Either side: barge-in. Stop the turn's stream and tell the peer; return the events."""
@@ -542,6 +556,14 @@ class VoiceConnection:
         return out
 
     def _cancel(self, turn_id: int, *, by_peer: bool, out: list[VoiceEvent]) -> None:
+        if self._turns_playing.pop(turn_id, 0) is None:
+            # Ended (FIN) but maybe still playing out at the client: no stream to stop, but
+            # the cancel tells the client to flush it (specs/protocol.md, Barge-in).
+            self._stats["turns_cancelled"] += 1
+            if not by_peer:
+                self._send_message(Cancel(turn_id=turn_id))
+            out.append(TurnCancelled(turn_id=turn_id, by_peer=by_peer))
+            return
         stream_id = self._turn_streams.get(turn_id)
         if stream_id is None or turn_id in self._turns_ended:
             return
@@ -565,6 +587,8 @@ class VoiceConnection:
         in ``welcome``): an older server would close the session on an unknown message.
         """
         welcome = self.welcome
+        if self.is_client:
+            self._turns_playing.pop(turn_id, None)  # reported: nothing left to cancel
         if not self.is_client or self.state is not State.ACTIVE or welcome is None:
             return False
         if not welcome.played_reports:

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from quicvoice.errors import ProtocolError
 from quicvoice.session.codes import ErrorCode
-from quicvoice.session.events import TurnCancelled, TurnPlayed
+from quicvoice.session.connection import SessionLimits
+from quicvoice.session.events import TurnCancelled, TurnEnded, TurnPlayed
 from quicvoice.session.messages import (
     U62,
     MessageReader,
@@ -21,7 +22,7 @@ from quicvoice.session.messages import (
 )
 from quicvoice.session.playout import MAX_TRACKED_TURNS, PlayedTurn, PlayoutBuffer
 
-from .pair import make_pair
+from .pair import Pair, make_pair
 
 FRAME = bytes(640)
 
@@ -186,3 +187,68 @@ def test_no_report_goes_to_a_server_that_did_not_ask() -> None:
     pair = make_pair(played_reports=False)
     assert not pair.client.send_played(0, 100, complete=True)
     assert pair.server is not None and not pair.server.send_played(0, 1, complete=True)
+
+
+# -- cancelling a turn that has fully arrived and is still playing out -------------------
+
+
+def _ended_turn(pair_webtransport: bool) -> tuple[Pair, int]:
+    pair = make_pair(webtransport=pair_webtransport, played_reports=True)
+    server = pair.server
+    assert server is not None
+    turn = server.start_turn()
+    for index in range(5):
+        assert server.send_turn_audio(turn, FRAME, index * 320)
+    server.end_turn(turn)
+    pair.pump()
+    assert TurnEnded(turn_id=turn) in pair.take("client")
+    pair.take("server")
+    return pair, turn
+
+
+@pytest.mark.parametrize("webtransport", [False, True], ids=["raw", "webtransport"])
+def test_the_server_cancels_a_turn_after_its_fin_and_the_client_hears_of_it(
+    webtransport: bool,
+) -> None:
+    pair, turn = _ended_turn(webtransport)
+    assert pair.server is not None
+    assert pair.server.cancel_turn(turn) == [TurnCancelled(turn_id=turn, by_peer=False)]
+    assert pair.server.cancel_turn(turn) == []  # once
+    pair.pump()
+    assert pair.take("client") == [TurnCancelled(turn_id=turn, by_peer=True)]
+    assert pair.client.send_played(turn, 40, complete=False)
+    pair.pump()
+    assert pair.take("server") == [TurnPlayed(turn_id=turn, played_ms=40, complete=False)]
+    assert pair.server.state.name == "ACTIVE" and pair.client.state.name == "ACTIVE"
+
+
+def test_the_client_cancels_a_turn_after_its_fin_and_the_server_hears_it_first() -> None:
+    pair, turn = _ended_turn(False)
+    assert pair.client.cancel_turn(turn) == [TurnCancelled(turn_id=turn, by_peer=False)]
+    assert pair.client.send_played(turn, 20, complete=False)
+    pair.pump()
+    assert pair.take("server") == [
+        TurnCancelled(turn_id=turn, by_peer=True),
+        TurnPlayed(turn_id=turn, played_ms=20, complete=False),
+    ]
+
+
+def test_a_turn_reported_played_can_no_longer_be_cancelled() -> None:
+    pair, turn = _ended_turn(False)
+    assert pair.server is not None
+    assert pair.client.send_played(turn, 100, complete=True)
+    pair.pump()
+    assert pair.take("server") == [TurnPlayed(turn_id=turn, played_ms=100, complete=True)]
+    assert pair.server.cancel_turn(turn) == []
+    assert pair.client.cancel_turn(turn) == []
+
+
+def test_the_ended_turns_a_side_remembers_are_bounded() -> None:
+    pair = make_pair(played_reports=True, server_limits=SessionLimits(max_playing_turns=3))
+    server = pair.server
+    assert server is not None
+    turns = [server.start_turn() for _ in range(5)]
+    for turn in turns:
+        server.end_turn(turn)
+    assert server.cancel_turn(turns[0]) == []  # forgotten: the oldest beyond the bound
+    assert server.cancel_turn(turns[4]) == [TurnCancelled(turn_id=turns[4], by_peer=False)]

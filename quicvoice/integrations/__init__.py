@@ -1,0 +1,1 @@
+"""Adapters that run voice-agent frameworks over quicvoice sessions."""
