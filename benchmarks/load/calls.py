@@ -198,7 +198,7 @@ class Inbox:
         The client has no public way to say so; this reads its private state (see
         ``CallPlan.hold_events``).
         """
-        return self._client._reconnecting is not None  # noqa: SLF001
+        return self._client.reconnecting
 
     def send(self, name: str, data: Any = None) -> None:
         """Send an application event; with ``hold_events``, not while reconnecting.
