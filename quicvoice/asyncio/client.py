@@ -247,7 +247,11 @@ class _Link:
 
     def transmit_soon(self) -> None:
         if self._transmit_handle is None and not self.closed:
-            self._transmit_handle = self._loop.call_soon(self.transmit)
+            self._transmit_handle = self._loop.call_soon(self._transmit_and_drain)
+
+    def _transmit_and_drain(self) -> None:
+        self.transmit()
+        self._drain()
 
     def transmit(self) -> None:
         self._transmit_handle = None

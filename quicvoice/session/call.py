@@ -759,6 +759,8 @@ class CallMachine:
         link.last_send = now
         if link.unanswered_since is None:
             link.unanswered_since = now
+        elif link is self._watched():
+            self._judge_if_silent(link)
 
     def handle_datagram_received(
         self,
@@ -996,8 +998,6 @@ class CallMachine:
         link = self._watched()
         if link is None or link.unanswered_since is None:
             return None
-        if link.last_send - link.unanswered_since > self.config.liveness_timeout:
-            return link.last_send
         return self._probe_due(link, link.unanswered_since)
 
     def _probe_due(self, link: _Link, unanswered: float) -> float:
@@ -1005,20 +1005,26 @@ class CallMachine:
         return max(unanswered + PROBE_AFTER * timeout, link.last_probe + PROBE_INTERVAL * timeout)
 
     def _check_liveness(self, now: float) -> None:
-        """Probe a send unanswered for a while; judge a silence longer than the timeout."""
+        """Probe a send unanswered for a while (the silence is judged when a send goes out:
+        ``handle_datagrams_sent``)."""
         link = self._watched()
         if link is None or link.unanswered_since is None:
             return
-        timeout = self.config.liveness_timeout
-        unanswered = link.unanswered_since
-        if now >= self._probe_due(link, unanswered):
+        if now >= self._probe_due(link, link.unanswered_since):
             # Probe a silence instead of judging it on loss recovery's few, backed-off
             # retransmissions: a frame or two lost each way in a quiet moment (10 % loss
             # at 200 ms RTT) would otherwise look like a second of silence.
             link.last_probe = now
             self._actions.append(SendPing(link=link.id))
+
+    def _judge_if_silent(self, link: _Link) -> None:
+        """Sending for longer than the timeout with nothing heard: dead, or its network gone
+        (the shell says which: ``CheckLocalAddress``)."""
+        unanswered = link.unanswered_since
+        if unanswered is None:
+            return
         silent = link.last_send - unanswered
-        if silent > timeout:
+        if silent > self.config.liveness_timeout:
             self._judging = link
             self._judging_reason = f"nothing heard for {silent:.2f} s while sending"
             address = link.active_address
