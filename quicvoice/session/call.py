@@ -873,7 +873,7 @@ class CallMachine:
                 error_code=int(ErrorCode.NO_ERROR), reason="stateless reset"
             )
             self._ended = True
-        elif link.role is LinkRole.CARRYING:
+        elif link.role is LinkRole.CARRYING and not self.ended:
             if self._should_resume(None):
                 self._begin_reconnect("stateless reset: the backend lost the connection", now)
             else:
@@ -988,7 +988,7 @@ class CallMachine:
             or self._reconnection is not None
             or self._recovery is not None
             or self._judging is not None
-            or self._closing
+            or self.ended
             or link.last_receive == 0.0
         ):
             return None
@@ -1039,7 +1039,7 @@ class CallMachine:
         if (
             self._recovery is not None
             or self._reconnection is not None
-            or self._closing
+            or self.ended
             or link is None
             or link.role is not LinkRole.CARRYING
             or self._session is None
@@ -1190,7 +1190,7 @@ class CallMachine:
         return (
             transport_death
             and self.config.reconnect
-            and not self._closing
+            and not self.ended
             and session is not None
             and session.resume_token is not None
         )
@@ -1200,7 +1200,7 @@ class CallMachine:
         before = self._session
         if (
             self._reconnection is not None
-            or self._closing
+            or self.ended
             or old is None
             or old.role is not LinkRole.CARRYING
             or before is None
@@ -1450,8 +1450,8 @@ class CallMachine:
             self._actions.append(SendBye(link=link_id, uplink_frames=item.uplink_frames))
 
     def _on_carrying_event(self, link: _Link, event: VoiceEvent, now: float) -> None:
-        if isinstance(event, SessionStarted):
-            return
+        if isinstance(event, SessionStarted) or self._ended:
+            return  # nothing follows the end of the call
         if isinstance(event, SessionClosed):
             if self._should_resume(event):
                 self._begin_reconnect(f"connection closed: {event.reason or event.error_code}", now)
