@@ -516,3 +516,21 @@ def test_close_while_reconnecting_closes_every_link_and_fails_a_waiting_migrate(
     assert shell.machine.open_links() == {}
     assert shell.finished[request] == "the call has ended"
     assert shell.machine.get_timer() is None
+
+
+def test_abort_closes_every_link_with_its_code_and_says_why() -> None:
+    """What the shell does when the app leaves too many events unread."""
+    shell = CallShell()
+    shell.start()
+    dead_by_silence(shell)
+    shell.machine.abort(int(ErrorCode.LIMIT_EXCEEDED), "the app left 10000 events unread")
+    shell.run()
+    assert all(
+        link.closed and link.close_code == ErrorCode.LIMIT_EXCEEDED
+        for link in shell.links.values()
+    )
+    assert shell.delivered[-1] == SessionClosed(
+        error_code=ErrorCode.LIMIT_EXCEEDED, reason="the app left 10000 events unread"
+    )
+    assert shell.machine.ended and not shell.machine.reconnecting
+    assert shell.machine.get_timer() is None
