@@ -146,3 +146,19 @@ class SessionClosed(VoiceEvent):
     error_code: int
     #: The reason phrase.
     reason: str
+
+
+#: What a client call delivers to its app (``VoiceClient.receive()``): a ``match`` over these
+#: classes is checked for exhaustiveness by mypy. Turn IDs are the client's own (unique over
+#: the whole call, resumes included: ``specs/protocol.md``).
+ClientEvent = (
+    TurnStarted
+    | AudioReceived
+    | TurnEnded
+    | TurnCancelled
+    | EventReceived
+    | ErrorReceived
+    | ByeReceived
+    | SessionResumed
+    | SessionClosed
+)
