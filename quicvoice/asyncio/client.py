@@ -616,10 +616,14 @@ class VoiceClient:
             if not changed.done():
                 changed.set_result(None)
 
-    async def _next_change(self) -> None:
+    def _change(self) -> asyncio.Future[None]:
+        """The future the next ``_notify()`` completes."""
         if self._changed is None:
             self._changed = self._loop.create_future()
-        await asyncio.shield(self._changed)
+        return self._changed
+
+    async def _next_change(self) -> None:
+        await asyncio.shield(self._change())
 
     async def _until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``predicate()`` holds after some action, at most ``timeout`` seconds."""
@@ -629,7 +633,10 @@ class VoiceClient:
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._next_change(), remaining)
+                # The future is made before waiting: ``wait_for`` would run a coroutine as a
+                # task, which makes it only when it first runs, after a datagram already
+                # queued could have changed everything and notified nobody.
+                await asyncio.wait_for(asyncio.shield(self._change()), remaining)
             except TimeoutError:
                 return predicate()
         return True

@@ -1,6 +1,7 @@
 """The asyncio client around the call machine, on real loopback sockets: events the app skips
 stay readable, a goodbye said while reconnecting reaches the connection that carries the call
-on, and an ended call says so with its own error."""
+on, an ended call says so with its own error, and the shell's wait for the machine misses no
+change."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import asyncio
 import time
 
 import pytest
+from aioquic.quic.configuration import QuicConfiguration
 
-from quicvoice.asyncio.client import connect
+from quicvoice.asyncio.client import VoiceClient, connect
 from quicvoice.asyncio.server import ServerSession
 from quicvoice.errors import CallEndedError
 from quicvoice.session.codes import ErrorCode
 from quicvoice.session.events import EventReceived, SessionClosed
+from quicvoice.session.messages import Hello
 
 from .voice_harness import FRAME, running_server
 
@@ -119,3 +122,30 @@ async def test_the_servers_close_is_received_then_receive_says_the_call_ended() 
                 await call.receive()
             with pytest.raises(CallEndedError):
                 call.send_audio(FRAME)
+
+
+@pytest.mark.asyncio
+async def test_a_change_just_after_the_wait_begins_wakes_it_at_once() -> None:
+    """The shell's wait for the machine (``open()`` waits on it for ``welcome`` or a refusal):
+    a change reported after the waiting task suspended but before anything else ran, as when
+    the refusal's datagram is already queued, must end the wait, not leave it to its timeout
+    (under load this made a refused ``connect`` time out instead of raising)."""
+    client = VoiceClient(
+        ("127.0.0.1", 9),
+        QuicConfiguration(is_client=True),
+        webtransport=False,
+        hello=Hello(),
+        limits=None,
+        authority="localhost",
+        reconnect=False,
+        liveness_timeout=1.0,
+        reconnect_timeout=1.0,
+    )
+    changed = False
+    started = time.monotonic()
+    waiting = asyncio.create_task(client._until(lambda: changed, 3.0))  # noqa: SLF001
+    await asyncio.sleep(0)  # the wait starts and suspends
+    changed = True
+    client._notify()  # noqa: SLF001 - what every drain of the machine's actions ends with
+    assert await asyncio.wait_for(waiting, 5.0)
+    assert time.monotonic() - started < 1.0
