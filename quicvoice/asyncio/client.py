@@ -29,12 +29,16 @@ from aioquic.tls import SessionTicket
 
 from lb.config import format_address
 
+from ..audio.frames import Pcm
+from ..audio.pcm import PcmEncoder, PcmFrame, check_app_rate
+from ..audio.turn_pcm import TurnPcmDecoder
 from ..errors import (
     CallEndedError,
     CallReconnectingError,
     CertificateVerificationError,
     MigrationError,
     SessionRefusedError,
+    UplinkEndedError,
 )
 from ..happy_eyeballs import DEFAULT_ATTEMPT_DELAY
 from ..quic import (
@@ -334,6 +338,11 @@ class VoiceClient:
     audio also waits there unless ``audio_events=False`` (the playout buffer has every frame
     either way), at most 500 frames, the oldest dropped and counted; control events are never
     dropped, and a call whose app leaves 10 000 of them unread ends with ``LIMIT_EXCEEDED``.
+
+    Audio is codec payloads (``send_audio``, ``playout.pull()``), or with ``sample_rate`` PCM
+    at the app's rate: ``send_pcm`` encodes it, and turns are decoded as they arrive (one
+    decoder per turn) into the playout buffer, which ``play()`` reads once per tick of the
+    app's audio clock; ``AudioReceived.pcm`` carries the same samples.
     """
 
     def __init__(
@@ -350,8 +359,10 @@ class VoiceClient:
         reconnect_timeout: float,
         path: str = WEBTRANSPORT_PATH,
         audio_events: bool = True,
+        sample_rate: int | None = None,
     ) -> None:
         self._server = server
+        self._sample_rate = None if sample_rate is None else check_app_rate(sample_rate)
         self._configuration = configuration
         self._webtransport = webtransport
         self._limits = limits
@@ -384,9 +395,16 @@ class VoiceClient:
         #: Packets of links already closed (the call's totals go on across resumes).
         self._packets_sent = 0
         self._packets_received = 0
+        #: Response turns, buffered ahead of real time for the app's audio clock: codec
+        #: payloads, or with ``sample_rate`` s16le PCM at that rate (``play()`` reads it).
         self.playout: PlayoutBuffer | None = None
         self._samples_per_frame = 320
         self._clock_rate = DEFAULT_CLOCK_RATE
+        #: With ``sample_rate``: the uplink's encoder and the downlink turns' decoders.
+        self._pcm_encoder: PcmEncoder | None = None
+        self._turn_pcm: TurnPcmDecoder | None = None
+        self._played_samples = 0
+        self._playing_turn: int | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -644,13 +662,21 @@ class VoiceClient:
     # -- events --------------------------------------------------------------------------
 
     def _playout(self) -> PlayoutBuffer | None:
-        """The playout buffer, made as soon as ``welcome`` names the codec: a turn's first
-        frames may arrive with the welcome, before ``open()`` has resumed."""
+        """The playout buffer (and with ``sample_rate`` the PCM converters), made as soon as
+        ``welcome`` names the codec: a turn's first frames may arrive with the welcome,
+        before ``open()`` has resumed. A resume keeps the codec, so they are made once."""
         session = self._machine.session
         if self.playout is None and session is not None:
             rate = codec_clock_rate(session.codec) or DEFAULT_CLOCK_RATE
             self._clock_rate = rate
             self._samples_per_frame = rate * session.frame_ms // 1000
+            if self._sample_rate is not None:
+                self._pcm_encoder = PcmEncoder(
+                    session.codec, self._sample_rate, frame_ms=session.frame_ms
+                )
+                self._turn_pcm = TurnPcmDecoder(
+                    session.codec, self._sample_rate, frame_ms=session.frame_ms
+                )
             self.playout = PlayoutBuffer(
                 self._samples_per_frame, rate=rate, on_turn_played=self._report_played
             )
@@ -666,18 +692,29 @@ class VoiceClient:
 
     def _deliver(self, event: ClientEvent) -> None:
         playout = self._playout()
+        turn_pcm = self._turn_pcm
         if isinstance(event, AudioReceived):
+            if turn_pcm is not None:
+                # Decoded as it arrives, in the order it is played: the playout buffer then
+                # holds PCM, and the event carries it too, at no further cost.
+                event = replace(event, pcm=turn_pcm.decode(event.turn_id, event.frame.payload))
             if playout is not None and event.turn_id is not None:
-                playout.push(event.turn_id, event.frame.payload)
+                playout.push(
+                    event.turn_id, event.frame.payload if event.pcm is None else event.pcm
+                )
         elif isinstance(event, TurnStarted):
             if playout is not None:
                 playout.start_turn(event.turn_id)
         elif isinstance(event, TurnEnded):
             if playout is not None:
                 playout.end_turn(event.turn_id)
+            if turn_pcm is not None:
+                turn_pcm.end_turn(event.turn_id)
         elif isinstance(event, TurnCancelled):
             if playout is not None:
                 playout.cancel(event.turn_id)
+            if turn_pcm is not None:
+                turn_pcm.end_turn(event.turn_id)
         elif isinstance(event, ByeReceived):
             self._peer_bye = event.uplink_frames
             self._peer_bye_event.set()
@@ -691,6 +728,20 @@ class VoiceClient:
                 int(ErrorCode.LIMIT_EXCEEDED),
                 f"the app left {waiting} events unread (receive() or wait_event())",
             )
+
+    def _check_pcm(self, what: str) -> None:
+        if self._sample_rate is None:
+            raise ValueError(
+                f"{what} needs connect(..., sample_rate=N): this call uses codec payloads"
+            )
+
+    def _flush_pcm(self) -> None:
+        """Send what ``send_pcm`` holds, padded to whole frames (the uplink is ending)."""
+        encoder = self._pcm_encoder
+        if encoder is None or self._machine.ended:
+            return
+        for frame in encoder.flush():
+            self._machine.send_audio(frame.payload, None, self._samples_per_frame)
 
     # -- the call ------------------------------------------------------------------------
 
@@ -726,6 +777,21 @@ class VoiceClient:
         return self._samples_per_frame
 
     @property
+    def sample_rate(self) -> int | None:
+        """The app's PCM rate in Hz (``connect(sample_rate=)``), or ``None``: codec payloads."""
+        return self._sample_rate
+
+    @property
+    def playing_turn(self) -> int | None:
+        """The turn of the frame the last ``play()`` gave (``None``: silence)."""
+        return self._playing_turn
+
+    @property
+    def audio_decode_errors(self) -> int:
+        """Downlink payloads that did not decode to PCM (each played as silence)."""
+        return self._turn_pcm.decode_errors if self._turn_pcm is not None else 0
+
+    @property
     def resumptions(self) -> tuple[Resumption, ...]:
         """Reconnections that resumed this session."""
         return self._machine.resumptions
@@ -746,11 +812,65 @@ class VoiceClient:
         self._drain()
         return seq
 
+    def send_pcm(self, pcm: bytes | bytearray | memoryview | Pcm) -> int:
+        """Send PCM at the app's rate (``connect(sample_rate=)``): s16le bytes or a 1-D
+        int16 numpy array, any length; return how many frames went out.
+
+        Whole frames are encoded to the session's codec and sent like ``send_audio``'s;
+        less than a frame (and an odd trailing byte) is held for the next call, and
+        ``end_audio()`` or ``bye()`` sends it padded with silence. Raises ``ValueError``
+        without ``sample_rate``, ``TypeError``/``ValueError`` for samples of another type or
+        shape, ``CallEndedError`` once the call has ended, ``UplinkEndedError`` after
+        ``end_audio()`` (reliable mode).
+        """
+        self._check_pcm("send_pcm()")
+        machine = self._machine
+        encoder = self._pcm_encoder
+        if machine.ended or encoder is None:
+            raise CallEndedError("cannot send audio: the call has ended")
+        if machine.uplink_ended:
+            raise UplinkEndedError("the uplink has ended (end_audio or bye)")
+        frames = encoder.write(pcm)
+        for frame in frames:
+            self._machine.send_audio(frame.payload, None, self._samples_per_frame)
+        self._drain()
+        return len(frames)
+
+    def play(self) -> PcmFrame:
+        """The downlink's next frame period as PCM at the app's rate: call it once per tick
+        of the app's audio clock (``connect(sample_rate=)``).
+
+        It takes the next frame from the playout buffer (as ``playout.pull()``, so what is
+        played is what the ``played`` report counts), or gives a frame of silence
+        (``concealed`` true) when none is buffered; ``playing_turn`` says whose frame it was.
+        ``timestamp`` counts the samples played so far. ``ValueError`` without
+        ``sample_rate``.
+        """
+        self._check_pcm("play()")
+        turn_pcm, playout = self._turn_pcm, self.playout
+        if turn_pcm is None or playout is None:
+            raise CallEndedError("play(): the call has no session")
+        item = playout.pull()
+        if item is None:
+            self._playing_turn, data, concealed = None, turn_pcm.silence(), True
+        else:
+            (self._playing_turn, data), concealed = item, False
+        frame = PcmFrame(
+            data=data,
+            sample_rate=turn_pcm.app_rate,
+            timestamp=self._played_samples,
+            concealed=concealed,
+        )
+        self._played_samples += len(frame)
+        return frame
+
     def end_audio(self) -> None:
         """Finish the reliable uplink: the server then knows every frame has arrived.
 
-        While the call reconnects, the end waits for the connection that takes it over.
+        PCM held by ``send_pcm`` goes out first, padded to a whole frame. While the call
+        reconnects, the end waits for the connection that takes it over.
         """
+        self._flush_pcm()
         self._machine.end_audio()
         self._drain()
 
@@ -818,6 +938,7 @@ class VoiceClient:
 
         While the call reconnects, the goodbye waits for the connection that carries it on.
         """
+        self._flush_pcm()
         self._machine.bye()
         self._drain()
         await asyncio.wait_for(self._peer_bye_event.wait(), timeout)
@@ -902,6 +1023,7 @@ async def connect(
     liveness_timeout: float = 1.0,
     reconnect_timeout: float = 10.0,
     attempt_delay: float = ATTEMPT_DELAY,
+    sample_rate: int | None = None,
 ) -> AsyncIterator[VoiceClient]:
     """Open a voice call and close it on exit.
 
@@ -928,6 +1050,11 @@ async def connect(
     ``liveness_timeout`` seconds of sending without hearing anything; it gives up after
     ``reconnect_timeout`` seconds.
 
+    ``sample_rate`` (8000, 16000, 24000, 44100 or 48000 Hz) makes the call speak PCM at that
+    rate whatever the codec on the wire: ``send_pcm()`` takes s16le samples, ``play()`` gives
+    them, and the playout buffer and ``AudioReceived.pcm`` hold them. Without it the app
+    sends and plays codec payloads (``send_audio()``, ``playout.pull()``).
+
     Raises ``SessionRefusedError`` when the server closes before welcoming the session, with
     the close's ``error_code`` (``RESUME_REFUSED`` for a bad or stale ``resume_token``,
     ``UNSUPPORTED`` for no common codec, ``UNAUTHENTICATED``..``REFUSED`` or an accept hook's
@@ -935,6 +1062,8 @@ async def connect(
     session is up within ``timeout`` (resolution included).
     """
     check_aioquic_version()
+    if sample_rate is not None:
+        check_app_rate(sample_rate)
     if ca_file is not None and cafile is not None:
         raise ValueError("give ca_file or its alias cafile, not both")
     url = dial_target(target, port, webtransport)
@@ -980,6 +1109,7 @@ async def connect(
             reconnect=reconnect,
             liveness_timeout=liveness_timeout,
             reconnect_timeout=reconnect_timeout,
+            sample_rate=sample_rate,
         )
         local = chosen_local or ("::" if ":" in server[0] else "0.0.0.0", 0)
         # The race's deadline bounds the attempt; open()'s own timeout only backs it up.

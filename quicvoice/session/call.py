@@ -399,6 +399,15 @@ class CallMachine:
         return self._next_seq
 
     @property
+    def uplink_ended(self) -> bool:
+        """Whether a reliable uplink was finished (``end_audio`` or ``bye``): more audio is
+        ``UplinkEndedError``. A realtime uplink never ends."""
+        session = self._session
+        return (
+            self._audio_ended and session is not None and session.uplink is UplinkMode.RELIABLE
+        )
+
+    @property
     def frames_dropped(self) -> int:
         """Uplink frames given up: kept frames over the bound, realtime frames while
         reconnecting."""

@@ -578,6 +578,16 @@ def test_local_misuse_raises_its_own_errors() -> None:
         CallConfig(liveness_timeout=0)
 
 
+@pytest.mark.parametrize("uplink", [UplinkMode.RELIABLE, UplinkMode.REALTIME])
+def test_the_uplink_ends_with_end_audio_or_bye_only_when_reliable(uplink: UplinkMode) -> None:
+    for finish in ("end_audio", "bye"):
+        shell = CallShell(uplink=uplink)
+        shell.start()
+        assert not shell.machine.uplink_ended
+        getattr(shell.machine, finish)()
+        assert shell.machine.uplink_ended is (uplink is UplinkMode.RELIABLE)
+
+
 def test_close_while_reconnecting_closes_every_link_and_fails_a_waiting_migrate() -> None:
     shell = CallShell()
     shell.start()
