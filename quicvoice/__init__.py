@@ -16,6 +16,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    CallEndedError,
+    CallReconnectingError,
     CertificateVerificationError,
     CodecError,
     ConfigurationError,
@@ -23,11 +25,13 @@ from .errors import (
     ConnectTimeoutError,
     InvalidStateError,
     InvalidURLError,
+    MigrationError,
     NameResolutionError,
     ProtocolError,
     QuicVoiceError,
     SessionRefusedError,
     StoreError,
+    UplinkEndedError,
 )
 from .version import __version__
 
@@ -98,6 +102,8 @@ __all__ = [
     "AppEvent",
     "AudioReceived",
     "Bye",
+    "CallEndedError",
+    "CallReconnectingError",
     "CallRequest",
     "Caller",
     "CallerMigrated",
@@ -110,6 +116,7 @@ __all__ = [
     "EventReceived",
     "InvalidStateError",
     "InvalidURLError",
+    "MigrationError",
     "NameResolutionError",
     "PcmFrame",
     "ProtocolError",
@@ -130,6 +137,7 @@ __all__ = [
     "TurnPlayed",
     "TurnStarted",
     "UplinkEnded",
+    "UplinkEndedError",
     "UserEvent",
     "VoiceClient",
     "VoiceServer",

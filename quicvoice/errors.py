@@ -92,3 +92,22 @@ class ConnectFailedError(QuicVoiceError, ConnectionError):
 
 class ConnectTimeoutError(QuicVoiceError, ConnectionError, TimeoutError):
     """No voice session was up within ``connect``'s timeout."""
+
+
+class CallEndedError(QuicVoiceError, ConnectionError):
+    """The call has ended (the app closed it, the peer closed it, or no resume succeeded):
+    nothing more can be sent on it, and nothing more will arrive."""
+
+
+class CallReconnectingError(QuicVoiceError, ConnectionError):
+    """The call is reconnecting and cannot do this now (it has no socket yet, or it holds as
+    many app events for the next connection as it may)."""
+
+
+class MigrationError(QuicVoiceError, ConnectionError):
+    """``migrate()`` did not complete: no socket on the new address, no answer on the new
+    path in time, or the call could not be resumed from there."""
+
+
+class UplinkEndedError(QuicVoiceError):
+    """Audio was sent after ``end_audio()`` or ``bye()`` finished the reliable uplink."""

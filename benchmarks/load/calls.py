@@ -193,12 +193,9 @@ class Inbox:
         self.epoch = 0
 
     def reconnecting(self) -> bool:
-        """Whether the client is re-establishing its connection right now.
-
-        The client has no public way to say so; this reads its private state (see
-        ``CallPlan.hold_events``).
-        """
-        return self._client._reconnecting is not None  # noqa: SLF001
+        """Whether the client is re-establishing its connection right now (see
+        ``CallPlan.hold_events``)."""
+        return self._client.reconnecting
 
     def send(self, name: str, data: Any = None) -> None:
         """Send an application event; with ``hold_events``, not while reconnecting.

@@ -5,16 +5,10 @@ mid-call (``migrate``): it binds a new socket, switches to a fresh connection ID
 server's pool (RFC 9000 §9.5), sends from the new socket at once, and keeps the old one open
 for about one RTT so that nothing already in flight towards it is lost (make-before-break).
 
-When the network under the call vanishes without warning (the app has not called
-``migrate`` yet, the kernel refuses to send from the old address), the client moves the live
-connection by itself to whatever network the kernel now routes through, with a fresh CID, and
-``migrate()`` to that network later just reports that move.
-
-When the connection itself dies (its backend is gone: a stateless reset, or nothing heard for
-``liveness_timeout`` while sending), the client reconnects to the same address and resumes the
-session with the token from ``welcome``. Uplink frames the dead connection never got
-acknowledged, and those captured during the gap, are kept and sent on the new connection, so
-no speech is lost.
+What to do when the network under the call vanishes, when its connection dies, how to resume
+and what to keep meanwhile is decided by the sans-I/O ``CallMachine``
+(``quicvoice.session.call``, ``specs/protocol.md``). This module is its thin asyncio shell:
+sockets, aioquic connections, timers, moving datagrams, and executing the machine's actions.
 """
 
 from __future__ import annotations
@@ -24,30 +18,64 @@ import errno
 import logging
 import os
 import socket
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from typing import Any, cast
+from dataclasses import replace
+from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import HandshakeCompleted
 from aioquic.tls import SessionTicket
 
-from ..errors import CertificateVerificationError, SessionRefusedError
+from ..audio.frames import Pcm
+from ..audio.pcm import PcmEncoder, PcmFrame, check_app_rate
+from ..audio.turn_pcm import TurnPcmDecoder
+from ..errors import (
+    CallEndedError,
+    CallReconnectingError,
+    CertificateVerificationError,
+    ConnectTimeoutError,
+    MigrationError,
+    SessionRefusedError,
+    UplinkEndedError,
+)
 from ..happy_eyeballs import DEFAULT_ATTEMPT_DELAY
 from ..quic import (
     VoiceQuicConnection,
     can_send_early_data,
     check_aioquic_version,
     peer_reset_tokens,
+    rtt_seconds,
     stream_send_offsets,
+)
+from ..session.call import (
+    CallAction,
+    CallConfig,
+    CallMachine,
+    CancelTurn,
+    CheckLocalAddress,
+    CloseLink,
+    ClosePath,
+    DeliverEvent,
+    EndAudio,
+    LinkId,
+    MigrationFinished,
+    OpenLink,
+    OpenPath,
+    PathId,
+    Resumption,
+    SendAudio,
+    SendBye,
+    SendEvent,
+    SendPing,
+    SendPlayed,
 )
 from ..session.codes import ErrorCode
 from ..session.connection import SessionLimits, VoiceConnection
 from ..session.events import (
     AudioReceived,
     ByeReceived,
+    ClientEvent,
     EventReceived,
     SessionClosed,
     SessionResumed,
@@ -55,9 +83,9 @@ from ..session.events import (
     TurnCancelled,
     TurnEnded,
     TurnStarted,
-    VoiceEvent,
 )
-from ..session.messages import Hello, UplinkMode, codec_clock_rate
+from ..session.inbox import EventInbox, InboxStats
+from ..session.messages import Hello, codec_clock_rate
 from ..session.playout import PlayedTurn, PlayoutBuffer
 from ..session.stats import Migration, SessionStats
 from ..session.transport import (
@@ -79,99 +107,72 @@ from .dial import (
     usable_addresses,
 )
 from .timer import ConnectionTimer
-from .udp import bind_udp_socket
+from .udp import RECEIVE_SIZE, bind_udp_socket
+
+__all__ = [
+    "Resumption",
+    "VoiceClient",
+    "address_vanished",
+    "connect",
+    "hello_with_credentials",
+    "route_source",
+]
 
 logger = logging.getLogger("quicvoice.client")
 
 #: Clock rate assumed for a codec name without a usable rate (L16/16000's).
 DEFAULT_CLOCK_RATE = 16000
-#: How long the old socket stays open after a migration, at least (make-before-break).
-MIN_OLD_PATH_LINGER = 0.05
-#: Uplink frames kept for resending after a reconnection: 60 s of 20 ms frames.
-MAX_KEPT_FRAMES = 3000
-#: Pause between reconnection attempts, doubling up to the maximum.
-RECONNECT_BACKOFF = 0.05
-RECONNECT_BACKOFF_MAX = 1.0
-#: A reconnection attempt waits this many RTTs (of the lost connection) for ``welcome``, at
-#: least the minimum: an attempt whose first flight went to the dead backend (the forwarder
-#: may not know yet) is abandoned quickly, and the next one hashes elsewhere.
-ATTEMPT_RTTS = 8
-MIN_ATTEMPT_TIMEOUT = 0.3
-#: Attempts made with that short timeout before it starts doubling.
-FAST_ATTEMPTS = 4
-#: The attempt timeout when the client has moved to another network meanwhile (its RTT there
-#: is unknown): long enough for a handshake over a slow cellular link.
-NEW_PATH_ATTEMPT_TIMEOUT = 1.5
-#: How long an attempt the backend has answered may take in all: under load its handshake
-#: and resume queue behind others, and abandoning it would only queue one more.
-ANSWERED_ATTEMPT_TIMEOUT = 3.0
-LIVENESS_CHECK_INTERVAL = 0.05
-#: Once a send has gone unanswered this fraction of ``liveness_timeout``, PINGs probe the
-#: connection every ``PROBE_INTERVAL`` of it, so a live peer has many chances to answer
-#: before the connection is declared dead.
-PROBE_AFTER = 0.25
-PROBE_INTERVAL = 0.1
-#: Events a quiet connection may deliver during a resume, kept in case it comes back.
-MAX_QUIET_EVENTS = 10000
-#: Application events the app may send while the call reconnects.
-MAX_HELD_EVENTS = 1000
-#: Send errors that mean the socket's network is gone (its address or route vanished), not
-#: that the server is: the connection moves to whatever network remains.
-PATH_GONE_ERRORS = frozenset({errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN})
-#: Close codes by which a backend refused a resume without taking the session over.
-DEFINITE_REFUSALS = frozenset({int(ErrorCode.RESUME_REFUSED), int(ErrorCode.UNSUPPORTED)})
+#: Datagrams read from one socket per wake-up of the event loop, at most.
+MAX_READS_PER_WAKEUP = 32
 
 
-class _ClientSocket(asyncio.DatagramProtocol):
-    """One local UDP socket of the client; several exist during a migration."""
+class _ClientSocket:
+    """One local UDP socket of a link (several exist during a migration), read by the loop's
+    reader callback and written directly: a failed send is reported at once, so a vanished
+    network is noticed on the first frame sent from it."""
 
-    def __init__(
-        self,
-        on_datagram: Callable[[bytes, Address, float], None],
-        on_path_gone: Callable[[_ClientSocket, OSError], None],
-    ) -> None:
-        self._on_datagram = on_datagram
-        self._on_path_gone = on_path_gone
-        self.transport: asyncio.DatagramTransport | None = None
-        self.local_address: Address = ("", 0)
-        self.first_receive: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self.last_receive = 0.0
+    def __init__(self, link: _Link, path: PathId, sock: socket.socket) -> None:
+        self._link = link
+        self.path = path
+        self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self.local_address: Address = (host, port)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._read_ready)
+        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        self.local_address = (host, port)
+    def _read_ready(self) -> None:
+        for _ in range(MAX_READS_PER_WAKEUP):
+            if self.closed:
+                return
+            try:
+                data, addr = self._sock.recvfrom(RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # an ICMP error queued on the socket: nothing to read
+            # An IPv6 socket reports (host, port, flowinfo, scope_id); aioquic compares the
+            # peer's address with the one it connected to, (host, port), so a 4-tuple would
+            # look like a packet from another path and the handshake would never finish.
+            self._link.datagram_received(self, data, (addr[0], addr[1]))
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        now = asyncio.get_running_loop().time()
-        self.last_receive = now
-        if not self.first_receive.done():
-            self.first_receive.set_result(now)
-        # An IPv6 socket reports (host, port, flowinfo, scope_id); aioquic compares the
-        # peer's address with the one it connected to, (host, port), so a 4-tuple would look
-        # like a packet from another path and the handshake would never finish.
-        self._on_datagram(data, (addr[0], addr[1]), now)
-
-    def error_received(self, exc: Exception) -> None:
-        # Unconnected UDP sockets get no ICMP errors on Linux: what arrives here is the
-        # kernel refusing our own send, which is worth acting on when the network vanished.
-        if isinstance(exc, OSError) and exc.errno in PATH_GONE_ERRORS:
-            self._on_path_gone(self, exc)
+    def send(self, data: bytes, addr: Any) -> None:
+        """Send one datagram; a full buffer loses it (QUIC recovers), a gone network is
+        reported."""
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as error:
+            self._link.send_failed(self, error)
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _KeptFrame:
-    """An uplink frame kept until the server acknowledges it (or resent after a resume)."""
-
-    seq: int
-    timestamp: int
-    payload: bytes
-    #: Where the frame ends on the uplink stream; acknowledged once the peer's ACKs pass it.
-    stream_end: int
+        """Stop reading and close the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
 
 
 class _Link:
@@ -179,20 +180,22 @@ class _Link:
 
     def __init__(
         self,
-        server: Address,
+        link_id: LinkId,
         configuration: QuicConfiguration,
         *,
+        machine: CallMachine,
+        drain: Callable[[], None],
         webtransport: bool,
-        hello: Hello,
-        limits: SessionLimits | None,
         authority: str,
         path: str,
-        on_event: Callable[[_Link, VoiceEvent], None],
-        on_reset: Callable[[_Link], None],
+        hello: Hello,
+        limits: SessionLimits | None,
         on_ticket: Callable[[SessionTicket], None],
-        on_path_gone: Callable[[_Link, _ClientSocket, OSError], None],
     ) -> None:
-        self.server = server
+        self.id = link_id
+        #: The call's machine, told what happens here; ``drain`` runs its actions after.
+        self._machine = machine
+        self._drain = drain
         self.quic = VoiceQuicConnection(
             configuration=configuration, session_ticket_handler=on_ticket
         )
@@ -202,69 +205,57 @@ class _Link:
             else RawQuicTransport(self.quic)
         )
         self.voice = VoiceConnection(transport, hello=hello, limits=limits)
-        self._on_event = on_event
-        self._on_reset = on_reset
-        self._on_path_gone = on_path_gone
-        self.sockets: list[_ClientSocket] = []
+        self.sockets: dict[PathId, _ClientSocket] = {}
         self.active: _ClientSocket | None = None
         self.timer = ConnectionTimer(self.quic, self._on_timer)
         self._transmit_handle: asyncio.Handle | None = None
-        self.started: asyncio.Future[SessionStarted] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.connected = False
         self.closed = False
         self.packets_sent = 0
         self.packets_received = 0
-        self.last_send = 0.0
-        #: When the first packet sent since the last one received went out (``None`` while
-        #: nothing sent is unanswered): silence counts from there, not from the last receive,
-        #: so a pause in sending is not mistaken for a dead peer.
-        self.unanswered_since: float | None = None
-        self.last_probe = 0.0
-        self._probes = 0
-        self.last_receive = 0.0
-        #: Event-loop times of the first packet sent, the handshake's end and ``welcome``.
-        self.started_at = 0.0
-        self.handshake_at = 0.0
-        self.welcome_at = 0.0
-        #: Whether the server accepted what we sent in 0-RTT.
-        self.early_data_accepted = False
-        #: The peer reset the connection (it has no state for it), or the session ended.
-        self.reset_received = False
-        self.session_ended = False
 
-    async def open_socket(self, local_address: Address) -> _ClientSocket:
-        loop = asyncio.get_running_loop()
-        sock = bind_udp_socket(local_address)
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: _ClientSocket(self._on_datagram, self._socket_path_gone), sock=sock
-        )
-        self.sockets.append(protocol)
-        return protocol
+    def bind(self, path: PathId, address: Address) -> _ClientSocket:
+        """A new socket on ``address`` (raises ``OSError`` when it cannot be bound)."""
+        sock = _ClientSocket(self, path, bind_udp_socket(address))
+        self.sockets[path] = sock
+        return sock
 
-    async def start(self, local_address: Address) -> None:
-        self.active = await self.open_socket(local_address)
-        self.started_at = asyncio.get_running_loop().time()
-        self.quic.connect(self.server, now=self.started_at)
+    def start(self, server: Address) -> None:
+        """Say hello: the first flight, in 0-RTT when a session ticket allows."""
+        self.connected = True
+        self.quic.connect(server, now=self._loop.time())
         if can_send_early_data(self.quic):
             self.voice.start_early()
-        self.transmit()
 
-    def _socket_path_gone(self, sock: _ClientSocket, error: OSError) -> None:
-        if not self.closed and sock is self.active:
-            self._on_path_gone(self, sock, error)
-
-    def _on_datagram(self, data: bytes, addr: Address, now: float) -> None:
+    def datagram_received(self, sock: _ClientSocket, data: bytes, addr: Any) -> None:
         if self.closed:
             return
+        now = self._loop.time()
         self.packets_received += 1
         if self._is_stateless_reset(data):
-            self.reset_received = True
-            self._on_reset(self)
+            self._machine.handle_stateless_reset(self.id, now)
+            self._drain()
             return
-        self.last_receive = now
-        self.unanswered_since = None
         self.quic.receive_datagram(data, addr, now)
+        stream_id = self.voice.uplink_stream_id
+        rtt = rtt_seconds(self.quic)
+        self._machine.handle_datagram_received(
+            self.id,
+            sock.path,
+            now,
+            uplink_acked=stream_send_offsets(self.quic, stream_id)[0]
+            if stream_id is not None
+            else None,
+            rtt=rtt[1] if rtt is not None else None,
+        )
         self.process_events(now)
         self.transmit()
+        self._drain()
+
+    def send_failed(self, sock: _ClientSocket, error: OSError) -> None:
+        if not self.closed and error.errno is not None:
+            self._machine.handle_send_error(self.id, sock.path, error.errno, self._loop.time())
 
     def _is_stateless_reset(self, data: bytes) -> bool:
         # RFC 9000 §10.3.1: a short-header-looking datagram of at least 21 octets whose last
@@ -274,106 +265,84 @@ class _Link:
         return data[-16:] in peer_reset_tokens(self.quic)
 
     def process_events(self, now: float) -> None:
+        machine = self._machine
         event = self.quic.next_event()
         while event is not None:
             if isinstance(event, HandshakeCompleted):
-                self.handshake_at = now
-                self.early_data_accepted = event.early_data_accepted
+                machine.handle_handshake_completed(
+                    self.id, now, early_data_accepted=event.early_data_accepted
+                )
             for voice_event in self.voice.handle_event(event, now):
-                if isinstance(voice_event, SessionStarted) and not self.started.done():
-                    self.welcome_at = now
-                    self.started.set_result(voice_event)
-                elif isinstance(voice_event, SessionClosed):
-                    self.session_ended = True
-                    if not self.started.done():
-                        self.started.set_exception(
-                            SessionRefusedError(voice_event.error_code, voice_event.reason)
-                        )
-                self._on_event(self, voice_event)
+                machine.handle_voice_event(self.id, voice_event, now)
             event = self.quic.next_event()
 
     def transmit_soon(self) -> None:
         if self._transmit_handle is None and not self.closed:
-            self._transmit_handle = asyncio.get_running_loop().call_soon(self.transmit)
+            self._transmit_handle = self._loop.call_soon(self._transmit_and_drain)
+
+    def _transmit_and_drain(self) -> None:
+        self.transmit()
+        self._drain()
 
     def transmit(self) -> None:
         self._transmit_handle = None
         active = self.active
-        if self.closed or active is None or active.transport is None:
+        if self.closed or active is None or not self.connected:
             return
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
+        sent = 0
         for data, addr in self.quic.datagrams_to_send(now=now):
-            self.packets_sent += 1
-            self.last_send = now
-            if self.unanswered_since is None:
-                self.unanswered_since = now
-            active.transport.sendto(data, addr)
+            sent += 1
+            active.send(data, addr)
+        if sent:
+            self.packets_sent += sent
+            self._machine.handle_datagrams_sent(self.id, now)
         self.timer.update()
-
-    def probe(self, now: float) -> None:
-        """Send a PING: the peer answers it with an ACK."""
-        if self.closed:
-            return
-        self._probes += 1
-        self.quic.send_ping(self._probes)
-        self.last_probe = now
-        self.transmit()
 
     def _on_timer(self, now: float) -> None:
         self.quic.handle_timer(now)
         self.process_events(now)
         self.transmit()
+        self._drain()
 
-    def retire_socket(self, sock: _ClientSocket) -> None:
-        if sock is not self.active and sock in self.sockets:
+    def retire(self, path: PathId) -> None:
+        sock = self.sockets.get(path)
+        if sock is not None and sock is not self.active:
             sock.close()
-            self.sockets.remove(sock)
+            del self.sockets[path]
 
-    def close(self, *, say_goodbye: bool) -> None:
-        """Close the connection (with CONNECTION_CLOSE when ``say_goodbye``) and its sockets."""
+    def close(self, *, goodbye: bool, error_code: int = 0, reason: str = "") -> None:
+        """Close the connection (with CONNECTION_CLOSE when ``goodbye``) and its sockets."""
         if self.closed:
             return
-        if say_goodbye:
-            self.quic.close()
+        if goodbye and self.connected:
+            if error_code:
+                self.voice.close(ErrorCode(error_code), reason)
+            else:
+                self.quic.close()
             self.transmit()
         self.closed = True
         self.timer.cancel()
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
-        for sock in self.sockets:
+        for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
-        if not self.started.done():
-            self.started.cancel()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Resumption:
-    """One reconnection that resumed the session, possibly on another backend."""
-
-    #: The backend (server ID, hex) before and after.
-    from_server: str
-    to_server: str
-    #: From the moment the old connection was declared dead to the new ``welcome``, ms.
-    gap_ms: float
-    #: Uplink frames sent again on the new connection (unacknowledged, or captured meanwhile).
-    frames_resent: int
-    #: Event-loop time (seconds) when the old connection was declared dead.
-    declared_dead_at: float
-    #: Why: a stateless reset, silence while sending, or an idle timeout.
-    reason: str
-    #: Connection attempts it took (the first flight of some may have gone to a dead backend).
-    attempts: int
-    #: Of the successful attempt: first packet to handshake done, and handshake to ``welcome``
-    #: (the backend verifying the token and loading the state), in ms.
-    handshake_ms: float
-    resume_ms: float
-    #: Whether the resumed connection's first flight (hello and kept audio) went in 0-RTT.
-    zero_rtt: bool = False
 
 
 class VoiceClient:
-    """A voice call from the client side. Create it with ``connect()``."""
+    """A voice call from the client side. Create it with ``connect()``.
+
+    Events for the app (``receive()``) are bounded (``quicvoice.session.inbox``): received
+    audio also waits there unless ``audio_events=False`` (the playout buffer has every frame
+    either way), at most 500 frames, the oldest dropped and counted; control events are never
+    dropped, and a call whose app leaves 10 000 of them unread ends with ``LIMIT_EXCEEDED``.
+
+    Audio is codec payloads (``send_audio``, ``playout.pull()``), or with ``sample_rate`` PCM
+    at the app's rate: ``send_pcm`` encodes it, and turns are decoded as they arrive (one
+    decoder per turn) into the playout buffer, which ``play()`` reads once per tick of the
+    app's audio clock; ``AudioReceived.pcm`` carries the same samples.
+    """
 
     def __init__(
         self,
@@ -388,158 +357,363 @@ class VoiceClient:
         liveness_timeout: float,
         reconnect_timeout: float,
         path: str = WEBTRANSPORT_PATH,
+        audio_events: bool = True,
+        sample_rate: int | None = None,
     ) -> None:
         self._server = server
+        self._sample_rate = None if sample_rate is None else check_app_rate(sample_rate)
         self._configuration = configuration
         self._webtransport = webtransport
-        self._hello = hello
         self._limits = limits
         self._authority = authority
         self._path = path
         self._ticket: SessionTicket | None = None
-        self._reconnect = reconnect
-        self._liveness_timeout = liveness_timeout
-        self._reconnect_timeout = reconnect_timeout
-        self._link = self._new_link(hello)
-        self._events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
+        self._machine = CallMachine(
+            CallConfig(
+                reconnect=reconnect,
+                liveness_timeout=liveness_timeout,
+                reconnect_timeout=reconnect_timeout,
+                ipv6=":" in server[0],
+            ),
+            hello,
+        )
+        self._links: dict[LinkId, _Link] = {}
+        self._inbox = EventInbox(audio=audio_events)
+        self._loop = asyncio.get_running_loop()
+        self._draining = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._changed: asyncio.Future[None] | None = None
+        self._migrating: dict[int, asyncio.Future[Migration]] = {}
+        self._open_error: OSError | None = None
         self._peer_bye: int | None = None
         self._peer_bye_event = asyncio.Event()
         self._closed = asyncio.Event()
         self._close_reason = ""
-        self._closing = False
-        self._migrations: list[Migration] = []
-        self._resumptions: list[Resumption] = []
         self._ping_id = 0
+        #: Packets of links already closed (the call's totals go on across resumes).
         self._packets_sent = 0
         self._packets_received = 0
-        self._next_seq = 0
-        self._kept: deque[_KeptFrame] = deque()
-        self._frames_dropped = 0
-        self._reconnecting: asyncio.Task[None] | None = None
-        self._recovering: asyncio.Task[None] | None = None
-        #: During a resume: the connection that went quiet, and what it delivered meanwhile.
-        self._quiet_link: _Link | None = None
-        self._quiet_events: list[VoiceEvent] = []
-        #: Application events sent while reconnecting, sent once the session is back.
-        self._held_events: list[tuple[str, Any]] = []
-        #: The app finished the reliable uplink (``end_audio``): a connection that takes the
-        #: call over (a resume, or the quiet one taken back) finishes it too.
-        self._audio_ended = False
-        #: The migration the client made by itself when its network vanished, until the
-        #: app's own ``migrate()`` to that network takes it over.
-        self._moved_by_itself: Migration | None = None
-        self._liveness: asyncio.Task[None] | None = None
-        self._local_host = "0.0.0.0"
+        #: Response turns, buffered ahead of real time for the app's audio clock: codec
+        #: payloads, or with ``sample_rate`` s16le PCM at that rate (``play()`` reads it).
         self.playout: PlayoutBuffer | None = None
-        #: The session as the server accepted it (after a resume: the latest ``welcome``).
-        self.session: SessionStarted | None = None
         self._samples_per_frame = 320
         self._clock_rate = DEFAULT_CLOCK_RATE
+        #: With ``sample_rate``: the uplink's encoder and the downlink turns' decoders.
+        self._pcm_encoder: PcmEncoder | None = None
+        self._turn_pcm: TurnPcmDecoder | None = None
+        self._played_samples = 0
+        self._playing_turn: int | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def _new_link(self, hello: Hello) -> _Link:
-        configuration = self._configuration
-        if self._ticket is not None:
-            configuration = replace(configuration, session_ticket=self._ticket)
-        return _Link(
-            self._server,
-            configuration,
-            webtransport=self._webtransport,
-            hello=hello,
-            limits=self._limits,
-            authority=self._authority,
-            path=self._path,
-            on_event=self._on_link_event,
-            on_reset=self._on_link_reset,
-            on_ticket=self._on_ticket,
-            on_path_gone=self._on_path_gone,
+    async def open(self, local_address: Address, timeout: float) -> None:
+        """Bind ``local_address``, handshake, and wait for the session (``connect()`` does this)."""
+        machine = self._machine
+        machine.open(local_address, self._loop.time())
+        self._drain()
+        if self._open_error is not None:
+            raise self._open_error
+        await self._until(
+            lambda: machine.session is not None or machine.open_failure is not None, timeout
         )
+        failure = machine.open_failure
+        if failure is not None:
+            if self._open_error is not None:
+                raise self._open_error
+            raise SessionRefusedError(failure.error_code, failure.reason)
+        session = machine.session
+        if session is None:
+            raise ConnectTimeoutError(
+                f"no voice session with {format_address(self._server)} within {timeout} s"
+            )
+        self._playout()
+
+    async def close(self) -> None:
+        """Close the connection and every socket."""
+        self._machine.close(self._loop.time())
+        self._drain()
+        for link in self._links.values():
+            self._close_link(link, goodbye=False)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed.set()
+        self._peer_bye_event.set()
+        self._notify()
+
+    # -- executing the machine's actions -------------------------------------------------
+
+    def _drain(self) -> None:
+        """Execute the machine's actions (reports made meanwhile queue more; they run too)."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            machine = self._machine
+            action = machine.next_action()
+            while action is not None:
+                self._execute(action)
+                action = machine.next_action()
+        finally:
+            self._draining = False
+        self._arm_timer()
+        self._notify()
+
+    def _execute(self, action: CallAction) -> None:
+        now = self._loop.time()
+        machine = self._machine
+        if isinstance(action, SendAudio):
+            link = self._links[action.link]
+            frame = action.frame
+            link.voice.send_audio(frame.payload, frame.timestamp, now, seq=frame.seq)
+            stream_id = link.voice.uplink_stream_id
+            if stream_id is not None:
+                _, written = stream_send_offsets(link.quic, stream_id)
+                machine.handle_audio_written(link.id, frame.seq, written)
+            link.transmit_soon()
+        elif isinstance(action, DeliverEvent):
+            self._deliver(action.event)
+        elif isinstance(action, SendPing):
+            link = self._links[action.link]
+            self._ping_id += 1
+            link.quic.send_ping(self._ping_id)
+            link.transmit()
+        elif isinstance(action, SendEvent):
+            link = self._links[action.link]
+            link.voice.send_event(action.name, action.data)
+            link.transmit_soon()
+        elif isinstance(action, EndAudio):
+            link = self._links[action.link]
+            link.voice.end_audio()
+            link.transmit_soon()
+        elif isinstance(action, SendBye):
+            link = self._links[action.link]
+            link.voice.send_bye(uplink_frames=action.uplink_frames)
+            link.transmit_soon()
+        elif isinstance(action, SendPlayed):
+            link = self._links[action.link]
+            if link.voice.send_played(
+                action.wire_turn_id, action.played_ms, complete=action.complete
+            ):
+                link.transmit_soon()
+        elif isinstance(action, CancelTurn):
+            link = self._links[action.link]
+            for event in link.voice.cancel_turn(action.wire_turn_id):
+                machine.handle_voice_event(link.id, event, now)
+            link.transmit_soon()
+        elif isinstance(action, OpenLink):
+            self._open_link(action, now)
+        elif isinstance(action, OpenPath):
+            self._open_path(action, now)
+        elif isinstance(action, ClosePath):
+            self._links[action.link].retire(action.path)
+        elif isinstance(action, CheckLocalAddress):
+            vanished = address_vanished(action.host)
+            machine.handle_local_address_checked(action.link, vanished, now)
+        elif isinstance(action, CloseLink):
+            self._close_link(
+                self._links[action.link],
+                goodbye=action.goodbye,
+                error_code=action.error_code,
+                reason=action.reason,
+            )
+        elif isinstance(action, MigrationFinished):
+            waiter = self._migrating.pop(action.request, None)
+            if waiter is not None and not waiter.done():
+                if action.migration is not None:
+                    waiter.set_result(action.migration)
+                else:
+                    waiter.set_exception(MigrationError(action.error or "migration failed"))
+        else:  # pragma: no cover - every action is handled above
+            raise TypeError(f"unknown call action {action!r}")
+
+    def _open_link(self, action: OpenLink, now: float) -> None:
+        link = self._links.get(action.link)
+        if link is None:
+            configuration = self._configuration
+            if self._ticket is not None:
+                configuration = replace(configuration, session_ticket=self._ticket)
+            link = _Link(
+                action.link,
+                configuration,
+                machine=self._machine,
+                drain=self._drain,
+                webtransport=self._webtransport,
+                authority=self._authority,
+                path=self._path,
+                hello=action.hello,
+                limits=self._limits,
+                on_ticket=self._on_ticket,
+            )
+            self._links[action.link] = link
+        try:
+            link.active = link.bind(action.path, (action.host, action.port))
+        except OSError as error:
+            self._open_error = error
+            self._machine.handle_link_open_failed(link.id, now, str(error))
+            return
+        link.start(self._server)
+        self._machine.handle_link_opened(
+            link.id,
+            link.active.local_address,
+            now,
+            early_uplink=link.voice.uplink_stream_id is not None,
+        )
+        link.transmit()
+
+    def _open_path(self, action: OpenPath, now: float) -> None:
+        link = self._links[action.link]
+        wildcard = self._machine.config.wildcard
+        try:
+            if action.host is None:
+                host = route_source(self._server) or wildcard
+                try:
+                    sock = link.bind(action.path, (host, 0))
+                except OSError:
+                    sock = link.bind(action.path, (wildcard, 0))
+            else:
+                sock = link.bind(action.path, (action.host, action.port))
+        except OSError as error:
+            self._machine.handle_path_failed(link.id, action.path, now, str(error))
+            return
+        link.active = sock
+        if action.new_connection_id:
+            link.quic.change_connection_id()
+        # An ack-eliciting packet right away: the server answers on the new path at once.
+        self._ping_id += 1
+        link.quic.send_ping(self._ping_id)
+        self._machine.handle_path_opened(link.id, action.path, sock.local_address, now)
+        link.transmit()
+
+    def _close_link(
+        self, link: _Link, *, goodbye: bool, error_code: int = 0, reason: str = ""
+    ) -> None:
+        if link.closed:
+            return
+        link.close(goodbye=goodbye, error_code=error_code, reason=reason)
+        self._packets_sent += link.packets_sent
+        self._packets_received += link.packets_received
+        current = self._machine.current_link
+        for closed in [i for i, other in self._links.items() if other.closed and i != current]:
+            del self._links[closed]
 
     def _on_ticket(self, ticket: SessionTicket) -> None:
         self._ticket = ticket
 
-    async def open(self, local_address: Address, timeout: float) -> None:
-        """Bind ``local_address``, handshake, and wait for the session (``connect()`` does this)."""
-        self._local_host = local_address[0]
-        await self._link.start(local_address)
-        try:
-            self.session = await asyncio.wait_for(asyncio.shield(self._link.started), timeout)
-        except TimeoutError:
-            raise ConnectionError(
-                f"no voice session with {format_address(self._server)} within {timeout} s"
-            ) from None
-        self._clock_rate = codec_clock_rate(self.session.codec) or DEFAULT_CLOCK_RATE
-        self._samples_per_frame = self._clock_rate * self.session.frame_ms // 1000
-        self._playout()
-        if self._reconnect:
-            self._liveness = asyncio.get_running_loop().create_task(self._watch_liveness())
+    def _arm_timer(self) -> None:
+        # Moved only when the deadline comes earlier; firing early just re-arms (as
+        # ConnectionTimer does), so a deadline that moves on every packet costs nothing.
+        at = self._machine.get_timer()
+        if at is None:
+            return
+        if self._timer is not None:
+            if at >= self._timer_at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_machine_timer)
 
-    async def close(self) -> None:
-        """Close the connection and every socket."""
-        self._closing = True
-        for task in (self._liveness, self._reconnecting, self._recovering):
-            if task is not None:
-                task.cancel()
-        self._link.close(say_goodbye=True)
-        self._closed.set()
+    def _on_machine_timer(self) -> None:
+        self._timer = None
+        at = self._machine.get_timer()
+        if at is None:
+            return
+        now = self._loop.time()
+        if at <= now:
+            self._machine.handle_timer(now)
+            self._drain()
+        else:
+            self._arm_timer()
+
+    def _notify(self) -> None:
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            if not changed.done():
+                changed.set_result(None)
+
+    def _change(self) -> asyncio.Future[None]:
+        """The future the next ``_notify()`` completes."""
+        if self._changed is None:
+            self._changed = self._loop.create_future()
+        return self._changed
+
+    async def _next_change(self) -> None:
+        await asyncio.shield(self._change())
+
+    async def _until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds after some action, at most ``timeout`` seconds."""
+        deadline = self._loop.time() + timeout
+        while not predicate():
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                # The future is made before waiting: ``wait_for`` would run a coroutine as a
+                # task, which makes it only when it first runs, after a datagram already
+                # queued could have changed everything and notified nobody.
+                await asyncio.wait_for(asyncio.shield(self._change()), remaining)
+            except TimeoutError:
+                return predicate()
+        return True
 
     # -- events --------------------------------------------------------------------------
 
-    def _on_link_event(self, link: _Link, event: VoiceEvent) -> None:
-        if link is not self._link:
-            if link is self._quiet_link and len(self._quiet_events) < MAX_QUIET_EVENTS:
-                self._quiet_events.append(event)  # delivered if it comes back
-            return
-        if isinstance(event, SessionStarted):
-            return  # open() and the reconnection take it from link.started
-        if isinstance(event, SessionClosed) and self._reconnecting is not None:
-            return  # a refused or failed attempt: _resume() decides, from link.started
-        if isinstance(event, SessionClosed) and self._should_resume(event):
-            self._begin_reconnect(f"connection closed: {event.reason or event.error_code}")
-            return
-        self._deliver(event)
-
-    def _on_link_reset(self, link: _Link) -> None:
-        if link is self._link and self._reconnecting is not None:
-            # A resume attempt's backend has no such connection: try the next one at once.
-            if not link.started.done():
-                link.started.set_exception(ConnectionError("stateless reset"))
-            return
-        if link is self._link:
-            if self._should_resume(None):
-                self._begin_reconnect("stateless reset: the backend lost the connection")
-            else:
-                link.close(say_goodbye=False)
-                self._deliver(
-                    SessionClosed(error_code=ErrorCode.NO_ERROR, reason="stateless reset")
-                )
-
     def _playout(self) -> PlayoutBuffer | None:
-        """The playout buffer, made as soon as ``welcome`` names the codec: a turn's first
-        frames may arrive with the welcome, before ``open()`` has resumed."""
-        welcome = self._link.voice.welcome
-        if self.playout is None and welcome is not None:
-            rate = codec_clock_rate(welcome.codec) or DEFAULT_CLOCK_RATE
+        """The playout buffer (and with ``sample_rate`` the PCM converters), made as soon as
+        ``welcome`` names the codec: a turn's first frames may arrive with the welcome,
+        before ``open()`` has resumed. A resume keeps the codec, so they are made once."""
+        session = self._machine.session
+        if self.playout is None and session is not None:
+            rate = codec_clock_rate(session.codec) or DEFAULT_CLOCK_RATE
+            self._clock_rate = rate
+            self._samples_per_frame = rate * session.frame_ms // 1000
+            if self._sample_rate is not None:
+                self._pcm_encoder = PcmEncoder(
+                    session.codec, self._sample_rate, frame_ms=session.frame_ms
+                )
+                self._turn_pcm = TurnPcmDecoder(
+                    session.codec, self._sample_rate, frame_ms=session.frame_ms
+                )
             self.playout = PlayoutBuffer(
-                rate * welcome.frame_ms // 1000, rate=rate, on_turn_played=self._report_played
+                self._samples_per_frame, rate=rate, on_turn_played=self._report_played
             )
         return self.playout
 
-    def _deliver(self, event: VoiceEvent) -> None:
+    def _report_played(self, played: PlayedTurn) -> None:
+        """Tell the server how much of a turn the caller heard (cancelled or played out);
+        the machine knows which connection and which of the server's turn IDs it was."""
+        if self._machine.report_played(
+            played.turn_id, played.played_ms, complete=played.complete
+        ):
+            self._drain()
+
+    def _deliver(self, event: ClientEvent) -> None:
         playout = self._playout()
+        turn_pcm = self._turn_pcm
         if isinstance(event, AudioReceived):
+            if turn_pcm is not None:
+                # Decoded as it arrives, in the order it is played: the playout buffer then
+                # holds PCM, and the event carries it too, at no further cost.
+                event = replace(event, pcm=turn_pcm.decode(event.turn_id, event.frame.payload))
             if playout is not None and event.turn_id is not None:
-                playout.push(event.turn_id, event.frame.payload)
+                playout.push(
+                    event.turn_id, event.frame.payload if event.pcm is None else event.pcm
+                )
         elif isinstance(event, TurnStarted):
             if playout is not None:
                 playout.start_turn(event.turn_id)
         elif isinstance(event, TurnEnded):
             if playout is not None:
                 playout.end_turn(event.turn_id)
+            if turn_pcm is not None:
+                turn_pcm.end_turn(event.turn_id)
         elif isinstance(event, TurnCancelled):
             if playout is not None:
                 playout.cancel(event.turn_id)
+            if turn_pcm is not None:
+                turn_pcm.end_turn(event.turn_id)
         elif isinstance(event, ByeReceived):
             self._peer_bye = event.uplink_frames
             self._peer_bye_event.set()
@@ -547,334 +721,49 @@ class VoiceClient:
             self._close_reason = event.reason or f"error code {event.error_code:#x}"
             self._closed.set()
             self._peer_bye_event.set()
-        self._events.put_nowait(event)
-
-    def _should_resume(self, event: SessionClosed | None) -> bool:
-        """Resume after a reset or a silent death, never after the peer closed on purpose."""
-        transport_death = event is None or event.reason == "Idle timeout"
-        return (
-            transport_death
-            and self._reconnect
-            and not self._closing
-            and self.session is not None
-            and self.session.resume_token is not None
-        )
-
-    # -- reconnection --------------------------------------------------------------------
-
-    async def _watch_liveness(self) -> None:
-        """Declare the connection dead when we keep sending and hear nothing back."""
-        while True:
-            await asyncio.sleep(LIVENESS_CHECK_INTERVAL)
-            link = self._link
-            if (
-                self._reconnecting is not None
-                or self._recovering is not None
-                or link.closed
-                or link.last_receive == 0.0
-            ):
-                continue
-            unanswered = link.unanswered_since
-            now = asyncio.get_running_loop().time()
-            if (
-                unanswered is not None
-                and now - unanswered >= PROBE_AFTER * self._liveness_timeout
-                and now - link.last_probe >= PROBE_INTERVAL * self._liveness_timeout
-            ):
-                # Probe a silence instead of judging it on loss recovery's few, backed-off
-                # retransmissions: a frame or two lost each way in a quiet moment (10 % loss
-                # at 200 ms RTT) would otherwise look like a second of silence.
-                link.probe(now)
-            silent = 0.0 if unanswered is None else link.last_send - unanswered
-            if silent > self._liveness_timeout:
-                reason = f"nothing heard for {silent:.2f} s while sending"
-                active = link.active
-                if active is not None and address_vanished(active.local_address[0]):
-                    self._begin_path_recovery(f"{reason}; the local address is gone")
-                else:
-                    self._begin_reconnect(reason)
-
-    def _begin_reconnect(self, reason: str) -> None:
-        if self._reconnecting is None and not self._closing:
-            recovering = self._recovering
-            if recovering is not None and recovering is not asyncio.current_task():
-                recovering.cancel()
-            self._recovering = None
-            self._reconnecting = asyncio.get_running_loop().create_task(self._resume(reason))
-
-    # -- the network under the call went away --------------------------------------------
-
-    def _on_path_gone(self, link: _Link, sock: _ClientSocket, error: OSError) -> None:
-        if link is self._link:
-            where = format_address(sock.local_address)
-            self._begin_path_recovery(f"sending from {where}: {error.strerror or error}")
-
-    def _begin_path_recovery(self, reason: str) -> None:
-        if (
-            self._recovering is None
-            and self._reconnecting is None
-            and not self._closing
-            and not self._link.closed
-            and self.session is not None
-        ):
-            self._recovering = asyncio.get_running_loop().create_task(self._recover_path(reason))
-
-    async def _recover_path(self, reason: str) -> None:
-        """The local network vanished under a live connection: migrate it to what remains.
-
-        The backend still holds the connection, so moving it (a new socket where the kernel
-        now routes, a fresh connection ID) keeps the call on its backend with nothing to
-        resume. Only if the server does not answer on the new path does the client fall back
-        to reconnecting and resuming.
-        """
-        link = self._link
-        old = link.active
-        logger.info("path lost (%s): migrating to the remaining network", reason)
-        wildcard = "::" if ":" in self._server[0] else "0.0.0.0"
-        host = route_source(self._server) or wildcard
-        try:
-            try:
-                new = await link.open_socket((host, 0))
-            except OSError:
-                new = await link.open_socket((wildcard, 0))
-            loop = asyncio.get_running_loop()
-            last_on_old = (old.last_receive if old is not None else 0.0) or loop.time()
-            link.active = new
-            self._local_host = new.local_address[0]
-            link.quic.change_connection_id()
-            self._ping_id += 1
-            link.quic.send_ping(self._ping_id)
-            link.transmit()
-            first_on_new = await asyncio.wait_for(
-                asyncio.shield(new.first_receive), NEW_PATH_ATTEMPT_TIMEOUT
+        if not self._inbox.push(event):
+            waiting = self._inbox.stats().control_waiting
+            self._machine.abort(
+                int(ErrorCode.LIMIT_EXCEEDED),
+                f"the app left {waiting} events unread (receive() or wait_event())",
             )
-        except (TimeoutError, OSError) as error:
-            logger.info("no answer on the remaining network (%r): reconnecting", error)
-            self._recovering = None
-            if link is self._link and not link.closed:
-                self._begin_reconnect(f"{reason}; no answer after moving the connection")
+
+    def _check_pcm(self, what: str) -> None:
+        if self._sample_rate is None:
+            raise ValueError(
+                f"{what} needs connect(..., sample_rate=N): this call uses codec payloads"
+            )
+
+    def _flush_pcm(self) -> None:
+        """Send what ``send_pcm`` holds, padded to whole frames (the uplink is ending)."""
+        encoder = self._pcm_encoder
+        if encoder is None or self._machine.ended:
             return
-        if old is not None:
-            link.retire_socket(old)
-        migration = Migration(
-            from_address=format_address(old.local_address if old else ("", 0)),
-            to_address=format_address(new.local_address),
-            gap_ms=(first_on_new - last_on_old) * 1000,
-        )
-        self._migrations.append(migration)
-        self._moved_by_itself = migration
-        self._recovering = None
-
-    async def _resume(self, reason: str) -> None:
-        loop = asyncio.get_running_loop()
-        started_at = loop.time()
-        old = self._link
-        before = self.session
-        assert before is not None and before.resume_token is not None
-        self._prune_kept(old)
-        # A connection that only went quiet (an overloaded backend, a short blackout) is kept
-        # open meanwhile, its loss probes going on: if no resume succeeds and it comes back,
-        # the call carries on where it was. A reset connection is gone for good.
-        old_may_revive = not old.reset_received
-        if old_may_revive:
-            self._quiet_link = old
-        else:
-            self._drop_link(old)
-        backoff = RECONNECT_BACKOFF
-        rtt = (old.voice.stats().rtt_smoothed_ms or 100.0) / 1000
-        attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, ATTEMPT_RTTS * rtt)
-        host_measured = self._local_host
-        deadline = started_at + self._reconnect_timeout
-        token = before.resume_token
-        attempts = 0
-        may_have_taken_over = False
-        while loop.time() < deadline:
-            attempts += 1
-            if self._local_host != host_measured:
-                # migrate() moved us to another network: the old RTT says nothing about it.
-                host_measured = self._local_host
-                attempt_timeout = max(attempt_timeout, NEW_PATH_ATTEMPT_TIMEOUT)
-            hello = replace(self._hello, codecs=(before.codec,), resume_token=token)
-            link = self._new_link(hello)
-            self._link = link
-            try:
-                try:
-                    await link.start((self._local_host, 0))
-                except OSError:
-                    # The address we last used is gone (its interface vanished): let the
-                    # kernel pick whatever interface remains.
-                    self._local_host = host_measured = (
-                        "::" if ":" in self._server[0] else "0.0.0.0"
-                    )
-                    attempt_timeout = max(attempt_timeout, NEW_PATH_ATTEMPT_TIMEOUT)
-                    await link.start((self._local_host, 0))
-                early = self._send_kept_early(link)
-                started = await _await_welcome(link, attempt_timeout, deadline)
-            except (TimeoutError, ConnectionError, OSError, asyncio.CancelledError) as error:
-                # Say goodbye: a backend still loading the session for this attempt then
-                # leaves it where it is instead of claiming it for a connection nobody uses.
-                link.close(say_goodbye=not link.reset_received)
-                task = asyncio.current_task()
-                if self._closing or (task is not None and task.cancelling()):
-                    old.close(say_goodbye=not old.reset_received)
-                    raise  # the app hung up: no more attempts
-                refused = (
-                    isinstance(error, SessionRefusedError) and error.error_code in DEFINITE_REFUSALS
-                )
-                logger.info("resume attempt failed: %r", error)
-                # An attempt that timed out may still reach a backend and take the session
-                # over, which closes the old connection: going back to it is safe only while
-                # every attempt got a definite refusal.
-                may_have_taken_over = may_have_taken_over or not refused
-                if old_may_revive and not may_have_taken_over and _heard_since(old, started_at):
-                    self._restore(old, reason)
-                    return
-                if refused:
-                    break
-                await asyncio.sleep(backoff)
-                backoff = min(2 * backoff, RECONNECT_BACKOFF_MAX)
-                if attempts >= FAST_ATTEMPTS:
-                    # Not just an unlucky hash onto the dead backend: the path may be slow.
-                    attempt_timeout = min(2 * attempt_timeout, RECONNECT_BACKOFF_MAX * 2)
-                continue
-            self.session = started
-            resent = self._adopt_early(early) if early else self._resend_kept()
-            resumption = Resumption(
-                from_server=before.server_id,
-                to_server=started.server_id,
-                gap_ms=(loop.time() - started_at) * 1000,
-                frames_resent=resent,
-                declared_dead_at=started_at,
-                reason=reason,
-                attempts=attempts,
-                handshake_ms=(link.handshake_at - link.started_at) * 1000,
-                resume_ms=(link.welcome_at - link.handshake_at) * 1000,
-                zero_rtt=link.early_data_accepted,
-            )
-            self._resumptions.append(resumption)
-            self._reconnecting = None
-            if self._audio_ended:
-                link.voice.end_audio()
-                link.transmit_soon()
-            self._send_held_events()
-            if old_may_revive:
-                self._drop_link(old)
-            self._deliver(
-                SessionResumed(
-                    session_id=started.session_id,
-                    server_id=started.server_id,
-                    gap_ms=resumption.gap_ms,
-                    reason=reason,
-                )
-            )
-            return
-        if old_may_revive and not may_have_taken_over:
-            if await self._revives(old, started_at, deadline):
-                self._restore(old, reason)
-                return
-        if old_may_revive:
-            self._drop_link(old)
-        self._reconnecting = None
-        self._deliver(
-            SessionClosed(
-                error_code=ErrorCode.INTERNAL_ERROR,
-                reason=f"{reason}; could not resume the session",
-            )
-        )
-
-    def _drop_link(self, link: _Link) -> None:
-        """Give up ``link`` for good, keeping its packet counts for the call's stats."""
-        if link is self._quiet_link:
-            self._quiet_link = None
-            self._quiet_events.clear()
-        if not link.closed:
-            self._packets_sent += link.packets_sent
-            self._packets_received += link.packets_received
-            # Goodbye, should it still get through: the backend then ends its stale session
-            # now rather than at the idle timeout (its writes already lose to the resume).
-            link.close(say_goodbye=not link.reset_received)
-
-    async def _revives(self, old: _Link, declared_dead_at: float, deadline: float) -> bool:
-        """Wait until ``deadline`` for the quiet connection to be heard from again."""
-        loop = asyncio.get_running_loop()
-        while True:
-            if old.closed or old.reset_received or old.session_ended:
-                return False
-            if _heard_since(old, declared_dead_at):
-                return True
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(LIVENESS_CHECK_INTERVAL)
-
-    def _restore(self, old: _Link, reason: str) -> None:
-        """The quiet connection answered again: carry on on it, sending the frames captured
-        meanwhile (those it had sent, it retransmits itself)."""
-        logger.info("connection heard from again after %s: no resume needed", reason)
-        self._link = old
-        self._reconnecting = None
-        self._quiet_link = None
-        events, self._quiet_events = self._quiet_events, []
-        for event in events:
-            self._on_link_event(old, event)
-        captured_meanwhile = [frame for frame in self._kept if frame.stream_end == 0]
-        self._kept = deque(frame for frame in self._kept if frame.stream_end != 0)
-        for frame in captured_meanwhile:
-            self._send_now(frame.seq, frame.timestamp, frame.payload)
-        if self._audio_ended:
-            old.voice.end_audio()
-            old.transmit_soon()
-        self._send_held_events()
-
-    def _prune_kept(self, link: _Link) -> None:
-        stream_id = link.voice.uplink_stream_id
-        if stream_id is None:
-            return
-        acked, _ = stream_send_offsets(link.quic, stream_id)
-        kept = self._kept
-        while kept and kept[0].stream_end <= acked:
-            kept.popleft()
-
-    def _send_kept_early(self, link: _Link) -> list[_KeptFrame] | None:
-        """With a 0-RTT uplink open, send the kept frames now, before ``welcome``.
-
-        They stay kept until the session resumes: if this attempt fails, the next one sends
-        them again. Returns them with their offsets on the new stream.
-        """
-        stream_id = link.voice.uplink_stream_id
-        if stream_id is None:
-            return None
-        loop = asyncio.get_running_loop()
-        sent = []
-        for frame in self._kept:
-            link.voice.send_audio(frame.payload, frame.timestamp, loop.time(), seq=frame.seq)
-            _, written = stream_send_offsets(link.quic, stream_id)
-            sent.append(replace(frame, stream_end=written))
-        link.transmit()
-        return sent
-
-    def _adopt_early(self, sent: list[_KeptFrame]) -> int:
-        """The session resumed: frames sent in 0-RTT are now the ones kept (new offsets)."""
-        captured_meanwhile = list(self._kept)[len(sent) :]
-        self._kept = deque(sent)
-        for frame in captured_meanwhile:
-            self._send_now(frame.seq, frame.timestamp, frame.payload)
-        return len(sent) + len(captured_meanwhile)
-
-    def _resend_kept(self) -> int:
-        frames = list(self._kept)
-        self._kept.clear()
-        for frame in frames:
-            self._send_now(frame.seq, frame.timestamp, frame.payload)
-        return len(frames)
+        for frame in encoder.flush():
+            self._machine.send_audio(frame.payload, None, self._samples_per_frame)
 
     # -- the call ------------------------------------------------------------------------
 
     @property
+    def _link(self) -> _Link:
+        """The connection the call is on now (during a reconnection: the latest attempt)."""
+        current = self._machine.current_link
+        if current is None or current not in self._links:
+            raise CallEndedError("the call has no connection")
+        return self._links[current]
+
+    @property
+    def session(self) -> SessionStarted | None:
+        """The session as the server accepted it (after a resume: the latest ``welcome``)."""
+        return self._machine.session
+
+    @property
     def local_address(self) -> Address:
         """The local address audio is currently sent from."""
-        if self._link.active is None:
-            raise ConnectionError("the call is reconnecting and has no socket yet")
-        return self._link.active.local_address
+        active = self._link.active
+        if active is None or self._link.closed:
+            raise CallReconnectingError("the call is reconnecting and has no socket yet")
+        return active.local_address
 
     @property
     def clock_rate(self) -> int:
@@ -887,134 +776,173 @@ class VoiceClient:
         return self._samples_per_frame
 
     @property
+    def sample_rate(self) -> int | None:
+        """The app's PCM rate in Hz (``connect(sample_rate=)``), or ``None``: codec payloads."""
+        return self._sample_rate
+
+    @property
+    def playing_turn(self) -> int | None:
+        """The turn of the frame the last ``play()`` gave (``None``: silence)."""
+        return self._playing_turn
+
+    @property
+    def audio_decode_errors(self) -> int:
+        """Downlink payloads that did not decode to PCM (each played as silence)."""
+        return self._turn_pcm.decode_errors if self._turn_pcm is not None else 0
+
+    @property
     def resumptions(self) -> tuple[Resumption, ...]:
         """Reconnections that resumed this session."""
-        return tuple(self._resumptions)
+        return self._machine.resumptions
 
     @property
     def reconnecting(self) -> bool:
         """Whether the connection was declared dead and the call is being resumed now."""
-        return self._reconnecting is not None
+        return self._machine.reconnecting
 
     def send_audio(self, payload: bytes, timestamp: int | None = None) -> int:
         """Send one uplink frame; ``timestamp`` defaults to seq x samples per frame.
 
         While the call is reconnecting the frame is kept (reliable mode) and sent after the
-        resume; in realtime mode it is dropped and counted.
+        resume; in realtime mode it is dropped and counted. Raises ``CallEndedError`` once
+        the call has ended, ``UplinkEndedError`` after ``end_audio()`` (reliable mode).
         """
-        seq = self._next_seq
-        self._next_seq = (seq + 1) % (1 << 32)
-        if timestamp is None:
-            timestamp = seq * self._samples_per_frame
-        if self._reconnecting is not None:
-            if self.session is not None and self.session.uplink is UplinkMode.RELIABLE:
-                self._keep(_KeptFrame(seq, timestamp, payload, stream_end=0))
-            else:
-                self._frames_dropped += 1
-            return seq
-        self._send_now(seq, timestamp, payload)
+        seq = self._machine.send_audio(payload, timestamp, self._samples_per_frame)
+        self._drain()
         return seq
 
-    def _send_now(self, seq: int, timestamp: int, payload: bytes) -> None:
-        link = self._link
-        loop = asyncio.get_running_loop()
-        link.voice.send_audio(payload, timestamp, loop.time(), seq=seq)
-        stream_id = link.voice.uplink_stream_id
-        if stream_id is not None:
-            _, written = stream_send_offsets(link.quic, stream_id)
-            self._keep(_KeptFrame(seq, timestamp, payload, stream_end=written))
-            if len(self._kept) % 32 == 0:
-                self._prune_kept(link)
-        link.transmit_soon()
+    def send_pcm(self, pcm: bytes | bytearray | memoryview | Pcm) -> int:
+        """Send PCM at the app's rate (``connect(sample_rate=)``): s16le bytes or a 1-D
+        int16 numpy array, any length; return how many frames went out.
 
-    def _keep(self, frame: _KeptFrame) -> None:
-        if len(self._kept) >= MAX_KEPT_FRAMES:
-            self._kept.popleft()
-            self._frames_dropped += 1
-        self._kept.append(frame)
+        Whole frames are encoded to the session's codec and sent like ``send_audio``'s;
+        less than a frame (and an odd trailing byte) is held for the next call, and
+        ``end_audio()`` or ``bye()`` sends it padded with silence. Raises ``ValueError``
+        without ``sample_rate``, ``TypeError``/``ValueError`` for samples of another type or
+        shape, ``CallEndedError`` once the call has ended, ``UplinkEndedError`` after
+        ``end_audio()`` (reliable mode).
+        """
+        self._check_pcm("send_pcm()")
+        machine = self._machine
+        encoder = self._pcm_encoder
+        if machine.ended or encoder is None:
+            raise CallEndedError("cannot send audio: the call has ended")
+        if machine.uplink_ended:
+            raise UplinkEndedError("the uplink has ended (end_audio or bye)")
+        frames = encoder.write(pcm)
+        for frame in frames:
+            self._machine.send_audio(frame.payload, None, self._samples_per_frame)
+        self._drain()
+        return len(frames)
+
+    def play(self) -> PcmFrame:
+        """The downlink's next frame period as PCM at the app's rate: call it once per tick
+        of the app's audio clock (``connect(sample_rate=)``).
+
+        It takes the next frame from the playout buffer (as ``playout.pull()``, so what is
+        played is what the ``played`` report counts), or gives a frame of silence
+        (``concealed`` true) when none is buffered; ``playing_turn`` says whose frame it was.
+        ``timestamp`` counts the samples played so far. ``ValueError`` without
+        ``sample_rate``.
+        """
+        self._check_pcm("play()")
+        turn_pcm, playout = self._turn_pcm, self.playout
+        if turn_pcm is None or playout is None:
+            raise CallEndedError("play(): the call has no session")
+        item = playout.pull()
+        if item is None:
+            self._playing_turn, data, concealed = None, turn_pcm.silence(), True
+        else:
+            (self._playing_turn, data), concealed = item, False
+        frame = PcmFrame(
+            data=data,
+            sample_rate=turn_pcm.app_rate,
+            timestamp=self._played_samples,
+            concealed=concealed,
+        )
+        self._played_samples += len(frame)
+        return frame
 
     def end_audio(self) -> None:
         """Finish the reliable uplink: the server then knows every frame has arrived.
 
-        While the call reconnects, the end waits for the connection that takes it over.
+        PCM held by ``send_pcm`` goes out first, padded to a whole frame. While the call
+        reconnects, the end waits for the connection that takes it over.
         """
-        self._audio_ended = True
-        if self._reconnecting is not None:
-            return
-        self._link.voice.end_audio()
-        self._link.transmit_soon()
+        self._flush_pcm()
+        self._machine.end_audio()
+        self._drain()
 
     def send_event(self, name: str, data: Any = None) -> None:
-        """Send an application event to the server (after the resume, while reconnecting)."""
-        if self._reconnecting is not None:
-            if len(self._held_events) >= MAX_HELD_EVENTS:
-                raise ConnectionError("too many events held while the call reconnects")
-            self._held_events.append((name, data))
-            return
-        self._link.voice.send_event(name, data)
-        self._link.transmit_soon()
-
-    def _send_held_events(self) -> None:
-        held, self._held_events = self._held_events, []
-        for name, data in held:
-            self.send_event(name, data)
-
-    def _report_played(self, played: PlayedTurn) -> None:
-        """Tell the server how much of a turn the caller heard (cancelled or played out)."""
-        voice = self._link.voice
-        if self._reconnecting is None and voice.send_played(
-            played.turn_id, played.played_ms, complete=played.complete
-        ):
-            self._link.transmit_soon()
+        """Send an application event to the server (after the resume, while reconnecting;
+        ``CallReconnectingError`` when 1000 already wait)."""
+        self._machine.send_event(name, data)
+        self._drain()
 
     def cancel_turn(self, turn_id: int) -> None:
         """Barge in: stop turn ``turn_id`` here at once and tell the server to stop sending it."""
-        for event in self._link.voice.cancel_turn(turn_id):
-            self._deliver(event)
+        self._machine.cancel_turn(turn_id)
+        self._drain()
         if self.playout is not None:
             # A turn that had fully arrived is still playing out here: flush it too (the
             # server hears of it from the ``played`` report, complete=False).
             self.playout.cancel(turn_id)
-        self._link.transmit_soon()
 
-    async def receive(self) -> VoiceEvent:
-        """Wait for the next event."""
-        return await self._events.get()
+    async def receive(self) -> ClientEvent:
+        """Wait for the next event; ``CallEndedError`` once the call has ended and every
+        event has been read."""
+        while True:
+            event = self._inbox.pop()
+            if event is not None:
+                return event
+            if self._machine.ended:
+                raise CallEndedError(f"the call has ended: {self._close_reason or 'closed'}")
+            await self._next_change()
 
     async def wait_event(self, name: str, timeout: float = 5.0) -> EventReceived:
-        """Wait for the application event ``name``, skipping others (audio keeps playing out)."""
+        """Wait for the application event ``name``; the events before it stay for
+        ``receive()``, in order."""
+
+        def named(event: ClientEvent) -> bool:
+            return isinstance(event, EventReceived) and event.name == name
 
         async def wait() -> EventReceived:
             while True:
-                event = await self._events.get()
-                if isinstance(event, EventReceived) and event.name == name:
+                event = self._inbox.take_first(named)
+                if isinstance(event, EventReceived):
                     return event
-                if isinstance(event, SessionClosed):
-                    raise ConnectionError(f"session closed while waiting for {name}")
+                if self._machine.ended:
+                    raise CallEndedError(f"session closed while waiting for {name}")
+                await self._next_change()
 
         return await asyncio.wait_for(wait(), timeout)
 
     async def wait_resumed(self, timeout: float = 10.0) -> SessionResumed:
-        """Wait until the call has resumed after losing its connection."""
+        """Wait until the call has resumed after losing its connection (other events stay
+        for ``receive()``)."""
 
         async def wait() -> SessionResumed:
             while True:
-                event = await self._events.get()
+                event = self._inbox.take_first(lambda e: isinstance(e, SessionResumed))
                 if isinstance(event, SessionResumed):
                     return event
-                if isinstance(event, SessionClosed):
-                    raise ConnectionError(f"session closed: {event.reason}")
+                if self._machine.ended:
+                    raise CallEndedError(f"session closed: {self._close_reason}")
+                await self._next_change()
 
         return await asyncio.wait_for(wait(), timeout)
 
     async def bye(self, timeout: float = 5.0) -> int:
-        """Finish the uplink and say goodbye; return how many uplink frames the server got."""
-        self._link.voice.end_audio()
-        self._link.voice.send_bye(uplink_frames=self._next_seq)
-        self._link.transmit_soon()
+        """Finish the uplink and say goodbye; return how many uplink frames the server got.
+
+        While the call reconnects, the goodbye waits for the connection that carries it on.
+        """
+        self._flush_pcm()
+        self._machine.bye()
+        self._drain()
         await asyncio.wait_for(self._peer_bye_event.wait(), timeout)
         if self._peer_bye is None:
-            raise ConnectionError(
+            raise CallEndedError(
                 f"the session closed before the server said goodbye: {self._close_reason}"
             )
         return self._peer_bye
@@ -1025,86 +953,25 @@ class VoiceClient:
         """Move the call to ``local_address`` (a new network) and return the measured gap.
 
         With ``new_connection_id=False`` the CID stays the same, which is what a NAT rebinding
-        looks like to the server (a passive migration).
+        looks like to the server (a passive migration). Raises ``MigrationError`` (a
+        ``ConnectionError``) when the move does not complete.
         """
         if isinstance(local_address, str):
             local_address = (local_address, 0)
-        if self._closing or self._closed.is_set():
-            raise ConnectionError("the call has ended")
-        recovering = self._recovering
-        if recovering is not None:
-            # The client is already moving off a vanished network: let it finish first.
-            try:
-                await asyncio.wait_for(asyncio.shield(recovering), timeout)
-            except TimeoutError:
-                raise ConnectionError(f"still moving the call after {timeout} s") from None
-        moved, self._moved_by_itself = self._moved_by_itself, None
-        active = self._link.active
-        if (
-            moved is not None
-            and active is not None
-            and local_address == (active.local_address[0], 0)
-            and self._migrations
-            and self._migrations[-1] is moved
-        ):
-            return moved  # the client already moved there when the old network vanished
-        reconnecting = self._reconnecting
-        if reconnecting is not None:
-            # The connection is being re-established: do it from the new address instead.
-            return await self._migrate_while_reconnecting(
-                local_address, max(timeout, self._reconnect_timeout)
-            )
-        link = self._link
-        old = link.active
-        if old is None:
-            raise ConnectionError("the call has no socket to migrate from")
-        new = await link.open_socket(local_address)
-        loop = asyncio.get_running_loop()
-        last_on_old = old.last_receive or loop.time()
-        link.active = new
-        self._local_host = local_address[0]
-        if new_connection_id:
-            link.quic.change_connection_id()
-        # An ack-eliciting packet right away: the server answers on the new path at once.
-        self._ping_id += 1
-        link.quic.send_ping(self._ping_id)
-        link.transmit()
-        try:
-            first_on_new = await asyncio.wait_for(asyncio.shield(new.first_receive), timeout)
-        except TimeoutError:
-            raise ConnectionError(f"no answer on the new path within {timeout} s") from None
-        rtt = link.voice.stats().rtt_smoothed_ms or 0.0
-        loop.call_later(max(1.5 * rtt / 1000, MIN_OLD_PATH_LINGER), link.retire_socket, old)
-        migration = Migration(
-            from_address=format_address(old.local_address),
-            to_address=format_address(new.local_address),
-            gap_ms=(first_on_new - last_on_old) * 1000,
+        request = self._machine.migrate(
+            local_address,
+            new_connection_id=new_connection_id,
+            timeout=timeout,
+            now=self._loop.time(),
         )
-        self._migrations.append(migration)
-        return migration
+        waiter: asyncio.Future[Migration] = self._loop.create_future()
+        self._migrating[request] = waiter
+        self._drain()
+        return await waiter
 
-    async def _migrate_while_reconnecting(
-        self, local_address: Address, timeout: float
-    ) -> Migration:
-        previous = self._local_host
-        self._local_host = local_address[0]
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        reconnecting = self._reconnecting
-        if reconnecting is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(reconnecting), timeout)
-            except TimeoutError:
-                raise ConnectionError(f"not reconnected within {timeout} s") from None
-        if self._link.active is None or self._link.closed:
-            raise ConnectionError("the call could not be resumed")
-        migration = Migration(
-            from_address=format_address((previous, 0)),
-            to_address=format_address(self._link.active.local_address),
-            gap_ms=(loop.time() - started) * 1000,
-        )
-        self._migrations.append(migration)
-        return migration
+    def inbox_stats(self) -> InboxStats:
+        """Counters of the event queue: waiting events, audio events dropped."""
+        return self._inbox.stats()
 
     def stats(self) -> SessionStats:
         """A snapshot of the call's statistics (counters of the current connection)."""
@@ -1117,15 +984,16 @@ class VoiceClient:
                 playout_buffer_frames=playout.buffered_frames,
                 concealed_samples=playout.concealed_samples,
             )
+        open_links = [other for other in self._links.values() if not other.closed]
         return replace(
             stats,
-            uplink_frames_sent=self._next_seq,
-            uplink_frames_dropped=stats.uplink_frames_dropped + self._frames_dropped,
-            migrations=tuple(self._migrations),
-            packets_sent=self._packets_sent + link.packets_sent,
-            packets_received=self._packets_received + link.packets_received,
+            uplink_frames_sent=self._machine.next_seq,
+            uplink_frames_dropped=stats.uplink_frames_dropped + self._machine.frames_dropped,
+            migrations=self._machine.migrations,
+            packets_sent=self._packets_sent + sum(other.packets_sent for other in open_links),
+            packets_received=self._packets_received
+            + sum(other.packets_received for other in open_links),
         )
-
 
 
 #: How long ``connect`` waits before racing the next address of a name (RFC 8305 §5).
@@ -1154,6 +1022,7 @@ async def connect(
     liveness_timeout: float = 1.0,
     reconnect_timeout: float = 10.0,
     attempt_delay: float = ATTEMPT_DELAY,
+    sample_rate: int | None = None,
 ) -> AsyncIterator[VoiceClient]:
     """Open a voice call and close it on exit.
 
@@ -1180,12 +1049,20 @@ async def connect(
     ``liveness_timeout`` seconds of sending without hearing anything; it gives up after
     ``reconnect_timeout`` seconds.
 
+    ``sample_rate`` (8000, 16000, 24000, 44100 or 48000 Hz) makes the call speak PCM at that
+    rate whatever the codec on the wire: ``send_pcm()`` takes s16le samples, ``play()`` gives
+    them, and the playout buffer and ``AudioReceived.pcm`` hold them. Without it the app
+    sends and plays codec payloads (``send_audio()``, ``playout.pull()``).
+
     Raises ``SessionRefusedError`` when the server closes before welcoming the session, with
     the close's ``error_code`` (``RESUME_REFUSED`` for a bad or stale ``resume_token``,
-    ``UNSUPPORTED`` for no common codec), and ``ConnectTimeoutError`` when no session is up
-    within ``timeout`` (resolution included).
+    ``UNSUPPORTED`` for no common codec, ``UNAUTHENTICATED``..``REFUSED`` or an accept hook's
+    own code for a caller refused, ``specs/auth.md``), and ``ConnectTimeoutError`` when no
+    session is up within ``timeout`` (resolution included).
     """
     check_aioquic_version()
+    if sample_rate is not None:
+        check_app_rate(sample_rate)
     if ca_file is not None and cafile is not None:
         raise ValueError("give ca_file or its alias cafile, not both")
     url = dial_target(target, port, webtransport)
@@ -1231,6 +1108,7 @@ async def connect(
             reconnect=reconnect,
             liveness_timeout=liveness_timeout,
             reconnect_timeout=reconnect_timeout,
+            sample_rate=sample_rate,
         )
         local = chosen_local or ("::" if ":" in server[0] else "0.0.0.0", 0)
         # The race's deadline bounds the attempt; open()'s own timeout only backs it up.
@@ -1278,33 +1156,6 @@ def hello_with_credentials(
             raise ValueError("metadata given both as a keyword and in hello")
         hello = replace(hello, metadata=dict(metadata))
     return hello
-
-
-async def _await_welcome(link: _Link, timeout: float, deadline: float) -> SessionStarted:
-    """Wait for a resume attempt's ``welcome``: ``timeout`` while the backend is silent, up to
-    ``ANSWERED_ATTEMPT_TIMEOUT`` in all once it has answered, never past ``deadline``."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    try:
-        return await asyncio.wait_for(
-            asyncio.shield(link.started), max(0.05, min(deadline, began + timeout) - began)
-        )
-    except TimeoutError:
-        now = loop.time()
-        limit = min(deadline, began + max(timeout, ANSWERED_ATTEMPT_TIMEOUT))
-        if link.last_receive == 0.0 or now >= limit:
-            raise
-        return await asyncio.wait_for(asyncio.shield(link.started), limit - now)
-
-
-def _heard_since(link: _Link, moment: float) -> bool:
-    """Whether ``link`` is alive: a packet (not a reset) processed after ``moment``."""
-    return (
-        not link.closed
-        and not link.reset_received
-        and not link.session_ended
-        and link.last_receive > moment
-    )
 
 
 def route_source(server: Address) -> str | None:

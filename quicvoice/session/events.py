@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .messages import Hello, UplinkMode
@@ -65,6 +65,9 @@ class AudioReceived(VoiceEvent):
     frame: MediaFrame
     #: The turn it belongs to (downlink), or ``None`` for uplink audio.
     turn_id: int | None = None
+    #: Client with ``connect(sample_rate=N)``: the frame decoded to s16le samples at N Hz
+    #: (silence if it did not decode); ``None`` otherwise.
+    pcm: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,3 +149,19 @@ class SessionClosed(VoiceEvent):
     error_code: int
     #: The reason phrase.
     reason: str
+
+
+#: What a client call delivers to its app (``VoiceClient.receive()``): a ``match`` over these
+#: classes is checked for exhaustiveness by mypy. Turn IDs are the client's own (unique over
+#: the whole call, resumes included: ``specs/protocol.md``).
+ClientEvent = (
+    TurnStarted
+    | AudioReceived
+    | TurnEnded
+    | TurnCancelled
+    | EventReceived
+    | ErrorReceived
+    | ByeReceived
+    | SessionResumed
+    | SessionClosed
+)
