@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .pump import Pump
 
 #: The ``lb._native`` this code was written for (its ``ABI_VERSION``).
-ABI_VERSION = 1
+ABI_VERSION = 2
 PROBE_HEADER_LEN = len(PROBE_REPLY_HEADER)
 
 
@@ -90,6 +90,8 @@ class RelayStatistics(NamedTuple):
     gso_messages: int
     #: Whether GSO is still used (a socket whose GSO sends keep failing stops using it).
     gso: bool
+    #: Of the ``batches``, those received by ``recvfrom`` (one datagram, after a batch of one).
+    single_receives: int
 
 
 class NativeTables:
@@ -139,6 +141,7 @@ class NativeRelay:
         backend: socket.socket,
         router: Router,
         gso: bool = True,
+        batch: int | None = None,
     ) -> None:
         if native is None:
             raise OSError(errno.ENOSYS, f"the native path is not available: {UNAVAILABLE}")
@@ -149,8 +152,15 @@ class NativeRelay:
         self._tables = NativeTables(router)
         receive, send = (vip, backend) if uplink else (backend, vip)
         self._sockets = (vip, backend)  # kept open by this reference
+        #: The loop in C; ``batch`` caps the datagrams of one receive (``MAX_BATCH``).
         self.relay: _native.Relay = native.Relay(
-            receive.fileno(), send.fileno(), vip.fileno(), self._tables.tables, uplink, gso=gso
+            receive.fileno(),
+            send.fileno(),
+            vip.fileno(),
+            self._tables.tables,
+            uplink,
+            batch=native.MAX_BATCH if batch is None else batch,
+            gso=gso,
         )
 
     def use(self, router: Router) -> None:
@@ -177,9 +187,13 @@ class NativeRelay:
 
     def statistics(self) -> RelayStatistics:
         """What the loop did so far."""
-        batches, datagrams, gso_messages, gso = self.relay.statistics()
+        batches, datagrams, gso_messages, gso, single_receives = self.relay.statistics()
         return RelayStatistics(
-            batches=batches, datagrams=datagrams, gso_messages=gso_messages, gso=bool(gso)
+            batches=batches,
+            datagrams=datagrams,
+            gso_messages=gso_messages,
+            gso=bool(gso),
+            single_receives=single_receives,
         )
 
     def run(self, pump: Pump) -> None:
@@ -187,13 +201,13 @@ class NativeRelay:
         assert native is not None
         relay = self.relay
         run = relay.run
-        slow, idle = native.SLOW, native.IDLE
+        slow, tick = native.SLOW, native.TICK
         monotonic = time.monotonic
         while True:
             status = run(pump.next_tick)
             if status == slow:
                 self._route_pending(pump)
-            elif status == idle:
+            elif status != tick:  # woken without a datagram: idle, or a signal
                 pump.idle()
                 continue
             if monotonic() >= pump.next_tick:
