@@ -92,6 +92,8 @@ class RelayStatistics(NamedTuple):
     gso: bool
     #: Of the ``batches``, those received by ``recvfrom`` (one datagram, after a batch of one).
     single_receives: int
+    #: Times the loop gave the CPU away after a batch of more than one (``sched_yield``).
+    yields: int
 
 
 class NativeTables:
@@ -187,13 +189,14 @@ class NativeRelay:
 
     def statistics(self) -> RelayStatistics:
         """What the loop did so far."""
-        batches, datagrams, gso_messages, gso, single_receives = self.relay.statistics()
+        batches, datagrams, gso_messages, gso, single_receives, yields = self.relay.statistics()
         return RelayStatistics(
             batches=batches,
             datagrams=datagrams,
             gso_messages=gso_messages,
             gso=bool(gso),
             single_receives=single_receives,
+            yields=yields,
         )
 
     def run(self, pump: Pump) -> None:

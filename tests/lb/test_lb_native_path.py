@@ -425,8 +425,8 @@ def test_lone_datagrams_are_received_one_by_one_and_a_queue_brings_batches_back(
 ) -> None:
     """One datagram in flight at a time: after the first (a batch of one) the loop receives
     with recvfrom, with a recvmmsg every PROBE_EVERY-th receive; then 40 queued datagrams: the
-    next probe finds them and the loop takes them in batches again. Every datagram arrives,
-    in order, as the Router would send it."""
+    next probe finds them and the loop takes them in batches again (and yields the CPU after a
+    batch of more than one). Every datagram arrives, in order, as the Router would send it."""
     assert native_path.native is not None
     probe_every = native_path.native.PROBE_EVERY
     pump = native_pump(UPLINK, loopback, tmp_path, None, True)
@@ -444,6 +444,7 @@ def test_lone_datagrams_are_received_one_by_one_and_a_queue_brings_batches_back(
     alone = pump.native.statistics()
     # Receives 1, PROBE_EVERY + 1, 2 * PROBE_EVERY + 1 are recvmmsg (a batch of one each).
     assert (alone.batches, alone.datagrams, alone.single_receives) == (lone, lone, lone - 3)
+    assert alone.yields == 0  # batches of one never yield the CPU
     burst = [cid + bytes([n]) * 100 for n in range(40)]
     for datagram in burst:
         client.sendto(datagram, vip)
@@ -455,6 +456,7 @@ def test_lone_datagrams_are_received_one_by_one_and_a_queue_brings_batches_back(
     assert singles == probe_every - 3  # until the next probe, which takes the rest at once
     assert after.batches - alone.batches == singles + 1
     assert after.datagrams - alone.datagrams == len(burst)
+    assert after.yields - alone.yields == 1  # before the receive after the batch
 
 
 # When the native path cannot run ------------------------------------------------------------
