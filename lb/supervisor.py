@@ -95,6 +95,15 @@ def open_socket(address: Address) -> socket.socket:
     return sock
 
 
+def snapshot_parent() -> str | None:
+    """Where the pumps' counter snapshots go: /dev/shm (memory) where it is writable, else the
+    temporary directory. Each pump replaces its file every second while it forwards; on a disk
+    file system creating and renaming it took 0.4 to 1 ms here, a stall of the pump's loop
+    (the tail of the latency at one datagram in flight), on tmpfs 0.1 ms."""
+    shared = "/dev/shm"
+    return shared if os.path.isdir(shared) and os.access(shared, os.W_OK | os.X_OK) else None
+
+
 def _run_pump(kwargs: dict[str, Any]) -> None:
     Pump(**kwargs).run()
 
@@ -125,7 +134,7 @@ class Supervisor:
         self.python_reason: str | None = "--python-path"
         self.logger = logger.bind(role="supervisor")
         self._context = multiprocessing.get_context("fork")
-        self._run_dir = Path(tempfile.mkdtemp(prefix="quicvoice-lb-"))
+        self._run_dir = Path(tempfile.mkdtemp(prefix="quicvoice-lb-", dir=snapshot_parent()))
         self._sockets: list[tuple[socket.socket, socket.socket]] = []
         self._pumps: dict[tuple[int, str], BaseProcess] = {}
         self._started: dict[tuple[int, str], float] = {}
