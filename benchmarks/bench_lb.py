@@ -3,6 +3,7 @@
     python benchmarks/bench_lb.py [--quick] [--rounds R] [--packets N] [--seconds S]
                                   [--latency-rounds R] [--latency-packets N] [--only TEXT ...]
     python benchmarks/bench_lb.py --decode-cost
+    python benchmarks/bench_lb.py --syscall-cost
     python benchmarks/bench_lb.py --python-cost
 
 Every relay carries the same traffic on loopback: client -> relay -> echo backend -> relay ->
@@ -130,6 +131,153 @@ int main(int argc, char **argv) {
         ssize_t n = recvfrom(front, buf, sizeof buf, 0, (struct sockaddr *)&client, &len);
         if (n >= 0) sendto(back, buf, n, 0, (struct sockaddr *)&backend, sizeof backend);
     }
+}
+""",
+    "syscalls": r"""
+/* syscalls [BLOCKS]: what the native loop's system calls cost, one datagram at a time.
+   Interleaved blocks of 500 operations per variant, median block (ns per operation). */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+static uint64_t now_ns(void) {
+    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + t.tv_nsec;
+}
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b; return x < y ? -1 : x > y;
+}
+static char buffers[64][2048], packet[200] = {0x41};
+static struct mmsghdr rx[64];
+static struct iovec rx_iov[64];
+static struct sockaddr_in names[64];
+static int bound(struct sockaddr_in *a, int timeout_us) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    memset(a, 0, sizeof *a); a->sin_family = AF_INET;
+    inet_pton(AF_INET, "127.0.0.1", &a->sin_addr);
+    bind(fd, (struct sockaddr *)a, sizeof *a);
+    socklen_t len = sizeof *a; getsockname(fd, (struct sockaddr *)a, &len);
+    if (timeout_us) {
+        struct timeval tv = {0, timeout_us};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    return fd;
+}
+enum { OPS = 500, MAX_BLOCKS = 1000 };
+#define VARIANTS 8
+static const char *names_of[VARIANTS] = {
+    "sendto + recvfrom (one queued datagram)",
+    "sendto + recvmsg",
+    "sendto + recvmmsg(64, MSG_WAITFORONE)",
+    "sendmmsg(1 message) + recvfrom",
+    "sendmsg + recvfrom",
+    "clock_gettime(CLOCK_MONOTONIC)",
+    "clock_gettime(CLOCK_MONOTONIC_COARSE)",
+    "sched_yield (nothing else runnable on this core?)",
+};
+static int in, out;
+static struct sockaddr_in to;
+static void op(int v) {
+    struct timespec ts;
+    struct iovec iov = {packet, sizeof packet};
+    struct msghdr h = {.msg_name = &to, .msg_namelen = sizeof to, .msg_iov = &iov, .msg_iovlen = 1};
+    struct mmsghdr m = {.msg_hdr = h};
+    socklen_t len = sizeof names[0];
+    switch (v) {
+    case 5: clock_gettime(CLOCK_MONOTONIC, &ts); return;
+    case 6: clock_gettime(CLOCK_MONOTONIC_COARSE, &ts); return;
+    case 7: sched_yield(); return;
+    case 3: sendmmsg(out, &m, 1, 0); break;
+    case 4: sendmsg(out, &h, 0); break;
+    default: sendto(out, packet, sizeof packet, 0, (struct sockaddr *)&to, sizeof to);
+    }
+    if (v == 1) {
+        rx[0].msg_hdr.msg_namelen = sizeof names[0];
+        recvmsg(in, &rx[0].msg_hdr, 0);
+    } else if (v == 2) {
+        for (int i = 0; i < 64; i++) rx[i].msg_hdr.msg_namelen = sizeof names[0];
+        recvmmsg(in, rx, 64, MSG_WAITFORONE, NULL);
+    } else {
+        recvfrom(in, buffers[0], sizeof buffers[0], 0, (struct sockaddr *)&names[0], &len);
+    }
+}
+/* Ping-pong with an echo in another process: each round trip is two receives that wait. */
+static int echo_fd[2];
+static void *echo(void *arg) {
+    int fd = echo_fd[(long)arg]; char b[2048]; struct sockaddr_in peer; socklen_t len;
+    for (;;) {
+        len = sizeof peer;
+        ssize_t n = recvfrom(fd, b, sizeof b, 0, (struct sockaddr *)&peer, &len);
+        if (n > 0) sendto(fd, b, n, 0, (struct sockaddr *)&peer, len);
+    }
+    return NULL;
+}
+int main(int argc, char **argv) {
+    int blocks = argc > 1 ? atoi(argv[1]) : 200;
+    if (blocks < 2 || blocks > MAX_BLOCKS) return 2;
+    struct sockaddr_in unused;
+    in = bound(&to, 0); out = bound(&unused, 0);
+    for (int i = 0; i < 64; i++) {
+        rx_iov[i].iov_base = buffers[i]; rx_iov[i].iov_len = sizeof buffers[i];
+        rx[i].msg_hdr.msg_iov = &rx_iov[i]; rx[i].msg_hdr.msg_iovlen = 1;
+        rx[i].msg_hdr.msg_name = &names[i];
+    }
+    static double cost[VARIANTS + 2][MAX_BLOCKS];
+    for (int b = 0; b < blocks; b++)
+        for (int k = 0; k < VARIANTS; k++) {
+            int v = (k + b) % VARIANTS;
+            uint64_t start = now_ns();
+            for (int i = 0; i < OPS; i++) op(v);
+            cost[v][b] = (double)(now_ns() - start) / OPS;
+        }
+    struct sockaddr_in echo_at[2], client_at[2]; int client[2];
+    for (int t = 0; t < 2; t++) {
+        echo_fd[t] = bound(&echo_at[t], t ? 250000 : 0);
+        client[t] = bound(&client_at[t], t ? 250000 : 0);
+    }
+    pid_t child = fork();
+    if (child == 0) {
+        pthread_t thread; pthread_create(&thread, NULL, echo, (void *)1L);
+        echo((void *)0L);
+    }
+    char b[2048];
+    for (int b0 = 0; b0 < blocks / 4; b0++)
+        for (int t = 0; t < 2; t++)  /* warm up */
+            for (int i = 0; i < 10; i++) {
+                sendto(client[t], packet, sizeof packet, 0, (struct sockaddr *)&echo_at[t],
+                       sizeof echo_at[t]);
+                recv(client[t], b, sizeof b, 0);
+            }
+    for (int bl = 0; bl < blocks; bl++)
+        for (int k = 0; k < 2; k++) {
+            int t = (k + bl) % 2; uint64_t start = now_ns();
+            for (int i = 0; i < OPS; i++) {
+                sendto(client[t], packet, sizeof packet, 0, (struct sockaddr *)&echo_at[t],
+                       sizeof echo_at[t]);
+                recv(client[t], b, sizeof b, 0);
+            }
+            cost[VARIANTS + t][bl] = (double)(now_ns() - start) / OPS;
+        }
+    kill(child, SIGKILL); waitpid(child, NULL, 0);
+    for (int v = 0; v < VARIANTS + 2; v++) {
+        qsort(cost[v], blocks, sizeof(double), by_value);
+        const char *name = v < VARIANTS ? names_of[v] : v == VARIANTS
+            ? "round trip to an echo process, receives wait without SO_RCVTIMEO"
+            : "round trip to an echo process, receives wait with SO_RCVTIMEO";
+        printf("%s\t%.1f\t%.1f\t%.1f\n", name, cost[v][blocks / 4], cost[v][blocks / 2],
+               cost[v][3 * blocks / 4]);
+    }
+    return 0;
 }
 """,
     "loadgen": r"""
@@ -988,6 +1136,41 @@ def python_cost(datagrams: int = 192_000) -> str:
             sock.close()
 
 
+def syscall_cost(blocks: int = 200) -> str:
+    """What the native loop's system calls cost here, one datagram at a time (--syscall-cost).
+
+    A C program (built like the relays) times interleaved blocks of 500 operations of each
+    kind on loopback: a datagram sent to its own socket and received by each receive call the
+    loop could use, the send calls, the two clocks, ``sched_yield``, and a ping-pong with an
+    echo process whose receives wait with and without ``SO_RCVTIMEO``. Quartiles of the
+    blocks, nanoseconds per operation (per round trip for the ping-pong).
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-lb-") as temporary:
+        directory = Path(temporary)
+        source = directory / "syscalls.c"
+        source.write_text(C_SOURCES["syscalls"])
+        binary = directory / "syscalls"
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(binary), str(source), "-lpthread"],
+            check=True,
+            capture_output=True,
+        )
+        output = subprocess.run(
+            [str(binary), str(blocks)], check=True, capture_output=True, text=True, timeout=600
+        ).stdout
+    lines = [
+        f"System calls of the native loop, ns per operation ({blocks} interleaved blocks of 500; "
+        "quartiles)",
+        "",
+        "| operation | 25 % | median | 75 % |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in output.splitlines():
+        name, *figures = row.split("\t")
+        lines.append(f"| {name} | " + " | ".join(f"{float(f):,.0f}" for f in figures) + " |")
+    return "\n".join(lines)
+
+
 def decode_cost(rounds: int = 9, calls: int = 2_000_000) -> str:
     """QUIC-LB decoding inside the native path, against one bare AES block (--decode-cost).
 
@@ -1033,6 +1216,10 @@ def decode_cost(rounds: int = 9, calls: int = 2_000_000) -> str:
     return "\n".join(lines)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1065,6 +1252,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the native path's QUIC-LB decoding against one bare AES block, timed in C",
     )
+    parser.add_argument(
+        "--syscall-cost",
+        action="store_true",
+        help="only what the native loop's system calls cost, one datagram at a time, in C",
+    )
     parser.add_argument("--naive-relay", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-relay", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-batched-relay", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -1084,6 +1276,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode_cost:
         print(decode_cost())
         return 0
+    if args.syscall_cost:
+        print(syscall_cost())
+        return 0
+    # SIGTERM ends the run like Ctrl-C: the relays it started are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupted)
     if args.quick:
         args.packets, args.latency_packets, args.seconds = 20_000, 5_000, 5.0
         args.rounds, args.latency_rounds = 1, 2
