@@ -8,12 +8,12 @@
  *         Sans-I/O: uplink()/downlink() decide one datagram (exposed for the tests and the
  *         fuzz targets), decode() reads a CID's server ID.
  * Relay   one pump's loop: recvmmsg (MSG_WAITFORONE: a batch is what is queued, one datagram
- *         when one is in flight), the decision of each datagram, sendmmsg (with UDP GSO for
- *         runs of equal-sized datagrams to one address). It runs without the GIL and returns
- *         to Python only when a batch holds a datagram the fast path does not take (Python
- *         routes it with the Router; the batch is then sent in order), when the socket has
- *         been idle for its receive timeout, when a signal interrupts the wait, or when the
- *         pump's next tick is due.
+ *         when one is in flight; see receive_batch), the decision of each datagram, sendmmsg
+ *         (with UDP GSO for runs of equal-sized datagrams to one address). It runs without the
+ *         GIL and returns to Python only when a batch holds a datagram the fast path does not
+ *         take (Python routes it with the Router; the batch is then sent in order), when a
+ *         signal interrupts the wait (or a receive timeout, where the socket has one), or
+ *         when the pump's next tick is due.
  *
  * The fast path takes exactly what lb/python_path.py takes (tests/lb/test_lb_native_path.py):
  * uplink, a short header of 21..65487 octets from a client with a non-zero port whose CID

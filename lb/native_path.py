@@ -2,15 +2,18 @@
 
 ``NativeRelay`` runs one pump's loop in the extension module ``lb._native``: ``recvmmsg``
 with ``MSG_WAITFORONE`` (a batch is whatever is queued: one datagram at light load, up to
-``MAX_BATCH`` under load, never a wait for more), the fast path's decision for each datagram,
-and ``sendmmsg`` in arrival order, runs of equal-sized datagrams to one address sent as one
-UDP GSO message. The loop holds no GIL and returns to Python only when
+``MAX_BATCH`` under load, never a wait for more; after a batch of one, ``recvfrom`` with a
+``recvmmsg`` every ``PROBE_EVERY``-th time; after a batch of more, one ``sched_yield``), the
+fast path's decision for each datagram, and ``sendmmsg`` in arrival order (``sendto`` for a
+lone datagram), runs of equal-sized datagrams to one address sent as one UDP GSO message.
+The loop holds no GIL and returns to Python only when
 
 - a batch holds a datagram the fast path does not take: Python routes those with the Router
   (``Router.route_from_client`` / ``route_from_backend``, probe answers to the pump) and the
   whole batch is then sent, fast and routed datagrams in their order;
 - the pump's next tick is due (counters, health, reloads: every 50 ms under load);
-- the socket stayed empty for its receive timeout, or a signal interrupted the wait.
+- a signal interrupted the wait (the pump's idle alarm, SIGHUP, SIGTERM) or, where the
+  socket has a receive timeout (the tests'), it stayed empty that long.
 
 The C tables (``lb._native.Tables``) are built from the Router: its configurations by config
 bits (``Router.fast_configs``), its live backends by server ID (``Router.fast_uplink``), its
