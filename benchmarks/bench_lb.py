@@ -1,8 +1,9 @@
 """The stateless forwarder beside a minimal C relay and a naive Python relay, in one run.
 
     python benchmarks/bench_lb.py [--quick] [--rounds R] [--packets N] [--seconds S]
-                                  [--only TEXT ...]
+                                  [--latency-rounds R] [--latency-packets N] [--only TEXT ...]
     python benchmarks/bench_lb.py --decode-cost
+    python benchmarks/bench_lb.py --syscall-cost
     python benchmarks/bench_lb.py --python-cost
 
 Every relay carries the same traffic on loopback: client -> relay -> echo backend -> relay ->
@@ -14,7 +15,9 @@ recvfrom/sendto loop per direction, the last client's address in a variable: no 
 table). The naive relay is stock asyncio with a dict of one upstream socket per client, what
 people write first. quicvoice-lb runs on its native path (the default: lb._native, adaptive
 recvmmsg/sendmmsg batches with UDP GSO) with one and two workers, and on its Python path
-(--python-path) per datagram and with --batch.
+(--python-path) per datagram and with --batch. Two workers are loaded with 8 client flows (so
+that SO_REUSEPORT has flows to spread), and one worker is measured with the same 8 flows too,
+for the comparison; every other relay carries one flow.
 
 Two "bare Python" relays give the ceiling of any pure-Python forwarder: the C relay's
 structure in Python, one blocking loop per direction, a fixed backend address, the last
@@ -25,13 +28,17 @@ buffer: no bytes object, no address string). The two directions are two processe
 quicvoice-lb's pumps are, so that no GIL is shared; the uplink publishes a new client address
 to the downlink through a shared page (a generation octet checked once per datagram or batch).
 
-Per-core throughput is datagrams forwarded (two per round trip) divided by the CPU time
-(utime + stime from /proc/PID/stat) of the relay's processes, supervisor included. Added
-latency is the round-trip percentile through a relay minus the same percentile sent straight
-to the echo server. All relays run side by side for the whole benchmark and are measured in
---rounds interleaved rounds; the tables give medians, and the ratio to the C relay is taken
-per round (same machine conditions) before its median. Bounded: at most --packets round trips
-or --seconds per measurement.
+Per-core throughput is datagrams forwarded (two per round trip) divided by the CPU time of the
+relay's processes, supervisor included: the scheduler's run time of every thread
+(/proc/PID/task/TID/schedstat, nanoseconds) where the kernel keeps it, else utime + stime
+(clock ticks). Added latency is the round-trip percentile through a relay minus the same
+percentile sent straight to the echo server (its median over the rounds). All relays run side
+by side for the whole benchmark and are measured in interleaved rounds, in the table's order
+in even rounds and reversed in odd ones: --rounds of throughput (window 32), then
+--latency-rounds of latency (one datagram in flight, the direct run first); the tables give
+medians, and the ratio to the C relay is taken per round (same machine conditions) before its
+median. Bounded: at most --packets (--latency-packets) round trips or --seconds per
+measurement.
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ HOST = "127.0.0.1"
 CLIENT_HOST = "127.0.0.2"
 DATAGRAM_LEN = 200
 WINDOW = 32
+#: Client flows (sockets) of the --workers 2 run and of the one-worker run beside it.
+MANY_FLOWS = 8
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STARTUP_TIMEOUT = 5.0
 
@@ -122,6 +131,153 @@ int main(int argc, char **argv) {
         ssize_t n = recvfrom(front, buf, sizeof buf, 0, (struct sockaddr *)&client, &len);
         if (n >= 0) sendto(back, buf, n, 0, (struct sockaddr *)&backend, sizeof backend);
     }
+}
+""",
+    "syscalls": r"""
+/* syscalls [BLOCKS]: what the native loop's system calls cost, one datagram at a time.
+   Interleaved blocks of 500 operations per variant, median block (ns per operation). */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+static uint64_t now_ns(void) {
+    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + t.tv_nsec;
+}
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b; return x < y ? -1 : x > y;
+}
+static char buffers[64][2048], packet[200] = {0x41};
+static struct mmsghdr rx[64];
+static struct iovec rx_iov[64];
+static struct sockaddr_in names[64];
+static int bound(struct sockaddr_in *a, int timeout_us) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    memset(a, 0, sizeof *a); a->sin_family = AF_INET;
+    inet_pton(AF_INET, "127.0.0.1", &a->sin_addr);
+    bind(fd, (struct sockaddr *)a, sizeof *a);
+    socklen_t len = sizeof *a; getsockname(fd, (struct sockaddr *)a, &len);
+    if (timeout_us) {
+        struct timeval tv = {0, timeout_us};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    return fd;
+}
+enum { OPS = 500, MAX_BLOCKS = 1000 };
+#define VARIANTS 8
+static const char *names_of[VARIANTS] = {
+    "sendto + recvfrom (one queued datagram)",
+    "sendto + recvmsg",
+    "sendto + recvmmsg(64, MSG_WAITFORONE)",
+    "sendmmsg(1 message) + recvfrom",
+    "sendmsg + recvfrom",
+    "clock_gettime(CLOCK_MONOTONIC)",
+    "clock_gettime(CLOCK_MONOTONIC_COARSE)",
+    "sched_yield (nothing else runnable on this core?)",
+};
+static int in, out;
+static struct sockaddr_in to;
+static void op(int v) {
+    struct timespec ts;
+    struct iovec iov = {packet, sizeof packet};
+    struct msghdr h = {.msg_name = &to, .msg_namelen = sizeof to, .msg_iov = &iov, .msg_iovlen = 1};
+    struct mmsghdr m = {.msg_hdr = h};
+    socklen_t len = sizeof names[0];
+    switch (v) {
+    case 5: clock_gettime(CLOCK_MONOTONIC, &ts); return;
+    case 6: clock_gettime(CLOCK_MONOTONIC_COARSE, &ts); return;
+    case 7: sched_yield(); return;
+    case 3: sendmmsg(out, &m, 1, 0); break;
+    case 4: sendmsg(out, &h, 0); break;
+    default: sendto(out, packet, sizeof packet, 0, (struct sockaddr *)&to, sizeof to);
+    }
+    if (v == 1) {
+        rx[0].msg_hdr.msg_namelen = sizeof names[0];
+        recvmsg(in, &rx[0].msg_hdr, 0);
+    } else if (v == 2) {
+        for (int i = 0; i < 64; i++) rx[i].msg_hdr.msg_namelen = sizeof names[0];
+        recvmmsg(in, rx, 64, MSG_WAITFORONE, NULL);
+    } else {
+        recvfrom(in, buffers[0], sizeof buffers[0], 0, (struct sockaddr *)&names[0], &len);
+    }
+}
+/* Ping-pong with an echo in another process: each round trip is two receives that wait. */
+static int echo_fd[2];
+static void *echo(void *arg) {
+    int fd = echo_fd[(long)arg]; char b[2048]; struct sockaddr_in peer; socklen_t len;
+    for (;;) {
+        len = sizeof peer;
+        ssize_t n = recvfrom(fd, b, sizeof b, 0, (struct sockaddr *)&peer, &len);
+        if (n > 0) sendto(fd, b, n, 0, (struct sockaddr *)&peer, len);
+    }
+    return NULL;
+}
+int main(int argc, char **argv) {
+    int blocks = argc > 1 ? atoi(argv[1]) : 200;
+    if (blocks < 2 || blocks > MAX_BLOCKS) return 2;
+    struct sockaddr_in unused;
+    in = bound(&to, 0); out = bound(&unused, 0);
+    for (int i = 0; i < 64; i++) {
+        rx_iov[i].iov_base = buffers[i]; rx_iov[i].iov_len = sizeof buffers[i];
+        rx[i].msg_hdr.msg_iov = &rx_iov[i]; rx[i].msg_hdr.msg_iovlen = 1;
+        rx[i].msg_hdr.msg_name = &names[i];
+    }
+    static double cost[VARIANTS + 2][MAX_BLOCKS];
+    for (int b = 0; b < blocks; b++)
+        for (int k = 0; k < VARIANTS; k++) {
+            int v = (k + b) % VARIANTS;
+            uint64_t start = now_ns();
+            for (int i = 0; i < OPS; i++) op(v);
+            cost[v][b] = (double)(now_ns() - start) / OPS;
+        }
+    struct sockaddr_in echo_at[2], client_at[2]; int client[2];
+    for (int t = 0; t < 2; t++) {
+        echo_fd[t] = bound(&echo_at[t], t ? 250000 : 0);
+        client[t] = bound(&client_at[t], t ? 250000 : 0);
+    }
+    pid_t child = fork();
+    if (child == 0) {
+        pthread_t thread; pthread_create(&thread, NULL, echo, (void *)1L);
+        echo((void *)0L);
+    }
+    char b[2048];
+    for (int b0 = 0; b0 < blocks / 4; b0++)
+        for (int t = 0; t < 2; t++)  /* warm up */
+            for (int i = 0; i < 10; i++) {
+                sendto(client[t], packet, sizeof packet, 0, (struct sockaddr *)&echo_at[t],
+                       sizeof echo_at[t]);
+                recv(client[t], b, sizeof b, 0);
+            }
+    for (int bl = 0; bl < blocks; bl++)
+        for (int k = 0; k < 2; k++) {
+            int t = (k + bl) % 2; uint64_t start = now_ns();
+            for (int i = 0; i < OPS; i++) {
+                sendto(client[t], packet, sizeof packet, 0, (struct sockaddr *)&echo_at[t],
+                       sizeof echo_at[t]);
+                recv(client[t], b, sizeof b, 0);
+            }
+            cost[VARIANTS + t][bl] = (double)(now_ns() - start) / OPS;
+        }
+    kill(child, SIGKILL); waitpid(child, NULL, 0);
+    for (int v = 0; v < VARIANTS + 2; v++) {
+        qsort(cost[v], blocks, sizeof(double), by_value);
+        const char *name = v < VARIANTS ? names_of[v] : v == VARIANTS
+            ? "round trip to an echo process, receives wait without SO_RCVTIMEO"
+            : "round trip to an echo process, receives wait with SO_RCVTIMEO";
+        printf("%s\t%.1f\t%.1f\t%.1f\n", name, cost[v][blocks / 4], cost[v][blocks / 2],
+               cost[v][3 * blocks / 4]);
+    }
+    return 0;
 }
 """,
     "loadgen": r"""
@@ -196,8 +352,10 @@ int main(int argc, char **argv) {
     double elapsed = (now_ns() - start) / 1e9;
     qsort(rtt, done, sizeof(uint64_t), cmp);
     printf("{\"done\": %ld, \"sent\": %ld, \"refills\": %ld, \"elapsed\": %.6f, "
-           "\"p50_us\": %.2f, \"p99_us\": %.2f}\n", done, sent, lost, elapsed,
-           done ? rtt[done / 2] / 1e3 : 0.0, done ? rtt[(long)(done * 0.99)] / 1e3 : 0.0);
+           "\"p50_us\": %.2f, \"p90_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f}\n",
+           done, sent, lost, elapsed, done ? rtt[done / 2] / 1e3 : 0.0,
+           done ? rtt[(long)(done * 0.9)] / 1e3 : 0.0, done ? rtt[(long)(done * 0.99)] / 1e3 : 0.0,
+           done ? rtt[(long)(done * 0.999)] / 1e3 : 0.0);
     return 0;
 }
 """,
@@ -214,6 +372,8 @@ class Result:
     cpu_seconds: float
     p50_us: float
     p99_us: float
+    p90_us: float = 0.0
+    p999_us: float = 0.0
 
     @property
     def per_core_pps(self) -> float:
@@ -262,16 +422,42 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of ``pids`` (all threads), in seconds."""
+def _schedstat_seconds(pid: int) -> float | None:
+    """CPU time of all threads of ``pid`` from /proc/PID/task/*/schedstat (nanoseconds, exact),
+    ``None`` where the kernel keeps no schedstat."""
     total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except FileNotFoundError:
+            if not Path(f"/proc/{pid}/task/{tid}").exists():
+                continue  # the thread is gone
+            return None
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of ``pids`` (all threads), in seconds: the scheduler's exact run time where the
+    kernel has schedstat, else utime + stime from /proc/PID/stat (clock ticks: 10 ms steps,
+    a bias of its own for processes that sleep and wake thousands of times a second)."""
+    total = 0.0
     for pid in pids:
+        exact = _schedstat_seconds(pid)
+        if exact is not None:
+            total += exact
+            continue
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def template() -> str:
@@ -348,7 +534,16 @@ def measure(
     ).stdout
     used = cpu_seconds(pids) - before
     data = json.loads(output)
-    return Result(name, data["done"], data["elapsed"], used, data["p50_us"], data["p99_us"])
+    return Result(
+        name,
+        data["done"],
+        data["elapsed"],
+        used,
+        data["p50_us"],
+        data["p99_us"],
+        data["p90_us"],
+        data["p999_us"],
+    )
 
 
 def forwarder_config(directory: Path, port: int, backend_port: int, echo_port: int) -> Path:
@@ -548,7 +743,8 @@ class Relay:
     name: str
     command: list[str]
     port: int
-    #: Client flows of the throughput run (--workers 2: 8, so that SO_REUSEPORT spreads them).
+    #: Client flows of the throughput run (MANY_FLOWS for --workers 2, so that SO_REUSEPORT
+    #: spreads them, and for one worker beside it, so that the two see the same traffic).
     flows: int
     #: Whether the latency run is made too.
     latency: bool
@@ -583,30 +779,39 @@ def relays(directory: Path, binaries: dict[str, Path], echo_port: int) -> list[R
             True,
         )
     )
-    for workers, flags in (
-        (1, ()),
-        (2, ()),
-        (1, ("--python-path",)),
-        (1, ("--python-path", "--batch")),
+    for workers, flows, flags in (
+        (1, 1, ()),
+        (1, MANY_FLOWS, ()),
+        (2, MANY_FLOWS, ()),
+        (1, 1, ("--python-path",)),
+        (1, 1, ("--python-path", "--batch")),
     ):
         port = free_port()
         config = forwarder_config(directory, port, free_port(), echo_port)
         command = [sys.executable, "-m", "lb", "--config", str(config)]
         command += ["--workers", str(workers), *flags]
         name = " ".join([f"quicvoice-lb --workers {workers}", *flags])
-        made.append(Relay(name, command, port, 8 if workers > 1 else 1, workers == 1))
+        if flows > 1:
+            name += f" ({flows} flows)"
+        made.append(Relay(name, command, port, flows, workers == 1 and flows == 1))
     return made
 
 
 Rounds = list[dict[str, Result]]
 
 
-def run(args: argparse.Namespace) -> tuple[Rounds, Rounds]:
-    """Measure every relay ``args.rounds`` times, interleaved; return throughput and latency.
+DIRECT = "direct to echo (no relay)"
 
-    All relays run for the whole benchmark (an idle one blocks in ``recv``) and each round
-    measures each of them once, so that a burst of load from elsewhere on the machine hits
-    one round of every relay rather than every round of one relay.
+
+def run(args: argparse.Namespace) -> tuple[Rounds, Rounds]:
+    """Measure every relay in interleaved rounds; return throughput and latency rounds.
+
+    All relays run for the whole benchmark (an idle one blocks in ``recv``). First
+    ``args.rounds`` throughput rounds, then ``args.latency_rounds`` latency rounds; each round
+    measures each relay once (a latency round starts with the echo server alone), in the
+    order of the table in even rounds and in the reverse order in odd ones, so that a burst
+    of load from elsewhere on the machine, or a drift, hits one round of every relay rather
+    than every round of one relay, and no relay always runs next to the same one.
     """
     throughput: Rounds = []
     latency: Rounds = []
@@ -625,45 +830,33 @@ def run(args: argparse.Namespace) -> tuple[Rounds, Rounds]:
             process = stack.enter_context(running(relay.command))
             wait_for_udp((HOST, relay.port), process)
             started.append((relay, process_tree(process.pid)))
-        for round_ in range(args.rounds):
-            print(f"round {round_ + 1} of {args.rounds}", file=sys.stderr)
-            speeds: dict[str, Result] = {}
-            delays: dict[str, Result] = {}
-            name = "direct to echo (no relay)"
-            delays[name] = measure(
-                name,
+
+        def one(relay: Relay | None, pids: list[int], window: int, packets: int) -> Result:
+            port = echo_port if relay is None else relay.port
+            return measure(
+                DIRECT if relay is None else relay.name,
                 binaries["loadgen"],
-                echo_port,
-                [echo.pid],
-                window=1,
-                flows=1,
-                packets=args.latency_packets,
+                port,
+                pids,
+                window=window,
+                flows=1 if relay is None or window == 1 else relay.flows,
+                packets=packets,
                 seconds=args.seconds,
             )
-            for relay, pids in started:
-                speeds[relay.name] = measure(
-                    relay.name,
-                    binaries["loadgen"],
-                    relay.port,
-                    pids,
-                    window=WINDOW,
-                    flows=relay.flows,
-                    packets=args.packets,
-                    seconds=args.seconds,
-                )
-                if relay.latency:
-                    delays[relay.name] = measure(
-                        relay.name,
-                        binaries["loadgen"],
-                        relay.port,
-                        pids,
-                        window=1,
-                        flows=1,
-                        packets=args.latency_packets,
-                        seconds=args.seconds,
-                    )
-            throughput.append(speeds)
-            latency.append(delays)
+
+        for round_ in range(args.rounds):
+            print(f"throughput round {round_ + 1} of {args.rounds}", file=sys.stderr)
+            order = started if round_ % 2 == 0 else started[::-1]
+            speeds = {relay.name: one(relay, pids, WINDOW, args.packets) for relay, pids in order}
+            throughput.append({relay.name: speeds[relay.name] for relay, _ in started})
+        timed = [(relay, pids) for relay, pids in started if relay.latency]
+        for round_ in range(args.latency_rounds):
+            print(f"latency round {round_ + 1} of {args.latency_rounds}", file=sys.stderr)
+            delays = {DIRECT: one(None, [echo.pid], 1, args.latency_packets)}
+            order = timed if round_ % 2 == 0 else timed[::-1]
+            for relay, pids in order:
+                delays[relay.name] = one(relay, pids, 1, args.latency_packets)
+            latency.append({DIRECT: delays[DIRECT]} | {r.name: delays[r.name] for r, _ in timed})
     return throughput, latency
 
 
@@ -671,10 +864,30 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+def _spread(values: list[float]) -> str:
+    """The middle half of ``values`` (quartiles), or the one value."""
+    if len(values) < 2:
+        return f"{_median(values):.2f}"
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{low:.2f}–{high:.2f}"
+
+
+def _per_trip(result: Result) -> float:
+    return 1e6 * result.cpu_seconds / result.round_trips if result.round_trips else 0.0
+
+
 def table(throughput: Rounds, latency: Rounds) -> str:
-    """The Markdown tables of specs/forwarder.md: medians over rounds, ratio ranges."""
+    """The Markdown tables of specs/forwarder.md: medians over rounds, ratios per round."""
+    lines: list[str] = []
+    if throughput:
+        lines += _throughput_table(throughput)
+    if latency:
+        lines += _latency_table(latency)
+    return "\n".join(lines)
+
+
+def _throughput_table(throughput: Rounds) -> list[str]:
     floor = next(iter(throughput[0]))
-    direct = next(iter(latency[0]))
     lines = [
         f"Throughput: window {WINDOW}, {DATAGRAM_LEN}-octet datagrams, {len(throughput)} "
         "rounds (medians; x C relay is per round, against the C relay of the same round)",
@@ -690,36 +903,71 @@ def table(throughput: Rounds, latency: Rounds) -> str:
             for speeds in throughput
             if speeds[floor].per_core_pps
         ]
-        per_trip = [1e6 * r.cpu_seconds / r.round_trips for r in results if r.round_trips]
         lines.append(
             f"| {name} | {sum(r.round_trips for r in results)} "
             f"| {_median([r.wall_pps for r in results]):,.0f} "
             f"| {_median([r.per_core_pps for r in results]):,.0f} "
             f"| {_median(ratios):.2f} | {min(ratios, default=0):.2f}–{max(ratios, default=0):.2f} "
-            f"| {_median(per_trip):.1f} |"
+            f"| {_median([_per_trip(r) for r in results]):.1f} |"
         )
-    lines += [
+    one, two = (f"quicvoice-lb --workers {n} ({MANY_FLOWS} flows)" for n in (1, 2))
+    if one in throughput[0] and two in throughput[0]:
+        ratios = [
+            speeds[two].per_core_pps / speeds[one].per_core_pps
+            for speeds in throughput
+            if speeds[one].per_core_pps
+        ]
+        lines += [
+            "",
+            f"--workers 2 against --workers 1 on the same {MANY_FLOWS} flows, datagrams per "
+            f"CPU-second, per round: {_median(ratios):.2f} "
+            f"({min(ratios, default=0):.2f}–{max(ratios, default=0):.2f})",
+        ]
+    return lines
+
+
+def _latency_table(latency: Rounds) -> list[str]:
+    floor = next((name for name in latency[0] if name != DIRECT), DIRECT)
+    # One baseline for every round: a burst of load during one round's direct run would
+    # otherwise shift that round's added figures (even below zero) and its ratios.
+    direct50 = _median([delays[DIRECT].p50_us for delays in latency])
+    direct99 = _median([delays[DIRECT].p99_us for delays in latency])
+    lines = [
         "",
-        "Latency: one datagram in flight; added = relay percentile - direct percentile of the "
-        "same round (medians over rounds)",
+        f"Latency: one datagram in flight, {len(latency)} rounds; added = relay percentile - "
+        "the direct percentile's median over the rounds; medians over rounds; x C relay per "
+        "round (the C relay of the same round), then its median and middle half (quartiles)",
         "",
-        "| path | round trips | RTT p50 µs | RTT p99 µs | added p50 µs | added p99 µs "
-        "| CPU µs per round trip |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| path | round trips | RTT p50 µs | RTT p90 µs | RTT p99 µs | RTT p99.9 µs "
+        "| added p50 µs | added p99 µs | added p99 x C relay | CPU µs per round trip "
+        "| CPU x C relay |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in latency[0]:
         results = [delays[name] for delays in latency]
-        added50 = [delays[name].p50_us - delays[direct].p50_us for delays in latency]
-        added99 = [delays[name].p99_us - delays[direct].p99_us for delays in latency]
-        cpu = [1e6 * r.cpu_seconds / r.round_trips for r in results if r.round_trips]
-        lines.append(
-            f"| {name} | {sum(r.round_trips for r in results)} "
-            f"| {_median([r.p50_us for r in results]):.1f} "
-            f"| {_median([r.p99_us for r in results]):.1f} "
-            f"| {_median(added50):.1f} | {_median(added99):.1f} "
-            f"| {_median(cpu):.1f} |"
-        )
-    return "\n".join(lines)
+        cells = [
+            name,
+            str(sum(r.round_trips for r in results)),
+            *(
+                f"{_median([getattr(r, key) for r in results]):.1f}"
+                for key in ("p50_us", "p90_us", "p99_us", "p999_us")
+            ),
+        ]
+        added50 = [delays[name].p50_us - direct50 for delays in latency]
+        added99 = [delays[name].p99_us - direct99 for delays in latency]
+        floor99 = [delays[floor].p99_us - direct99 for delays in latency]
+        ratios = [ours / its for ours, its in zip(added99, floor99, strict=True) if its > 0]
+        cpu = [
+            _per_trip(delays[name]) / _per_trip(delays[floor])
+            for delays in latency
+            if _per_trip(delays[floor])
+        ]
+        cells += [f"{_median(added50):.1f}", f"{_median(added99):.1f}"]
+        cells.append(f"{_median(ratios):.2f} ({_spread(ratios)})" if name != DIRECT else "")
+        cells.append(f"{_median([_per_trip(r) for r in results]):.1f}")
+        cells.append(f"{_median(cpu):.2f} ({_spread(cpu)})" if name != DIRECT else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def python_cost(datagrams: int = 192_000) -> str:
@@ -888,6 +1136,41 @@ def python_cost(datagrams: int = 192_000) -> str:
             sock.close()
 
 
+def syscall_cost(blocks: int = 200) -> str:
+    """What the native loop's system calls cost here, one datagram at a time (--syscall-cost).
+
+    A C program (built like the relays) times interleaved blocks of 500 operations of each
+    kind on loopback: a datagram sent to its own socket and received by each receive call the
+    loop could use, the send calls, the two clocks, ``sched_yield``, and a ping-pong with an
+    echo process whose receives wait with and without ``SO_RCVTIMEO``. Quartiles of the
+    blocks, nanoseconds per operation (per round trip for the ping-pong).
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-lb-") as temporary:
+        directory = Path(temporary)
+        source = directory / "syscalls.c"
+        source.write_text(C_SOURCES["syscalls"])
+        binary = directory / "syscalls"
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(binary), str(source), "-lpthread"],
+            check=True,
+            capture_output=True,
+        )
+        output = subprocess.run(
+            [str(binary), str(blocks)], check=True, capture_output=True, text=True, timeout=600
+        ).stdout
+    lines = [
+        f"System calls of the native loop, ns per operation ({blocks} interleaved blocks of 500; "
+        "quartiles)",
+        "",
+        "| operation | 25 % | median | 75 % |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in output.splitlines():
+        name, *figures = row.split("\t")
+        lines.append(f"| {name} | " + " | ".join(f"{float(f):,.0f}" for f in figures) + " |")
+    return "\n".join(lines)
+
+
 def decode_cost(rounds: int = 9, calls: int = 2_000_000) -> str:
     """QUIC-LB decoding inside the native path, against one bare AES block (--decode-cost).
 
@@ -933,12 +1216,24 @@ def decode_cost(rounds: int = 9, calls: int = 2_000_000) -> str:
     return "\n".join(lines)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (20k round trips)")
     parser.add_argument("--packets", type=int, default=100_000, help="round trips per run")
-    parser.add_argument("--latency-packets", type=int, default=20_000)
+    parser.add_argument(
+        "--latency-packets", type=int, default=10_000, help="round trips per latency run"
+    )
+    parser.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=15,
+        help="interleaved latency rounds (one datagram in flight; ratios per round)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="time limit per run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument(
@@ -956,6 +1251,11 @@ def main(argv: list[str] | None = None) -> int:
         "--decode-cost",
         action="store_true",
         help="only the native path's QUIC-LB decoding against one bare AES block, timed in C",
+    )
+    parser.add_argument(
+        "--syscall-cost",
+        action="store_true",
+        help="only what the native loop's system calls cost, one datagram at a time, in C",
     )
     parser.add_argument("--naive-relay", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-relay", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -976,10 +1276,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode_cost:
         print(decode_cost())
         return 0
+    if args.syscall_cost:
+        print(syscall_cost())
+        return 0
+    # SIGTERM ends the run like Ctrl-C: the relays it started are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupted)
     if args.quick:
-        args.packets, args.latency_packets, args.seconds, args.rounds = 20_000, 5_000, 5.0, 1
+        args.packets, args.latency_packets, args.seconds = 20_000, 5_000, 5.0
+        args.rounds, args.latency_rounds = 1, 2
+    start = time.monotonic()
+    loads = [os.getloadavg()[0]]
     throughput, latency = run(args)
+    loads.append(os.getloadavg()[0])
     print(table(throughput, latency))
+    print(
+        f"\n{time.monotonic() - start:.0f} s; load average (1 min) {loads[0]:.2f} at the start, "
+        f"{loads[1]:.2f} at the end; CPU time: "
+        + ("schedstat" if _schedstat_seconds(os.getpid()) is not None else "clock ticks")
+    )
     return 0
 
 

@@ -2,15 +2,18 @@
 
 ``NativeRelay`` runs one pump's loop in the extension module ``lb._native``: ``recvmmsg``
 with ``MSG_WAITFORONE`` (a batch is whatever is queued: one datagram at light load, up to
-``MAX_BATCH`` under load, never a wait for more), the fast path's decision for each datagram,
-and ``sendmmsg`` in arrival order, runs of equal-sized datagrams to one address sent as one
-UDP GSO message. The loop holds no GIL and returns to Python only when
+``MAX_BATCH`` under load, never a wait for more; after a batch of one, ``recvfrom`` with a
+``recvmmsg`` every ``PROBE_EVERY``-th time; after a batch of more, one ``sched_yield``), the
+fast path's decision for each datagram, and ``sendmmsg`` in arrival order (``sendto`` for a
+lone datagram), runs of equal-sized datagrams to one address sent as one UDP GSO message.
+The loop holds no GIL and returns to Python only when
 
 - a batch holds a datagram the fast path does not take: Python routes those with the Router
   (``Router.route_from_client`` / ``route_from_backend``, probe answers to the pump) and the
   whole batch is then sent, fast and routed datagrams in their order;
 - the pump's next tick is due (counters, health, reloads: every 50 ms under load);
-- the socket stayed empty for its receive timeout, or a signal interrupted the wait.
+- a signal interrupted the wait (the pump's idle alarm, SIGHUP, SIGTERM) or, where the
+  socket has a receive timeout (the tests'), it stayed empty that long.
 
 The C tables (``lb._native.Tables``) are built from the Router: its configurations by config
 bits (``Router.fast_configs``), its live backends by server ID (``Router.fast_uplink``), its
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from .pump import Pump
 
 #: The ``lb._native`` this code was written for (its ``ABI_VERSION``).
-ABI_VERSION = 1
+ABI_VERSION = 2
 PROBE_HEADER_LEN = len(PROBE_REPLY_HEADER)
 
 
@@ -90,6 +93,10 @@ class RelayStatistics(NamedTuple):
     gso_messages: int
     #: Whether GSO is still used (a socket whose GSO sends keep failing stops using it).
     gso: bool
+    #: Of the ``batches``, those received by ``recvfrom`` (one datagram, after a batch of one).
+    single_receives: int
+    #: Times the loop gave the CPU away after a batch of more than one (``sched_yield``).
+    yields: int
 
 
 class NativeTables:
@@ -139,6 +146,7 @@ class NativeRelay:
         backend: socket.socket,
         router: Router,
         gso: bool = True,
+        batch: int | None = None,
     ) -> None:
         if native is None:
             raise OSError(errno.ENOSYS, f"the native path is not available: {UNAVAILABLE}")
@@ -149,8 +157,15 @@ class NativeRelay:
         self._tables = NativeTables(router)
         receive, send = (vip, backend) if uplink else (backend, vip)
         self._sockets = (vip, backend)  # kept open by this reference
+        #: The loop in C; ``batch`` caps the datagrams of one receive (``MAX_BATCH``).
         self.relay: _native.Relay = native.Relay(
-            receive.fileno(), send.fileno(), vip.fileno(), self._tables.tables, uplink, gso=gso
+            receive.fileno(),
+            send.fileno(),
+            vip.fileno(),
+            self._tables.tables,
+            uplink,
+            batch=native.MAX_BATCH if batch is None else batch,
+            gso=gso,
         )
 
     def use(self, router: Router) -> None:
@@ -177,9 +192,14 @@ class NativeRelay:
 
     def statistics(self) -> RelayStatistics:
         """What the loop did so far."""
-        batches, datagrams, gso_messages, gso = self.relay.statistics()
+        batches, datagrams, gso_messages, gso, single_receives, yields = self.relay.statistics()
         return RelayStatistics(
-            batches=batches, datagrams=datagrams, gso_messages=gso_messages, gso=bool(gso)
+            batches=batches,
+            datagrams=datagrams,
+            gso_messages=gso_messages,
+            gso=bool(gso),
+            single_receives=single_receives,
+            yields=yields,
         )
 
     def run(self, pump: Pump) -> None:
@@ -187,13 +207,13 @@ class NativeRelay:
         assert native is not None
         relay = self.relay
         run = relay.run
-        slow, idle = native.SLOW, native.IDLE
+        slow, tick = native.SLOW, native.TICK
         monotonic = time.monotonic
         while True:
             status = run(pump.next_tick)
             if status == slow:
                 self._route_pending(pump)
-            elif status == idle:
+            elif status != tick:  # woken without a datagram: idle, or a signal
                 pump.idle()
                 continue
             if monotonic() >= pump.next_tick:

@@ -23,6 +23,7 @@ import errno
 import os
 import signal
 import socket
+import struct
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,9 @@ from .router import Counters, DropReason, MetricSample, Router
 SNAPSHOT_INTERVAL = 1.0
 #: How often a pump looks after itself between datagrams (counters, backend health), seconds.
 TICK_INTERVAL = 0.05
+#: How long an idle pump blocks before it looks after itself, seconds: the receive timeout
+#: (SO_RCVTIMEO) of the sockets on the Python path, an interval timer (SIGALRM) on the native.
+IDLE_TIMEOUT = 0.25
 #: Linux prctl(2) option: signal to receive when the parent dies.
 PR_SET_PDEATHSIG = 1
 #: Log at most this many unexpected errors per pump, then one in ERROR_LOG_EVERY.
@@ -65,6 +69,17 @@ def set_parent_death_signal() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (best effort elsewhere)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def set_receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """Make blocking receives on ``sock`` fail with EAGAIN after ``seconds`` (0: never)."""
+    whole = int(seconds)
+    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    """SIGALRM only has to interrupt a blocking receive (EINTR); the loop then ticks."""
 
 
 def native_path_for(vip: socket.socket, backend: socket.socket) -> str | None:
@@ -180,15 +195,30 @@ class Pump:
         try:
             if os.getppid() != self._parent_pid:
                 return
+            if self.native is not None:
+                self._wake_by_alarm()
             self.loop()
         except Stopped:
             pass
         finally:
             with contextlib.suppress(Stopped):
+                signal.setitimer(signal.ITIMER_REAL, 0.0)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 self.flush()
                 self.logger.info("pump_stopped", pid=os.getpid())
+
+    def _wake_by_alarm(self) -> None:
+        """Native path: block in receive without a timeout, interrupted by SIGALRM instead.
+
+        A receive timeout arms and cancels a kernel timer in every receive that waits (0.1 to
+        0.2 µs measured here, two waits per round trip at one datagram in flight); an interval
+        timer costs nothing per wait, and its signal interrupts an idle wait (EINTR) every
+        ``IDLE_TIMEOUT`` as the timeout did. Only this pump receives from that socket.
+        """
+        set_receive_timeout(self.vip if self.direction == UPLINK else self.backend, 0.0)
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, IDLE_TIMEOUT, IDLE_TIMEOUT)
 
     def loop(self) -> None:
         """Move datagrams until ``Stopped``, on this pump's path."""
@@ -256,7 +286,8 @@ class Pump:
         self.use(Router(_with_down(self._config, dead), self.counters))
 
     def idle(self) -> None:
-        """The socket stayed empty for its receive timeout: check on the supervisor, tick."""
+        """Woken without a datagram (receive timeout, the idle alarm, a signal): a pending
+        reload, check on the supervisor, tick."""
         if self.reload_pending:
             self.reload()
         if os.getppid() != self._parent_pid:

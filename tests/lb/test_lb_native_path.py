@@ -181,7 +181,13 @@ __all__ = ["loopback"]  # the fixture, shared with test_lb_fast_path
 
 
 def native_pump(
-    direction: str, loopback: Loopback, tmp_path: Path, down: int | None, gso: bool, seed: int = 0
+    direction: str,
+    loopback: Loopback,
+    tmp_path: Path,
+    down: int | None,
+    gso: bool,
+    seed: int = 0,
+    batch: int | None = None,
 ) -> Pump:
     backends = [loopback.address(sock) for sock in loopback.backends]
     config = forwarder_config(
@@ -205,9 +211,15 @@ def native_pump(
         backend=loopback.backend,
         router=pump.router,
         gso=gso,
+        batch=batch,
     )
     pump.use(Router(config, pump.counters, random=seeded(seed)))
     return pump
+
+
+#: Receive limits of the loop: 1 keeps it on one-by-one receives (recvfrom, a recvmmsg every
+#: PROBE_EVERY-th time), 2 alternates, 64 (MAX_BATCH) takes whatever is queued.
+BATCHES = st.sampled_from([1, 2, 64])
 
 
 def run_native(pump: Pump) -> int:
@@ -237,6 +249,7 @@ def run_native(pump: Pump) -> int:
     down=st.sampled_from([None, 0]),
     seed=st.integers(0, 100),
     gso=st.booleans(),
+    batch=BATCHES,
 )
 def test_the_native_uplink_sends_and_counts_as_the_router(
     loopback: Loopback,
@@ -246,10 +259,11 @@ def test_the_native_uplink_sends_and_counts_as_the_router(
     down: int | None,
     seed: int,
     gso: bool,
+    batch: int,
 ) -> None:
     for sock in [loopback.vip, *loopback.backends, *loopback.clients]:
         drain(sock)
-    pump = native_pump(UPLINK, loopback, tmp_path, down, gso, seed)
+    pump = native_pump(UPLINK, loopback, tmp_path, down, gso, seed, batch)
     # Runs of equal-sized datagrams to one backend (what GSO sends as one message), mixed in.
     for client_index, backend_index, size in bursts:
         cid = bytes([0x41]) + CONFIGS[0].encode(SERVER_IDS[backend_index], bytes(12))
@@ -308,6 +322,7 @@ def test_the_native_uplink_sends_and_counts_as_the_router(
     down=st.sampled_from([None, 1]),
     damage=st.sampled_from([(0, 0x70), (0, 0), (1, 0), (1, 6), (2, 0)]),
     gso=st.booleans(),
+    batch=BATCHES,
 )
 def test_the_native_downlink_sends_and_counts_as_the_router(
     loopback: Loopback,
@@ -317,12 +332,13 @@ def test_the_native_downlink_sends_and_counts_as_the_router(
     down: int | None,
     damage: tuple[int, int],
     gso: bool,
+    batch: int,
 ) -> None:
     """Broadcast destinations fail with EACCES (no SO_BROADCAST): that datagram alone is lost,
     counted by errno, GSO run or not; IPv6 clients cannot be reached from an IPv4 VIP."""
     for sock in [loopback.backend, *loopback.clients]:
         drain(sock)
-    pump = native_pump(DOWNLINK, loopback, tmp_path, down, gso)
+    pump = native_pump(DOWNLINK, loopback, tmp_path, down, gso, batch=batch)
     heard: list[object] = []
     pump.probe_answered = heard.append  # type: ignore[method-assign,assignment]
     senders = [*loopback.backends, loopback.stranger]
@@ -402,6 +418,46 @@ def test_gso_runs_arrive_as_separate_datagrams_in_order(loopback: Loopback, tmp_
     statistics = pump.native.statistics()
     assert statistics.datagrams == len(sent) and statistics.gso
     assert statistics.gso_messages >= 1 and statistics.batches < len(sent)
+
+
+@needs_native
+def test_lone_datagrams_are_received_one_by_one_and_a_queue_brings_batches_back(
+    loopback: Loopback, tmp_path: Path
+) -> None:
+    """One datagram in flight at a time: after the first (a batch of one) the loop receives
+    with recvfrom, with a recvmmsg every PROBE_EVERY-th receive; then 40 queued datagrams: the
+    next probe finds them and the loop takes them in batches again (and yields the CPU after a
+    batch of more than one). Every datagram arrives, in order, as the Router would send it."""
+    assert native_path.native is not None
+    probe_every = native_path.native.PROBE_EVERY
+    pump = native_pump(UPLINK, loopback, tmp_path, None, True)
+    assert pump.native is not None
+    cid = bytes([0x41]) + CONFIGS[1].encode(SERVER_IDS[0], bytes(8))
+    client, vip = loopback.clients[0], loopback.address(loopback.vip)
+    wrapped = loopback.address(client)
+    lone = 2 * probe_every + 3
+    for n in range(lone):
+        client.sendto(cid + n.to_bytes(30, "big"), vip)
+        assert run_native(pump) == 1
+        assert [data for data, _ in drain(loopback.backends[0], 1)] == [
+            wrap(wrapped, cid + n.to_bytes(30, "big"))
+        ]
+    alone = pump.native.statistics()
+    # Receives 1, PROBE_EVERY + 1, 2 * PROBE_EVERY + 1 are recvmmsg (a batch of one each).
+    assert (alone.batches, alone.datagrams, alone.single_receives) == (lone, lone, lone - 3)
+    assert alone.yields == 0  # batches of one never yield the CPU
+    burst = [cid + bytes([n]) * 100 for n in range(40)]
+    for datagram in burst:
+        client.sendto(datagram, vip)
+    assert run_native(pump) == len(burst)
+    got = drain(loopback.backends[0], len(burst))
+    assert [data for data, _ in got] == [wrap(wrapped, datagram) for datagram in burst]
+    after = pump.native.statistics()
+    singles = after.single_receives - alone.single_receives
+    assert singles == probe_every - 3  # until the next probe, which takes the rest at once
+    assert after.batches - alone.batches == singles + 1
+    assert after.datagrams - alone.datagrams == len(burst)
+    assert after.yields - alone.yields == 1  # before the receive after the batch
 
 
 # When the native path cannot run ------------------------------------------------------------
