@@ -77,7 +77,7 @@ def test_dates_fail_the_validity_check() -> None:
 
 
 def test_a_trusted_self_signed_leaf_passes_as_it_is() -> None:
-    development = generate_certificate(("localhost",))
+    development = generate_certificate(("localhost",), now=NOW)  # NOW: fixed at collection
     trusted = policy("localhost", development.certificate)
     verify_server_certificate(trusted, development.certificate, [], NOW)
     assert rejected(policy("localhost"), development.certificate) == "trust"
