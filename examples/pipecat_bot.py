@@ -151,21 +151,34 @@ class RecallingLLM(FrameProcessor):
             await self.push_frame(frame, direction)
 
 
-def tone(word: str, sample_rate: int) -> bytes:
-    """A tone for ``word`` (its pitch from its letters) and the gap after it, s16le."""
-    pitch = 300.0 + (sum(word.encode()) % 40) * 20.0
-    count = int(sample_rate * WORD_SECONDS)
+def pitch(word: str) -> float:
+    """The tone of ``word``, Hz (from its letters)."""
+    return 300.0 + (sum(word.encode()) % 40) * 20.0
+
+
+def tone(word: str, sample_rate: int, seconds: float = WORD_SECONDS, channels: int = 1) -> bytes:
+    """A tone for ``word`` and the gap after it, s16le with ``channels`` interleaved."""
+    count = int(sample_rate * seconds)
     times = np.arange(count) / sample_rate
-    voiced = (8000 * np.sin(2 * math.pi * pitch * times)).astype("<i2")
-    return voiced.tobytes() + bytes(2 * int(sample_rate * GAP_SECONDS))
+    voiced = (8000 * np.sin(2 * math.pi * pitch(word) * times)).astype("<i2")
+    mono = np.concatenate((voiced, np.zeros(int(sample_rate * GAP_SECONDS), dtype="<i2")))
+    return np.repeat(mono, channels).tobytes()
 
 
 class ToneTTS(FrameProcessor):
     """A TTS stand-in: one tone per word, in 20 ms frames, then the text it spoke."""
 
-    def __init__(self, sample_rate: int = SAMPLE_RATE) -> None:
+    def __init__(
+        self,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        channels: int = 1,
+        word_seconds: float = WORD_SECONDS,
+    ) -> None:
         super().__init__()
         self._rate = sample_rate
+        self._channels = channels
+        self._word_seconds = word_seconds
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -173,11 +186,13 @@ class ToneTTS(FrameProcessor):
             await self.push_frame(frame, direction)
             return
         await self.push_frame(TTSStartedFrame())
-        chunk = 2 * self._rate // 50
+        chunk = 2 * self._channels * self._rate // 50
         for word in frame.text.split():
-            audio = tone(word, self._rate)
+            audio = tone(word, self._rate, self._word_seconds, self._channels)
             for start in range(0, len(audio), chunk):
-                await self.push_frame(TTSAudioRawFrame(audio[start : start + chunk], self._rate, 1))
+                await self.push_frame(
+                    TTSAudioRawFrame(audio[start : start + chunk], self._rate, self._channels)
+                )
             await self.push_frame(TTSTextFrame(word, text_type="word"))
         await self.push_frame(TTSStoppedFrame())
 

@@ -78,7 +78,11 @@ def _worker(built: object, sample_rate: int) -> PipelineWorker:
 
 
 async def run_until_either_ends(worker: PipelineWorker, transport: QuicVoiceTransport) -> None:
-    """Run ``worker`` until it ends, or cancel it when ``transport``'s call ends first."""
+    """Run ``worker`` until it ends, or cancel it when ``transport``'s call ends first.
+
+    When this coroutine is itself cancelled (the server is closing), the pipeline is
+    cancelled too, within ``CANCEL_GRACE_SECONDS``.
+    """
     runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
     await runner.add_workers(worker)
     loop = asyncio.get_running_loop()
@@ -86,11 +90,23 @@ async def run_until_either_ends(worker: PipelineWorker, transport: QuicVoiceTran
     closed = loop.create_task(transport.wait_closed())
     try:
         await asyncio.wait({running, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if not running.done():
-            await worker.cancel(reason="the call ended")
-            await asyncio.wait_for(asyncio.shield(running), CANCEL_GRACE_SECONDS)
-        await running
     finally:
         closed.cancel()
         if not running.done():
+            await _cancel(worker, running)
+    await running
+
+
+async def _cancel(worker: PipelineWorker, running: asyncio.Task[None]) -> None:
+    """Cancel the pipeline and wait (bounded) for its runner to finish."""
+    try:
+        await asyncio.wait_for(worker.cancel(reason="the call ended"), CANCEL_GRACE_SECONDS)
+        await asyncio.wait({running}, timeout=CANCEL_GRACE_SECONDS)
+    finally:
+        # A runner cancelled once winds down, and may wait on its pipeline: a second
+        # cancellation interrupts that wait.
+        for _ in range(2):
+            if running.done():
+                break
             running.cancel()
+            await asyncio.wait({running}, timeout=CANCEL_GRACE_SECONDS)
