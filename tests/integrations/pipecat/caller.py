@@ -50,7 +50,13 @@ class Turn:
     turn_id: int
     audio: list[bytes] = field(default_factory=list)
     ended: bool = False
+    cancelled: bool = False
     cancelled_by_server: bool = False
+
+    @property
+    def done(self) -> bool:
+        """It ended, or was cancelled (by either side)."""
+        return self.ended or self.cancelled
 
     def samples(self) -> np.ndarray[Any, Any]:
         return np.frombuffer(b"".join(self.audio), dtype=">i2").astype(np.int16)
@@ -101,6 +107,10 @@ class Caller:
 
         return await asyncio.wait_for(waiting(), timeout)
 
+    async def quiet(self, timeout: float = 10.0) -> None:
+        """Wait until every bot turn so far is done (ended or cancelled)."""
+        await self.wait(lambda: self.turns and all(t.done for t in self.turns.values()), timeout)
+
     async def wait_said(self, count: int, timeout: float = 10.0) -> str:
         """The bot's ``count``-th sentence (``bot.said`` events, counted from 1)."""
         await self.wait(lambda: len(self.said) >= count, timeout)
@@ -120,6 +130,7 @@ class Caller:
             elif isinstance(event, TurnEnded) and event.turn_id in self.turns:
                 self.turns[event.turn_id].ended = True
             elif isinstance(event, TurnCancelled) and event.turn_id in self.turns:
+                self.turns[event.turn_id].cancelled = True
                 self.turns[event.turn_id].cancelled_by_server = event.by_peer
             elif isinstance(event, EventReceived) and event.name == "bot.said":
                 self.said.append(str(event.data["text"]))
