@@ -267,6 +267,8 @@ async def scenario(caller: Caller, record: Record) -> None:
     assert (await caller.wait_said(5)).startswith("you said utterance 4")
 
     # Garbled frames: refused with an error each, none reaches the caller.
+    await caller.wait(lambda: max(caller.turns) > turn)  # the reply to utterance 4
+    await caller.quiet()
     turns = len(caller.turns)
     caller.call.send_event("test.garble")
     await caller.wait(lambda: len(record.errors) >= 3)
