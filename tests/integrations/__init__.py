@@ -1,0 +1,1 @@
+"""Tests of the optional framework adapters (quicvoice.integrations)."""

@@ -1,0 +1,1 @@
+"""Tests of quicvoice.integrations.pipecat with a real pipecat-ai."""
