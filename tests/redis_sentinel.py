@@ -10,8 +10,8 @@ short so a killed primary is replaced within a few seconds. Every process is kil
 from __future__ import annotations
 
 import itertools
-import re
 import os
+import re
 import shutil
 import signal
 import socket
