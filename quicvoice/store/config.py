@@ -160,9 +160,8 @@ class StoreConfig:
                     raise ConfigurationError(f"{SETTING}: memory:// takes no host, path or query")
                 return cls(kind="memory")
             if scheme not in ("redis", "redis+sentinel"):
-                raise ConfigurationError(
-                    f"{SETTING}: unsupported URL {_safe(url)!r}; use {_SCHEMES}"
-                )
+                named = f"scheme {scheme!r}" if scheme else "a URL without a scheme"
+                raise ConfigurationError(f"{SETTING}: unsupported {named}; use {_SCHEMES}")
             if parts.fragment:
                 raise ConfigurationError(f"{SETTING}: a {scheme}:// URL takes no fragment")
             pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)

@@ -38,7 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from quicvoice.errors import StoreError
@@ -295,25 +295,20 @@ class RedisStore:
     async def _cas_and_wait(self, key: bytes, args: list[bytes | str]) -> tuple[Any, int]:
         """The compare-and-set then ``WAIT`` on the same connection, in one round trip.
 
-        Returns the script's reply and how many replicas confirmed it. A primary that does
-        not know the script yet (NOSCRIPT, e.g. just promoted) is given it, and the pair is
-        sent again.
+        Returns the script's reply and how many replicas confirmed it. The script goes as
+        EVAL, not EVALSHA: a primary that lacks it (just promoted) would otherwise answer
+        NOSCRIPT and the pair would wait twice.
         """
-        for attempt in range(2):
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.execute_command("EVALSHA", self._cas.sha, 1, key, *args)
-                pipe.execute_command("WAIT", self._config.replicas, self._config.wait_ms)
-                reply, confirmed = await pipe.execute(raise_on_error=False)
-            if isinstance(reply, NoScriptError) and attempt == 0:
-                await self._client.script_load(CAS_SCRIPT)
-                continue
-            for outcome in (reply, confirmed):
-                if isinstance(outcome, Exception):
-                    raise outcome
-            if type(confirmed) is not int:
-                raise ResponseError("unexpected reply to WAIT")
-            return reply, confirmed
-        raise NoScriptError("the script could not be loaded")
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.execute_command("EVAL", CAS_SCRIPT, 1, key, *args)
+            pipe.execute_command("WAIT", self._config.replicas, self._config.wait_ms)
+            reply, confirmed = await pipe.execute(raise_on_error=False)
+        for outcome in (reply, confirmed):
+            if isinstance(outcome, Exception):
+                raise outcome
+        if type(confirmed) is not int:
+            raise ResponseError("unexpected reply to WAIT")
+        return reply, confirmed
 
     def _primary_address(self) -> Any:
         """The primary the sentinels named for the latest connection (``None``: one node)."""
