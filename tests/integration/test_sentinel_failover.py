@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from quicvoice.agent import handle_order
-from quicvoice.asyncio.client import connect
+from quicvoice.asyncio.client import VoiceClient, connect
 from quicvoice.asyncio.server import ServerSession
+from quicvoice.errors import CallEndedError
 from quicvoice.session.events import (
     AudioReceived,
     ByeReceived,
@@ -122,12 +123,7 @@ def test_the_call_survives_a_sentinel_failover(
                 store = servers[A].store
                 assert store.statistics().unreplicated == 0  # the replica confirmed it
 
-                async def speak() -> None:
-                    for _ in range(FRAMES):
-                        call.send_audio(FRAME)
-                        await asyncio.sleep(0.02)
-
-                speaking = asyncio.get_running_loop().create_task(speak())
+                speaking = asyncio.get_running_loop().create_task(speak(call, FRAMES))
                 await asyncio.sleep(0.5)
                 group.kill(group.primary_port)
                 killed = time.monotonic()
@@ -175,3 +171,57 @@ def test_the_call_survives_a_sentinel_failover(
     assert figures["failovers_seen"] == 1
     figures.pop("outage_ends_s")
     print("\nsentinel failover:", json.dumps(figures))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=CallEndedError,
+    reason="a resume that finds no primary is refused with RESUME_REFUSED ('state unavailable'),"
+    " a definite refusal: the client stops trying and the call ends (issue 16 item 5 report)",
+)
+def test_a_backend_lost_while_there_is_no_primary(
+    tmp_path: Path, sentinel_group: SentinelGroup
+) -> None:
+    """The backend dies in the second or two between the primary's death and the replica's
+    promotion: the resume can only load the session once the store answers again, so the
+    call should keep trying (within its reconnect timeout) rather than end."""
+    group = sentinel_group
+    deployment = Deployment(
+        tmp_path,
+        server_ids=[A, B],
+        session_store=group.url(timeout="0.3", replicas="1", wait_ms="100"),
+        down={B},
+    )
+    deployment.start_forwarder()
+    arrivals: dict[str, list[tuple[int, float]]] = defaultdict(list)
+
+    async def scenario() -> None:
+        async with backends(deployment, agent(arrivals)) as servers:  # type: ignore[arg-type]
+            async with connect(*deployment.vip, verify=False, liveness_timeout=0.5) as call:
+                call.send_event("order.add", {"item": "large taro milk tea"})
+                await call.wait_event("order.cart")
+                call.send_event("sync")
+                await call.wait_event("synced", timeout=5)
+                speaking = asyncio.get_running_loop().create_task(speak(call, 150))
+                await asyncio.sleep(0.3)
+                group.kill(group.primary_port)
+                crash(servers[A])
+                deployment.write(down={A})
+                deployment.reload()
+                resumed = await call.wait_resumed(timeout=15)
+                assert resumed.server_id == B
+                call.send_event("order.list")
+                cart = await call.wait_event("order.cart")
+                assert cart.data == {"items": [{"item": "large taro milk tea"}]}
+                await speaking
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        deployment.stop()
+
+
+async def speak(call: VoiceClient, frames: int) -> None:
+    for _ in range(frames):
+        call.send_audio(FRAME)
+        await asyncio.sleep(0.02)
