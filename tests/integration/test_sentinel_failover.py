@@ -203,17 +203,21 @@ def test_a_backend_lost_while_there_is_no_primary(
                 call.send_event("sync")
                 await call.wait_event("synced", timeout=5)
                 speaking = asyncio.get_running_loop().create_task(speak(call, 150))
-                await asyncio.sleep(0.3)
-                group.kill(group.primary_port)
-                crash(servers[A])
-                deployment.write(down={A})
-                deployment.reload()
-                resumed = await call.wait_resumed(timeout=15)
-                assert resumed.server_id == B
-                call.send_event("order.list")
-                cart = await call.wait_event("order.cart")
-                assert cart.data == {"items": [{"item": "large taro milk tea"}]}
-                await speaking
+                try:
+                    await asyncio.sleep(0.3)
+                    group.kill(group.primary_port)
+                    crash(servers[A])
+                    deployment.write(down={A})
+                    deployment.reload()
+                    resumed = await call.wait_resumed(timeout=15)
+                    assert resumed.server_id == B
+                    call.send_event("order.list")
+                    cart = await call.wait_event("order.cart")
+                    assert cart.data == {"items": [{"item": "large taro milk tea"}]}
+                    await speaking
+                finally:
+                    speaking.cancel()
+                    await asyncio.gather(speaking, return_exceptions=True)
 
     try:
         asyncio.run(scenario())
