@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from quicvoice.errors import ConfigurationError
 
@@ -318,6 +318,6 @@ def _safe(url: str) -> str:
         if at and ":" in userinfo:
             netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
         query = re.sub(r"(sentinel_password=)[^&;]*", r"\1***", parts.query)
-        return parts._replace(netloc=netloc, query=query).geturl()
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "<unparsable URL>"
