@@ -1,6 +1,7 @@
 """Session state that survives the network and the backend (specs/store.md).
 
-``open_store(url)`` gives a ``SessionStore``: ``memory://`` (default) or ``redis://HOST:PORT/DB``.
+``open_store(url)`` gives a ``SessionStore``: ``memory://`` (default), ``redis://HOST:PORT/DB`` or
+``redis+sentinel://HOST:PORT,.../SERVICE/DB`` (the primary that Redis Sentinel names).
 ``redis`` is imported only when a Redis store is opened; ``quicvoice.store.tickets`` (aioquic's
 ticket callbacks) is imported on demand by the I/O shell.
 """

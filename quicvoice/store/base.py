@@ -201,6 +201,10 @@ class StoreStatistics:
     stale_writes: int
     #: Records or tickets found corrupt (counted in ``errors`` as well).
     corrupt: int
+    #: Saves that succeeded without the configured replicas confirming them (Redis ``WAIT``).
+    unreplicated: int = 0
+    #: Changes of primary seen (Redis Sentinel failovers).
+    failovers: int = 0
 
 
 @runtime_checkable

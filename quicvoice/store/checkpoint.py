@@ -14,6 +14,9 @@ Rules (specs/store.md, "Checkpoint policy"):
     write_succeeded           the written record becomes the base; back-off resets.
     write_failed              the state stays pending; retry after a back-off that doubles
                               from ``retry_initial`` to ``retry_max``.
+    write_overtaken           stale, but the store's record is ours (a late write of ours, or an
+                              older version after a failover): continue from it, rewriting the
+                              state unless the store holds it.
     write_conflicted          another writer won (StaleWriteError): writing stops, the store's
                               record is reported; only ``resolve`` resumes writing, so nothing is
                               ever overwritten silently.
@@ -299,14 +302,17 @@ class Checkpointer:
         return CheckpointWritten(record=record, keepalive=write.keepalive)
 
     def write_overtaken(self, current: SessionRecord, now: float) -> CheckpointWritten:
-        """The in-flight write was stale only because an earlier write of ours, given up on
-        after a timeout, landed after all: ``current`` (still owned by us) becomes the base,
-        and the in-flight state is written again unless the store already holds it."""
+        """The in-flight write was stale, but ``current`` is still ours (same owner): an
+        earlier write of ours, given up on after a timeout, landed after all, or the store
+        went back to an older version of ours (a failover promoted a replica that had not
+        received the latest write). ``current`` becomes the base, and the in-flight state is
+        written again unless the store already holds it (a keep-alive or refresh too: it
+        carries the latest state this checkpointer knows)."""
         write = self._take_in_flight()
         self._base = current
         self._failures = 0
         self._not_before = -math.inf
-        if self._pending is None and not write.keepalive and write.record.state != current.state:
+        if self._pending is None and write.record.state != current.state:
             self._pending = write.record.state
         self._counts["written"] += 1
         return CheckpointWritten(record=current, keepalive=write.keepalive)

@@ -1,8 +1,8 @@
 """``open_store``: the session store a ``session_store`` URL names.
 
 Kept apart from ``config`` so that the configuration module imports no store: ``redis`` (and
-the Redis store's module, which needs ``StoreConfig``) is imported only when a ``redis://`` URL
-is opened.
+the Redis store's module, which needs ``StoreConfig``) is imported only when a ``redis://`` or
+``redis+sentinel://`` URL is opened.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def open_store(url: str = DEFAULT_URL, *, clock: Callable[[], float] = time.time
     """The store named by a ``session_store`` URL; nothing is connected until first use.
 
     ``clock`` (seconds, Unix time, shared by all backends) decides expiry. Raises
-    ``ConfigurationError`` naming ``session_store`` for a bad URL, or when ``redis://`` is asked
-    for and the ``redis`` package is not installed.
+    ``ConfigurationError`` naming ``session_store`` for a bad URL, or when a Redis store is
+    asked for and the ``redis`` package is not installed.
     """
     config = StoreConfig.from_url(url)
     if config.kind == "memory":
@@ -32,6 +32,6 @@ def open_store(url: str = DEFAULT_URL, *, clock: Callable[[], float] = time.time
         from .redis import RedisStore
     except ImportError as exc:
         raise ConfigurationError(
-            f"{SETTING}: redis:// needs the redis package (pip install 'quicvoice[redis]')"
+            f"{SETTING}: Redis needs the redis package (pip install 'quicvoice[redis]')"
         ) from exc
     return RedisStore(config, clock=clock)

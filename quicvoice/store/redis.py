@@ -1,7 +1,9 @@
-"""The Redis session store (``redis://``), on redis-py's asyncio client.
+"""The Redis session store (``redis://``, ``redis+sentinel://``), on redis-py's asyncio client.
 
-The only module that imports ``redis``; ``open_store`` imports it when a ``redis://`` URL is
-opened. Keys (``P`` is the configured prefix, specs/store.md):
+The only module that imports ``redis``; ``open_store`` imports it when a Redis URL is opened.
+With Sentinel, every new connection asks the sentinels for the current primary (redis-py's
+``SentinelConnectionPool``), so after a failover the store reconnects to the promoted replica.
+Keys (``P`` is the configured prefix, specs/store.md):
 
     P s:<session_id>    hash  v = version (decimal), d = record envelope (codec.py); PEXPIRE
     P t:<label hex>     string, an encoded TLS session ticket; PX
@@ -12,6 +14,13 @@ write both fields and the expiry. Every call returns within ``timeout``, however
 behaves; redis-py retries only a connection error, once and at once (a pooled connection to a
 Redis that restarted fails its first command), so a slow or dead Redis gives
 ``StoreUnavailableError`` within that bound.
+
+With ``replicas`` set, a save is followed by ``WAIT replicas wait_ms`` in the same round trip;
+a save the replicas did not confirm in time still succeeded on the primary and is counted as
+``unreplicated`` (the next second's saves then skip the wait, so a lost replica costs one wait
+per second, not one per save). ``generation`` also changes when the primary's address changes
+(a failover may have lost the writes not yet replicated), so every live session writes its
+state again.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -52,6 +62,8 @@ from .config import StoreConfig
 MAX_CONNECTIONS = 32
 #: Lifetime of a store's marker key, refreshed by every ``generation`` call, in ms.
 MARKER_TTL_MS = 3_600_000
+#: After the replicas failed to confirm a save, how long saves skip ``WAIT``, in seconds.
+WAIT_PAUSE = 1.0
 
 #: Compare-and-set. KEYS[1] record key; ARGV: expected version, new version, envelope, TTL ms.
 #: Returns {1, new} on success, {0, actual} when stale, {-1, ""} when the key holds garbage.
@@ -77,39 +89,30 @@ class _Counters:
     errors: int = 0
     stale_writes: int = 0
     corrupt: int = 0
+    unreplicated: int = 0
+    failovers: int = 0
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's primary discovery for each new connection, within the blocking pool's bound
+    on connections (a command beyond it waits for a free one instead of failing at once)."""
 
 
 class RedisStore:
     """A ``SessionStore`` in Redis, shared by every backend that names the same Redis."""
 
     def __init__(self, config: StoreConfig, *, clock: Callable[[], float] = time.time) -> None:
-        if config.kind != "redis":
-            raise ValueError("RedisStore needs a redis:// configuration")
+        if config.kind not in ("redis", "sentinel"):
+            raise ValueError("RedisStore needs a redis:// or redis+sentinel:// configuration")
         self._config = config
         self._clock = clock
         self._timeout = config.timeout
         self._prefix = config.prefix.encode("utf-8")
-        # A blocking pool: beyond MAX_CONNECTIONS commands in flight, a command waits for a
-        # connection (within the call's bound) instead of failing at once with "Too many
-        # connections", as a burst of resumes onto one backend would otherwise.
-        pool = aioredis.BlockingConnectionPool(
-            max_connections=MAX_CONNECTIONS,
-            timeout=config.timeout,
-            host=config.host,
-            port=config.port,
-            db=config.db,
-            username=config.username,
-            password=config.password,
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            # One immediate retry on a connection error only: a pooled connection to a
-            # Redis that restarted fails its first command without running it.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            health_check_interval=0,
-            decode_responses=False,
-        )
-        self._client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
+        self._sentinel: Sentinel | None = None
+        self._client = self._connect(config)
         self._cas = self._client.register_script(CAS_SCRIPT)
+        self._wait_paused_until = -math.inf
+        self._primary: Any = None
         self._counters = _Counters()
         self._marker = self._prefix + b"g:" + os.urandom(8).hex().encode("ascii")
         self._marked = False
@@ -118,6 +121,49 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({self._config!r})"
+
+    def _connect(self, config: StoreConfig) -> aioredis.Redis:
+        """The client: one node's blocking pool, or the primary that the sentinels name."""
+        # A blocking pool: beyond MAX_CONNECTIONS commands in flight, a command waits for a
+        # connection (within the call's bound) instead of failing at once with "Too many
+        # connections", as a burst of resumes onto one backend would otherwise.
+        options: dict[str, Any] = {
+            "max_connections": MAX_CONNECTIONS,
+            "timeout": config.timeout,
+            "db": config.db,
+            "username": config.username,
+            "password": config.password,
+            "socket_timeout": config.timeout,
+            "socket_connect_timeout": config.timeout,
+            # One immediate retry on a connection error only: a pooled connection to a
+            # Redis that restarted (or died in a failover) fails its first command without
+            # running it; with Sentinel the retry's new connection asks for the primary.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            "health_check_interval": 0,
+            "decode_responses": False,
+        }
+        if config.kind == "redis":
+            pool = aioredis.BlockingConnectionPool(host=config.host, port=config.port, **options)
+            return aioredis.Redis.from_pool(pool)  # closes the pool with the client
+        # Discovery asks the sentinels one after another (a refused one costs nothing, a
+        # frozen one its whole timeout), then connects and runs the command: bound each
+        # sentinel so that all of them and the command fit in one call's bound.
+        per_sentinel = config.timeout / (len(config.sentinels) + 1)
+        self._sentinel = Sentinel(
+            config.sentinels,
+            sentinel_kwargs={
+                "socket_timeout": per_sentinel,
+                "socket_connect_timeout": per_sentinel,
+                "username": config.sentinel_username,
+                "password": config.sentinel_password,
+                "retry": Retry(NoBackoff(), 0),
+                "health_check_interval": 0,
+            },
+        )
+        client: aioredis.Redis = self._sentinel.master_for(
+            config.service, connection_pool_class=_BlockingSentinelPool, **options
+        )
+        return client
 
     async def load(self, session_id: str) -> SessionRecord | None:
         """The session's current record, or ``None`` if there is none or it has expired."""
@@ -146,17 +192,23 @@ class RedisStore:
         now = self._clock()
         check_for_save(record, expected_version, now)
         ttl_ms = max(1, math.ceil((record.expires_at - now) * 1000))
-        reply = await self._call(
-            self._cas(
-                keys=[self._record_key(record.session_id)],
-                args=[
-                    str(expected_version),
-                    str(record.version),
-                    encode_record(record),
-                    str(ttl_ms),
-                ],
-            )
-        )
+        key = self._record_key(record.session_id)
+        args: list[bytes | str] = [
+            str(expected_version),
+            str(record.version),
+            encode_record(record),
+            str(ttl_ms),
+        ]
+        replicas = self._config.replicas
+        if replicas and time.monotonic() >= self._wait_paused_until:
+            reply, confirmed = await self._call(self._cas_and_wait(key, args))
+            if confirmed < replicas:
+                self._counters.unreplicated += 1
+                self._wait_paused_until = time.monotonic() + WAIT_PAUSE
+        else:
+            reply = await self._call(self._cas(keys=[key], args=args))
+            if replicas:
+                self._counters.unreplicated += 1
         if not isinstance(reply, list | tuple) or len(reply) != 2 or type(reply[0]) is not int:
             raise self._corrupt(f"session {record.session_id!r}: unexpected reply to the CAS")
         outcome, detail = reply
@@ -203,12 +255,18 @@ class RedisStore:
         The store keeps a marker key of its own; each call refreshes its expiry (PEXPIRE,
         one operation) and, when the marker is gone, counts a loss and writes it again.
         """
-        if await self._call(self._client.pexpire(self._marker, MARKER_TTL_MS)):
-            return self._generation
-        if self._marked:
-            self._generation += 1
-        await self._call(self._client.set(self._marker, b"1", px=MARKER_TTL_MS))
-        self._marked = True
+        if not await self._call(self._client.pexpire(self._marker, MARKER_TTL_MS)):
+            if self._marked:
+                self._generation += 1
+            await self._call(self._client.set(self._marker, b"1", px=MARKER_TTL_MS))
+            self._marked = True
+        primary = self._primary_address()
+        if primary != self._primary:
+            if self._primary is not None:
+                # A failover: the writes the old primary had not yet replicated are lost.
+                self._counters.failovers += 1
+                self._generation += 1
+            self._primary = primary
         return self._generation
 
     def statistics(self) -> StoreStatistics:
@@ -218,6 +276,8 @@ class RedisStore:
             errors=self._counters.errors,
             stale_writes=self._counters.stale_writes,
             corrupt=self._counters.corrupt,
+            unreplicated=self._counters.unreplicated,
+            failovers=self._counters.failovers,
         )
 
     async def aclose(self) -> None:
@@ -227,8 +287,33 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.aclose()
+                if self._sentinel is not None:
+                    await self._sentinel.aclose()
         except (RedisError, OSError, TimeoutError):
             pass
+
+    async def _cas_and_wait(self, key: bytes, args: list[bytes | str]) -> tuple[Any, int]:
+        """The compare-and-set then ``WAIT`` on the same connection, in one round trip.
+
+        Returns the script's reply and how many replicas confirmed it. The script goes as
+        EVAL, not EVALSHA: a primary that lacks it (just promoted) would otherwise answer
+        NOSCRIPT and the pair would wait twice.
+        """
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.execute_command("EVAL", CAS_SCRIPT, 1, key, *args)
+            pipe.execute_command("WAIT", self._config.replicas, self._config.wait_ms)
+            reply, confirmed = await pipe.execute(raise_on_error=False)
+        for outcome in (reply, confirmed):
+            if isinstance(outcome, Exception):
+                raise outcome
+        if type(confirmed) is not int:
+            raise ResponseError("unexpected reply to WAIT")
+        return reply, confirmed
+
+    def _primary_address(self) -> Any:
+        """The primary the sentinels named for the latest connection (``None``: one node)."""
+        pool = self._client.connection_pool
+        return pool.master_address if isinstance(pool, SentinelConnectionPool) else None
 
     def _record_key(self, session_id: str) -> bytes:
         return self._prefix + b"s:" + session_id.encode("utf-8")
@@ -260,14 +345,11 @@ class RedisStore:
         except TimeoutError as exc:
             self._counters.errors += 1
             raise StoreUnavailableError(
-                f"redis at {self._config.host}:{self._config.port} did not answer within "
-                f"{self._timeout} s"
+                f"{self._config.location} did not answer within {self._timeout} s"
             ) from exc
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             self._counters.errors += 1
-            raise StoreUnavailableError(
-                f"redis at {self._config.host}:{self._config.port} unavailable: {exc}"
-            ) from exc
+            raise StoreUnavailableError(f"{self._config.location} unavailable: {exc}") from exc
         except ResponseError as exc:
             self._counters.errors += 1
             if "WRONGTYPE" in str(exc):

@@ -1,10 +1,12 @@
 """Micro-benchmark of store operations on loopback (not a test; specs/store.md quotes it).
 
-    .venv/bin/python -m tests.store.bench_store [--ops N]
+    .venv/bin/python -m tests.store.bench_store [--ops N] [--sentinel]
 
 Starts its own redis-server on a free loopback port (killed by PID at the end), then times
 sequential ``save`` (compare-and-set), ``load``, ``put_ticket``+``take_ticket`` on the memory and
 Redis stores, and token ``issue``/``verify``; prints one JSON line per measurement.
+``--sentinel`` instead starts a primary, a replica and three sentinels and times the same
+operations through Sentinel, without and with ``replicas=1`` (``WAIT`` after each save).
 """
 
 from __future__ import annotations
@@ -71,7 +73,29 @@ def bench_tokens(ops: int) -> None:
     print(json.dumps({"op": "token_verify", "us_each": round(verified / ops * 1e6, 2)}))
 
 
-async def main(ops: int) -> None:
+async def bench_sentinel(ops: int) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from ..redis_sentinel import started_group
+
+    with tempfile.TemporaryDirectory() as directory:
+        for group in started_group(Path(directory)):
+            for name, options in (
+                ("sentinel", {}),
+                ("sentinel_wait_1", {"replicas": "1", "wait_ms": "100"}),
+            ):
+                store = open_store(group.url(**options))
+                await bench_store(name, store, ops)
+                unreplicated = store.statistics().unreplicated
+                print(json.dumps({"store": name, "unreplicated_saves": unreplicated}))
+                await store.aclose()
+
+
+async def main(ops: int, sentinel: bool) -> None:
+    if sentinel:
+        await bench_sentinel(ops)
+        return
     await bench_store("memory", open_store("memory://"), ops)
     server = RedisServer(port=free_port())
     server.start()
@@ -87,4 +111,6 @@ async def main(ops: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ops", type=int, default=2000)
-    asyncio.run(main(parser.parse_args().ops))
+    parser.add_argument("--sentinel", action="store_true", help="through Redis Sentinel")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.ops, arguments.sentinel))

@@ -331,6 +331,22 @@ def test_a_store_that_lost_its_records_gets_the_state_again_at_once() -> None:
     assert (stats.refreshes, stats.lost, stats.version) == (1, 1, 2)
 
 
+def test_a_refresh_that_finds_an_older_version_of_its_own_writes_it_again() -> None:
+    """A Sentinel failover promoted a replica that never got version 2: the refresh (expected
+    2) is stale against version 1, which is still ours; the state of version 2 must be written
+    again on top of it, not dropped (the refresh is a keep-alive, which used to be dropped)."""
+    v1 = SessionRecord(session_id="s", version=1, state=b"cart", expires_at=T0 + 600, owner="b/1")
+    v2 = v1.successor(state=b"cart+cola", expires_at=T0 + 600)
+    core = Checkpointer("s", ttl=600, base=v2)
+    core.store_recovered(T0, lost_records=True)
+    refresh = core.next_write(T0)
+    assert refresh is not None and refresh.keepalive and refresh.expected_version == 2
+    core.write_overtaken(v1, T0)  # what the new primary holds
+    again = core.next_write(T0)
+    assert again is not None and again.record.state == b"cart+cola"
+    assert (again.expected_version, again.record.version) == (1, 2)
+
+
 def test_a_failed_refresh_is_retried() -> None:
     """The first write after a Redis restart often fails (a pooled connection to the old
     process): the rewrite must not be forgotten until the next keep-alive."""

@@ -21,9 +21,10 @@ from quicvoice.store import (
 )
 
 from ..conftest import RedisServer
+from ..redis_sentinel import SentinelGroup
 from .conftest import FakeClock
 
-KINDS = ["memory", "redis"]
+KINDS = ["memory", "redis", "sentinel"]
 TTL = 60.0
 
 session_ids = st.text(
@@ -37,11 +38,16 @@ async def opened(
 ) -> AsyncIterator[SessionStore]:
     if kind == "memory":
         store = open_store("memory://", clock=clock)
-    else:
+    elif kind == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         store = open_store(server.unique_url(), clock=clock)
+    else:  # the primary a Sentinel group names, each save confirmed by its replica
+        group: SentinelGroup = request.getfixturevalue("sentinel_group")
+        store = open_store(group.url(replicas="1", wait_ms="200"), clock=clock)
     try:
         yield store
+        if kind == "sentinel":
+            assert store.statistics().unreplicated == 0  # the replica confirmed every save
     finally:
         await store.aclose()
 
@@ -151,7 +157,7 @@ def test_expired_records_and_tickets_are_gone(
         await store.put_ticket(b"label", b"ticket", ttl)
         assert (await store.load("s1")) is not None
         clock.advance(ttl * 2)
-        if kind == "redis":
+        if kind != "memory":
             await asyncio.sleep(ttl * 2)  # Redis expires on its own clock
         assert await store.load("s1") is None
         assert await store.take_ticket(b"label") is None
