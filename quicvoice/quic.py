@@ -63,7 +63,6 @@ PRIVATE_NAMES = {
         "_cryptos",
         "_close_event",
         "_close_end",
-        "_close_pending",
         "_events",
         "_state",
         "_initialize",
