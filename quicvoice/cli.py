@@ -336,12 +336,16 @@ def _call(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         # A bad URL, CA file or certificate hash: named in the message.
         print(f"quicvoice call: {error}", file=sys.stderr)
         return 2
+    ended = report.pop("error", None)
+    if ended is not None:
+        # The call was closed under it: say so in one line, and still give the report.
+        print(f"quicvoice call: {ended}", file=sys.stderr)
     if args.json:
         print(json.dumps(report))
     else:
         for key, value in report.items():
             print(f"{key}: {value}")
-    return 0
+    return 1 if ended is not None else 0
 
 
 if __name__ == "__main__":

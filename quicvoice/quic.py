@@ -17,6 +17,7 @@ from aioquic import tls
 from aioquic._buffer import Buffer
 from aioquic.h3.connection import FrameType, H3Connection, H3Stream
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import END_STATES as _END_STATES
 from aioquic.quic.connection import (
     NetworkAddress,
     QuicConnection,
@@ -37,6 +38,10 @@ from cryptography import x509
 from .errors import CertificateVerificationError
 from .quiclb import Algorithm, ConnectionIdGenerator, QuicLbConnectionIdGenerator
 
+#: Longest a server waits for its last words (an ``error`` message, a WebTransport close
+#: capsule) to be acknowledged before it sends CONNECTION_CLOSE anyway, in seconds; the wait
+#: is otherwise 3 PTO (RFC 9000 §10.2 uses the same period for closing).
+CLOSE_LINGER_MAX = 1.0
 #: The aioquic releases whose internals this module was written against.
 SUPPORTED_AIOQUIC = ((1, 7, 2), (1, 8, 0))
 #: Private names this module relies on, by owner, checked by the glue test.
@@ -70,7 +75,7 @@ PRIVATE_NAMES = {
     ),
     "QuicPacketRecovery": ("_rtt_initialized", "_rtt_latest", "_rtt_smoothed", "_rtt_min"),
     "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
-    "H3Connection": ("_stream",),
+    "H3Connection": ("_stream", "_get_local_settings", "_enable_webtransport"),
 }
 
 
@@ -155,19 +160,90 @@ def install_certificate_check(context: tls.Context, check: CertificateCheck) -> 
     context._client_handle_certificate_verify = checked  # type: ignore[method-assign]
 
 
+@dataclass(slots=True)
+class _DeliveryClose:
+    """A close waiting for the data written on ``stream_ids`` to be acknowledged."""
+
+    error_code: int
+    reason_phrase: str
+    stream_ids: tuple[int, ...]
+    #: Set at the first transmission after the close was asked for.
+    deadline: float | None = None
+
+
 class VoiceQuicConnection(QuicConnection):
-    """A ``QuicConnection`` that sends one packet per voice frame, not two.
+    """A ``QuicConnection`` that sends one packet per voice frame, not two, and can close
+    after its last words are delivered.
 
     aioquic writes an ACK only once its ACK timer fires (1 ms after an ack-eliciting packet),
     never into a data packet sent earlier, so every frame echoed or answered costs a data
     packet and a separate ACK packet. Here the ACK timer waits ``VOICE_ACK_DELAY``, and any
     pending ACK rides in the next data packet whenever there is data to send.
+
+    aioquic's ``close()`` sends nothing but CONNECTION_CLOSE from then on: stream data still
+    queued (an ``error`` message, a WebTransport CLOSE_WEBTRANSPORT_SESSION capsule) is
+    never sent. ``close_after_delivery`` sends it first and closes once it is acknowledged.
     """
 
     def __init__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> None:
         super().__init__(configuration=configuration, **kwargs)
         self._ack_delay = VOICE_ACK_DELAY
         self._peer_close_reported = False
+        self._delivery_close: _DeliveryClose | None = None
+
+    def close_after_delivery(
+        self, *, error_code: int, reason_phrase: str, stream_ids: tuple[int, ...]
+    ) -> None:
+        """Close like ``close()``, once what was written on ``stream_ids`` is acknowledged,
+        or 3 PTO (at most ``CLOSE_LINGER_MAX``) after the next transmission, whichever is
+        first. Nothing new may be written meanwhile; a later ``close()`` takes over."""
+        if self._close_event is not None or self._state in _END_STATES:
+            return
+        if self._delivery_close is None:
+            self._delivery_close = _DeliveryClose(error_code, reason_phrase, stream_ids)
+
+    @property
+    def closing_after_delivery(self) -> bool:
+        """Whether a ``close_after_delivery`` is waiting."""
+        return self._delivery_close is not None
+
+    def close_now(self) -> None:
+        """Send the close ``close_after_delivery`` is waiting with at the next transmission."""
+        pending = self._delivery_close
+        if pending is not None:
+            self._delivery_close = None
+            self.close(error_code=pending.error_code, reason_phrase=pending.reason_phrase)
+
+    def _check_delivery_close(self, now: float) -> None:
+        pending = self._delivery_close
+        if pending is None:
+            return
+        if self._close_event is not None or self._state in _END_STATES:
+            self._delivery_close = None
+            return
+        if pending.deadline is None:
+            linger = 3 * self._loss.get_probe_timeout()
+            pending.deadline = now + min(CLOSE_LINGER_MAX, linger)
+            return  # the data goes out in this transmission
+        if now >= pending.deadline or all(
+            unacked_stream_bytes(self, stream_id) == 0 for stream_id in pending.stream_ids
+        ):
+            self.close_now()
+
+    def get_timer(self) -> float | None:
+        """Like aioquic's, and the deadline of a close waiting for delivery."""
+        timer = super().get_timer()
+        pending = self._delivery_close
+        if pending is None or pending.deadline is None:
+            return timer
+        return pending.deadline if timer is None else min(timer, pending.deadline)
+
+    def handle_timer(self, now: float) -> None:
+        """Like aioquic's; a close waiting for delivery past its deadline is sent."""
+        pending = self._delivery_close
+        if pending is not None and pending.deadline is not None and now >= pending.deadline:
+            self.close_now()
+        super().handle_timer(now)
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         """Like aioquic's, but a peer's CONNECTION_CLOSE is reported as soon as it arrives.
@@ -198,7 +274,9 @@ class VoiceQuicConnection(QuicConnection):
             self._events.pop()  # the ConnectionTerminated reported when the peer closed
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        """Like aioquic's, with pending ACKs bundled into outgoing data."""
+        """Like aioquic's, with pending ACKs bundled into outgoing data (and a close waiting
+        for delivery sent once the data it waits for is acknowledged)."""
+        self._check_delivery_close(now)
         space = self._spaces.get(tls.Epoch.ONE_RTT)
         if (
             space is not None
@@ -281,6 +359,32 @@ def _issues_no_spare_cids(generator: ConnectionIdGenerator) -> bool:
     )
 
 
+#: draft-ietf-webtrans-http3-13/-14 §9.2: SETTINGS_WT_MAX_SESSIONS. Safari (26.4 and later)
+#: opens no session unless the server sends it, at least 1 (aioquic issue 644). Chromium
+#: ignores this code point (it knows draft-02's 0x2b603742 and draft-07's 0xc671706a only),
+#: so it keeps speaking draft-02.
+SETTINGS_WT_MAX_SESSIONS = 0x14E9CD29
+#: One WebTransport session per connection (a second CONNECT gets 409): with at most one,
+#: the draft needs no session-level flow control (no SETTINGS_WT_INITIAL_MAX_*).
+WT_MAX_SESSIONS = 1
+
+
+class VoiceH3Connection(H3Connection):
+    """aioquic's ``H3Connection`` announcing WebTransport to current browsers too.
+
+    aioquic sends ENABLE_CONNECT_PROTOCOL, H3_DATAGRAM and draft-02's ENABLE_WEBTRANSPORT;
+    this adds draft-14's SETTINGS_WT_MAX_SESSIONS. Draft-07's 0xc671706a is left out (Chromium
+    would then switch to draft-07), and so is draft-15's SETTINGS_WT_ENABLED (a draft-15
+    client would expect that draft's flow control and stream limits, which are not here).
+    """
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        if self._enable_webtransport:
+            settings[SETTINGS_WT_MAX_SESSIONS] = WT_MAX_SESSIONS
+        return settings
+
+
 def mark_local_webtransport_stream(h3: H3Connection, stream_id: int, session_id: int) -> None:
     """Make ``h3`` read the peer's data on a bidirectional WebTransport stream we opened.
 
@@ -292,6 +396,26 @@ def mark_local_webtransport_stream(h3: H3Connection, stream_id: int, session_id:
         stream = h3._stream[stream_id] = H3Stream(stream_id)
     stream.frame_type = FrameType.WEBTRANSPORT_STREAM
     stream.session_id = session_id
+
+
+def close_after_delivery(
+    quic: QuicConnection, error_code: int, reason_phrase: str, stream_ids: tuple[int, ...]
+) -> None:
+    """Close ``quic`` once the data written on ``stream_ids`` is acknowledged (bounded in
+    time, ``VoiceQuicConnection.close_after_delivery``); a plain ``QuicConnection`` closes
+    at once, as aioquic does."""
+    if isinstance(quic, VoiceQuicConnection) and stream_ids:
+        quic.close_after_delivery(
+            error_code=error_code, reason_phrase=reason_phrase, stream_ids=stream_ids
+        )
+    else:
+        quic.close(error_code=error_code, reason_phrase=reason_phrase)
+
+
+def close_now(quic: QuicConnection) -> None:
+    """Send at once a close that waits for its data to be delivered (the peer answered)."""
+    if isinstance(quic, VoiceQuicConnection):
+        quic.close_now()
 
 
 def unacked_stream_bytes(quic: QuicConnection, stream_id: int) -> int:

@@ -315,7 +315,9 @@ async def _stream(
     begin = loop.time() + frame_s
     result.t0 = time.time() + (begin - loop.time())
     result.frame_s = frame_s
-    sid = payload[:10]  # a silence descriptor: a few octets
+    # Between talk spurts, one frame of G.711 silence now and then (a comfort-noise update):
+    # a whole frame, since the server refuses any other size (FRAME_MISMATCH).
+    sid = bytes([0xFF]) * len(payload)
     turn_frames = 0
     if plan.talk_s > 0:
         result.spurt_frames = max(1, round(plan.talk_s / frame_s))

@@ -1056,7 +1056,8 @@ async def connect(
 
     Raises ``SessionRefusedError`` when the server closes before welcoming the session, with
     the close's ``error_code`` (``RESUME_REFUSED`` for a bad or stale ``resume_token``,
-    ``UNSUPPORTED`` for no common codec, ``UNAUTHENTICATED``..``REFUSED`` or an accept hook's
+    ``UNSUPPORTED`` for no common codec, ``VERSION_UNSUPPORTED`` for a protocol version the
+    server does not speak, ``UNAUTHENTICATED``..``REFUSED`` or an accept hook's
     own code for a caller refused, ``specs/auth.md``), and ``ConnectTimeoutError`` when no
     session is up within ``timeout`` (resolution included).
     """

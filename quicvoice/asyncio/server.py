@@ -54,7 +54,7 @@ from ..session.events import (
     TurnCancelled,
     VoiceEvent,
 )
-from ..session.messages import Hello, UplinkMode, Welcome
+from ..session.messages import PROTOCOL_VERSION, Hello, UplinkMode, Welcome
 from ..session.stats import Migration, SessionStats
 from ..session.transport import (
     ALPN_H3,
@@ -409,9 +409,16 @@ class _ServerConnection:
             except ValueError:
                 continue  # a codec we cannot even parse is one we do not support
         codec = negotiate(offered, SUPPORTED_CODECS)
-        if hello.version != 1 or codec is None:
+        if hello.version != PROTOCOL_VERSION:
+            self._refuse(
+                ErrorCode.VERSION_UNSUPPORTED,
+                f"protocol version {hello.version} is not supported; this server speaks "
+                f"version {PROTOCOL_VERSION}",
+            )
+            return
+        if codec is None:
             names = ", ".join(str(spec) for spec in SUPPORTED_CODECS)
-            self._refuse(ErrorCode.UNSUPPORTED, f"supported codecs: {names}")
+            self._refuse(ErrorCode.UNSUPPORTED, f"no common codec; supported codecs: {names}")
             return
         owner = f"{self.server.config.server_id.hex()}/{id(self):x}"
         record: SessionRecord | None = None

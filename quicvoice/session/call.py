@@ -133,13 +133,15 @@ MAX_REMEMBERED_TURNS = 1024
 #: that the server is: the connection moves to whatever network remains.
 PATH_GONE_ERRORS = frozenset({errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN})
 #: Close codes by which a backend refused a resume without taking the session over: a bad
-#: resume token, no common codec, and every refusal of the caller's credential or of the
-#: accept hook (those come before the record is claimed, ``specs/auth.md``). Retrying them
-#: would only be refused again; an accept hook's own codes are ``APPLICATION_REFUSAL_CODES``.
+#: resume token, no common codec or protocol version, and every refusal of the caller's
+#: credential or of the accept hook (those come before the record is claimed,
+#: ``specs/auth.md``). Retrying them would only be refused again; an accept hook's own
+#: codes are ``APPLICATION_REFUSAL_CODES``.
 DEFINITE_REFUSALS = frozenset(
     {
         int(ErrorCode.RESUME_REFUSED),
         int(ErrorCode.UNSUPPORTED),
+        int(ErrorCode.VERSION_UNSUPPORTED),
         *range(int(ErrorCode.UNAUTHENTICATED), int(ErrorCode.REFUSED) + 1),
     }
 )

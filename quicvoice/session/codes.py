@@ -25,7 +25,7 @@ class ErrorCode(IntEnum):
     LIMIT_EXCEEDED = 0x105
     #: Something other than ``hello`` came first, or ``hello`` came twice.
     HELLO_REQUIRED = 0x106
-    #: No common codec, version or uplink mode.
+    #: No common codec (the ``hello`` offered none the server supports).
     UNSUPPORTED = 0x107
     #: The server's application failed; the session ends.
     INTERNAL_ERROR = 0x108
@@ -49,6 +49,11 @@ class ErrorCode(IntEnum):
     TOKEN_UNKNOWN_KEY = 0x111
     #: The server application's accept hook refused the caller.
     REFUSED = 0x112
+    #: The ``hello``'s protocol ``version`` is not one the server speaks.
+    VERSION_UNSUPPORTED = 0x113
+    #: An uplink frame's payload does not match the negotiated codec and frame duration
+    #: (PCM: not exactly one frame of samples; Opus: a malformed packet or another duration).
+    FRAME_MISMATCH = 0x114
 
 
 #: Codes an application's accept hook may choose for a refusal of its own, beside ``REFUSED``.

@@ -69,6 +69,7 @@ from .transport import (
     TransportEvent,
     VoiceTransport,
 )
+from .uplink_check import UplinkCheck
 from .wire import (
     FrameReader,
     MediaFrame,
@@ -170,6 +171,8 @@ class VoiceConnection:
         self._next_seq = 0
         self._datagram_times: deque[float] = deque()
         self._arrivals: ArrivalStats | None = None
+        #: Server: what every uplink payload must look like, once the session has started.
+        self._uplink_check: UplinkCheck | None = None
         self._stats: dict[str, int] = dict.fromkeys(
             (
                 "uplink_frames_sent",
@@ -253,7 +256,10 @@ class VoiceConnection:
         frames = inbound.frames.feed(data or b"", event.end_stream)
         if inbound.kind is StreamKind.UPLINK:
             arrivals = self._arrivals
+            check = self._uplink_check
             for frame in frames:
+                if check is not None:
+                    check.check(frame.payload)
                 if arrivals is not None:
                     arrivals.on_frame(frame.seq, frame.timestamp, now)
                 sink.append(AudioReceived(frame=frame))
@@ -314,6 +320,8 @@ class VoiceConnection:
         _, frame = decode_datagram(data)
         if self.welcome is None or self.welcome.uplink is not UplinkMode.REALTIME:
             raise ProtocolError("uplink datagram in reliable mode", ErrorCode.FRAME_ERROR)
+        if self._uplink_check is not None:
+            self._uplink_check.check(frame.payload)
         if self._arrivals is not None:
             self._arrivals.on_frame(frame.seq, frame.timestamp, now)
         self._stats["uplink_frames_received"] += 1
@@ -387,6 +395,8 @@ class VoiceConnection:
         rate = codec_clock_rate(welcome.codec)
         if rate is not None:
             self._arrivals = ArrivalStats(rate, late_threshold=welcome.frame_ms / 1000)
+        if not self.is_client:
+            self._uplink_check = UplinkCheck(codec=welcome.codec, frame_ms=welcome.frame_ms)
 
     @staticmethod
     def _started_event(welcome: Welcome) -> SessionStarted:
@@ -417,10 +427,20 @@ class VoiceConnection:
             raise InvalidStateError(f"accept() in state {self.state.name}")
         self._start(welcome)
         self._send_message(welcome)
+        check = self._uplink_check
+        try:
+            for early in self._early_events:
+                if check is not None and isinstance(early, AudioReceived):
+                    check.check(early.frame.payload)
+        except ProtocolError as error:
+            # Only now is the codec known that the early uplink had to match.
+            self._early_events = []
+            self._abort(error)
         return self._started_event(welcome)
 
     def take_early_events(self) -> list[VoiceEvent]:
-        """The media events that arrived before the session started, once."""
+        """The media events that arrived before the session started, once (none when one
+        of them did not match the codec and frame duration: the session is then closed)."""
         early, self._early_events = self._early_events, []
         return early
 
@@ -451,7 +471,7 @@ class VoiceConnection:
         ``code``: an ``ErrorCode`` or an application's refusal code (0x1000..0x1FFF).
         """
         self._send_message(Error(code=int(code), message=message))
-        self._transport.close(int(code), message)
+        self._transport.close(int(code), message, deliver=self._last_words())
         self.state = State.CLOSED
 
     @property
@@ -618,8 +638,9 @@ class VoiceConnection:
         self._send_message(Bye(uplink_frames=uplink_frames))
 
     def close(self, code: ErrorCode | int = ErrorCode.NO_ERROR, reason: str = "") -> None:
-        """Close the connection."""
-        self._transport.close(int(code), reason)
+        """Close the connection; a server's control messages sent before (``bye``, ``error``)
+        reach the client first."""
+        self._transport.close(int(code), reason, deliver=self._last_words())
 
     def _send_message(self, message: Message) -> None:
         if self._control_stream_id is None:
@@ -668,8 +689,12 @@ class VoiceConnection:
                 self._send_message(Error(code=error.error_code, message=str(error)))
             except Exception:  # the stream may be unusable; the close still goes out
                 pass
-        self._transport.close(error.error_code, str(error))
+        self._transport.close(error.error_code, str(error), deliver=self._last_words())
         self.state = State.CLOSED
+
+    def _last_words(self) -> tuple[int, ...]:
+        """The streams whose data a closing server delivers before CONNECTION_CLOSE."""
+        return () if self._control_stream_id is None else (self._control_stream_id,)
 
     # -- statistics ----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aioquic.h3.connection import H3Connection
+from aioquic.h3.connection import FrameUnexpected, H3Connection
 from aioquic.h3.events import (
     DatagramReceived,
     DataReceived,
@@ -32,7 +32,7 @@ from aioquic.quic.events import (
 
 from .. import quic as glue
 from ..errors import InvalidStateError
-from .wire import read_varint
+from .capsules import CapsuleReader, encode_close_capsule
 
 #: ALPN of the raw-QUIC voice protocol.
 ALPN_VOICE = "quicvoice/1"
@@ -48,8 +48,6 @@ WEBTRANSPORT_DATAGRAM_OVERHEAD = 4
 #: from this base, skipping the reserved (GREASE) code points every 0x1f.
 WEBTRANSPORT_ERROR_BASE = 0x52E4A40FA8DB
 WEBTRANSPORT_MAX_APP_ERROR = 0xFF
-#: The capsule that closes a WebTransport session (draft-ietf-webtrans-http3 §5).
-CLOSE_WEBTRANSPORT_SESSION = 0x2843
 
 
 def webtransport_error_to_http3(code: int) -> int:
@@ -156,8 +154,8 @@ class VoiceTransport(Protocol):
         """Queue a datagram."""
         ...
 
-    def close(self, error_code: int, reason: str) -> None:
-        """Close the connection."""
+    def close(self, error_code: int, reason: str, *, deliver: tuple[int, ...] = ()) -> None:
+        """Close the connection; a server sends what was written on ``deliver`` first."""
         ...
 
 
@@ -201,8 +199,13 @@ class _QuicStreams:
         except ValueError:
             pass
 
-    def close(self, error_code: int, reason: str) -> None:
+    def close(self, error_code: int, reason: str, *, deliver: tuple[int, ...] = ()) -> None:
         """Close the connection with an application error code.
+
+        A server's last words reach the client before the close: what was written on the
+        ``deliver`` streams (the ``error`` message) goes out first, and CONNECTION_CLOSE
+        follows once it is acknowledged (at most 1 s later, ``quic.CLOSE_LINGER_MAX``);
+        aioquic alone would drop it. A client closes at once.
 
         A server closing before its handshake completes (refusing a hello that came in
         0-RTT) waits for the completion: until then the close could only go out in Initial or
@@ -210,20 +213,32 @@ class _QuicStreams:
         §10.2.3), and the client could not tell a refusal from any other failure. The
         ``error`` message queued before it reaches the client in 0.5-RTT data meanwhile.
         """
-        if not self.is_client and not self._handshake_done:
-            if self._deferred_close is None:
-                self._deferred_close = (error_code, reason)
+        if self.is_client:
+            self.quic.close(error_code=error_code, reason_phrase=reason)
             return
-        self.quic.close(error_code=error_code, reason_phrase=reason)
+        if not self._handshake_done:
+            if self._deferred_close is None:
+                self._deferred_close = (error_code, reason, deliver)
+            return
+        self._close_server(error_code, reason, deliver)
 
     _handshake_done = False
-    _deferred_close: tuple[int, str] | None = None
+    _deferred_close: tuple[int, str, tuple[int, ...]] | None = None
+
+    def _close_server(self, error_code: int, reason: str, deliver: tuple[int, ...]) -> None:
+        deliver = self._say_goodbye(error_code, reason, deliver)
+        glue.close_after_delivery(self.quic, error_code, reason, deliver)
+
+    def _say_goodbye(
+        self, error_code: int, reason: str, deliver: tuple[int, ...]
+    ) -> tuple[int, ...]:
+        """Write what the transport itself says last; return the streams to deliver."""
+        return deliver
 
     def _handshake_completed(self) -> None:
         self._handshake_done = True
         if self._deferred_close is not None:
-            error_code, reason = self._deferred_close
-            self.quic.close(error_code=error_code, reason_phrase=reason)
+            self._close_server(*self._deferred_close)
 
     def _common(self, event: QuicEvent) -> TransportEvent | None:
         if isinstance(event, StreamReset):
@@ -286,7 +301,7 @@ class WebTransportTransport(_QuicStreams):
         status: StatusProvider | None = None,
     ) -> None:
         self.quic = quic
-        self.h3 = H3Connection(quic, enable_webtransport=True)
+        self.h3: H3Connection = glue.VoiceH3Connection(quic, enable_webtransport=True)
         self._path = path
         self._authority = authority
         self._status = status
@@ -294,6 +309,8 @@ class WebTransportTransport(_QuicStreams):
         self.session_id: int | None = None
         self._session_streams: set[int] = set()
         self._connect_sent = False
+        self._capsules = CapsuleReader()
+        self._close_capsule_sent = False
 
     @property
     def max_datagram_payload(self) -> int:
@@ -331,13 +348,47 @@ class WebTransportTransport(_QuicStreams):
             elif isinstance(h3_event, HeadersReceived):
                 out.extend(self._on_headers(h3_event))
             elif isinstance(h3_event, DataReceived) and h3_event.stream_id == self.session_id:
-                # The CONNECT stream carries capsules; its end, or a close capsule, ends the
-                # session, and the session is all this connection is for.
-                if h3_event.stream_ended or _starts_with_close_capsule(h3_event.data):
-                    self.close(0, "WebTransport session closed by the peer")
+                out.extend(self._on_connect_stream(h3_event.data, h3_event.stream_ended))
         if common is not None:
             out.append(common)
         return out
+
+    def _on_connect_stream(self, data: bytes, ended: bool) -> list[TransportEvent]:
+        """The CONNECT stream carries capsules; a close capsule, or the stream's end, ends
+        the session, and the session is all this connection is for."""
+        capsule = self._capsules.feed(data)
+        if capsule is None and not ended:
+            return []
+        if self._close_capsule_sent:
+            # The peer answered our own close (its FIN, or its close crossing ours): the
+            # last words have arrived, so the connection can close now.
+            glue.close_now(self.quic)
+            return []
+        if capsule is None:
+            closed = Closed(0, "WebTransport session closed by the peer")
+        else:
+            closed = Closed(capsule.code, capsule.reason)
+        self.quic.close(error_code=0, reason_phrase="WebTransport session closed by the peer")
+        return [closed]
+
+    def _say_goodbye(
+        self, error_code: int, reason: str, deliver: tuple[int, ...]
+    ) -> tuple[int, ...]:
+        """Close the WebTransport session with CLOSE_WEBTRANSPORT_SESSION (code and reason)
+        and FIN on the CONNECT stream, then the connection once that has arrived: a browser
+        learns the code from ``WebTransport.closed``, where a bare CONNECTION_CLOSE gives it
+        only "Connection lost"."""
+        session_id = self.session_id
+        if session_id is not None and not self._close_capsule_sent:
+            self._close_capsule_sent = True
+            capsule = encode_close_capsule(error_code & 0xFFFFFFFF, reason)
+            try:
+                self.h3.send_data(session_id, capsule, end_stream=True)
+            except (FrameUnexpected, ValueError):  # the CONNECT stream is already finished
+                pass
+            else:
+                deliver = (*deliver, session_id)
+        return deliver
 
     def _send_connect(self) -> None:
         self._connect_sent = True
@@ -416,9 +467,3 @@ class WebTransportTransport(_QuicStreams):
         if self.session_id is None:
             raise InvalidStateError("the WebTransport session is not established")
         self.h3.send_datagram(self.session_id, data)
-
-
-def _starts_with_close_capsule(data: bytes) -> bool:
-    """Whether ``data`` begins with a CLOSE_WEBTRANSPORT_SESSION capsule type (a varint)."""
-    capsule_type = read_varint(data, 0)
-    return capsule_type is not None and capsule_type[0] == CLOSE_WEBTRANSPORT_SESSION

@@ -25,8 +25,27 @@ export const ErrorCode = Object.freeze({
   UNSUPPORTED: 0x107,
   INTERNAL_ERROR: 0x108,
   RESUME_REFUSED: 0x109,
+  UNAUTHENTICATED: 0x10a,
+  TOKEN_MALFORMED: 0x10b,
+  TOKEN_EXPIRED: 0x10c,
+  TOKEN_NOT_YET_VALID: 0x10d,
+  TOKEN_WRONG_AUDIENCE: 0x10e,
+  TOKEN_WRONG_ISSUER: 0x10f,
+  TOKEN_BAD_SIGNATURE: 0x110,
+  TOKEN_UNKNOWN_KEY: 0x111,
+  REFUSED: 0x112,
+  VERSION_UNSUPPORTED: 0x113,
+  FRAME_MISMATCH: 0x114,
 });
+
+/** The name of a protocol error code ("FRAME_MISMATCH"), or its hex ("0x1234"). */
+export function errorName(code) {
+  for (const [name, value] of Object.entries(ErrorCode)) if (value === code) return name;
+  return typeof code === "number" ? `0x${code.toString(16)}` : String(code);
+}
 export const MAX_MESSAGE_LEN = 64 * 1024;
+/** How long a failing stream waits for the session's close to explain it, in ms. */
+const CLOSE_GRACE_MS = 500;
 export const FRAME_HEADER_LEN = 8;
 export const MAX_FRAME_PAYLOAD = 4096;
 const STREAM_UPLINK = 0x00;
@@ -335,7 +354,11 @@ function withTimeout(promise, ms, what) {
  *   turnstart {turnId}   audio {turnId, seq, timestamp, samples: Int16Array}
  *   turnend {turnId}     cancel {turnId, byPeer}
  *   event {name, data}   error {code, message, remote}   bye {uplinkFrames}
- *   close {code, reason}
+ *   close {code, reason}: the server's code and reason when it closed the session (its
+ *         CLOSE_WEBTRANSPORT_SESSION capsule: a refusal before welcome, a protocol error),
+ *         or code null when the connection was lost without one.
+ * Options: codecs, frameMs, uplink, token, metadata, resumeToken, serverCertificateHashes,
+ *   congestionControl, connectTimeoutMs, maxQueuedFrames, protocolVersion (tests only).
  */
 export class VoiceSession extends EventTarget {
   constructor(url, options = {}) {
@@ -350,6 +373,8 @@ export class VoiceSession extends EventTarget {
       ...options,
     };
     this.state = "connecting";
+    /** How the session ended: {code, reason} once closed (code null: connection lost). */
+    this.closeInfo = null;
     this.welcome = null;
     this.codec = null;
     this.transport = null;
@@ -406,12 +431,14 @@ export class VoiceSession extends EventTarget {
     this.state = "awaiting-welcome";
     const hello = {
       type: "hello",
-      version: PROTOCOL_VERSION,
+      version: this.options.protocolVersion ?? PROTOCOL_VERSION,
       codecs: this.options.codecs,
       frame_ms: this.options.frameMs,
       uplink: this.options.uplink,
     };
     if (this.options.resumeToken) hello.resume_token = this.options.resumeToken;
+    if (this.options.token) hello.token = this.options.token;
+    if (this.options.metadata) hello.metadata = this.options.metadata;
     this._sendMessage(hello);
     const welcome = await withTimeout(this._welcome, this.options.connectTimeoutMs, "welcome");
     this.stats.welcomeMs = performance.now() - started;
@@ -448,6 +475,7 @@ export class VoiceSession extends EventTarget {
     if (this.state === "awaiting-welcome") {
       if (type === "welcome") return this._onWelcome(message);
       if (type === "error") {
+        this._remoteErrorCode = message.code;
         this.emit("error", { code: message.code, message: message.message, remote: true });
         this._rejectWelcome(new ProtocolError(`refused: ${message.message}`, message.code));
         return;
@@ -461,6 +489,7 @@ export class VoiceSession extends EventTarget {
         this.emit("event", { name: message.name, data: message.data ?? null });
         return;
       case "error":
+        this._remoteErrorCode = message.code;
         this.emit("error", { code: message.code, message: message.message ?? "", remote: true });
         return;
       case "cancel":
@@ -570,6 +599,10 @@ export class VoiceSession extends EventTarget {
   /** Send one frame of 16-bit samples (Int16Array, frameMs at the codec rate). */
   sendAudio(samples, timestamp = this.timestamp) {
     if (this.state !== "active") return false;
+    if (samples.length !== this.frameSamples) {
+      // The server closes the session on any other size (FRAME_MISMATCH): refuse it here.
+      throw new RangeError(`a frame is ${this.frameSamples} samples, not ${samples.length}`);
+    }
     const payload = encodeL16(samples);
     const seq = this.seq;
     this.seq = (this.seq + 1) >>> 0;
@@ -656,6 +689,15 @@ export class VoiceSession extends EventTarget {
 
   _fail(error) {
     if (this.state === "closed" || this.state === "closing") return;
+    if (!(error instanceof ProtocolError) && !this._failDeferred) {
+      // A stream or write failing is most often the session closing under it: let
+      // `transport.closed` report the server's code and reason first (a short wait).
+      this._failDeferred = true;
+      const settled = this.transport.closed.then(() => {}, () => {});
+      const grace = new Promise((resolve) => setTimeout(resolve, CLOSE_GRACE_MS));
+      Promise.race([settled, grace]).then(() => this._fail(error));
+      return;
+    }
     const code = error instanceof ProtocolError ? error.code : ErrorCode.INTERNAL_ERROR;
     const message = String(error?.message ?? error);
     this.emit("error", { code, message, remote: false });
@@ -668,8 +710,18 @@ export class VoiceSession extends EventTarget {
 
   _onClosed(code, reason) {
     if (this.state === "closed") return;
+    const refused = this.state === "connecting" || this.state === "awaiting-welcome";
+    const byUs = this.state === "closing";
     this.state = "closed";
-    this._rejectWelcome?.(new Error(`session closed: ${reason}`));
+    this.closeInfo = { code, reason };
+    if (!byUs && code !== null && code !== ErrorCode.NO_ERROR && code !== this._remoteErrorCode) {
+      // The server's reason for ending the session (a refusal, a protocol error): the close
+      // capsule carries it, where the `error` message may never have been read.
+      this.emit("error", { code, message: reason, remote: true });
+    }
+    const why = code === null ? reason : `${errorName(code)}: ${reason}`;
+    this._rejectWelcome?.(new ProtocolError(`session ${refused ? "refused" : "closed"}: ${why}`,
+                                            code ?? ErrorCode.INTERNAL_ERROR));
     this.emit("close", { code, reason });
   }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -43,6 +44,8 @@ class Pair:
     drop_to_server: int = 0
     wire_dcids: list[bytes] = field(default_factory=list)
     played_reports: bool = False
+    #: Whether the server accepts each ``hello`` at once (else the test calls ``accept``).
+    auto_accept: bool = True
 
     def pump(self, rounds: int = 20, advance: float = 0.005) -> None:
         """Exchange datagrams until both sides are quiet (or ``rounds`` run out)."""
@@ -89,7 +92,7 @@ class Pair:
             new = self.server.handle_event(event, self.now)
             self.server_events.extend(new)
             for voice_event in new:
-                if isinstance(voice_event, HelloReceived):
+                if isinstance(voice_event, HelloReceived) and self.auto_accept:
                     hello = voice_event.hello
                     self.server_events.append(
                         self.server.accept(
@@ -118,6 +121,8 @@ def make_pair(
     hello: Hello | None = None,
     server_limits: SessionLimits | None = None,
     played_reports: bool = False,
+    auto_accept: bool = True,
+    before_handshake: Callable[[Pair], None] | None = None,
 ) -> Pair:
     alpn = ALPN_H3 if webtransport else ALPN_VOICE
     generator = QuicLbConnectionIdGenerator(SERVER_ID, LB_CONFIG, RESET_KEY)
@@ -149,7 +154,10 @@ def make_pair(
         webtransport=webtransport,
         server_limits=server_limits,
         played_reports=played_reports,
+        auto_accept=auto_accept,
     )
     client_quic.connect(SERVER_ADDR, now=0.0)
+    if before_handshake is not None:
+        before_handshake(pair)
     pair.pump(rounds=40)
     return pair
