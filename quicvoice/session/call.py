@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import CallEndedError, CallReconnectingError, UplinkEndedError
+from ..settings import Address, format_address
 from .call_actions import (
     CallAction,
     CancelTurn,
@@ -91,7 +92,6 @@ __all__ = [
 
 logger = logging.getLogger("quicvoice.client")
 
-LocalAddress = tuple[str, int]
 
 #: How long the old socket stays open after a migration, at least (make-before-break).
 MIN_OLD_PATH_LINGER = 0.05
@@ -155,12 +155,6 @@ def is_definite_refusal(error_code: int) -> bool:
     return error_code in DEFINITE_REFUSALS or error_code in APPLICATION_REFUSAL_CODES
 
 
-def format_address(address: LocalAddress) -> str:
-    """``"HOST:PORT"`` with an IPv6 host in brackets."""
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallConfig:
     """The policy's settings for one call."""
@@ -206,7 +200,7 @@ class LinkRole(enum.Enum):
 @dataclass(slots=True)
 class _Path:
     id: PathId
-    local_address: LocalAddress | None = None
+    local_address: Address | None = None
     first_receive: float | None = None
     last_receive: float = 0.0
 
@@ -241,7 +235,7 @@ class _Link:
     turn_base: int = 0
 
     @property
-    def active_address(self) -> LocalAddress | None:
+    def active_address(self) -> Address | None:
         path = self.paths.get(self.active_path) if self.active_path is not None else None
         return path.local_address if path is not None else None
 
@@ -441,7 +435,7 @@ class CallMachine:
 
     # -- the app -------------------------------------------------------------------------
 
-    def open(self, local_address: LocalAddress, now: float) -> None:
+    def open(self, local_address: Address, now: float) -> None:
         """Start the call's first connection from ``local_address``."""
         if self._links or self._closing:
             raise ValueError("open() is called once, first")
@@ -527,7 +521,7 @@ class CallMachine:
         return True
 
     def migrate(
-        self, local_address: LocalAddress, *, new_connection_id: bool, timeout: float, now: float
+        self, local_address: Address, *, new_connection_id: bool, timeout: float, now: float
     ) -> int:
         """Move the call to ``local_address``; return the request number that
         ``MigrationFinished`` answers."""
@@ -578,7 +572,7 @@ class CallMachine:
     # -- the shell's reports -------------------------------------------------------------
 
     def handle_link_opened(
-        self, link_id: LinkId, local_address: LocalAddress, now: float, *, early_uplink: bool
+        self, link_id: LinkId, local_address: Address, now: float, *, early_uplink: bool
     ) -> None:
         """``OpenLink`` succeeded: the first flight is on its way from ``local_address``;
         ``early_uplink`` when a 0-RTT uplink stream is open already."""
@@ -631,7 +625,7 @@ class CallMachine:
             self._ended = True
 
     def handle_path_opened(
-        self, link_id: LinkId, path_id: PathId, local_address: LocalAddress, now: float
+        self, link_id: LinkId, path_id: PathId, local_address: Address, now: float
     ) -> None:
         """``OpenPath`` succeeded: the link now sends from ``local_address``."""
         link = self._links.get(link_id)
@@ -1432,7 +1426,7 @@ class CallMachine:
         self._next_path += 1
         return self._next_path
 
-    def _new_link(self, role: LinkRole, hello: Hello, local_address: LocalAddress) -> _Link:
+    def _new_link(self, role: LinkRole, hello: Hello, local_address: Address) -> _Link:
         link = _Link(
             id=self._next_link,
             role=role,
