@@ -442,7 +442,11 @@ class _ServerConnection:
             except ResumeRefused as refusal:
                 self.server.telemetry.resume_refused(refusal.reason.name)
                 if voice.state is State.NEGOTIATING:
-                    self._refuse(ErrorCode.RESUME_REFUSED, str(refusal))
+                    # A store that cannot answer now is no verdict on the session: the client
+                    # tries again (STATE_UNAVAILABLE is not a definite refusal).
+                    unavailable = refusal.reason is RefusalReason.STATE_UNAVAILABLE
+                    code = ErrorCode.STATE_UNAVAILABLE if unavailable else ErrorCode.RESUME_REFUSED
+                    self._refuse(code, str(refusal))
                 return
             except _Refused as refusal:
                 if voice.state is State.NEGOTIATING:

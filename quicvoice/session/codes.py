@@ -54,6 +54,9 @@ class ErrorCode(IntEnum):
     #: An uplink frame's payload does not match the negotiated codec and frame duration
     #: (PCM: not exactly one frame of samples; Opus: a malformed packet or another duration).
     FRAME_MISMATCH = 0x114
+    #: The session's state could not be read now (the store is failing over, or down): the
+    #: session was not taken over, and a resume asked again later may succeed.
+    STATE_UNAVAILABLE = 0x115
 
 
 #: Codes an application's accept hook may choose for a refusal of its own, beside ``REFUSED``.

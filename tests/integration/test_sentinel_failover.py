@@ -23,7 +23,6 @@ import pytest
 from quicvoice.agent import handle_order
 from quicvoice.asyncio.client import VoiceClient, connect
 from quicvoice.asyncio.server import ServerSession
-from quicvoice.errors import CallEndedError
 from quicvoice.session.events import (
     AudioReceived,
     ByeReceived,
@@ -173,12 +172,6 @@ def test_the_call_survives_a_sentinel_failover(
     print("\nsentinel failover:", json.dumps(figures))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CallEndedError,
-    reason="a resume that finds no primary is refused with RESUME_REFUSED ('state unavailable'),"
-    " a definite refusal: the client stops trying and the call ends (issue 16 item 5 report)",
-)
 def test_a_backend_lost_while_there_is_no_primary(
     tmp_path: Path, sentinel_group: SentinelGroup
 ) -> None:
