@@ -130,9 +130,13 @@ def _shown(value: object) -> str:
     """``value`` quoted if it is a short plain word, else only what kind of thing it was."""
     if isinstance(value, str):
         return repr(value) if _PLAIN.fullmatch(value) else f"a string of {len(value)} characters"
-    if value is None:
-        return "null"
-    return f"a {type(value).__name__}"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int) and abs(value) < 10**18:
+        return str(value)
+    return {int: "a large number", float: "a fraction", list: "a list", dict: "an object"}.get(
+        type(value), "a value"
+    )
 
 
 def _fail(message: str) -> CarrierProtocolError:
