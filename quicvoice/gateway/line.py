@@ -135,10 +135,9 @@ class Line:
             self._turn(turn_id).frames += 1
 
     def turn_ended(self, turn_id: int) -> None:
-        """The backend finished sending ``turn_id`` (its frames may still be queued)."""
-        turn = self._turns.get(turn_id)
-        if turn is not None:
-            turn.ended = True
+        """The backend finished sending ``turn_id`` (its frames may still be queued, none
+        of them sent yet: a turn often arrives whole, faster than real time)."""
+        self._turn(turn_id).ended = True
 
     def turn_cancelled(self, turn_id: int, now: float) -> bool:
         """The turn was cancelled (barge-in); return whether to send ``clear``: some of its
