@@ -212,9 +212,7 @@ def _add_gateway_parser(commands: Any) -> None:
     gateway.add_argument(
         "--insecure", action="store_true", help="do not check the backend certificate"
     )
-    gateway.add_argument(
-        "--max-calls", type=int, default=1000, help="calls at once (default 1000)"
-    )
+    gateway.add_argument("--max-calls", type=int, default=1000, help="calls at once (default 1000)")
     gateway.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
 

@@ -415,4 +415,3 @@ async def run_bridge(
 ) -> CallOutcome:
     """Bridge one carrier WebSocket to a voice session until either ends."""
     return await CallBridge(carrier, config, connector=connector).run()
-

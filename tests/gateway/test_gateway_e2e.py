@@ -148,9 +148,7 @@ async def test_a_phone_call_both_ways_with_marks_barge_in_and_hang_up(
             await caller.wait_until(lambda: bool(caller.log.clears), 5)
             cleared_at = caller.log.clears[0]
             await backend.wait_for(backend.find("barge-in", turn=announcement["turn"]), 5)
-            report = await backend.wait_for(
-                backend.find("played", turn=announcement["turn"]), 5
-            )
+            report = await backend.wait_for(backend.find("played", turn=announcement["turn"]), 5)
             assert not report["complete"]
             on_line = [p for p in caller.log.played if begun < p.arrived <= cleared_at]
             assert 30 <= len(on_line) < 150  # cut well before the 3 s it would have lasted

@@ -85,9 +85,7 @@ def test_a_clear_returns_pending_marks_as_cleared_and_later_ones_as_played() -> 
     assert stream.pending_marks == 3
     events = [stream.receive(wire.text(wire.mark(i, SID, n))) for i, n in [(2, "a"), (3, "b")]]
     assert events == [MarkPlayed(name="a", cleared=True), MarkPlayed(name="b", cleared=True)]
-    assert stream.receive(wire.text(wire.mark(4, SID, "c"))) == MarkPlayed(
-        name="c", cleared=False
-    )
+    assert stream.receive(wire.text(wire.mark(4, SID, "c"))) == MarkPlayed(name="c", cleared=False)
 
 
 def test_marks_are_bounded_and_unique() -> None:
@@ -260,8 +258,9 @@ SECRET = "Zq9SECRETxK"
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=12,
 )
 event_names = st.sampled_from(["connected", "start", "media", "dtmf", "mark", "stop", "clear"])

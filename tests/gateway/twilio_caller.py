@@ -182,9 +182,7 @@ class TwilioCaller:
             assert isinstance(payload, bytes)
             chunk += 1
             await self._send_numbered(
-                lambda seq, c=chunk, p=payload: wire.media(
-                    seq, self.stream_sid, c, (c - 1) * 20, p
-                )
+                lambda seq, c=chunk, p=payload: wire.media(seq, self.stream_sid, c, (c - 1) * 20, p)
             )
             self.log.media_sent += 1
             delay = start + chunk * PERIOD - self._loop.time()
