@@ -82,10 +82,6 @@ class CarrierSocket(Protocol):
         """Send a text message; ``False`` when the socket has closed."""
         ...
 
-    async def close(self, code: int, reason: str) -> None:
-        """Close the socket with ``code`` and ``reason``."""
-        ...
-
 
 Connector = Callable[..., contextlib.AbstractAsyncContextManager[VoiceClient]]
 
@@ -99,6 +95,9 @@ class CallOutcome:
     #: ``"stopped"`` (the carrier's ``stop``), ``"carrier closed"``, ``"session ended"``,
     #: ``"protocol error"``, ``"backend unavailable"``, ``"timeout"`` or ``"failed"``.
     kind: str
+    #: How to close the carrier's WebSocket (the reason is ``reason``, cut to fit);
+    #: ``None`` when the carrier closed it.
+    close_code: int | None = CLOSE_NORMAL
     #: The stream's and the call's IDs at the carrier (``None`` before ``start``).
     stream_sid: str | None = None
     call_sid: str | None = None
@@ -146,7 +145,8 @@ class CallBridge:
 
     async def run(self) -> CallOutcome:
         """Bridge the call until the carrier or the session ends it; never raises for
-        anything the carrier or the backend does."""
+        anything the carrier or the backend does. The caller closes the carrier's socket
+        as the outcome says (after counting it)."""
         call: VoiceClient | None = None
         try:
             started = await self._await_start()
@@ -170,18 +170,18 @@ class CallBridge:
                     ) from None
                 raise
         except _Ended as end:
-            return await self._finish(end, call)
+            return self._finish(end, call)
         except CarrierProtocolError as error:
-            return await self._finish(
+            return self._finish(
                 _Ended("protocol error", f"carrier protocol error: {error}", CLOSE_POLICY), call
             )
         except Exception as error:  # a bug here must end this call only, loudly
             logger.exception("stream %s: bridge failed", self._sid())
-            return await self._finish(
+            return self._finish(
                 _Ended("failed", f"gateway error: {type(error).__name__}", CLOSE_SERVER_ERROR),
                 call,
             )
-        return await self._finish(_Ended("failed", "the bridge stopped"), call)  # pragma: no cover
+        return self._finish(_Ended("failed", "the bridge stopped"), call)  # pragma: no cover
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -388,13 +388,13 @@ class CallBridge:
 
     # -- the end -------------------------------------------------------------------------
 
-    async def _finish(self, end: _Ended, call: VoiceClient | None) -> CallOutcome:
-        if end.kind != "carrier closed":
-            with contextlib.suppress(Exception):
-                await self._carrier.close(end.code, end.reason[:MAX_CLOSE_REASON])
-        outcome = CallOutcome(
+    def _finish(self, end: _Ended, call: VoiceClient | None) -> CallOutcome:
+        log = logger.warning if end.code != CLOSE_NORMAL else logger.info
+        log("stream %s: call ended (%s): %s", self._sid(), end.kind, end.reason)
+        return CallOutcome(
             reason=end.reason,
             kind=end.kind,
+            close_code=None if end.kind == "carrier closed" else end.code,
             stream_sid=self._started.stream_sid if self._started else None,
             call_sid=self._started.call_sid if self._started else None,
             session_id=self._session_id,
@@ -402,9 +402,6 @@ class CallBridge:
             resumptions=len(call.resumptions) if call is not None else 0,
             line=self._line.stats(),
         )
-        log = logger.warning if end.code != CLOSE_NORMAL else logger.info
-        log("stream %s: call ended (%s): %s", self._sid(), end.kind, end.reason)
-        return outcome
 
     def _sid(self) -> str:
         return self._started.stream_sid if self._started is not None else "(not started)"
@@ -415,3 +412,8 @@ async def run_bridge(
 ) -> CallOutcome:
     """Bridge one carrier WebSocket to a voice session until either ends."""
     return await CallBridge(carrier, config, connector=connector).run()
+
+
+def close_reason(outcome: CallOutcome) -> str:
+    """The outcome's reason cut to what a WebSocket close frame holds."""
+    return outcome.reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")

@@ -22,7 +22,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from quicvoice.errors import CarrierProtocolError, InvalidStateError
-from quicvoice.gateway.bridge import CLOSE_TRY_AGAIN, CallOutcome, CarrierSocket, run_bridge
+from quicvoice.gateway.bridge import (
+    CLOSE_SERVER_ERROR,
+    CLOSE_TRY_AGAIN,
+    CallOutcome,
+    CarrierSocket,
+    close_reason,
+    run_bridge,
+)
 from quicvoice.gateway.config import GatewayConfig
 from quicvoice.settings import Address
 
@@ -65,10 +72,6 @@ class WebSocketCarrier:
         except ConnectionClosed:
             return False
         return True
-
-    async def close(self, code: int, reason: str) -> None:
-        """Close with ``code`` and ``reason``."""
-        await self._connection.close(code, reason)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,7 +165,10 @@ class Gateway:
         except Exception:  # the bridge catches everything; this is the last guard
             logger.exception("a call's bridge raised")
             self._ended["failed"] = self._ended.get("failed", 0) + 1
+            await connection.close(CLOSE_SERVER_ERROR, "gateway error")
         else:
             self._ended[outcome.kind] = self._ended.get(outcome.kind, 0) + 1
+            if outcome.close_code is not None:
+                await connection.close(outcome.close_code, close_reason(outcome))
         finally:
             self._active -= 1

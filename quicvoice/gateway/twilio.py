@@ -29,8 +29,8 @@ A ``mark`` must name one the gateway sent and has not had back; ``media`` must b
 track ``start`` announced; every message's ``streamSid`` must be the stream's own; a
 ``sequenceNumber`` must grow. Messages are bounded (:class:`CarrierLimits`) before they are
 parsed. Error messages name the fault and never quote what the carrier sent (payloads,
-parameters and tokens stay out of logs); short identifiers are quoted only when they are
-plain words.
+parameters and tokens stay out of logs): a string the carrier sent is described by its
+length, a number shown as it is.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ TRACKS = frozenset({"inbound", "outbound"})
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 #: Stream, call and account identifiers: Twilio's are two letters and 32 hex digits.
 _SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: A word short and plain enough to quote in an error message.
+#: What a DTMF track name may be.
 _PLAIN = re.compile(r"[A-Za-z0-9_./-]{1,32}")
 #: Decimal counters (``sequenceNumber``, ``chunk``, ``timestamp``): at most 2^63 - 1.
 _MAX_COUNTER = 2**63 - 1
@@ -127,9 +127,10 @@ class CarrierLimits:
 
 
 def _shown(value: object) -> str:
-    """``value`` quoted if it is a short plain word, else only what kind of thing it was."""
+    """What kind of value the carrier sent, for an error message: numbers as they are, a
+    string only by its length (it may be anything, a credential included)."""
     if isinstance(value, str):
-        return repr(value) if _PLAIN.fullmatch(value) else f"a string of {len(value)} characters"
+        return f"a string of {len(value)} characters"
     if value is None or isinstance(value, bool):
         return json.dumps(value)
     if isinstance(value, int) and abs(value) < 10**18:
@@ -247,7 +248,7 @@ class TwilioMediaStream:
         body = _object(body, "the message")
         event = body.get("event")
         if not isinstance(event, str) or event not in EVENTS:
-            raise _fail(f"an unknown event {_shown(event)}")
+            raise _fail(f"an unknown event ({_shown(event)})")
         if event not in _ALLOWED[self._state]:
             raise _fail(self._out_of_order(event))
         if event != "connected":
@@ -311,7 +312,7 @@ class TwilioMediaStream:
         media_format = _object(start.get("mediaFormat"), "start.mediaFormat")
         encoding = media_format.get("encoding")
         if encoding != ENCODING:
-            raise _fail(f"start.mediaFormat.encoding {_shown(encoding)} is not {ENCODING!r}")
+            raise _fail(f"start.mediaFormat.encoding ({_shown(encoding)}) is not {ENCODING!r}")
         rate = media_format.get("sampleRate")
         if rate != SAMPLE_RATE or isinstance(rate, bool):
             raise _fail(f"start.mediaFormat.sampleRate {_shown(rate)} is not {SAMPLE_RATE}")
@@ -355,7 +356,10 @@ class TwilioMediaStream:
         track = media.get("track")
         tracks = self._started.tracks if self._started is not None else ()
         if not isinstance(track, str) or track not in tracks:
-            raise _fail(f"media.track {_shown(track)} is not a track 'start' announced")
+            shown = (
+                repr(track) if isinstance(track, str) and track in TRACKS else f"({_shown(track)})"
+            )
+            raise _fail(f"media.track {shown} is not a track 'start' announced")
         chunk = _counter(media, "chunk", "media")
         timestamp = _counter(media, "timestamp", "media")
         text = media.get("payload")

@@ -210,8 +210,8 @@ def start_with(**fields: Any) -> dict[str, Any]:
 
 
 BAD_STARTS: list[tuple[str, dict[str, Any]]] = [
-    ("encoding 'audio/x-l16'", start_with(mediaFormat={"encoding": "audio/x-l16",
-                                                       "sampleRate": 8000, "channels": 1})),
+    ("encoding .a string of 11 characters. is not 'audio/x-mulaw'",
+     start_with(mediaFormat={"encoding": "audio/x-l16", "sampleRate": 8000, "channels": 1})),
     ("sampleRate 16000", start_with(mediaFormat={"encoding": "audio/x-mulaw",
                                                  "sampleRate": 16000, "channels": 1})),
     ("channels true", start_with(mediaFormat={"encoding": "audio/x-mulaw",
