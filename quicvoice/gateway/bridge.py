@@ -114,11 +114,16 @@ class CallOutcome:
 class _Ended(Exception):
     """A task of the bridge saw the call end (carried out of the task group)."""
 
-    def __init__(self, kind: str, reason: str, code: int = CLOSE_NORMAL) -> None:
+    def __init__(
+        self, kind: str, reason: str, code: int = CLOSE_NORMAL, *, detail: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.kind = kind
+        #: For the carrier (the close frame) and the log.
         self.reason = reason
         self.code = code
+        #: For the log only (backend addresses and errors stay off the carrier's side).
+        self.detail = detail
 
 
 class CallBridge:
@@ -166,7 +171,10 @@ class CallBridge:
             except (ConnectionError, QuicVoiceError, OSError) as error:
                 if call is None:
                     raise _Ended(
-                        "backend unavailable", f"no voice session: {error}", CLOSE_SERVER_ERROR
+                        "backend unavailable",
+                        "no voice session",
+                        CLOSE_SERVER_ERROR,
+                        detail=f"{type(error).__name__}: {error}",
                     ) from None
                 raise
         except _Ended as end:
@@ -281,7 +289,9 @@ class CallBridge:
                 async with asyncio.timeout(idle):
                     message = await self._carrier.receive()
             except TimeoutError:
-                raise _Ended("timeout", f"no message from the carrier for {idle} s") from None
+                raise _Ended(
+                    "timeout", f"no message from the carrier for {idle} s", CLOSE_POLICY
+                ) from None
             if message is None:
                 raise _Ended("carrier closed", "the carrier closed the WebSocket")
             event = self._stream.receive(message)
@@ -390,7 +400,8 @@ class CallBridge:
 
     def _finish(self, end: _Ended, call: VoiceClient | None) -> CallOutcome:
         log = logger.warning if end.code != CLOSE_NORMAL else logger.info
-        log("stream %s: call ended (%s): %s", self._sid(), end.kind, end.reason)
+        detail = f" ({end.detail})" if end.detail else ""
+        log("stream %s: call ended (%s): %s%s", self._sid(), end.kind, end.reason, detail)
         return CallOutcome(
             reason=end.reason,
             kind=end.kind,

@@ -5,6 +5,7 @@ tests.gateway.phone_app:app``): an IVR-style echo at 8 kHz.
   and counts the utterance in the session's state (which survives a backend loss).
 - ``9`` starts a 3 s 660 Hz announcement; the caller speaking over any reply still playing
   is a barge-in: the app cancels it (the gateway then clears the line).
+- ``0`` ends the call from the app's side.
 - Each fact is one JSON line on stdout (``{"phone": kind, ...}``), read by the test.
 """
 
@@ -100,6 +101,8 @@ def make_app(record: Record = print_record) -> quicvoice.App:
                     note("dtmf", session, digit=digit)
                     if digit == "#":
                         later(reply())
+                    elif digit == "0":  # "goodbye": the app ends the call
+                        break
                     elif digit == "9":
                         t = np.arange(int(RATE * ANNOUNCEMENT_SECONDS)) / RATE
                         tone = (0.5 * 32767 * np.sin(2 * np.pi * ANNOUNCEMENT_HZ * t)).astype("<i2")

@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from quicvoice.gateway.config import GatewayConfig
 from quicvoice.gateway.server import Gateway
 from quicvoice.gateway.twilio import CarrierLimits
 
-from ..integration.deployment import Deployment, backends
+from ..integration.deployment import Deployment, backends, free_port
 from . import twilio_wire as wire
 from .audio import dominant_hz, tone
 from .phone_app import make_app
@@ -35,11 +35,29 @@ pytestmark = pytest.mark.integration
 SECRET = "Zq9SECRETxK"
 
 
+class Records(list[dict[str, Any]]):
+    """What the app noted, awaitable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changed = asyncio.Event()
+
+    def note(self, record: dict[str, Any]) -> None:
+        self.append(record)
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
 @asynccontextmanager
 async def gateway_for(
-    deployment: Deployment, records: list[dict[str, Any]], **options: Any
+    deployment: Deployment, records: Records, **options: Any
 ) -> AsyncIterator[Gateway]:
-    async with backends(deployment, session_handler(make_app(records.append))) as servers:
+    async with backends(deployment, session_handler(make_app(records.note))) as servers:
         (server,) = servers.values()
         assert server.certificate_sha256 is not None
         config = GatewayConfig(
@@ -81,7 +99,7 @@ async def test_a_broken_stream_is_closed_with_a_logged_reason_and_another_call_g
     caplog.set_level(logging.INFO, logger="quicvoice.gateway")
     deployment = Deployment(tmp_path, server_ids=["0a000001"])
     deployment.start_forwarder()
-    records: list[dict[str, Any]] = []
+    records = Records()
     try:
         async with gateway_for(
             deployment, records, codecs=("L16/16000",), start_timeout=1.0
@@ -132,15 +150,18 @@ async def test_a_broken_stream_is_closed_with_a_logged_reason_and_another_call_g
                 starts = [r for r in records if r["phone"] == "start"]
                 assert [r["codec"] for r in starts if not r["resumed"]].count("L16/16000") >= 1
                 assert gateway.stats().active_calls == 1
-                await good.hang_up()
+                good.press("0")  # the app ends the call: the gateway hangs up the stream
+                await good.wait_until(lambda: good.log.closed is not None, 10)
                 assert good.log.closed is not None and good.log.closed[0] == 1000
-            # The closed streams left no session open on the backend.
-            ends = [r for r in records if r["phone"] == "end"]
-            opened = [r for r in records if r["phone"] == "start"]
-            async with asyncio.timeout(5):
-                while len(ends) < len(opened):
-                    await asyncio.sleep(0.05)
-                    ends = [r for r in records if r["phone"] == "end"]
+                assert good.log.closed[1].startswith("the voice session ended")
+            # The broken streams left no session open on the backend.
+            broken = {r["session"] for r in records if r["phone"] == "start"} - {
+                r["session"] for r in records if r["phone"] == "reply"
+            }
+            assert len(broken) == 6  # those whose 'start' came through
+            await records.wait_for(
+                lambda: broken <= {r["session"] for r in records if r["phone"] == "end"}, 5
+            )
     finally:
         deployment.stop()
 
@@ -195,3 +216,28 @@ def test_the_configuration_names_what_is_wrong() -> None:
         with pytest.raises(ConfigurationError, match=fault):
             GatewayConfig(**{**good, **bad})
     assert GatewayConfig(**good, limits=CarrierLimits(max_media_bytes=160)).limits
+
+
+@pytest.mark.asyncio
+async def test_no_backend_closes_the_stream_without_saying_where_it_looked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="quicvoice.gateway")
+    silent = free_port()  # nothing answers there
+    config = GatewayConfig(
+        backend=f"quic://127.0.0.1:{silent}",
+        listen=("127.0.0.1", 0),
+        verify=False,
+        connect_timeout=0.5,
+    )
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        host, port = gateway.address
+        code, reason = await bad_stream(f"ws://{host}:{port}/", started(wire.sid("MZ")))
+        assert (code, reason) == (1011, "no voice session")
+        logged = [r.getMessage() for r in caplog.records if "no voice session" in r.getMessage()]
+        assert logged and "ConnectTimeoutError" in logged[0]
+        assert gateway.stats().ended == {"backend unavailable": 1}
+    finally:
+        await gateway.aclose()
