@@ -159,6 +159,11 @@ async def test_a_phone_call_both_ways_with_marks_barge_in_and_hang_up(
                 len(on_line),
             )
             assert abs(dominant_hz(TwilioCaller.samples(on_line), 8000) - 660.0) < 5
+            print(
+                f"\nbarge-in: backend's played_ms {report['played_ms']}, line played "
+                f"{len(on_line) * FRAME_MS} ms; mark returned "
+                f"{(mark.returned - mark.arrived) * 1000:.1f} ms after it arrived"
+            )
             assert not any(m.name == f"turn-{announcement['turn']}" for m in caller.log.marks)
 
             # -- the caller hangs up: every frame reached the backend -------------------
