@@ -44,7 +44,7 @@ from quicvoice.gateway.events import (
 )
 from quicvoice.gateway.line import FrameClock, Line, LineStats, mark_name
 from quicvoice.gateway.transcode import DownlinkDecoder, UplinkFramer, ulaw_duration
-from quicvoice.gateway.twilio import TwilioMediaStream
+from quicvoice.gateway.twilio import StreamState, TwilioMediaStream
 from quicvoice.session.events import (
     EventReceived,
     SessionClosed,
@@ -277,8 +277,13 @@ class CallBridge:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            error = task.exception()
+        # Several may have ended in the same loop iteration: the first to say why wins,
+        # in a fixed order (the carrier's side first).
+        errors = [task.exception() for task in tasks if task in done]
+        for error in errors:
+            if isinstance(error, _Ended | CarrierProtocolError):
+                raise error
+        for error in errors:
             if error is not None:
                 raise error
 
@@ -331,6 +336,8 @@ class CallBridge:
 
     async def _tick(self, call: VoiceClient, decoder: DownlinkDecoder, now: float) -> None:
         """One frame period of the line: the next frame of the playout buffer, if any."""
+        if not self._streaming():
+            return
         playout = call.playout
         item = playout.pull() if playout is not None else None
         self._current = None
@@ -345,7 +352,7 @@ class CallBridge:
 
     async def _send_marks(self, call: VoiceClient, decoder: DownlinkDecoder, now: float) -> None:
         playout = call.playout
-        if playout is None:
+        if playout is None or not self._streaming():
             return
 
         def finished(turn_id: int) -> bool:
@@ -374,7 +381,7 @@ class CallBridge:
                 await self._send_marks(call, decoder, now)
             elif isinstance(event, TurnCancelled):
                 decoder.end_turn(event.turn_id)
-                if self._line.turn_cancelled(event.turn_id, now):
+                if self._line.turn_cancelled(event.turn_id, now) and self._streaming():
                     await self._send(self._stream.clear())
             elif isinstance(event, SessionResumed):
                 self._line.session_resumed()
@@ -391,6 +398,10 @@ class CallBridge:
                 raise _Ended("session ended", f"the voice session ended: {detail}")
             elif isinstance(event, EventReceived):
                 logger.debug("stream %s: backend event %s ignored", self._sid(), event.name)
+
+    def _streaming(self) -> bool:
+        """Whether messages may go to the carrier (not after its ``stop``)."""
+        return self._stream.state is StreamState.STREAMING
 
     async def _send(self, message: str) -> None:
         if not await self._carrier.send(message):

@@ -90,6 +90,7 @@ class TwilioCaller:
         self._busy_until = 0.0
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._hanging_up = False
 
     @classmethod
     @asynccontextmanager
@@ -138,8 +139,8 @@ class TwilioCaller:
 
     async def hang_up(self) -> None:
         """Send ``stop`` (the caller hung up) and wait for the server to close."""
-        for task in self._tasks[:1]:
-            task.cancel()
+        self._hanging_up = True
+        await self._tasks[0]  # the media already sent are all counted
         await self._send_numbered(lambda seq: wire.stop(seq, self.stream_sid))
         await self.wait_until(lambda: self.log.closed is not None, 5.0)
 
@@ -174,7 +175,7 @@ class TwilioCaller:
         """One media message per 20 ms tick, drift-free; DTMF between them."""
         start = self._loop.time()
         chunk = 0
-        while True:
+        while not self._hanging_up:
             while self._outbox and isinstance(self._outbox[0], str):
                 digit = self._outbox.popleft()
                 await self._send_numbered(lambda seq, d=digit: wire.dtmf(seq, self.stream_sid, d))
