@@ -1,5 +1,5 @@
-"""The ``quicvoice`` command: ``serve`` a backend, place a ``call``, mint a ``token``, or run
-the ``selfcheck``."""
+"""The ``quicvoice`` command: ``serve`` a backend, place a ``call``, mint a ``token``, bridge
+phone calls through a ``gateway``, or run the ``selfcheck``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import ConfigurationError
 from .version import __version__
@@ -151,7 +151,69 @@ def build_parser() -> argparse.ArgumentParser:
     from .tokencli import add_token_parser
 
     add_token_parser(commands)
+    _add_gateway_parser(commands)
     return parser
+
+
+def _add_gateway_parser(commands: Any) -> None:
+    gateway = commands.add_parser(
+        "gateway",
+        help="bridge phone calls from a carrier's media-stream WebSocket to voice sessions",
+    )
+    dialect = gateway.add_mutually_exclusive_group(required=True)
+    dialect.add_argument(
+        "--twilio", action="store_true", help="speak Twilio Media Streams (<Connect><Stream>)"
+    )
+    gateway.add_argument(
+        "--listen",
+        type=_listen_address,
+        required=True,
+        metavar="HOST:PORT",
+        help="where the carrier's WebSocket connects (put TLS in front: specs/gateway.md)",
+    )
+    gateway.add_argument(
+        "--backend",
+        required=True,
+        metavar="URL",
+        help="the voice service: quic://HOST:PORT or https://HOST:PORT/PATH (the forwarder)",
+    )
+    gateway.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="one credential for every call (env:NAME reads it from the environment)",
+    )
+    gateway.add_argument(
+        "--token-parameter",
+        default="token",
+        metavar="NAME",
+        help="otherwise the stream's custom parameter holding each call's credential "
+        "(default: token)",
+    )
+    gateway.add_argument(
+        "--codec",
+        action="append",
+        dest="codecs",
+        metavar="NAME/RATE",
+        help="codec offered to the backend, preferred first (repeatable; default "
+        "PCMU/8000 then L16/16000)",
+    )
+    gateway.add_argument(
+        "--ca-file", "--cafile", dest="ca_file", metavar="FILE", help="trust this PEM CA"
+    )
+    gateway.add_argument(
+        "--certificate-hash",
+        action="append",
+        default=[],
+        dest="certificate_hashes",
+        metavar="SHA256",
+        help="accept the backend certificate with this SHA-256 (repeatable)",
+    )
+    gateway.add_argument("--server-name", help="the name to check the certificate against")
+    gateway.add_argument(
+        "--insecure", action="store_true", help="do not check the backend certificate"
+    )
+    gateway.add_argument("--max-calls", type=int, default=1000, help="calls at once (default 1000)")
+    gateway.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             from .tokencli import run_token
 
             return run_token(args)
+        if args.command == "gateway":
+            return _gateway(args)
     except ConfigurationError as error:
         print(f"quicvoice {args.command}: {error}", file=sys.stderr)
         return 2
@@ -266,6 +330,72 @@ def _serve(args: argparse.Namespace) -> int:
         await server.aclose()
 
     asyncio.run(serve())
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    try:
+        import websockets  # noqa: F401 - only to say which extra is missing
+    except ImportError:
+        print(
+            "quicvoice gateway: needs the websockets package: pip install 'quicvoice[gateway]'",
+            file=sys.stderr,
+        )
+        return 2
+    from .gateway.config import DEFAULT_GATEWAY_CODECS, GatewayConfig
+    from .gateway.server import Gateway
+    from .settings import format_address
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    token = args.token
+    if token is not None and token.startswith("env:"):
+        token = os.environ.get(token[4:])
+        if not token:
+            raise ConfigurationError(f"--token: the environment has no {args.token[4:]}")
+    config = GatewayConfig(
+        backend=args.backend,
+        listen=args.listen,
+        dialect="twilio",
+        token=token,
+        token_parameter=args.token_parameter or None,
+        codecs=tuple(args.codecs) if args.codecs else DEFAULT_GATEWAY_CODECS,
+        ca_file=args.ca_file,
+        certificate_hashes=tuple(args.certificate_hashes),
+        verify=not args.insecure,
+        server_name=args.server_name,
+        max_calls=args.max_calls,
+    )
+    if args.insecure:
+        print("quicvoice gateway: backend certificate not verified", file=sys.stderr)
+
+    async def run() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        print(
+            json.dumps(
+                {
+                    "listening": format_address(gateway.address),
+                    "dialect": config.dialect,
+                    "backend": config.backend,
+                }
+            ),
+            flush=True,
+        )
+        await stop.wait()
+        await gateway.aclose()
+
+    try:
+        asyncio.run(run())
+    except OSError as error:
+        print(f"quicvoice gateway: cannot listen on {args.listen}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

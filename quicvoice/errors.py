@@ -111,3 +111,9 @@ class MigrationError(QuicVoiceError, ConnectionError):
 
 class UplinkEndedError(QuicVoiceError):
     """Audio was sent after ``end_audio()`` or ``bye()`` finished the reliable uplink."""
+
+
+class CarrierProtocolError(QuicVoiceError):
+    """A telephony carrier's media-stream message broke its protocol (``quicvoice.gateway``):
+    malformed, out of order, oversized, or carrying audio that does not decode. The gateway
+    closes that one stream; the message says what was wrong, never what was sent."""
