@@ -44,7 +44,7 @@ def test_without_a_home_cid_nothing_is_sent() -> None:
     st.one_of(
         st.binary(max_size=64),
         st.text(max_size=30),
-        st.integers(),
+        st.integers(-(2**63), 2**64 - 1),
         st.booleans(),
         st.lists(st.integers(0, 255), max_size=20),
     )
