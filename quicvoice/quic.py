@@ -50,6 +50,7 @@ PRIVATE_NAMES = {
         "_host_cids",
         "_host_cid_seq",
         "_local_initial_source_connection_id",
+        "_original_destination_connection_id",
         "_remote_active_connection_id_limit",
         "_replenish_connection_ids",
         "_streams",
@@ -557,6 +558,23 @@ def _initial_crypto_stream(payload: bytes) -> bytes | None:
             break
         stream += piece
     return stream
+
+
+def use_initial_destination_cid(quic: QuicConnection, cid: bytes) -> None:
+    """Make a client's first Initial go to ``cid`` instead of aioquic's random DCID.
+
+    RFC 9000 §7.2 lets the client choose any DCID of at least 8 octets; one a backend issued
+    routes the first flight to that backend through a QUIC-LB forwarder. Call before
+    ``connect()``: the Initial keys and the server's transport parameters derive from it.
+    """
+    if not quic._is_client:
+        raise ValueError("only a client chooses its Initial's destination CID")
+    if not 8 <= len(cid) <= 20:
+        raise ValueError("an Initial's destination CID is 8..20 octets (RFC 9000 §7.2, §17.2)")
+    if quic._state is not QuicConnectionState.FIRSTFLIGHT or quic._cryptos:
+        raise ValueError("the connection has started: its destination CID is chosen")
+    quic._peer_cid.cid = cid
+    quic._original_destination_connection_id = cid
 
 
 def can_send_early_data(quic: QuicConnection) -> bool:

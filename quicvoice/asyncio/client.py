@@ -47,6 +47,7 @@ from ..quic import (
     peer_reset_tokens,
     rtt_seconds,
     stream_send_offsets,
+    use_initial_destination_cid,
 )
 from ..session.call import (
     CallAction,
@@ -547,6 +548,8 @@ class VoiceClient:
                 on_ticket=self._on_ticket,
             )
             self._links[action.link] = link
+            if action.dcid is not None:
+                use_initial_destination_cid(link.quic, action.dcid)
         try:
             link.active = link.bind(action.path, (action.host, action.port))
         except OSError as error:

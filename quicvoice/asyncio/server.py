@@ -295,9 +295,13 @@ class _Refused(Exception):
 class _ServerConnection:
     """One QUIC connection of the endpoint and the voice session on it."""
 
-    def __init__(self, server: VoiceServer, quic: QuicLbConnection, original_dcid: bytes) -> None:
+    def __init__(
+        self, server: VoiceServer, quic: QuicLbConnection, original_dcid: bytes, client_scid: bytes
+    ) -> None:
         self.server = server
         self.quic = quic
+        #: The client's first Initial: its DCID and SCID (several attempts may share the DCID).
+        self.origin = (original_dcid, client_scid)
         self.cids: set[bytes] = {original_dcid, quic.host_cid}
         self._voice: VoiceConnection | None = None
         self._transport: VoiceTransport | None = None
@@ -475,6 +479,7 @@ class _ServerConnection:
             resumed=record is not None,
             resume_token=self.server.resume_tokens.issue(session_id, time.time()),
             played_reports=True,
+            home_cid=self.server.home_cid(),
         )
         started = voice.accept(welcome)
         checkpointer = AsyncCheckpointer(
@@ -651,7 +656,10 @@ class VoiceServer:
         self.tickets = TicketCache(self.store)
         #: Tells the sessions' checkpointers when the store recovers or lost its records.
         self.store_monitor = StoreMonitor(self.store)
-        self._pending_initials: dict[bytes, list[tuple[bytes, Address, bool]]] = {}
+        self._pending_initials: dict[tuple[bytes, bytes], list[tuple[bytes, Address, bool]]] = {}
+        #: Connections by their client's first Initial (DCID, SCID): resume attempts all send
+        #: their first flight to the session's home CID, each from its own SCID.
+        self._origins: dict[tuple[bytes, bytes], _ServerConnection] = {}
         #: Issues and checks the resume tokens sent in ``welcome``.
         self.resume_tokens = ResumeTokenIssuer(
             {config.resume_key_id: config.effective_resume_key},
@@ -734,6 +742,7 @@ class VoiceServer:
             connection.cancel_timers()
             connection.telemetry.closed(ErrorCode.NO_ERROR, None, "server shutdown")
         self._connections.clear()
+        self._origins.clear()
         if self._transport is not None:
             self._transport.close()
         self.store_monitor.stop()
@@ -816,11 +825,24 @@ class VoiceServer:
         """Stop routing ``cid``."""
         self._connections.pop(cid, None)
 
+    def home_cid(self) -> bytes | None:
+        """A CID of this backend for a session's resume attempts (``welcome``'s ``home_cid``),
+        or ``None`` without a QUIC-LB config (nothing would route it here).
+
+        It is freshly generated and registered nowhere: an Initial sent to it starts a new
+        connection here, as any client-chosen DCID does (RFC 9000 §7.2).
+        """
+        if not self.config.configs:
+            return None
+        return self.cid_generator.generate()
+
     def forget(self, connection: _ServerConnection) -> None:
         """Drop a terminated connection."""
         for cid in connection.cids:
             if self._connections.get(cid) is connection:
                 del self._connections[cid]
+        if self._origins.get(connection.origin) is connection:
+            del self._origins[connection.origin]
         connection.cancel_timers()
 
     def _on_datagram(self, data: bytes, address: Address) -> None:
@@ -840,6 +862,15 @@ class VoiceServer:
             return
         loop = asyncio.get_running_loop()
         connection = self._connections.get(header.destination_cid)
+        if (
+            connection is not None
+            and header.version is not None
+            and connection.origin[0] == header.destination_cid
+            and connection.origin[1] != header.source_cid
+        ):
+            # Another client connection sent to the same DCID (the next resume attempt to a
+            # session's home CID): its own connection, or a new one.
+            connection = self._origins.get((header.destination_cid, header.source_cid))
         if connection is not None:
             connection.receive(data, address, via_forwarder, loop.time())
             return
@@ -868,7 +899,8 @@ class VoiceServer:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
             self.counters["dropped_unknown_cid"] += 1
             return
-        pending = self._pending_initials.get(header.destination_cid)
+        origin = (header.destination_cid, header.source_cid)
+        pending = self._pending_initials.get(origin)
         if pending is not None:
             if len(pending) < MAX_PENDING_DATAGRAMS:
                 pending.append((data, address, via_forwarder))
@@ -880,27 +912,33 @@ class VoiceServer:
                 return
             # The client resumes with a ticket another backend issued: fetch it from the store
             # first (aioquic asks for it synchronously, inside the handshake).
-            self._pending_initials[header.destination_cid] = [(data, address, via_forwarder)]
-            asyncio.get_running_loop().create_task(self._prefetch(header.destination_cid, label))
+            self._pending_initials[origin] = [(data, address, via_forwarder)]
+            asyncio.get_running_loop().create_task(self._prefetch(origin, label))
             return
-        self._accept_connection(header.destination_cid, data, address, via_forwarder, now)
+        self._accept_connection(origin, data, address, via_forwarder, now)
 
-    async def _prefetch(self, dcid: bytes, label: bytes) -> None:
+    async def _prefetch(self, origin: tuple[bytes, bytes], label: bytes) -> None:
         try:
             await self.tickets.prefetch(label)
         finally:
-            datagrams = self._pending_initials.pop(dcid, [])
+            datagrams = self._pending_initials.pop(origin, [])
         now = asyncio.get_running_loop().time()
         for index, (data, address, via_forwarder) in enumerate(datagrams):
-            connection = self._connections.get(dcid)
+            connection = self._origins.get(origin)
             if index == 0 or connection is None:
-                self._accept_connection(dcid, data, address, via_forwarder, now)
+                self._accept_connection(origin, data, address, via_forwarder, now)
             else:
                 connection.receive(data, address, via_forwarder, now)
 
     def _accept_connection(
-        self, dcid: bytes, data: bytes, address: Address, via_forwarder: bool, now: float
+        self,
+        origin: tuple[bytes, bytes],
+        data: bytes,
+        address: Address,
+        via_forwarder: bool,
+        now: float,
     ) -> None:
+        dcid = origin[0]
         quic = QuicLbConnection(
             configuration=self.quic_configuration,
             cid_generator=self.cid_generator,
@@ -908,9 +946,10 @@ class VoiceServer:
             session_ticket_fetcher=self.tickets.fetch,
             session_ticket_handler=self.tickets.handle,
         )
-        connection = _ServerConnection(self, quic, dcid)
+        connection = _ServerConnection(self, quic, dcid, origin[1])
         for cid in connection.cids:
             self.register(cid, connection)
+        self._origins[origin] = connection
         self.counters["new_connections"] += 1
         connection.receive(data, address, via_forwarder, now)
 

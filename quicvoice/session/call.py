@@ -233,6 +233,8 @@ class _Link:
     early: list[KeptFrame] | None = None
     #: Added to the server's turn IDs on this connection to make the client's.
     turn_base: int = 0
+    #: The Initial's destination CID (a resume attempt sent home), ``None`` for a random one.
+    dcid: bytes | None = None
 
     @property
     def active_address(self) -> Address | None:
@@ -262,6 +264,13 @@ class _Reconnection:
     attempt_extended: bool = False
     next_attempt_at: float | None = None
     awaiting_revival: bool = False
+    #: The CID of the backend that held the session (``welcome``'s ``home_cid``): attempts
+    #: go there while nothing says that backend is gone (then ``None``: any backend).
+    home_cid: bytes | None = None
+    #: When the quiet connection was last probed, and whether it has answered since the
+    #: reconnection began (the path is back: an unanswered attempt is retried at once).
+    last_quiet_probe: float = 0.0
+    path_back: bool = False
 
 
 @dataclass(slots=True)
@@ -704,11 +713,14 @@ class CallMachine:
         reconnection = self._reconnection
         if (
             reconnection is not None
-            and reconnection.awaiting_revival
             and link is reconnection.old
             and self._heard_since(link, reconnection.started_at)
         ):
-            self._restore(now)
+            if reconnection.awaiting_revival:
+                self._restore(now)
+            elif not reconnection.path_back:
+                reconnection.path_back = True
+                self._retry_now(reconnection, now)
 
     def handle_handshake_completed(
         self, link_id: LinkId, now: float, *, early_data_accepted: bool
@@ -772,6 +784,11 @@ class CallMachine:
         if link is None:
             return
         link.reset = True
+        reconnection = self._reconnection
+        if reconnection is not None and (link is reconnection.old or link.dcid is not None):
+            # The backend that held the session lost it (or the forwarder says it is down):
+            # from now on any backend, through the shared store.
+            self._leave_home(reconnection, "stateless reset")
         if link.role is LinkRole.ATTEMPT:
             # A resume attempt's backend has no such connection: try the next one at once.
             self._attempt_failed(now, refused=False, why="stateless reset")
@@ -795,6 +812,18 @@ class CallMachine:
     ) -> None:
         """A send from ``link``'s socket ``path`` failed with ``error_number``."""
         link = self._links.get(link_id)
+        reconnection = self._reconnection
+        if (
+            error_number == errno.ECONNREFUSED
+            and link is not None
+            and reconnection is not None
+            and link is reconnection.attempt
+        ):
+            # ICMP port unreachable: nothing listens where the attempt went.
+            if link.dcid is not None:
+                self._leave_home(reconnection, "ICMP port unreachable")
+            self._attempt_failed(now, refused=False, why="port unreachable")
+            return
         if (
             link is None
             or error_number not in PATH_GONE_ERRORS
@@ -838,6 +867,8 @@ class CallMachine:
                 times.append(reconnection.next_attempt_at)
             elif reconnection.awaiting_revival:
                 times.append(reconnection.deadline)
+            if self._probes_quiet(reconnection):
+                times.append(reconnection.last_quiet_probe + self._quiet_probe_interval)
         recovery = self._recovery
         if recovery is not None and recovery.expires is not None:
             times.append(recovery.expires)
@@ -883,6 +914,14 @@ class CallMachine:
                     self._attempts_over(now)
             elif reconnection.awaiting_revival and now >= reconnection.deadline:
                 self._give_up(now)
+        reconnection = self._reconnection
+        if (
+            reconnection is not None
+            and self._probes_quiet(reconnection)
+            and now >= reconnection.last_quiet_probe + self._quiet_probe_interval
+        ):
+            reconnection.last_quiet_probe = now
+            self._actions.append(SendPing(link=reconnection.old.id))
         self._check_liveness(now)
 
     # -- liveness ------------------------------------------------------------------------
@@ -1137,6 +1176,9 @@ class CallMachine:
             deadline=now + self.config.reconnect_timeout,
             attempt_timeout=max(MIN_ATTEMPT_TIMEOUT, ATTEMPT_RTTS * rtt),
             host_measured=self._local_host,
+            # A reset says the backend lost the connection (restarted, or gone): any backend.
+            home_cid=before.home_cid if old_may_revive else None,
+            last_quiet_probe=now,
         )
         self._start_attempt(now)
         self._after_recovery(now)  # a migrate() waiting on a recovery now waits on this
@@ -1153,7 +1195,9 @@ class CallMachine:
             )
         before = reconnection.before
         hello = replace(self._hello, codecs=(before.codec,), resume_token=before.resume_token)
-        link = self._new_link(LinkRole.ATTEMPT, hello, (self._local_host, 0))
+        link = self._new_link(
+            LinkRole.ATTEMPT, hello, (self._local_host, 0), dcid=reconnection.home_cid
+        )
         link.opened_at = now
         self._current = link
         reconnection.attempt = link
@@ -1177,6 +1221,47 @@ class CallMachine:
             )
         # Anything else before ``welcome`` (an ``error`` explaining a refusal) belongs to an
         # attempt that does not carry the call: the app does not see it.
+
+    @property
+    def _quiet_probe_interval(self) -> float:
+        return PROBE_INTERVAL * self.config.liveness_timeout
+
+    def _probes_quiet(self, reconnection: _Reconnection) -> bool:
+        """Whether the quiet connection is probed: until it answers, it tells when the path
+        is back sooner than loss recovery's backed-off retransmissions would."""
+        old = reconnection.old
+        return (
+            reconnection.old_may_revive
+            and not reconnection.path_back
+            and old.role is LinkRole.QUIET
+            and not old.reset
+            and not old.ended
+        )
+
+    def _leave_home(self, reconnection: _Reconnection, why: str) -> None:
+        if reconnection.home_cid is not None:
+            logger.info("resuming on any backend from now on: %s", why)
+            reconnection.home_cid = None
+
+    def _retry_now(self, reconnection: _Reconnection, now: float) -> None:
+        """The quiet connection answered, so the path is back: an attempt sent into the
+        blackout (its first flight lost, its retransmissions backed off) or one waiting out
+        its back-off is replaced by a new attempt now."""
+        attempt = reconnection.attempt
+        if attempt is not None:
+            if (
+                attempt.last_receive > 0
+                or reconnection.attempt_began >= reconnection.last_quiet_probe
+            ):
+                return  # its backend answers, or it left after the probe that was answered
+            reconnection.attempt = None
+            self._close_link(attempt, goodbye=not attempt.reset)
+            reconnection.may_have_taken_over = True
+        elif reconnection.next_attempt_at is None:
+            return
+        reconnection.next_attempt_at = None
+        if now < reconnection.deadline:
+            self._start_attempt(now)
 
     def _attempt_failed(self, now: float, *, refused: bool, why: str) -> None:
         reconnection = self._reconnection
@@ -1426,13 +1511,21 @@ class CallMachine:
         self._next_path += 1
         return self._next_path
 
-    def _new_link(self, role: LinkRole, hello: Hello, local_address: Address) -> _Link:
+    def _new_link(
+        self,
+        role: LinkRole,
+        hello: Hello,
+        local_address: Address,
+        *,
+        dcid: bytes | None = None,
+    ) -> _Link:
         link = _Link(
             id=self._next_link,
             role=role,
             hello=hello,
             host=local_address[0],
             port=local_address[1],
+            dcid=dcid,
         )
         self._next_link += 1
         self._links[link.id] = link
@@ -1444,7 +1537,14 @@ class CallMachine:
         link.paths[path] = _Path(path)
         link.active_path = path
         self._actions.append(
-            OpenLink(link=link.id, path=path, host=link.host, port=link.port, hello=link.hello)
+            OpenLink(
+                link=link.id,
+                path=path,
+                host=link.host,
+                port=link.port,
+                hello=link.hello,
+                dcid=link.dcid,
+            )
         )
 
     def _close_link(

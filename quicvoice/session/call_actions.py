@@ -78,6 +78,9 @@ class OpenLink(CallAction):
     port: int
     #: The hello to say (with the resume token for a resume attempt).
     hello: Hello
+    #: The Initial's destination connection ID (a resume attempt to the backend that issued
+    #: it as ``home_cid``), or ``None``: a random one (RFC 9000 §7.2).
+    dcid: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

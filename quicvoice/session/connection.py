@@ -408,6 +408,7 @@ class VoiceConnection:
             server_id=welcome.server_id,
             resumed=welcome.resumed,
             resume_token=welcome.resume_token,
+            home_cid=welcome.home_cid,
         )
 
     # -- writing -------------------------------------------------------------------------

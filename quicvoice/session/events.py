@@ -41,6 +41,8 @@ class SessionStarted(VoiceEvent):
     resumed: bool
     #: Token to resume the session elsewhere (client side only).
     resume_token: bytes | None = None
+    #: The backend's connection ID for resume attempts (client side only; ``welcome``).
+    home_cid: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

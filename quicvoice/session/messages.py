@@ -28,6 +28,10 @@ MAX_TOKEN_LEN = 8192
 #: Most entries of a ``hello``'s ``metadata`` map, and the longest key and value in it.
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_LEN = 64
+#: A ``welcome``'s ``home_cid``: a QUIC connection ID a client may open a connection to
+#: (RFC 9000 §7.2: at least 8 octets; §17.2: at most 20).
+MIN_HOME_CID = 8
+MAX_HOME_CID = 20
 MAX_METADATA_VALUE_LEN = 1024
 #: Integers in ``played`` stay below this (QUIC's varint range, for other implementations).
 U62 = 1 << 62
@@ -212,6 +216,13 @@ class Welcome(Message):
     #: The server wants ``played`` reports (servers that predate them would refuse the
     #: message as unknown, so a client sends them only when this is true).
     played_reports: bool = False
+    #: A connection ID of this backend that no connection uses (QUIC-LB routes it here):
+    #: the client's resume attempts send their first flight to it (``specs/protocol.md``).
+    home_cid: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.home_cid is not None and not MIN_HOME_CID <= len(self.home_cid) <= MAX_HOME_CID:
+            raise ValueError(f"home_cid must be {MIN_HOME_CID}..{MAX_HOME_CID} octets")
 
     def to_wire(self) -> dict[str, Any]:
         """Return the msgpack map of this message."""
@@ -228,6 +239,8 @@ class Welcome(Message):
             body["resume_token"] = self.resume_token
         if self.played_reports:
             body["played_reports"] = True
+        if self.home_cid is not None:
+            body["home_cid"] = self.home_cid
         return body
 
     @classmethod
@@ -243,6 +256,9 @@ class Welcome(Message):
         played_reports = body.get("played_reports")
         if played_reports is not None and not isinstance(played_reports, bool):
             raise _fail("welcome: played_reports must be a boolean")
+        home_cid = _get(body, "home_cid", bytes, optional=True)
+        if home_cid is not None and not MIN_HOME_CID <= len(home_cid) <= MAX_HOME_CID:
+            raise _fail(f"welcome: home_cid must be {MIN_HOME_CID}..{MAX_HOME_CID} octets")
         return cls(
             session_id=_check_name(_get(body, "session_id", str), "session_id"),
             codec=_check_name(_get(body, "codec", str), "codec"),
@@ -252,6 +268,7 @@ class Welcome(Message):
             resumed=resumed,
             resume_token=_get(body, "resume_token", bytes, optional=True),
             played_reports=bool(played_reports),
+            home_cid=home_cid,
         )
 
 

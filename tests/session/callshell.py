@@ -226,7 +226,14 @@ class CallShell:
 
     # -- the peer ------------------------------------------------------------------------
 
-    def welcome(self, link: int, *, server_id: str = "0a000001", resumed: bool = False) -> None:
+    def welcome(
+        self,
+        link: int,
+        *,
+        server_id: str = "0a000001",
+        resumed: bool = False,
+        home_cid: bytes | None = None,
+    ) -> None:
         """``welcome`` arrives on ``link`` (with a datagram)."""
         self.hear(link)
         self.machine.handle_handshake_completed(link, self.now, early_data_accepted=False)
@@ -240,6 +247,7 @@ class CallShell:
                 server_id=server_id,
                 resumed=resumed,
                 resume_token=TOKEN,
+                home_cid=home_cid,
             ),
             self.now,
         )
@@ -262,11 +270,11 @@ class CallShell:
 
     # -- the app -------------------------------------------------------------------------
 
-    def start(self) -> int:
+    def start(self, *, home_cid: bytes | None = None) -> int:
         """Open the call and have it welcomed; return the carrying link."""
         self.machine.open(("10.0.0.2", 0), self.now)
         self.run()
-        self.welcome(0)
+        self.welcome(0, home_cid=home_cid)
         return 0
 
     def send(self, count: int = 1) -> list[int]:
