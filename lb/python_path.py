@@ -203,7 +203,7 @@ def downlink_loop(pump: Pump) -> None:
             sources = pump.router.fast_downlink
             continue
         except OSError as error:
-            pump.unexpected("recv_failed", error)
+            pump.receive_failed(error)
             continue
         if monotonic() >= pump.next_tick:
             pump.tick()
@@ -311,7 +311,7 @@ def downlink_batches(pump: Pump) -> None:
             pump.idle()
             continue
         except OSError as error:
-            pump.unexpected("recv_failed", error)
+            pump.receive_failed(error)
             continue
         route = pump.router.route_from_backend
         for datagram, source in batch:
@@ -518,7 +518,7 @@ def downlink_relay(pump: Pump) -> None:
             pump.idle()
             continue
         except OSError as error:
-            pump.unexpected("recv_failed", error)
+            pump.receive_failed(error)
             continue
         route = pump.router.route_from_backend
         backends = pump.in_place.sources
