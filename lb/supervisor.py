@@ -158,6 +158,8 @@ class Supervisor:
             else None
         )
         self._next_probe = 0.0
+        #: Whether the backend sockets queue ICMP errors (lb/errqueue.py).
+        self._icmp_errors = config.health_interval > 0 and config.health_icmp
         #: Whether each backend takes traffic, by server ID (hex), as the pumps decide it.
         self._backend_up: dict[str, bool] = {}
         #: Health changes by (server ID, "down" / "up").
@@ -241,9 +243,7 @@ class Supervisor:
             vip = backend = None
             try:
                 vip = open_socket(self.config.listen)
-                backend = open_socket(
-                    self.config.backend_listen, icmp_errors=self.config.health_interval > 0
-                )
+                backend = open_socket(self.config.backend_listen, icmp_errors=self._icmp_errors)
             except OSError as error:
                 for sock in (vip, backend):
                     if sock is not None:
