@@ -48,7 +48,7 @@ while sent < total and time.monotonic() - start < seconds + 2:
     while sent < due:
         sock.sendto(b"\\x41" + cids[sent % len(cids)] + os.urandom(40), (host, port))
         sent += 1
-    time.sleep(0.005)
+    time.sleep(0.001)
 print(sent, flush=True)
 """
 
@@ -137,9 +137,9 @@ def test_a_flood_of_unknown_short_headers_cannot_starve_the_probes(tmp_path: Pat
             assert server.counters["dropped_unknown_cid"] >= sent * 0.5
             assert server.counters["stateless_resets"] < sent * 0.2
             # ...while the probes were answered all along: never marked down.
-            assert server.counters["probes_answered"] >= 10 * FLOOD_SECONDS * 0.8
             assert went_down(deployment, A) == 0.0
             assert up(deployment, A) == 1.0
+            assert server.counters["probes_answered"] >= 10 * FLOOD_SECONDS * 0.8
 
     try:
         asyncio.run(scenario())
@@ -208,14 +208,16 @@ def test_a_forged_port_unreachable_does_not_take_a_live_backend_down(tmp_path: P
 @contextmanager
 def serve(deployment: Deployment, sid: str) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``quicvoice serve`` process for backend ``sid``, killed at the end."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "quicvoice.cli", "serve", "--config", str(deployment.path),
-         "--server-id", sid],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = deployment.path.with_name(f"serve-{sid}.log")
+    with open(log, "wb") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "quicvoice.cli", "serve", "--config", str(deployment.path),
+             "--server-id", sid],
+            stdout=subprocess.PIPE, stderr=errors,
+        )  # fmt: skip
     try:
         assert process.stdout is not None
-        assert process.stdout.readline(), "the backend did not start"
+        assert process.stdout.readline(), f"the backend did not start: {log.read_text()}"
         yield process
     finally:
         if process.poll() is None:
@@ -242,20 +244,23 @@ def test_a_killed_backend_process_is_found_by_icmp_and_its_call_resumes_at_once(
             await call.wait_event("order.cart")
             speaking = asyncio.get_running_loop().create_task(stream(call, 200))
             await asyncio.sleep(0.3)
+            # (Each backend may have been found down once already, before its process bound.)
+            downs = {sid: went_down(deployment, sid) for sid in (A, B)}
             killed_at = asyncio.get_running_loop().time()
             processes[home].send_signal(signal.SIGKILL)
             resumed = await call.wait_resumed(timeout=10)
             assert isinstance(resumed, SessionResumed) and resumed.server_id == other
             resumption = call.resumptions[0]
-            assert resumption.reason == "stateless_reset", resumption
+            assert resumption.reason.startswith("stateless reset"), resumption
             detection = resumption.declared_dead_at - killed_at
             assert detection < 0.6, f"found after {detection:.3f} s: the probe timeout is 1 s"
+            print(f"kill to reset {detection * 1000:.0f} ms, then {resumption.gap_ms:.0f} ms")
             call.send_event("order.list")
             cart = await call.wait_event("order.cart")
             assert cart.data == {"items": [{"item": "tea"}]}
             speaking.cancel()
-        assert went_down(deployment, home) == 1.0
-        assert went_down(deployment, other) == 0.0
+        assert went_down(deployment, home) == downs[home] + 1
+        assert went_down(deployment, other) == downs[other]
 
     try:
         with serve(deployment, A) as process_a, serve(deployment, B) as process_b:
