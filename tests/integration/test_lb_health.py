@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from quicvoice.asyncio.client import connect
+from quicvoice.asyncio.server import VoiceServer
 from quicvoice.session.events import SessionResumed
 
 from ..conftest import RedisServer
@@ -37,8 +38,8 @@ FLOOD_RATE = 4000
 FLOOD_SECONDS = 5.0
 FLOOD = """
 import os, socket, sys, time
-host, port, rate, seconds, cids = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-cids = [bytes.fromhex(c) for c in cids.split(",")]
+host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+cids = [bytes.fromhex(c) for c in sys.argv[5].split(",")]
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.bind(("127.0.0.3", 0))
 start = time.monotonic()
@@ -169,6 +170,12 @@ def forged_port_unreachable(source: tuple[str, int], destination: tuple[str, int
     return header[:2] + struct.pack("!H", _checksum(header + body)) + body
 
 
+async def probe_answered_after(server: VoiceServer, answered: int) -> int:
+    """Wait (0.3 s at most) for ``server`` to answer more probes than ``answered``."""
+    await wait_until(lambda: server.counters["probes_answered"] > answered, 0.3)
+    return server.counters["probes_answered"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="forging ICMP needs a raw socket (root)")
 def test_a_forged_port_unreachable_does_not_take_a_live_backend_down(tmp_path: Path) -> None:
     # Regular probes far apart: only the suspicion's own probe can clear it in time.
@@ -190,10 +197,7 @@ def test_a_forged_port_unreachable_does_not_take_a_live_backend_down(tmp_path: P
                     )
                     raw.sendto(message, ("127.0.0.1", 0))
                     # The suspicion's probe comes at once, long before the next regular one.
-                    await wait_until(
-                        lambda: servers[A].counters["probes_answered"] > answered, 0.3
-                    )
-                    answered = servers[A].counters["probes_answered"]
+                    answered = await probe_answered_after(servers[A], answered)
                     await asyncio.sleep(0.3)  # past the 0.1 s confirmation
                     assert up(deployment, A) == 1.0
             assert went_down(deployment, A) == 0.0
