@@ -100,6 +100,17 @@ class HealthTable:
         self._suspect[index] = time.monotonic()
         return True
 
+    def next_confirmation(self, count: int) -> float | None:
+        """When the earliest open suspicion (below ``count``) is confirmed, if none is answered
+        (``time.monotonic()`` seconds), or ``None``: the uplink pump ticks then."""
+        last, suspected = self._last, self._suspect
+        due = [
+            suspected[i] + self.confirm
+            for i in range(min(count, len(last)))
+            if suspected[i] > last[i]
+        ]
+        return min(due) if due else None
+
     def dead(self, count: int) -> frozenset[int]:
         """Indexes (below ``count``) of backends unheard of for longer than the timeout, or
         suspects that answered no probe within ``confirm``."""

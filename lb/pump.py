@@ -269,6 +269,11 @@ class Pump:
             self.read_error_queue()
             if self.direction == UPLINK:
                 self._apply_health()
+                # A suspect is routed as down the moment its confirmation passes, not up to a
+                # tick later: its clients' next datagrams get their resets.
+                due = self._health.next_confirmation(len(self.router.config.backends))
+                if due is not None and now < due < self.next_tick:
+                    self.next_tick = due
 
     def receive_failed(self, error: OSError) -> None:
         """A receive failed: the error queue when the kernel reported an ICMP error, else

@@ -6,12 +6,17 @@ from __future__ import annotations
 import select
 import socket
 import time
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_lb_forwarder_integration import IO_MODES, Client, FakeBackend, Forwarder, packet
 
 from lb import errqueue
+from lb.config import load_config
 from lb.health import HealthTable
+from quicvoice.errors import ConfigurationError
 
 HOST = "127.0.0.1"
 #: Bound on waits for the kernel's ICMP error, seconds (it is queued at once on loopback).
@@ -121,3 +126,76 @@ def test_only_port_unreachable_counts() -> None:
     assert not errqueue.port_unreachable(entry(errqueue.SO_EE_ORIGIN_ICMP, 3, 1))  # host
     assert not errqueue.port_unreachable(entry(1, 3, 3))  # a local error, no ICMP
     assert errqueue.port_unreachable(entry(errqueue.SO_EE_ORIGIN_ICMP6, 1, 4))
+
+
+def test_health_icmp_must_be_a_boolean(tmp_path: Path) -> None:
+    text = (
+        'listen = "127.0.0.1:4433"\nbackend_listen = "127.0.0.1:4434"\nhealth_icmp = "yes"\n'
+        "[[configs]]\nid = 0\nserver_id_len = 4\nnonce_len = 12\n"
+        'key = "8f95f09245765f80256934e50c66207f"\n'
+        '[[backends]]\nserver_id = "0a000001"\naddress = "127.0.0.1:4501"\n'
+    )
+    path = tmp_path / "lb.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError, match="health_icmp: must be true or false"):
+        load_config(path)
+    path.write_text(text.replace('"yes"', "false"))
+    assert load_config(path).health_icmp is False
+    path.write_text(text.replace('health_icmp = "yes"\n', ""))
+    assert load_config(path).health_icmp is True
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", list(IO_MODES))
+def test_a_closed_backend_port_is_down_long_before_the_probe_timeout(
+    tmp_path: Path, mode: str
+) -> None:
+    """On every I/O path: the ICMP error of the next datagram, not the 5 s probe timeout."""
+    fakes = [FakeBackend(f"0a00000{n}") for n in (1, 2)]
+    forwarder = Forwarder(tmp_path, fakes, extra_args=IO_MODES[mode])
+    forwarder.write(fakes, health_interval=0.5)
+    forwarder.path.write_text(
+        forwarder.path.read_text().replace("health_timeout = 0.5", "health_timeout = 5.0")
+    )
+    forwarder.start()
+    client = Client()
+    try:
+        reply, _ = client.ask(forwarder.listen, fakes[1].cid(), b"x" * 60)
+        assert reply.startswith(b"0a000002|")
+        fakes[1].close()  # the process is gone, the host is not: its kernel sends ICMP
+        closed_at = time.monotonic()
+        client.sock.settimeout(0.05)
+        while time.monotonic() - closed_at < 3.0:
+            client.sock.sendto(packet(fakes[1].cid(), b"x" * 60), forwarder.listen)
+            try:
+                reply, source = client.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            if not reply.startswith(b"0a0000"):
+                break
+        else:
+            pytest.fail("the closed backend was not found down within 3 s")
+        found = time.monotonic() - closed_at
+        assert found < 1.0, found
+        assert source == forwarder.listen and reply[0] & 0xC0 == 0x40  # a stateless reset
+        client.sock.settimeout(2.0)
+        reply, _ = client.ask(forwarder.listen, fakes[0].cid())
+        assert reply.startswith(b"0a000001|")  # the live backend is untouched
+        assert "backend_unreachable" in forwarder.log.read_text()
+    finally:
+        client.close()
+        forwarder.stop()
+        fakes[0].close()
+
+
+def test_the_next_confirmation_is_that_of_the_earliest_open_suspicion() -> None:
+    table = HealthTable(4, timeout=10.0, confirm=0.5)
+    assert table.next_confirmation(4) is None
+    before = time.monotonic()
+    table.suspect(3)
+    table.suspect(1)
+    due = table.next_confirmation(4)
+    assert due is not None and before + 0.5 <= due <= time.monotonic() + 0.5
+    table.heard(3)
+    table.heard(1)
+    assert table.next_confirmation(4) is None
