@@ -258,12 +258,12 @@ def test_a_killed_backend_process_is_found_by_icmp_and_its_call_resumes_at_once(
             assert resumption.reason.startswith("stateless reset"), resumption
             detection = resumption.declared_dead_at - killed_at
             assert detection < 0.6, f"found after {detection:.3f} s: the probe timeout is 1 s"
-            print(f"kill to reset {detection * 1000:.0f} ms, then {resumption.gap_ms:.0f} ms")
             call.send_event("order.list")
             cart = await call.wait_event("order.cart")
             assert cart.data == {"items": [{"item": "tea"}]}
             speaking.cancel()
-        assert went_down(deployment, home) == downs[home] + 1
+        # The supervisor samples health every 0.1 s: the resume may have been quicker.
+        await wait_until(lambda: went_down(deployment, home) == downs[home] + 1, 2)
         assert went_down(deployment, other) == downs[other]
 
     try:
