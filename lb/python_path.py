@@ -170,11 +170,19 @@ def uplink_loop(pump: Pump) -> None:
                     wrapped = header(MAGIC_VERSION, FAMILY_IPV4, client[1], inet_aton(client[0]))
                     target.packets += 1
                     target.octets += length
-                    to_backend(wrapped + datagram, target.address)
+                    try:
+                        to_backend(wrapped + datagram, target.address)
+                    except ConnectionRefusedError:  # an earlier datagram's ICMP error
+                        pump.read_error_queue()
+                        to_backend(wrapped + datagram, target.address)
                     continue
             decision = route(datagram, client)
             if type(decision) is Forward:
-                to_backend(decision[1], decision[0])
+                try:
+                    to_backend(decision[1], decision[0])
+                except ConnectionRefusedError:  # an earlier datagram's ICMP error
+                    pump.read_error_queue()
+                    to_backend(decision[1], decision[0])
             elif type(decision) is Reply:
                 to_client(decision[1], decision[0])
         except OSError as error:
