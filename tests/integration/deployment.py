@@ -84,7 +84,7 @@ class Deployment:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "lb", "--config", str(self.path)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=(self.path.parent / "forwarder.log").open("ab"),
         )
         self.wait_for_metrics()
 
