@@ -170,19 +170,11 @@ def uplink_loop(pump: Pump) -> None:
                     wrapped = header(MAGIC_VERSION, FAMILY_IPV4, client[1], inet_aton(client[0]))
                     target.packets += 1
                     target.octets += length
-                    try:
-                        to_backend(wrapped + datagram, target.address)
-                    except ConnectionRefusedError:  # an earlier datagram's ICMP error
-                        pump.read_error_queue()
-                        to_backend(wrapped + datagram, target.address)
+                    to_backend(wrapped + datagram, target.address)
                     continue
             decision = route(datagram, client)
             if type(decision) is Forward:
-                try:
-                    to_backend(decision[1], decision[0])
-                except ConnectionRefusedError:  # an earlier datagram's ICMP error
-                    pump.read_error_queue()
-                    to_backend(decision[1], decision[0])
+                to_backend(decision[1], decision[0])
             elif type(decision) is Reply:
                 to_client(decision[1], decision[0])
         except OSError as error:
@@ -211,7 +203,7 @@ def downlink_loop(pump: Pump) -> None:
             sources = pump.router.fast_downlink
             continue
         except OSError as error:
-            pump.receive_failed(error)
+            pump.unexpected("recv_failed", error)
             continue
         if monotonic() >= pump.next_tick:
             pump.tick()
@@ -319,7 +311,7 @@ def downlink_batches(pump: Pump) -> None:
             pump.idle()
             continue
         except OSError as error:
-            pump.receive_failed(error)
+            pump.unexpected("recv_failed", error)
             continue
         route = pump.router.route_from_backend
         for datagram, source in batch:
@@ -526,7 +518,7 @@ def downlink_relay(pump: Pump) -> None:
             pump.idle()
             continue
         except OSError as error:
-            pump.receive_failed(error)
+            pump.unexpected("recv_failed", error)
             continue
         route = pump.router.route_from_backend
         backends = pump.in_place.sources

@@ -43,7 +43,6 @@ FORWARDER_KEYS = frozenset(
         "log_level",
         "health_interval",
         "health_timeout",
-        "health_icmp",
     }
 )
 
