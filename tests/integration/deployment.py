@@ -81,11 +81,12 @@ class Deployment:
         self.process.send_signal(signal.SIGHUP)
 
     def start_forwarder(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "lb", "--config", str(self.path)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.path.parent / "forwarder.log").open("ab"),
-        )
+        with (self.path.parent / "forwarder.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lb", "--config", str(self.path)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         self.wait_for_metrics()
 
     def wait_for_metrics(self) -> str:
