@@ -37,6 +37,15 @@ def check_pcm(samples: object, *, name: str = "samples") -> Pcm:
     return samples
 
 
+def downmix(samples: Pcm, channels: int) -> Pcm:
+    """Mono from interleaved ``channels``: the mean of the channels, rounded to nearest (the
+    mean of int16 values always fits in int16)."""
+    if channels == 1:
+        return samples
+    mono: Pcm = np.rint(samples.reshape(-1, channels).mean(axis=1)).astype(np.int16)
+    return mono
+
+
 def pcm_from_float(samples: npt.ArrayLike) -> Pcm:
     """Convert float samples in [-1.0, 1.0] to int16, rounding and clipping.
 

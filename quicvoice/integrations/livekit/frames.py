@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from livekit import rtc
 
-from ...audio.frames import Pcm
+from ...audio.frames import Pcm, downmix
 from ...audio.resample import Resampler
 from ...errors import CodecError
 
@@ -39,15 +39,6 @@ def frame_samples(frame: rtc.AudioFrame) -> Pcm:
             f"audio frame holds {len(data)} samples, its header says {count} x {channels}"
         )
     return data[: count * channels]
-
-
-def downmix(samples: Pcm, channels: int) -> Pcm:
-    """Mono from interleaved ``channels``: the mean of the channels, rounded."""
-    if channels == 1:
-        return samples
-    wide = samples.reshape(-1, channels).astype(np.int32)
-    mono: Pcm = np.rint(wide.mean(axis=1)).astype(np.int16)
-    return mono
 
 
 def pcm_frame(data: bytes, sample_rate: int) -> rtc.AudioFrame:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...audio.frames import Pcm
+from ...audio.frames import Pcm, downmix
 from ...audio.resample import Resampler
 from ...errors import CodecError
 
@@ -44,17 +44,6 @@ def check_shape(data: bytes, sample_rate: int, num_channels: int) -> None:
         )
 
 
-def downmix(data: bytes, num_channels: int) -> Pcm:
-    """Mono int16 samples of interleaved s16le ``data``: the mean of its channels."""
-    samples = np.frombuffer(data, dtype=_S16LE)
-    if num_channels == 1:
-        return samples.astype(np.int16)
-    frames = samples.reshape(-1, num_channels)
-    # The mean of int16 values, rounded to nearest, always fits in int16.
-    mixed: Pcm = np.rint(frames.mean(axis=1)).astype(np.int16)
-    return mixed
-
-
 class PcmConverter:
     """Streaming conversion of s16le audio of any channel count and rate to mono at ``out_rate``.
 
@@ -79,7 +68,7 @@ class PcmConverter:
     def convert(self, data: bytes, sample_rate: int, num_channels: int) -> bytes:
         """Mono s16le at ``out_rate`` for one chunk; :class:`AudioFormatError` if it can't be."""
         check_shape(data, sample_rate, num_channels)
-        mono = downmix(data, num_channels)
+        mono = downmix(np.frombuffer(data, dtype=_S16LE).astype(np.int16), num_channels)
         if sample_rate == self._out_rate:
             return mono.astype(_S16LE).tobytes()
         resampler = self._resampler(sample_rate)

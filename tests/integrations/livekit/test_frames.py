@@ -12,9 +12,10 @@ pytest.importorskip("livekit.rtc", reason="needs the livekit extra")
 
 from livekit import rtc  # noqa: E402
 
+from quicvoice.audio.frames import downmix  # noqa: E402
 from quicvoice.errors import CodecError  # noqa: E402
 from quicvoice.integrations.livekit import FrameConverter, FrameFormatError  # noqa: E402
-from quicvoice.integrations.livekit.frames import downmix, frame_samples  # noqa: E402
+from quicvoice.integrations.livekit.frames import frame_samples  # noqa: E402
 
 from .caller import dominant_hz, tone  # noqa: E402
 
