@@ -178,7 +178,8 @@ class StoreConfig:
         except ConfigurationError:
             raise
         except ValueError as exc:  # bad port, timeout or database number; unparsable URL
-            raise ConfigurationError(f"{SETTING}: invalid URL {_safe(url)!r}: {exc}") from exc
+            detail = _without_secrets(str(exc), url)
+            raise ConfigurationError(f"{SETTING}: invalid URL {_safe(url)!r}: {detail}") from exc
 
     @classmethod
     def _redis(
@@ -307,6 +308,19 @@ def _join_host(host: str, port: int) -> str:
 
 def _printable(text: str) -> str:
     return text[:80] if text.isprintable() else repr(text[:80])
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """``text`` (an error about ``url``) with every password of ``url`` replaced by ``***``:
+    a value parser's message may quote an option that swallowed one (``?timeout=1?...``)."""
+    secrets = set(re.findall(r"sentinel_password=([^&;]*)", url))
+    try:
+        secrets.add(urlsplit(url).password or "")
+    except ValueError:
+        pass
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _safe(url: str) -> str:

@@ -327,3 +327,11 @@ async def _load_or_none(store: SessionStore, session_id: str) -> SessionRecord |
         return await store.load(session_id)
     except StoreUnavailableError:
         return None
+
+
+def test_a_password_swallowed_by_another_option_stays_out_of_the_error() -> None:
+    # Found by test_passwords_never_reach_an_error: the float parser quoted the timeout value,
+    # which a second '?' had made "0.2?sentinel_password=SECRET".
+    with pytest.raises(ConfigurationError) as raised:
+        StoreConfig.from_url("redis:?timeout=0.2?sentinel_password=SECRET")
+    assert "SECRET" not in str(raised.value)
