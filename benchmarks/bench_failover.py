@@ -1,14 +1,18 @@
 """Backend kill to audio flowing again, with the session state intact; beside a WebSocket design.
 
-    python benchmarks/bench_failover.py [--runs 10] [--quick]
+    python benchmarks/bench_failover.py [--runs 10] [--quick] [--modes icmp,probes,...]
 
 quicvoice: a forwarder and two backends (``quicvoice serve`` processes) share a Redis session
 store. A call on backend A takes an order and streams 20 ms frames; A is killed (SIGKILL).
 Three ways of noticing are measured:
 - ``orchestrator``: whatever watches the backends marks A down at once (config + SIGHUP); the
   forwarder then answers A's packets with stateless resets and the client reconnects;
-- ``probes``: the forwarder's own health probes (lb/health.py) find A silent after 1 s and
-  answer its packets with stateless resets (the client's own check is set to 5 s);
+- ``icmp``: the forwarder's default: A's kernel answers the next datagram to A's closed port
+  with ICMP port unreachable, the forwarder reads it from its backend socket's error queue
+  (lb/errqueue.py), probes A at once and, without an answer within 0.1 s, answers A's packets
+  with stateless resets (the client's own check is set to 5 s);
+- ``probes``: health probes alone (``health_icmp = false``: what a host death looks like) find A
+  silent after 1 s and answer its packets with stateless resets (the client's check 5 s);
 - ``client``: nobody tells the forwarder and probes are off; the client notices the silence itself
   (``liveness_timeout`` 0.5 s) and retries until a first flight lands on B.
 Reported per run: detection (kill to the client giving up the connection), handshake (new
@@ -46,6 +50,8 @@ A, B = "0a000001", "0a000002"
 QUIC_KEY = "8f95f09245765f80256934e50c66207f"
 FRAME = bytes(640)
 ITEM = {"item": "taro milk tea", "size": "large", "milk": "oat"}
+#: The rows, in table order (``tcp-close`` is the WebSocket design).
+MODES = ("orchestrator", "icmp", "probes", "client", "tcp-close")
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -102,8 +108,11 @@ class Run:
 
 
 class QuicCluster:
-    def __init__(self, directory: Path, store_url: str, probes: bool = False) -> None:
-        self.probes = probes
+    def __init__(
+        self, directory: Path, store_url: str, probes: bool = False, icmp: bool = False
+    ) -> None:
+        self.probes = probes or icmp
+        self.icmp = icmp
         self.path = directory / "cluster.toml"
         self.vip = ("127.0.0.1", free_port())
         self.backend_listen = free_port()
@@ -120,6 +129,7 @@ class QuicCluster:
             'log_level = "error"',
             # Probes only where they are the mode measured: the others isolate one mechanism.
             f"health_interval = {0.2 if self.probes else 0}",
+            f"health_icmp = {'true' if self.icmp else 'false'}",
             "[[configs]]", "id = 0", "server_id_len = 4", "nonce_len = 12", f'key = "{QUIC_KEY}"',
         ]  # fmt: skip
         for sid, port in self.ports.items():
@@ -158,12 +168,15 @@ async def quic_run(redis: Redis, mode: str, index: int) -> Run:
 
     with tempfile.TemporaryDirectory() as directory:
         cluster = QuicCluster(
-            Path(directory), redis.url(f"q{index}{mode[0]}:"), probes=mode == "probes"
+            Path(directory),
+            redis.url(f"q{index}{mode[0]}:"),
+            probes=mode == "probes",
+            icmp=mode == "icmp",
         )
         cluster.start()
         try:
             # With probes, the client's own check is set long so that the forwarder's acts first.
-            liveness = 5.0 if mode == "probes" else 0.5
+            liveness = 5.0 if mode in ("probes", "icmp") else 0.5
             async with connect(*cluster.vip, verify=False, liveness_timeout=liveness) as call:
                 assert call.session is not None and call.session.server_id == A
                 call.send_event("order.add", ITEM)
@@ -368,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="runs per design and mode")
     parser.add_argument("--quick", action="store_true", help="2 runs each")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated rows to measure (default: all of {', '.join(MODES)})",
+    )
     parser.add_argument("--ws-serve", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ws_serve:
@@ -375,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(ws_serve(int(port), url, cert, key))
         return 0
     runs = 2 if args.quick else args.runs
+    modes = [mode for mode in args.modes.split(",") if mode]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(sorted(unknown))} (known: {', '.join(MODES)})")
     from quicvoice.certificates import generate_certificate
 
     redis = Redis()
@@ -386,13 +408,12 @@ def main(argv: list[str] | None = None) -> int:
             cert_path.write_bytes(certificate.certificate_pem())
             key_path.write_bytes(certificate.private_key_pem())
             for index in range(runs):
-                for mode in ("orchestrator", "probes", "client"):
-                    results.append(asyncio.run(quic_run(redis, mode, index)))
-                results.append(
-                    asyncio.run(
-                        ws_run(redis, index, Path(directory), (str(cert_path), str(key_path)))
-                    )
-                )
+                for mode in modes:
+                    if mode == "tcp-close":
+                        paths = (str(cert_path), str(key_path))
+                        results.append(asyncio.run(ws_run(redis, index, Path(directory), paths)))
+                    else:
+                        results.append(asyncio.run(quic_run(redis, mode, index)))
     finally:
         redis.stop()
     print(f"Backend killed mid-call, {runs} runs each; loopback; times in ms, p50 / p95")
@@ -404,11 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for design, mode, who in (
         ("quicvoice", "orchestrator", "orchestrator marks it down; forwarder resets"),
+        ("quicvoice", "icmp", "forwarder: ICMP port unreachable, confirmed by a probe; resets"),
         ("quicvoice", "probes", "forwarder health probes (0.2 s, 1 s timeout); forwarder resets"),
         ("quicvoice", "client", "client (0.5 s of silence)"),
         ("websocket", "tcp-close", "TCP connection closes"),
     ):
         rows = [r for r in results if r.design == design and r.mode == mode]
+        if not rows:
+            continue
         cells = []
         for name in ("detection_ms", "handshake_ms", "resume_ms", "total_ms"):
             values = [getattr(r, name) for r in rows]

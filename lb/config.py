@@ -99,6 +99,9 @@ class ForwarderConfig:
     health_interval: float = DEFAULT_HEALTH_INTERVAL
     #: A backend that answered no probe for this long is treated as down.
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    #: Whether an ICMP port unreachable from a backend makes it a suspect, probed at once and
+    #: down without an answer within 0.1 s (lb/errqueue.py); needs probes. Read at start-up.
+    health_icmp: bool = True
 
     def __post_init__(self) -> None:
         if not self.configs:
@@ -200,6 +203,9 @@ class ForwarderConfig:
                 if not low <= value <= high:
                     raise ConfigurationError(f"{name}: must be between {low} and {high} seconds")
                 health[name] = float(value)
+        health_icmp = table.get("health_icmp", True)
+        if not isinstance(health_icmp, bool):
+            raise ConfigurationError("health_icmp: must be true or false")
         return cls(
             listen=parse_address(table["listen"], "listen"),
             backend_listen=parse_address(table["backend_listen"], "backend_listen"),
@@ -208,6 +214,7 @@ class ForwarderConfig:
             reset_key=reset_key,
             metrics=metrics,
             log_level=log_level,
+            health_icmp=health_icmp,
             **health,
         )
 

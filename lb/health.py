@@ -8,7 +8,17 @@ forwarder and addressed to ``PROBE_CLIENT``; the downlink pump recognises the he
 the time in a table shared by the pumps (shared memory, inherited across ``fork``) and drops
 it. The uplink pump treats a backend unheard of for ``health_timeout`` as down: out of the
 first-flight hash, its packets answered with resets (or dropped) as for ``down = true``.
-No backend change is needed: any QUIC-LB backend that sends stateless resets answers probes.
+
+A dead backend process on a live host is found sooner: its kernel answers the next datagram
+with ICMP port unreachable, which the pumps read from the backend socket's error queue
+(lb/errqueue.py). That makes the backend a suspect and sends it a probe at once; with no answer
+within ``DEFAULT_CONFIRM`` it is down. A host that died sends no ICMP: probes find it.
+
+With a shared ``reset_key`` the probes are authenticated (quicvoice/healthprobe.py): they carry
+a timestamp and an HMAC under a key derived from it, and a quicvoice backend answers them
+outside the allowance of resets it keeps for strangers, so a stranger's flood of unknown short
+headers cannot starve them. Without a key, any QUIC-LB backend that sends stateless resets
+answers probes, from that allowance.
 """
 
 from __future__ import annotations
@@ -19,38 +29,50 @@ import time
 from collections.abc import Sequence
 
 from quicvoice.encapsulation import wrap
+from quicvoice.healthprobe import PROBE_CLIENT, probe_key, probe_trailer
 from quicvoice.quiclb import LoadBalancerConfig
-from quicvoice.settings import Address
 
 from .config import Backend
 
-#: The client address probes claim to come from: 0.0.0.0 is never a real peer's source.
-PROBE_CLIENT: Address = ("0.0.0.0", 9)
+__all__ = ["PROBE_CLIENT", "PROBE_REPLY_HEADER", "HealthTable", "probe_packet", "probes"]
+
 #: The encapsulation header of a reply addressed to ``PROBE_CLIENT``.
 PROBE_REPLY_HEADER = wrap(PROBE_CLIENT, b"")
 #: Octets of random payload after the DCID: a reset must be smaller than its trigger and at
 #: least 21 octets, so the probe carries enough for the backend to answer.
 PROBE_PADDING = 40
+#: Seconds a backend reported unreachable (ICMP) has to answer a probe before it is down.
+DEFAULT_CONFIRM = 0.1
 
 
-def probe_packet(config: LoadBalancerConfig, backend: Backend) -> bytes:
-    """An encapsulated short-header packet to a CID of ``backend`` that no connection owns."""
+def probe_packet(
+    config: LoadBalancerConfig, backend: Backend, key: bytes | None = None, now: float = 0.0
+) -> bytes:
+    """An encapsulated short-header packet to a CID of ``backend`` that no connection owns,
+    authenticated with the probe ``key`` (``healthprobe.probe_key``) at wall-clock ``now``."""
     nonce = os.urandom(config.nonce_len)
     cid = config.encode(backend.server_id, nonce)
     first = 0x40 | (os.urandom(1)[0] & 0x3F)
-    return wrap(PROBE_CLIENT, bytes((first,)) + cid + os.urandom(PROBE_PADDING))
+    trailer = b"" if key is None else probe_trailer(key, cid, now)
+    return wrap(PROBE_CLIENT, bytes((first,)) + cid + trailer + os.urandom(PROBE_PADDING))
 
 
 class HealthTable:
-    """When each backend (by index in the configuration) last answered a probe.
+    """When each backend (by index in the configuration) last answered a probe, and when an
+    ICMP error last made it a suspect.
 
     Lives in shared memory so that the downlink pump writes and the uplink pump reads it.
-    A backend counts as alive until ``timeout`` has passed since the table was (re)set.
+    A backend counts as alive until ``timeout`` has passed since the table was (re)set. A
+    suspect (``suspect``: its port was reported unreachable) is down once ``confirm`` has
+    passed without a probe answer: a live backend answers the probe sent with the suspicion,
+    so a forged ICMP message costs one probe, never the backend.
     """
 
-    def __init__(self, size: int, timeout: float) -> None:
+    def __init__(self, size: int, timeout: float, confirm: float = DEFAULT_CONFIRM) -> None:
         self.timeout = timeout
+        self.confirm = confirm
         self._last = multiprocessing.RawArray("d", max(size, 1))
+        self._suspect = multiprocessing.RawArray("d", max(size, 1))
         self.reset(len(self._last))
 
     @property
@@ -63,19 +85,54 @@ class HealthTable:
         now = time.monotonic()
         for index in range(min(count, len(self._last))):
             self._last[index] = now
+            self._suspect[index] = 0.0
 
     def heard(self, index: int) -> None:
         """Record a probe answer from backend ``index``."""
         if 0 <= index < len(self._last):
             self._last[index] = time.monotonic()
 
+    def suspect(self, index: int) -> bool:
+        """Record that backend ``index``'s port was reported unreachable; ``True`` when this
+        starts a suspicion (the caller then probes it at once), ``False`` when one is open."""
+        if not 0 <= index < len(self._last) or self._suspect[index] > self._last[index]:
+            return False
+        self._suspect[index] = time.monotonic()
+        return True
+
+    def next_confirmation(self, count: int) -> float | None:
+        """When the earliest open suspicion (below ``count``) is confirmed, if none is answered
+        (``time.monotonic()`` seconds), or ``None``: the uplink pump ticks then."""
+        last, suspected = self._last, self._suspect
+        due = [
+            suspected[i] + self.confirm
+            for i in range(min(count, len(last)))
+            if suspected[i] > last[i]
+        ]
+        return min(due) if due else None
+
     def dead(self, count: int) -> frozenset[int]:
-        """Indexes (below ``count``) of backends unheard of for longer than the timeout."""
-        limit = time.monotonic() - self.timeout
-        return frozenset(i for i in range(min(count, len(self._last))) if self._last[i] < limit)
+        """Indexes (below ``count``) of backends unheard of for longer than the timeout, or
+        suspects that answered no probe within ``confirm``."""
+        now = time.monotonic()
+        limit = now - self.timeout
+        confirmed = now - self.confirm
+        last, suspected = self._last, self._suspect
+        return frozenset(
+            i
+            for i in range(min(count, len(last)))
+            if last[i] < limit or last[i] < suspected[i] <= confirmed
+        )
 
 
-def probes(configs: Sequence[LoadBalancerConfig], backends: Sequence[Backend]) -> list[bytes]:
-    """One probe per backend, under the configuration that new CIDs use (the last)."""
+def probes(
+    configs: Sequence[LoadBalancerConfig],
+    backends: Sequence[Backend],
+    reset_key: bytes | None = None,
+) -> list[bytes]:
+    """One probe per backend, under the configuration that new CIDs use (the last),
+    authenticated when the deployment shares a ``reset_key``."""
     config = configs[-1]
-    return [probe_packet(config, backend) for backend in backends]
+    key = None if reset_key is None else probe_key(reset_key)
+    now = time.time()
+    return [probe_packet(config, backend, key, now) for backend in backends]

@@ -33,8 +33,11 @@ HELP = {
     "quicvoice_lb_config_reloads_total": "Configuration reloads (SIGHUP), by result.",
     "quicvoice_lb_pump_restarts_total": "Pump processes restarted after an unexpected exit.",
     "quicvoice_lb_workers": "Worker process pairs (--workers).",
+    "quicvoice_lb_native_path": "1 when the pumps run on the native path, 0 on the Python path.",
+    "quicvoice_lb_backend_up": "1 when the backend takes traffic, 0 when it is down.",
+    "quicvoice_lb_backend_transitions_total": "Backend health changes, by backend and new state.",
 }
-GAUGES = frozenset({"quicvoice_lb_workers"})
+GAUGES = frozenset({"quicvoice_lb_workers", "quicvoice_lb_native_path", "quicvoice_lb_backend_up"})
 
 
 def write_snapshot(path: Path, samples: Iterable[MetricSample]) -> None:

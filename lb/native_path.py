@@ -13,7 +13,10 @@ The loop holds no GIL and returns to Python only when
   whole batch is then sent, fast and routed datagrams in their order;
 - the pump's next tick is due (counters, health, reloads: every 50 ms under load);
 - a signal interrupted the wait (the pump's idle alarm, SIGHUP, SIGTERM) or, where the
-  socket has a receive timeout (the tests'), it stayed empty that long.
+  socket has a receive timeout (the tests'), it stayed empty that long;
+- the receive failed: ``run`` raises the ``OSError``; ``ECONNREFUSED`` on the backend socket
+  is how the kernel says an ICMP error was queued (lb/errqueue.py), and the pump reads the
+  error queue in Python, as on the Python path. Sends retry that error in C.
 
 The C tables (``lb._native.Tables``) are built from the Router: its configurations by config
 bits (``Router.fast_configs``), its live backends by server ID (``Router.fast_uplink``), its
@@ -210,7 +213,11 @@ class NativeRelay:
         slow, tick = native.SLOW, native.TICK
         monotonic = time.monotonic
         while True:
-            status = run(pump.next_tick)
+            try:
+                status = run(pump.next_tick)
+            except OSError as error:  # the receive failed: an ICMP error queued, or worse
+                pump.receive_failed(error)
+                continue
             if status == slow:
                 self._route_pending(pump)
             elif status != tick:  # woken without a datagram: idle, or a signal

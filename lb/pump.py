@@ -31,10 +31,12 @@ from types import FrameType
 from typing import Any
 
 from quicvoice.errors import ConfigurationError
+from quicvoice.healthprobe import probe_key
+from quicvoice.settings import Address, format_address
 
-from . import mmsg, native_path, python_path
+from . import errqueue, mmsg, native_path, python_path
 from .config import ForwarderConfig, load_config
-from .health import HealthTable
+from .health import HealthTable, probe_packet
 from .log import JsonLogger
 from .metrics import write_snapshot
 from .router import Counters, DropReason, MetricSample, Router
@@ -148,6 +150,9 @@ class Pump:
         self._health = health
         self._backend_index = {b.address: i for i, b in enumerate(config.backends)}
         self._dead: frozenset[int] = frozenset()
+        self._probe_key = None if config.reset_key is None else probe_key(config.reset_key)
+        #: Entries read from the backend socket's error queue (lb/errqueue.py).
+        self.icmp_errors = 0
         #: Whether both sockets are IPv4 (the batched Python loops then work in place).
         self.ipv4 = vip.family == socket.AF_INET and backend.family == socket.AF_INET
         #: The batched in-place Python loops' view of the Router.
@@ -260,8 +265,46 @@ class Pump:
         self.next_tick = now + TICK_INTERVAL
         if now >= self._next_snapshot:
             self.flush()
-        if self._health is not None and self.direction == UPLINK:
-            self._apply_health()
+        if self._health is not None:
+            self.read_error_queue()
+            if self.direction == UPLINK:
+                self._apply_health()
+                # A suspect is routed as down the moment its confirmation passes, not up to a
+                # tick later: its clients' next datagrams get their resets.
+                due = self._health.next_confirmation(len(self.router.config.backends))
+                if due is not None and now < due < self.next_tick:
+                    self.next_tick = due
+
+    def receive_failed(self, error: OSError) -> None:
+        """A receive failed: the error queue when the kernel reported an ICMP error, else
+        an unexpected error."""
+        if error.errno in errqueue.ICMP_ERRNOS:
+            self.read_error_queue()
+        else:
+            self.unexpected("recv_failed", error)
+
+    def read_error_queue(self) -> None:
+        """Make the backends whose ports were reported unreachable suspects, and probe them."""
+        if self._health is not None:
+            self.icmp_errors += errqueue.drain(self.backend, self._port_unreachable)
+
+    def _port_unreachable(self, address: Address) -> None:
+        index = self._backend_index.get(address)
+        health = self._health
+        if index is None or health is None or not health.suspect(index):
+            return
+        config = self._config
+        backend = config.backends[index]
+        self.logger.info(
+            "backend_unreachable",
+            server_id=backend.server_id.hex(),
+            address=format_address(address),
+        )
+        packet = probe_packet(config.configs[-1], backend, self._probe_key, time.time())
+        try:
+            self.backend.sendto(packet, backend.address)
+        except OSError:
+            pass  # unanswered: the suspicion stands
 
     def probe_answered(self, source: Any) -> None:
         """A backend answered a health probe (downlink)."""
@@ -319,6 +362,7 @@ class Pump:
                     self.logger.warning("reload_ignores_key", key=key, reason="restart to rebind")
             self._config = config
             self._backend_index = {b.address: i for i, b in enumerate(config.backends)}
+            self._probe_key = None if config.reset_key is None else probe_key(config.reset_key)
             self._dead = frozenset()
             self.use(Router(config, self.counters))
             self.logger.info(

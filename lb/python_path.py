@@ -170,11 +170,19 @@ def uplink_loop(pump: Pump) -> None:
                     wrapped = header(MAGIC_VERSION, FAMILY_IPV4, client[1], inet_aton(client[0]))
                     target.packets += 1
                     target.octets += length
-                    to_backend(wrapped + datagram, target.address)
+                    try:
+                        to_backend(wrapped + datagram, target.address)
+                    except ConnectionRefusedError:  # an earlier datagram's ICMP error
+                        pump.read_error_queue()
+                        to_backend(wrapped + datagram, target.address)
                     continue
             decision = route(datagram, client)
             if type(decision) is Forward:
-                to_backend(decision[1], decision[0])
+                try:
+                    to_backend(decision[1], decision[0])
+                except ConnectionRefusedError:  # an earlier datagram's ICMP error
+                    pump.read_error_queue()
+                    to_backend(decision[1], decision[0])
             elif type(decision) is Reply:
                 to_client(decision[1], decision[0])
         except OSError as error:
@@ -203,7 +211,7 @@ def downlink_loop(pump: Pump) -> None:
             sources = pump.router.fast_downlink
             continue
         except OSError as error:
-            pump.unexpected("recv_failed", error)
+            pump.receive_failed(error)
             continue
         if monotonic() >= pump.next_tick:
             pump.tick()
@@ -311,7 +319,7 @@ def downlink_batches(pump: Pump) -> None:
             pump.idle()
             continue
         except OSError as error:
-            pump.unexpected("recv_failed", error)
+            pump.receive_failed(error)
             continue
         route = pump.router.route_from_backend
         for datagram, source in batch:
@@ -518,7 +526,7 @@ def downlink_relay(pump: Pump) -> None:
             pump.idle()
             continue
         except OSError as error:
-            pump.unexpected("recv_failed", error)
+            pump.receive_failed(error)
             continue
         route = pump.router.route_from_backend
         backends = pump.in_place.sources

@@ -33,7 +33,7 @@ from typing import Any
 from quicvoice.errors import ConfigurationError
 from quicvoice.settings import Address, format_address
 
-from . import mmsg
+from . import errqueue, mmsg
 from .config import ForwarderConfig, load_config
 from .health import HealthTable, probes
 from .log import JsonLogger
@@ -65,14 +65,19 @@ RELOAD_STAGGER = 0.05
 SUPERVISOR_TICK = 0.1
 #: Gauge: 1 when the pumps run on the native path, 0 on the Python path.
 NATIVE_PATH_METRIC = "quicvoice_lb_native_path"
+#: Gauge per backend: 1 when it takes traffic, 0 when it is down (configured or found so).
+BACKEND_UP_METRIC = "quicvoice_lb_backend_up"
+#: Counter per backend and direction (``to="down"`` / ``to="up"``) of health changes.
+BACKEND_TRANSITIONS_METRIC = "quicvoice_lb_backend_transitions_total"
 
 
-def open_socket(address: Address) -> socket.socket:
+def open_socket(address: Address, *, icmp_errors: bool = False) -> socket.socket:
     """A UDP socket bound to ``address`` with SO_REUSEPORT and large buffers, blocking.
 
     SO_RCVTIMEO makes ``recvfrom`` return EAGAIN after ``IDLE_TIMEOUT`` while Python still
     sees a blocking socket (a Python-level timeout would add a poll() per datagram); a pump on
     the native path clears it on the socket it receives from and uses an alarm instead.
+    ``icmp_errors`` queues ICMP errors on the socket (lb/errqueue.py), for the backend socket.
     """
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -89,6 +94,8 @@ def open_socket(address: Address) -> socket.socket:
             except PermissionError:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_LEN)
         set_receive_timeout(sock, IDLE_TIMEOUT)
+        if icmp_errors:
+            errqueue.enable(sock)
         sock.bind(address)
     except BaseException:
         sock.close()
@@ -151,6 +158,13 @@ class Supervisor:
             else None
         )
         self._next_probe = 0.0
+        #: Whether the backend sockets queue ICMP errors (lb/errqueue.py).
+        self._icmp_errors = config.health_interval > 0 and config.health_icmp
+        #: Whether each backend takes traffic, by server ID (hex), as the pumps decide it.
+        self._backend_up: dict[str, bool] = {}
+        #: Health changes by (server ID, "down" / "up").
+        self._transitions: dict[tuple[str, str], int] = {}
+        self._watch_health()
 
     def collect(self) -> list[MetricSample]:
         """Every pump's latest counters plus the supervisor's own."""
@@ -160,7 +174,28 @@ class Supervisor:
         samples.append(("quicvoice_lb_pump_restarts_total", (), self._restarts))
         for result, count in self._reloads.items():
             samples.append(("quicvoice_lb_config_reloads_total", (("result", result),), count))
+        for server_id, up in list(self._backend_up.items()):
+            samples.append((BACKEND_UP_METRIC, (("server_id", server_id),), int(up)))
+        for (server_id, to), count in list(self._transitions.items()):
+            labels = (("server_id", server_id), ("to", to))
+            samples.append((BACKEND_TRANSITIONS_METRIC, labels, count))
         return samples
+
+    def _watch_health(self) -> None:
+        """Follow each backend's state for the gauge, with the rule the uplink pumps apply
+        (lb/health.py): configured down, or dead in the health table."""
+        backends = self.config.backends
+        dead = self._health.dead(len(backends)) if self._health is not None else frozenset()
+        now_up = {
+            backend.server_id.hex(): not backend.down and index not in dead
+            for index, backend in enumerate(backends)
+        }
+        for server_id, up in now_up.items():
+            before = self._backend_up.get(server_id)
+            if before is not None and before != up:
+                key = (server_id, "up" if up else "down")
+                self._transitions[key] = self._transitions.get(key, 0) + 1
+        self._backend_up = now_up
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit status."""
@@ -198,6 +233,7 @@ class Supervisor:
                     self._reload()
                 self._reap()
                 self._probe()
+                self._watch_health()
             return 0
         finally:
             self._shutdown()
@@ -207,7 +243,7 @@ class Supervisor:
             vip = backend = None
             try:
                 vip = open_socket(self.config.listen)
-                backend = open_socket(self.config.backend_listen)
+                backend = open_socket(self.config.backend_listen, icmp_errors=self._icmp_errors)
             except OSError as error:
                 for sock in (vip, backend):
                     if sock is not None:
@@ -291,9 +327,9 @@ class Supervisor:
             return
         self._next_probe = now + self.config.health_interval
         backend_socket = self._sockets[0][1]
-        for backend, packet in zip(
-            self.config.backends, probes(self.config.configs, self.config.backends), strict=True
-        ):
+        config = self.config
+        packets = probes(config.configs, config.backends, config.reset_key)
+        for backend, packet in zip(config.backends, packets, strict=True):
             try:
                 backend_socket.sendto(packet, backend.address)
             except OSError:

@@ -43,6 +43,7 @@ FORWARDER_KEYS = frozenset(
         "log_level",
         "health_interval",
         "health_timeout",
+        "health_icmp",
     }
 )
 

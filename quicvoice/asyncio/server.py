@@ -41,6 +41,7 @@ from ..auth import (
 from ..certificates import generate_certificate
 from ..encapsulation import unwrap, wrap
 from ..errors import InvalidStateError, StoreError
+from ..healthprobe import PROBE_CLIENT, ProbeVerifier
 from ..observability.telemetry import NO_SESSION, BackendTelemetry, SessionTelemetry
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header, peek_psk_identity
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
@@ -99,6 +100,9 @@ MIN_STATELESS_RESET = 21
 MAX_STATELESS_RESET = 43
 #: Stateless resets per second this endpoint sends at most (RFC 9000 §10.3 asks for a bound).
 RESETS_PER_SECOND = 100
+#: Answers per second to the forwarder's authenticated health probes (quicvoice/healthprobe.py),
+#: an allowance of their own that strangers' unknown short headers cannot use up.
+PROBE_ANSWERS_PER_SECOND = 100
 QUIC_VERSION_1 = 0x00000001
 #: New connections waiting for their TLS ticket from the store, and datagrams held for each.
 MAX_PENDING_CONNECTIONS = 256
@@ -685,6 +689,9 @@ class VoiceServer:
         self._transport: asyncio.DatagramTransport | None = None
         self._reset_budget = float(RESETS_PER_SECOND)
         self._reset_budget_at = 0.0
+        self._probe_verifier = ProbeVerifier(config.reset_key)
+        self._probe_budget = float(PROBE_ANSWERS_PER_SECOND)
+        self._probe_budget_at = 0.0
         #: Datagrams by what happened to them.
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -695,6 +702,7 @@ class VoiceServer:
                 "new_connections",
                 "stateless_resets",
                 "dropped_unknown_cid",
+                "probes_answered",
             ),
             0,
         )
@@ -958,10 +966,15 @@ class VoiceServer:
     ) -> None:
         # RFC 9000 §10.3: answer a short header for a CID of this deployment that no connection
         # here owns (e.g. after a restart) with a reset smaller than the packet that caused it.
-        self.counters["dropped_unknown_cid"] += 1
         size = min(len(data) - 1, MAX_STATELESS_RESET)
         if size < MIN_STATELESS_RESET or not isinstance(self._decoder.decode(dcid), bytes):
+            self.counters["dropped_unknown_cid"] += 1
             return
+        if via_forwarder and address == PROBE_CLIENT and self._answer_probe(data, dcid, now):
+            self.counters["probes_answered"] += 1
+            self._send_reset(dcid, size, address, via_forwarder)
+            return
+        self.counters["dropped_unknown_cid"] += 1
         self._reset_budget = min(
             float(RESETS_PER_SECOND),
             self._reset_budget + (now - self._reset_budget_at) * RESETS_PER_SECOND,
@@ -970,6 +983,23 @@ class VoiceServer:
         if self._reset_budget < 1:
             return
         self._reset_budget -= 1
+        self._send_reset(dcid, size, address, via_forwarder)
+
+    def _answer_probe(self, data: bytes, dcid: bytes, now: float) -> bool:
+        """Whether an authentic, fresh health probe may be answered (from its own allowance)."""
+        if not self._probe_verifier.verify(data, len(dcid), time.time()):
+            return False
+        self._probe_budget = min(
+            float(PROBE_ANSWERS_PER_SECOND),
+            self._probe_budget + (now - self._probe_budget_at) * PROBE_ANSWERS_PER_SECOND,
+        )
+        self._probe_budget_at = now
+        if self._probe_budget < 1:
+            return False
+        self._probe_budget -= 1
+        return True
+
+    def _send_reset(self, dcid: bytes, size: int, address: Address, via_forwarder: bool) -> None:
         token = stateless_reset_token(self.config.reset_key, dcid)
         unpredictable = os.urandom(size - len(token))
         # Short-header form: 0b01 then random bits (RFC 9000 §10.3, Figure 10).

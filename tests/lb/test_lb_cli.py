@@ -78,6 +78,7 @@ def test_the_forwarder_imports_only_the_codec_and_the_standard_library() -> None
                 "quicvoice.version",
                 "quicvoice.settings",
                 "quicvoice.encapsulation",
+                "quicvoice.healthprobe",
                 "lb",
             )
         )
