@@ -9,8 +9,9 @@ Three ways of noticing are measured:
   forwarder then answers A's packets with stateless resets and the client reconnects;
 - ``icmp``: the forwarder's default: A's kernel answers the next datagram to A's closed port
   with ICMP port unreachable, the forwarder reads it from its backend socket's error queue
-  (lb/errqueue.py), probes A at once and, without an answer within 0.1 s, answers A's packets
-  with stateless resets (the client's own check is set to 5 s);
+  (lb/errqueue.py), probes A at once and, when A's kernel refuses that probe too (or A answers
+  nothing within 0.5 s), answers A's packets with stateless resets (the client's own check is
+  set to 5 s);
 - ``probes``: health probes alone (``health_icmp = false``: what a host death looks like) find A
   silent after 1 s and answer its packets with stateless resets (the client's check 5 s);
 - ``client``: nobody tells the forwarder and probes are off; the client notices the silence itself

@@ -8,7 +8,9 @@ host is found that way at its next datagram, long before a probe times out. The 
 sets the socket's pending error, so the next receive or send on it fails once with
 ``ECONNREFUSED``: the pumps drain the queue then (and on every tick, since either pump may be the
 one that sees the error). Anyone can forge an ICMP message: an entry only makes the backend a
-suspect, confirmed by a probe (lb/health.py).
+suspect, confirmed by a probe (lb/health.py). The entry also returns the start of the datagram
+the ICMP message answered: when that is one of the forwarder's own authenticated probes, which
+an off-path forger cannot know, the port is closed for certain.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ ICMP_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREA
 #: a flood of them must not keep a pump from its datagrams.
 MAX_ENTRIES_PER_DRAIN = 64
 _ANCILLARY_LEN = socket.CMSG_SPACE(EXTENDED_ERROR.size + 28)
+#: Octets of the offending datagram read back with each entry: enough for an encapsulated
+#: probe (RFC 1812 routers quote up to 576 octets of the IP packet; Linux quotes as much).
+QUOTE_LEN = 256
 
 
 def enable(sock: socket.socket) -> bool:
@@ -77,14 +82,16 @@ def port_unreachable(ancillary: list[tuple[int, int, bytes]]) -> bool:
     return False
 
 
-def drain(sock: socket.socket, found: Callable[[Address], None]) -> int:
-    """Read ``sock``'s error queue without blocking; call ``found(destination)`` for each
-    port unreachable. Returns how many entries were read."""
+def drain(sock: socket.socket, found: Callable[[Address, bytes], None]) -> int:
+    """Read ``sock``'s error queue without blocking; call ``found(destination, quoted)`` for
+    each port unreachable, ``quoted`` the start of the datagram it answered (as much of it as
+    the ICMP message carried, at most ``QUOTE_LEN`` octets). Returns how many entries were
+    read."""
     read = 0
     while read < MAX_ENTRIES_PER_DRAIN:
         try:
-            _, ancillary, _, address = sock.recvmsg(
-                1, _ANCILLARY_LEN, MSG_ERRQUEUE | socket.MSG_DONTWAIT
+            quoted, ancillary, _, address = sock.recvmsg(
+                QUOTE_LEN, _ANCILLARY_LEN, MSG_ERRQUEUE | socket.MSG_DONTWAIT
             )
         except (BlockingIOError, InterruptedError):
             break
@@ -95,5 +102,5 @@ def drain(sock: socket.socket, found: Callable[[Address], None]) -> int:
             host = str(address[0])
             if host.startswith("::ffff:"):
                 host = host[len("::ffff:") :]
-            found((host, int(address[1])))
+            found((host, int(address[1])), quoted)
     return read

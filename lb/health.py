@@ -11,8 +11,9 @@ first-flight hash, its packets answered with resets (or dropped) as for ``down =
 
 A dead backend process on a live host is found sooner: its kernel answers the next datagram
 with ICMP port unreachable, which the pumps read from the backend socket's error queue
-(lb/errqueue.py). That makes the backend a suspect and sends it a probe at once; with no answer
-within ``DEFAULT_CONFIRM`` it is down. A host that died sends no ICMP: probes find it.
+(lb/errqueue.py). That makes the backend a suspect and sends it a probe at once; when the kernel
+refuses that probe too (its ICMP message quotes the probe) it is down, and so it is after
+``DEFAULT_CONFIRM_TIMEOUT`` without an answer. A host that died sends no ICMP: probes find it.
 
 With a shared ``reset_key`` the probes are authenticated (quicvoice/healthprobe.py): they carry
 a timestamp and an HMAC under a key derived from it, and a quicvoice backend answers them
@@ -41,8 +42,9 @@ PROBE_REPLY_HEADER = wrap(PROBE_CLIENT, b"")
 #: Octets of random payload after the DCID: a reset must be smaller than its trigger and at
 #: least 21 octets, so the probe carries enough for the backend to answer.
 PROBE_PADDING = 40
-#: Seconds a backend reported unreachable (ICMP) has to answer a probe before it is down.
-DEFAULT_CONFIRM = 0.1
+#: Seconds a backend reported unreachable (ICMP) has to answer a probe before it is down, when
+#: no refused probe has confirmed the report sooner.
+DEFAULT_CONFIRM_TIMEOUT = 0.5
 
 
 def probe_packet(
@@ -62,17 +64,27 @@ class HealthTable:
     ICMP error last made it a suspect.
 
     Lives in shared memory so that the downlink pump writes and the uplink pump reads it.
-    A backend counts as alive until ``timeout`` has passed since the table was (re)set. A
-    suspect (``suspect``: its port was reported unreachable) is down once ``confirm`` has
-    passed without a probe answer: a live backend answers the probe sent with the suspicion,
-    so a forged ICMP message costs one probe, never the backend.
+    A backend counts as alive until ``timeout`` has passed since the table was (re)set.
+
+    An ICMP port unreachable is only believed of a backend that has answered a probe since the
+    table was (re)set: before that (start-up, reload) its port may simply not be bound yet, and
+    the timeout decides. A believed report makes the backend a suspect, and the pump probes it
+    at once. A suspect is down when the kernel refuses one of the forwarder's own authenticated
+    probes (``confirm``: the ICMP message quotes a probe, which no off-path forger can know),
+    or when it has answered no probe for ``confirm_timeout`` (deployments without a shared key,
+    or ICMP rate-limited on the way). A forged report costs one probe, never the backend, and a
+    live backend slow to answer under load has ``confirm_timeout`` to do so.
     """
 
-    def __init__(self, size: int, timeout: float, confirm: float = DEFAULT_CONFIRM) -> None:
+    def __init__(
+        self, size: int, timeout: float, confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
+    ) -> None:
         self.timeout = timeout
-        self.confirm = confirm
+        self.confirm_timeout = confirm_timeout
         self._last = multiprocessing.RawArray("d", max(size, 1))
+        self._answered = multiprocessing.RawArray("d", max(size, 1))
         self._suspect = multiprocessing.RawArray("d", max(size, 1))
+        self._refused = multiprocessing.RawArray("d", max(size, 1))
         self.reset(len(self._last))
 
     @property
@@ -85,43 +97,61 @@ class HealthTable:
         now = time.monotonic()
         for index in range(min(count, len(self._last))):
             self._last[index] = now
+            self._answered[index] = 0.0
             self._suspect[index] = 0.0
+            self._refused[index] = 0.0
 
     def heard(self, index: int) -> None:
         """Record a probe answer from backend ``index``."""
         if 0 <= index < len(self._last):
-            self._last[index] = time.monotonic()
+            now = time.monotonic()
+            self._last[index] = now
+            self._answered[index] = now
 
     def suspect(self, index: int) -> bool:
         """Record that backend ``index``'s port was reported unreachable; ``True`` when this
-        starts a suspicion (the caller then probes it at once), ``False`` when one is open."""
-        if not 0 <= index < len(self._last) or self._suspect[index] > self._last[index]:
+        starts a suspicion (the caller then probes it at once), ``False`` when one is open or
+        the report is not believed (the backend has not answered since the table was set)."""
+        if not 0 <= index < len(self._last) or self._answered[index] == 0.0:
+            return False
+        if self._suspect[index] > self._last[index]:
             return False
         self._suspect[index] = time.monotonic()
         return True
 
+    def confirm(self, index: int) -> None:
+        """Record that the kernel refused one of the forwarder's own probes to backend
+        ``index``: down until it answers a probe again (if it has answered one since the table
+        was set; before, the timeout decides)."""
+        if 0 <= index < len(self._last) and self._answered[index] != 0.0:
+            now = time.monotonic()
+            if self._suspect[index] <= self._last[index]:
+                self._suspect[index] = now
+            self._refused[index] = now
+
     def next_confirmation(self, count: int) -> float | None:
-        """When the earliest open suspicion (below ``count``) is confirmed, if none is answered
-        (``time.monotonic()`` seconds), or ``None``: the uplink pump ticks then."""
+        """When the earliest open suspicion (below ``count``) times out, if no probe is
+        answered (``time.monotonic()`` seconds), or ``None``: the uplink pump ticks then."""
         last, suspected = self._last, self._suspect
         due = [
-            suspected[i] + self.confirm
+            suspected[i] + self.confirm_timeout
             for i in range(min(count, len(last)))
             if suspected[i] > last[i]
         ]
         return min(due) if due else None
 
     def dead(self, count: int) -> frozenset[int]:
-        """Indexes (below ``count``) of backends unheard of for longer than the timeout, or
-        suspects that answered no probe within ``confirm``."""
+        """Indexes (below ``count``) of backends unheard of for longer than the timeout, and
+        suspects that the kernel refused a probe to or that answered none in time."""
         now = time.monotonic()
         limit = now - self.timeout
-        confirmed = now - self.confirm
-        last, suspected = self._last, self._suspect
+        timed_out = now - self.confirm_timeout
+        last, suspected, refused = self._last, self._suspect, self._refused
         return frozenset(
             i
             for i in range(min(count, len(last)))
-            if last[i] < limit or last[i] < suspected[i] <= confirmed
+            if last[i] < limit
+            or (last[i] < suspected[i] and (refused[i] > last[i] or suspected[i] <= timed_out))
         )
 
 

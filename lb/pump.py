@@ -30,8 +30,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from quicvoice.encapsulation import EncapsulationError, unwrap
 from quicvoice.errors import ConfigurationError
-from quicvoice.healthprobe import probe_key
+from quicvoice.healthprobe import PROBE_CLIENT, is_authentic_probe, probe_key
 from quicvoice.settings import Address, format_address
 
 from . import errqueue, mmsg, native_path, python_path
@@ -54,6 +55,9 @@ PR_SET_PDEATHSIG = 1
 ERROR_LOG_BURST = 10
 ERROR_LOG_EVERY = 10_000
 #: Failed sends by errno, per direction: a breakdown of the ``send_error`` drops.
+#: An ICMP error quoting one of our probes is believed when the probe is at most this many
+#: seconds old (the error comes back within a round trip).
+REFUSED_PROBE_LIFETIME = 2.0
 SEND_ERRORS_METRIC = "quicvoice_lb_send_errors_total"
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 UPLINK = "uplink"
@@ -269,8 +273,8 @@ class Pump:
             self.read_error_queue()
             if self.direction == UPLINK:
                 self._apply_health()
-                # A suspect is routed as down the moment its confirmation passes, not up to a
-                # tick later: its clients' next datagrams get their resets.
+                # A suspect is routed as down the moment its confirmation times out, not up
+                # to a tick later: its clients' next datagrams get their resets.
                 due = self._health.next_confirmation(len(self.router.config.backends))
                 if due is not None and now < due < self.next_tick:
                     self.next_tick = due
@@ -286,15 +290,23 @@ class Pump:
     def read_error_queue(self) -> None:
         """Make the backends whose ports were reported unreachable suspects, and probe them."""
         if self._health is not None:
-            self.icmp_errors += errqueue.drain(self.backend, self._port_unreachable)
+            read = errqueue.drain(self.backend, self._port_unreachable)
+            self.icmp_errors += read
+            if read and self.direction == UPLINK:
+                self._apply_health()  # a refused probe confirmed a suspicion: route so now
 
-    def _port_unreachable(self, address: Address) -> None:
+    def _port_unreachable(self, address: Address, quoted: bytes) -> None:
         index = self._backend_index.get(address)
         health = self._health
-        if index is None or health is None or not health.suspect(index):
+        if index is None or health is None:
             return
         config = self._config
         backend = config.backends[index]
+        if self._refuses_own_probe(quoted):
+            health.confirm(index)
+            return
+        if not health.suspect(index):
+            return
         self.logger.info(
             "backend_unreachable",
             server_id=backend.server_id.hex(),
@@ -305,6 +317,20 @@ class Pump:
             self.backend.sendto(packet, backend.address)
         except OSError:
             pass  # unanswered: the suspicion stands
+
+    def _refuses_own_probe(self, quoted: bytes) -> bool:
+        """Whether an ICMP error quotes one of this deployment's probes, sent just now."""
+        key = self._probe_key
+        if key is None:
+            return False
+        try:
+            client, packet = unwrap(quoted)
+        except EncapsulationError:
+            return False
+        if client != PROBE_CLIENT:
+            return False
+        cid_len = self._config.configs[-1].cid_len
+        return is_authentic_probe(key, packet, cid_len, time.time(), REFUSED_PROBE_LIFETIME)
 
     def probe_answered(self, source: Any) -> None:
         """A backend answered a health probe (downlink)."""

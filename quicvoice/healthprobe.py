@@ -51,6 +51,22 @@ def probe_trailer(key: bytes, dcid: bytes, now: float) -> bytes:
     return timestamp + _proof(key, dcid, timestamp)
 
 
+def is_authentic_probe(
+    key: bytes, packet: bytes, dcid_len: int, now: float, lifetime: float = PROBE_LIFETIME
+) -> bool:
+    """Whether the short-header ``packet`` carries a valid proof under ``key`` and a timestamp
+    within ``lifetime`` seconds of wall-clock ``now`` (no replay check: see ``ProbeVerifier``)."""
+    end = 1 + dcid_len + PROBE_TRAILER_LEN
+    if dcid_len <= 0 or len(packet) < end:
+        return False
+    dcid = packet[1 : 1 + dcid_len]
+    timestamp = packet[1 + dcid_len : 1 + dcid_len + TIMESTAMP_LEN]
+    proof = packet[1 + dcid_len + TIMESTAMP_LEN : end]
+    if not hmac.compare_digest(proof, _proof(key, dcid, timestamp)):
+        return False
+    return abs(now - int.from_bytes(timestamp, "big") / 1000) <= lifetime
+
+
 class ProbeVerifier:
     """Checks probes for one backend: proof (constant time), lifetime, and once per DCID."""
 
@@ -60,17 +76,9 @@ class ProbeVerifier:
 
     def verify(self, packet: bytes, dcid_len: int, now: float) -> bool:
         """Whether the short-header ``packet`` is a fresh, authentic probe (``now``: wall clock)."""
-        end = 1 + dcid_len + PROBE_TRAILER_LEN
-        if dcid_len <= 0 or len(packet) < end:
+        if not is_authentic_probe(self._key, packet, dcid_len, now):
             return False
         dcid = packet[1 : 1 + dcid_len]
-        timestamp = packet[1 + dcid_len : 1 + dcid_len + TIMESTAMP_LEN]
-        proof = packet[1 + dcid_len + TIMESTAMP_LEN : end]
-        if not hmac.compare_digest(proof, _proof(self._key, dcid, timestamp)):
-            return False
-        sent = int.from_bytes(timestamp, "big") / 1000
-        if abs(now - sent) > PROBE_LIFETIME:
-            return False
         seen = self._seen
         while seen and (len(seen) >= MAX_REMEMBERED_PROBES or next(iter(seen.values())) < now):
             seen.popitem(last=False)

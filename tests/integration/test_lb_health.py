@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from lb.health import DEFAULT_CONFIRM_TIMEOUT, PROBE_CLIENT
 from quicvoice.asyncio.client import connect
 from quicvoice.asyncio.server import VoiceServer
+from quicvoice.encapsulation import wrap
 from quicvoice.session.events import SessionResumed
 
 from ..conftest import RedisServer
@@ -157,15 +159,18 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def forged_port_unreachable(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
-    """An ICMP port unreachable (RFC 792) quoting a UDP datagram ``source`` -> ``destination``."""
+def forged_port_unreachable(
+    source: tuple[str, int], destination: tuple[str, int], payload: bytes = bytes(40)
+) -> bytes:
+    """An ICMP port unreachable (RFC 792) quoting a UDP datagram ``source`` -> ``destination``
+    that carried ``payload``."""
     quoted_ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 40, 0, 0, 64, socket.IPPROTO_UDP, 0,
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + len(payload), 0, 0, 64, socket.IPPROTO_UDP, 0,
         socket.inet_aton(source[0]), socket.inet_aton(destination[0]),
     )  # fmt: skip
     quoted_ip = quoted_ip[:10] + struct.pack("!H", _checksum(quoted_ip)) + quoted_ip[12:]
-    quoted_udp = struct.pack("!HHHH", source[1], destination[1], 8 + 40, 0)
-    body = b"\0\0\0\0" + quoted_ip + quoted_udp
+    quoted_udp = struct.pack("!HHHH", source[1], destination[1], 8 + len(payload), 0)
+    body = b"\0\0\0\0" + quoted_ip + quoted_udp + payload
     header = struct.pack("!BBH", 3, 3, 0)
     return header[:2] + struct.pack("!H", _checksum(header + body)) + body
 
@@ -190,15 +195,20 @@ def test_a_forged_port_unreachable_does_not_take_a_live_backend_down(tmp_path: P
         async with backends(deployment) as servers:
             await wait_until(lambda: up(deployment, A) == 1.0, 5)
             answered = servers[A].counters["probes_answered"]
+            # A datagram of a client, and what looks like a probe without the key's proof
+            # (a forger who knows the format): neither confirms the suspicion.
+            probe_like = wrap(PROBE_CLIENT, b"\x41" + LB_CONFIG.encode(bytes.fromhex(A),
+                              os.urandom(LB_CONFIG.nonce_len)) + os.urandom(64))  # fmt: skip
+            payloads = [wrap(("127.0.0.1", 5555), b"\x41" + os.urandom(60)), probe_like] * 2
             with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
-                for _ in range(3):
+                for payload in payloads:
                     message = forged_port_unreachable(
-                        deployment.backend_listen, deployment.backends[A]
+                        deployment.backend_listen, deployment.backends[A], payload
                     )
                     raw.sendto(message, ("127.0.0.1", 0))
                     # The suspicion's probe comes at once, long before the next regular one.
                     answered = await probe_answered_after(servers[A], answered)
-                    await asyncio.sleep(0.3)  # past the 0.1 s confirmation
+                    await asyncio.sleep(DEFAULT_CONFIRM_TIMEOUT + 0.2)  # past the timeout
                     assert up(deployment, A) == 1.0
             assert went_down(deployment, A) == 0.0
             assert up(deployment, A) == 1.0

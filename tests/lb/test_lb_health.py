@@ -15,7 +15,7 @@ from test_lb_forwarder_integration import IO_MODES, Client, FakeBackend, Forward
 
 from lb import errqueue
 from lb.config import load_config
-from lb.health import HealthTable
+from lb.health import PROBE_CLIENT, HealthTable
 from quicvoice.errors import ConfigurationError
 
 HOST = "127.0.0.1"
@@ -36,8 +36,17 @@ def wait_for_error(sock: socket.socket) -> None:
     assert poller.poll(ICMP_WAIT * 1000), "no ICMP error came back"
 
 
+def wait_for_a_probe(backend: FakeBackend) -> None:
+    """Wait (bounded) until ``backend`` has answered a health probe."""
+    deadline = time.monotonic() + 3.0
+    while PROBE_CLIENT not in backend.clients:
+        assert time.monotonic() < deadline, "no probe reached the backend"
+        time.sleep(0.01)
+
+
 def test_a_suspect_that_answers_its_probe_stays_up() -> None:
-    table = HealthTable(4, timeout=10.0, confirm=0.05)
+    table = HealthTable(4, timeout=10.0, confirm_timeout=0.05)
+    table.heard(1)
     assert table.suspect(1)
     assert not table.suspect(1)  # one suspicion (and one probe) at a time
     table.heard(1)  # the probe sent with the suspicion was answered
@@ -46,15 +55,44 @@ def test_a_suspect_that_answers_its_probe_stays_up() -> None:
     assert table.suspect(1)  # a new ICMP error opens a new suspicion
 
 
-def test_a_suspect_that_answers_nothing_is_down_after_confirm_then_back_on_an_answer() -> None:
-    table = HealthTable(4, timeout=10.0, confirm=0.05)
+def test_a_suspect_that_answers_nothing_is_down_after_the_timeout_then_back_on_an_answer() -> None:
+    table = HealthTable(4, timeout=10.0, confirm_timeout=0.05)
+    table.heard(2)
     assert table.suspect(2)
-    assert table.dead(4) == frozenset()  # not before ``confirm``
+    assert table.dead(4) == frozenset()  # not before ``confirm_timeout``
     deadline = time.monotonic() + 1.0
     while not table.dead(4) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert table.dead(4) == frozenset({2})
     table.heard(2)
+    assert table.dead(4) == frozenset()
+
+
+def test_a_refused_probe_confirms_at_once_until_the_next_answer() -> None:
+    table = HealthTable(4, timeout=10.0, confirm_timeout=5.0)
+    table.heard(3)
+    assert table.suspect(3)
+    assert table.dead(4) == frozenset()
+    table.confirm(3)
+    assert table.dead(4) == frozenset({3})
+    table.heard(3)  # it came back
+    assert table.dead(4) == frozenset()
+    table.confirm(3)  # a refused probe alone (a regular probe's ICMP) is enough too
+    assert table.dead(4) == frozenset({3})
+
+
+def test_icmp_is_not_believed_of_a_backend_unheard_since_the_table_was_set() -> None:
+    """At start-up and after a reload a backend's port may not be bound yet: the timeout
+    decides, not an ICMP error for a datagram that came too early."""
+    table = HealthTable(4, timeout=10.0, confirm_timeout=0.01)
+    assert not table.suspect(0)
+    table.confirm(0)
+    time.sleep(0.02)
+    assert table.dead(4) == frozenset()
+    table.heard(0)
+    table.reset(4)
+    assert not table.suspect(0)
+    table.confirm(0)
     assert table.dead(4) == frozenset()
 
 
@@ -73,10 +111,10 @@ def test_the_error_queue_names_the_closed_port_a_datagram_went_to() -> None:
         sock.bind((HOST, 0))
         sock.sendto(b"x" * 40, (HOST, port))
         wait_for_error(sock)
-        found: list[tuple[str, int]] = []
-        assert errqueue.drain(sock, found.append) >= 1
-        assert found == [(HOST, port)]
-        assert errqueue.drain(sock, found.append) == 0  # drained
+        found: list[tuple[tuple[str, int], bytes]] = []
+        assert errqueue.drain(sock, lambda *entry: found.append(entry)) >= 1
+        assert found == [((HOST, port), b"x" * 40)]  # the datagram comes back quoted
+        assert errqueue.drain(sock, lambda *entry: found.append(entry)) == 0  # drained
         # The kernel also set the socket's pending error: one receive reports it, once.
         sock.setblocking(False)
         try:
@@ -97,8 +135,8 @@ def test_without_ip_recverr_nothing_is_queued() -> None:
         sock.sendto(b"x" * 40, (HOST, port))
         marker.sendto(b"x" * 40, (HOST, port))  # its error arrives after sock's would have
         wait_for_error(marker)
-        found: list[tuple[str, int]] = []
-        assert errqueue.drain(sock, found.append) == 0
+        found: list[tuple[tuple[str, int], bytes]] = []
+        assert errqueue.drain(sock, lambda *entry: found.append(entry)) == 0
         assert found == []
 
 
@@ -160,6 +198,8 @@ def test_a_closed_backend_port_is_down_long_before_the_probe_timeout(
     forwarder.start()
     client = Client()
     try:
+        wait_for_a_probe(fakes[1])
+        # Answered after the probe's answer, on the same socket: the pump has recorded that.
         reply, _ = client.ask(forwarder.listen, fakes[1].cid(), b"x" * 60)
         assert reply.startswith(b"0a000002|")
         fakes[1].close()  # the process is gone, the host is not: its kernel sends ICMP
@@ -189,8 +229,10 @@ def test_a_closed_backend_port_is_down_long_before_the_probe_timeout(
 
 
 def test_the_next_confirmation_is_that_of_the_earliest_open_suspicion() -> None:
-    table = HealthTable(4, timeout=10.0, confirm=0.5)
+    table = HealthTable(4, timeout=10.0, confirm_timeout=0.5)
     assert table.next_confirmation(4) is None
+    table.heard(3)
+    table.heard(1)
     before = time.monotonic()
     table.suspect(3)
     table.suspect(1)
