@@ -67,9 +67,9 @@ class HealthTable:
     A backend counts as alive until ``timeout`` has passed since the table was (re)set.
 
     An ICMP port unreachable is only believed of a backend that has answered a probe since the
-    table was (re)set: before that (start-up, reload) its port may simply not be bound yet, and
-    the timeout decides. A believed report makes the backend a suspect, and the pump probes it
-    at once. A suspect is down when the kernel refuses one of the forwarder's own authenticated
+    table was set (start-up) or since it joined in a reload: before that its port may simply not
+    be bound yet, and the timeout decides. A believed report makes the backend a suspect, and
+    the pump probes it at once. A suspect is down when the kernel refuses one of the forwarder's own authenticated
     probes (``confirm``: the ICMP message quotes a probe, which no off-path forger can know),
     or when it has answered no probe for ``confirm_timeout`` (deployments without a shared key,
     or ICMP rate-limited on the way). A forged report costs one probe, never the backend, and a
@@ -100,6 +100,23 @@ class HealthTable:
             self._answered[index] = 0.0
             self._suspect[index] = 0.0
             self._refused[index] = 0.0
+
+    def carry_over(self, before: Sequence[Backend], after: Sequence[Backend]) -> None:
+        """Re-index the table for a reloaded backend list: a backend still configured (same
+        server ID and address) keeps what is known of it, wherever it now is in the list; a new
+        one gets a fresh grace period. A reload must not give a backend found dead a second
+        life (its first flights would be lost for a whole ``health_timeout``)."""
+        columns = (self._last, self._answered, self._suspect, self._refused)
+        kept = {
+            (backend.server_id, backend.address): tuple(column[index] for column in columns)
+            for index, backend in enumerate(before[: len(self._last)])
+        }
+        self.reset(len(after))
+        for index, backend in enumerate(after[: len(self._last)]):
+            entry = kept.get((backend.server_id, backend.address))
+            if entry is not None:
+                for column, value in zip(columns, entry, strict=True):
+                    column[index] = value
 
     def heard(self, index: int) -> None:
         """Record a probe answer from backend ``index``."""

@@ -293,7 +293,9 @@ class Pump:
             read = errqueue.drain(self.backend, self._port_unreachable)
             self.icmp_errors += read
             if read and self.direction == UPLINK:
-                self._apply_health()  # a refused probe confirmed a suspicion: route so now
+                # A refused probe may have confirmed a suspicion: route so from the next
+                # datagram on (the loops pick up a new router when they tick).
+                self.next_tick = time.monotonic()
 
     def _port_unreachable(self, address: Address, quoted: bytes) -> None:
         index = self._backend_index.get(address)

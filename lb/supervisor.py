@@ -308,9 +308,9 @@ class Supervisor:
         for key in ("listen", "backend_listen", "metrics"):
             if getattr(config, key) != getattr(self.config, key):
                 self.logger.warning("reload_ignores_key", key=key, reason="restart to rebind")
-        self.config = config
         if self._health is not None:
-            self._health.reset(len(config.backends))
+            self._health.carry_over(self.config.backends, config.backends)
+        self.config = config
         for direction in (DOWNLINK, UPLINK):
             for (_, pump_direction), process in self._pumps.items():
                 if pump_direction == direction and process.pid is not None:

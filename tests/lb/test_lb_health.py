@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from test_lb_forwarder_integration import IO_MODES, Client, FakeBackend, Forwarder, packet
 
 from lb import errqueue
-from lb.config import load_config
+from lb.config import Backend, load_config
 from lb.health import PROBE_CLIENT, HealthTable
 from quicvoice.errors import ConfigurationError
 
@@ -94,6 +94,23 @@ def test_icmp_is_not_believed_of_a_backend_unheard_since_the_table_was_set() -> 
     assert not table.suspect(0)
     table.confirm(0)
     assert table.dead(4) == frozenset()
+
+
+def test_a_reload_keeps_what_is_known_of_the_backends_it_keeps() -> None:
+    """A backend found dead stays dead across a reload (even when it moves in the list); a
+    new one gets a grace period; a replaced address is a new backend."""
+    a, b, c = (Backend(bytes.fromhex(f"0a00000{n}"), ("127.0.0.1", 4500 + n)) for n in (1, 2, 3))
+    table = HealthTable(4, timeout=10.0, confirm_timeout=5.0)
+    table.heard(0)
+    table.heard(1)
+    table.confirm(0)  # a is dead
+    assert table.dead(2) == frozenset({0})
+    moved_b = Backend(b.server_id, ("127.0.0.1", 4999))
+    table.carry_over([a, b], [c, moved_b, a])
+    assert table.dead(3) == frozenset({2})  # a, now third
+    assert not table.suspect(1)  # the moved b is new: not heard since it joined
+    table.heard(2)
+    assert table.dead(3) == frozenset()
 
 
 def test_out_of_range_indexes_are_ignored() -> None:
