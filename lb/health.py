@@ -64,15 +64,15 @@ class HealthTable:
     ICMP error last made it a suspect.
 
     Lives in shared memory so that the downlink pump writes and the uplink pump reads it.
-    A backend counts as alive until ``timeout`` has passed since the table was (re)set.
+    A backend counts as alive until ``timeout`` has passed since the table was set or it joined.
 
     An ICMP port unreachable is only believed of a backend that has answered a probe since the
     table was set (start-up) or since it joined in a reload: before that its port may simply not
     be bound yet, and the timeout decides. A believed report makes the backend a suspect, and
-    the pump probes it at once. A suspect is down when the kernel refuses one of the forwarder's own authenticated
-    probes (``confirm``: the ICMP message quotes a probe, which no off-path forger can know),
-    or when it has answered no probe for ``confirm_timeout`` (deployments without a shared key,
-    or ICMP rate-limited on the way). A forged report costs one probe, never the backend, and a
+    the pump probes it at once. A suspect is down when the kernel refuses one of the forwarder's
+    own authenticated probes (``confirm``: the ICMP message quotes a probe, which no off-path
+    forger can know), or when it has answered no probe for ``confirm_timeout`` (deployments
+    without a shared key, or ICMP rate-limited on the way). A forged report costs one probe, never the backend, and a
     live backend slow to answer under load has ``confirm_timeout`` to do so.
     """
 
