@@ -72,8 +72,8 @@ class HealthTable:
     the pump probes it at once. A suspect is down when the kernel refuses one of the forwarder's
     own authenticated probes (``confirm``: the ICMP message quotes a probe, which no off-path
     forger can know), or when it has answered no probe for ``confirm_timeout`` (deployments
-    without a shared key, or ICMP rate-limited on the way). A forged report costs one probe, never the backend, and a
-    live backend slow to answer under load has ``confirm_timeout`` to do so.
+    without a shared key, or ICMP rate-limited on the way). A forged report costs one probe,
+    never the backend, and a live backend slow to answer under load has ``confirm_timeout``.
     """
 
     def __init__(
