@@ -190,12 +190,17 @@ async def quic_run(redis: Redis, mode: str, index: int) -> Run:
                         await asyncio.sleep(0.02)
 
                 speaking = loop.create_task(speak())
+                if mode != "orchestrator":
+                    # B comes up before the kill, so that the reload does not race the
+                    # detection (the call stays on A: its CIDs carry A's server ID).
+                    cluster.write(down=set())
+                    cluster.processes["lb"].send_signal(signal.SIGHUP)
                 await asyncio.sleep(0.5)
                 killed_at = loop.time()
                 cluster.processes[A].send_signal(signal.SIGKILL)
-                # B comes up in every mode; only the orchestrator also marks A down.
-                cluster.write(down={A} if mode == "orchestrator" else set())
-                cluster.processes["lb"].send_signal(signal.SIGHUP)
+                if mode == "orchestrator":  # whoever watches marks A down and B up at once
+                    cluster.write(down={A})
+                    cluster.processes["lb"].send_signal(signal.SIGHUP)
                 await call.wait_resumed(timeout=20)
                 resumption = call.resumptions[0]
                 call.send_event("order.list")
