@@ -109,6 +109,11 @@ MIN_ATTEMPT_TIMEOUT = 0.3
 MIN_ATTEMPT_WAIT = 0.05
 #: Attempts made with that short timeout before it starts doubling.
 FAST_ATTEMPTS = 4
+#: Seconds of a reconnection during which every attempt goes home (``home_cid``); after it,
+#: every other attempt goes to any backend, in case the home backend died and the forwarder
+#: does not know (its health probes off). A backend that answers those without the session
+#: sends the next attempt home at once, so a session only the home backend holds is not lost.
+HOME_ONLY_PERIOD = 2.0
 #: The attempt timeout when the client has moved to another network meanwhile (its RTT there
 #: is unknown): long enough for a handshake over a slow cellular link. Also how long a
 #: connection moved off a vanished network waits for an answer on the new path.
@@ -271,6 +276,10 @@ class _Reconnection:
     #: reconnection began (the path is back: an unanswered attempt is retried at once).
     last_quiet_probe: float = 0.0
     path_back: bool = False
+    #: When a backend last refused an attempt sent to any backend (the path worked then),
+    #: and whether the next attempt goes home because of it.
+    refused_elsewhere_at: float | None = None
+    home_next: bool = False
 
 
 @dataclass(slots=True)
@@ -1196,7 +1205,7 @@ class CallMachine:
         before = reconnection.before
         hello = replace(self._hello, codecs=(before.codec,), resume_token=before.resume_token)
         link = self._new_link(
-            LinkRole.ATTEMPT, hello, (self._local_host, 0), dcid=reconnection.home_cid
+            LinkRole.ATTEMPT, hello, (self._local_host, 0), dcid=self._attempt_dcid(now)
         )
         link.opened_at = now
         self._current = link
@@ -1237,6 +1246,18 @@ class CallMachine:
             and not old.reset
             and not old.ended
         )
+
+    def _attempt_dcid(self, now: float) -> bytes | None:
+        """Where the next attempt's first flight goes: home (its CID), or any backend."""
+        reconnection = self._reconnection
+        assert reconnection is not None
+        home = reconnection.home_cid
+        if home is None or reconnection.home_next or reconnection.path_back:
+            reconnection.home_next = False
+            return home
+        if now - reconnection.started_at >= HOME_ONLY_PERIOD and reconnection.attempts % 2 == 0:
+            return None
+        return home
 
     def _leave_home(self, reconnection: _Reconnection, why: str) -> None:
         if reconnection.home_cid is not None:
@@ -1281,9 +1302,26 @@ class CallMachine:
         ):
             self._restore(now)
             return
+        if refused and attempt.dcid is None and reconnection.home_cid is not None:
+            # Another backend answered without the session: the path works, so the home
+            # backend gets the next attempt, at once.
+            reconnection.refused_elsewhere_at = now
+            reconnection.home_next = True
+            if now < reconnection.deadline:
+                self._start_attempt(now)
+            else:
+                self._attempts_over(now)
+            return
         if refused:
             self._attempts_over(now)
             return
+        refused_at = reconnection.refused_elsewhere_at
+        if (
+            attempt.dcid is not None
+            and refused_at is not None
+            and reconnection.attempt_began >= refused_at
+        ):
+            self._leave_home(reconnection, "the home backend did not answer on a working path")
         reconnection.next_attempt_at = now + reconnection.backoff
         reconnection.backoff = min(2 * reconnection.backoff, RECONNECT_BACKOFF_MAX)
         if reconnection.attempts >= FAST_ATTEMPTS:

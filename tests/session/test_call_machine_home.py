@@ -8,7 +8,7 @@ import errno
 
 import pytest
 
-from quicvoice.session.call import LinkRole, OpenLink
+from quicvoice.session.call import HOME_ONLY_PERIOD, LinkRole, OpenLink
 from quicvoice.session.codes import ErrorCode
 from quicvoice.session.events import SessionClosed
 
@@ -31,14 +31,61 @@ def declare_dead(shell: CallShell) -> float:
     raise AssertionError("never judged dead")
 
 
-def test_every_attempt_goes_home_while_nothing_says_the_backend_is_gone() -> None:
+def test_attempts_go_home_first_then_every_other_one_to_any_backend() -> None:
+    """A blackout and a home backend dead behind a forwarder that does not know look the
+    same: home alone for ``HOME_ONLY_PERIOD``, then any backend every other attempt."""
     shell = CallShell()
     shell.start(home_cid=HOME)
     declared = declare_dead(shell)
-    shell.advance(declared + 5.0)  # a blackout: nothing answers
+    shell.advance(declared + 8.0)  # nothing answers
     sent = attempts(shell)
-    assert len(sent) >= 5
-    assert all(a.dcid == HOME for a in sent)
+    early = [a for a in sent if shell.opened_at[a.link] < declared + HOME_ONLY_PERIOD]
+    late = [a for a in sent if shell.opened_at[a.link] >= declared + HOME_ONLY_PERIOD]
+    assert len(early) >= 3 and all(a.dcid == HOME for a in early)
+    assert len(late) >= 2
+    assert {a.dcid for a in late} == {HOME, None}
+    assert all(a.dcid != b.dcid for a, b in zip(late, late[1:], strict=False))
+
+
+def first_attempt_elsewhere(shell: CallShell) -> OpenLink:
+    declared = declare_dead(shell)
+    for _ in range(2000):
+        shell.advance(shell.now + 0.01)
+        if attempts(shell)[-1].dcid is None:
+            return attempts(shell)[-1]
+        assert shell.now < declared + 10.0
+    raise AssertionError("no attempt to any backend")
+
+
+def test_a_refusal_elsewhere_sends_the_next_attempt_home_at_once() -> None:
+    """With ``memory://`` another backend has no state: the session is only at home, which
+    gets the next attempt at once (the path works), and the call resumes there."""
+    shell = CallShell()
+    shell.start(home_cid=HOME)
+    elsewhere = first_attempt_elsewhere(shell)
+    shell.event(
+        elsewhere.link, SessionClosed(error_code=ErrorCode.RESUME_REFUSED, reason="no state")
+    )
+    assert not shell.machine.ended
+    home = attempts(shell)[-1]
+    assert home.dcid == HOME and shell.opened_at[home.link] == shell.now
+    shell.welcome(home.link, resumed=True)
+    assert shell.carrying() == home.link
+
+
+def test_home_silent_on_a_working_path_is_left() -> None:
+    """The home backend is dead: after a refusal elsewhere proved the path, its silence
+    sends every later attempt to any backend."""
+    shell = CallShell()
+    shell.start(home_cid=HOME)
+    elsewhere = first_attempt_elsewhere(shell)
+    shell.event(
+        elsewhere.link, SessionClosed(error_code=ErrorCode.RESUME_REFUSED, reason="no state")
+    )
+    home = attempts(shell)[-1]
+    shell.advance(shell.now + 5.0)
+    later = [a for a in attempts(shell) if shell.opened_at[a.link] > shell.opened_at[home.link]]
+    assert later and all(a.dcid is None for a in later)
 
 
 def test_without_a_home_cid_attempts_use_a_random_dcid() -> None:
