@@ -22,7 +22,7 @@ from quicvoice.http1 import (
     parse_request_head,
 )
 
-from .http1_inputs import hostile_heads
+from .http1_helpers import hostile_heads
 
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

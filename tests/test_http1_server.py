@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from quicvoice.asyncio.http1 import Http1Server, ServingLimits
 from quicvoice.http1 import Request, Response
 
-from .http1_inputs import hostile_heads
+from . import http1_helpers
+from .http1_helpers import hostile_heads, status_of, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -67,20 +68,7 @@ async def server() -> AsyncIterator[Http1Server]:
 
 async def exchange(server: Http1Server, request: bytes, *, half_close: bool = True) -> bytes:
     """Send ``request`` (then half-close unless told not to) and read the whole answer."""
-    assert server.address is not None
-    reader, writer = await asyncio.open_connection(*server.address)
-    try:
-        writer.write(request)
-        if half_close:
-            writer.write_eof()
-        return await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-
-
-def status_of(answer: bytes) -> bytes:
-    assert answer.startswith(b"HTTP/1.1 "), answer[:80]
-    return answer[9:12]
+    return await http1_helpers.exchange(server.address, request, half_close=half_close)
 
 
 @pytest.mark.asyncio
@@ -170,21 +158,12 @@ async def test_idle_connections_beyond_the_bound_are_turned_away_at_once(
     assert server.address is not None
     idle = [await asyncio.open_connection(*server.address) for _ in range(LIMITS.max_connections)]
     try:
-        # The server takes the idle connections in order; then the next one is turned away.
-        async def turned_away() -> None:
-            while status_of(await exchange(server, b"GET / HTTP/1.1\r\n\r\n")) != b"503":
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(turned_away(), 5)
-        assert server.counters.get(503, 0) >= 1
+        await wait_for_status(server.address, b"GET / HTTP/1.1\r\n\r\n", b"503")
     finally:
         for _, writer in idle:
             writer.close()
-    # Once they are gone, requests are served again.
-    deadline = asyncio.get_running_loop().time() + 5
-    while status_of(await exchange(server, b"GET / HTTP/1.1\r\n\r\n")) != b"200":
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.02)
+    assert server.counters[503] >= 1
+    await wait_for_status(server.address, b"GET / HTTP/1.1\r\n\r\n", b"200")  # once gone
 
 
 @pytest.mark.asyncio

@@ -14,6 +14,10 @@ import pytest_asyncio
 
 from quicvoice.observability.endpoint import MAX_CONNECTIONS, MAX_REQUEST_HEAD, MetricsEndpoint
 
+from .. import http1_helpers
+from ..http1_helpers import status_of, wait_for_status
+
+SCRAPE = b"GET /metrics HTTP/1.1\r\n\r\n"
 BODY = "# HELP quicvoice_test_up Up.\n# TYPE quicvoice_test_up gauge\nquicvoice_test_up 1\n"
 
 
@@ -28,21 +32,9 @@ async def endpoint() -> AsyncIterator[MetricsEndpoint]:
         await endpoint.wait_closed()
 
 
-async def exchange(endpoint: MetricsEndpoint, request: bytes, timeout: float = 5.0) -> bytes:
+async def exchange(endpoint: MetricsEndpoint, request: bytes) -> bytes:
     """Send ``request``, half-close, read the whole answer."""
-    assert endpoint.address is not None
-    reader, writer = await asyncio.open_connection(*endpoint.address)
-    try:
-        writer.write(request)
-        writer.write_eof()
-        return await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
-
-
-def status_of(answer: bytes) -> bytes:
-    assert answer.startswith(b"HTTP/1.1 "), answer[:80]
-    return answer[9:12]
+    return await http1_helpers.exchange(endpoint.address, request)
 
 
 @pytest.mark.asyncio
@@ -91,21 +83,11 @@ async def test_idle_connections_beyond_the_bound_are_turned_away(
     assert endpoint.address is not None
     idle = [await asyncio.open_connection(*endpoint.address) for _ in range(MAX_CONNECTIONS)]
     try:
-        # The endpoint takes the idle connections in order; then the next one is turned away.
-        async def turned_away() -> None:
-            while status_of(await exchange(endpoint, b"GET /metrics HTTP/1.1\r\n\r\n")) != b"503":
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(turned_away(), 5)
-        assert endpoint.counters.get(503, 0) >= 1
+        await wait_for_status(endpoint.address, SCRAPE, b"503")
     finally:
         for _, writer in idle:
             writer.close()
-    # Once they are gone, scrapes are served again.
-    deadline = asyncio.get_running_loop().time() + 5
-    while status_of(await exchange(endpoint, b"GET /metrics HTTP/1.1\r\n\r\n")) != b"200":
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.02)
+    await wait_for_status(endpoint.address, SCRAPE, b"200")  # once they are gone
 
 
 @pytest.mark.asyncio
