@@ -13,6 +13,7 @@ before a header's colon, no line folding, ASCII only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,8 +40,12 @@ HEAD_END = b"\r\n\r\n"
 #: More digits than this in ``Content-Length`` is a body no server here would take: it is
 #: refused without converting it (RFC 9110 §8.6 asks to guard against overflow).
 _MAX_LENGTH_DIGITS = 18
-#: Visible ASCII that may not appear in a token (RFC 9110 §5.6.2).
-_DELIMITERS = frozenset('()<>@,;:\\"/[]?={}')
+#: A token: visible ASCII but the delimiters (RFC 9110 §5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Visible ASCII, no blank (the target of a request line).
+_VISIBLE = re.compile(r"[!-~]*")
+#: What a field value may not hold, even after the head is split into lines (RFC 9110 §5.5).
+_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\0]")
 #: Header fields that must not appear twice: two would make the target or framing ambiguous
 #: (RFC 9112 §3.2, §6.3).
 _SINGLE_FIELDS = frozenset({"host", "content-length"})
@@ -108,7 +113,7 @@ class Response:
             raise ValueError(f"no reason phrase for status {self.status}")
         fields = [("Content-Type", self.content_type), ("Cache-Control", self.cache_control)]
         for name, value in [*fields, *self.headers]:
-            if not _is_token(name) or not value.isascii() or any(c in value for c in "\r\n\0"):
+            if not _is_token(name) or not value.isascii() or _FORBIDDEN_IN_VALUE.search(value):
                 raise ValueError(f"header field {name!r} cannot be sent as it is")
 
 
@@ -129,7 +134,7 @@ def parse_request_head(head: bytes) -> Request | BadRequest:
     if len(parts) != 3 or not _is_token(parts[0]):
         return BadRequest(status=400)
     method, target, version = parts
-    if not target.startswith("/") or not _is_visible(target):
+    if not target.startswith("/") or not _VISIBLE.fullmatch(target):
         return BadRequest(status=400)  # only origin-form is served (RFC 9112 §3.2.1)
     if version not in VERSIONS:
         known_syntax = version.startswith("HTTP/") and version[5:6].isdigit()
@@ -174,7 +179,7 @@ def _parse_fields(lines: list[str]) -> tuple[tuple[str, str], ...] | BadRequest:
     for line in lines:
         name, colon, value = line.partition(":")
         # A blank before the colon or a folded line starts with a non-token (RFC 9112 §5.1, §5.2).
-        if not colon or not _is_token(name) or any(c in value for c in "\r\n\0"):
+        if not colon or not _is_token(name) or _FORBIDDEN_IN_VALUE.search(value):
             return BadRequest(status=400)
         fields.append((name.lower(), value.strip(" \t")))
     return tuple(fields)
@@ -191,8 +196,4 @@ def _content_length(value: str | None) -> int | BadRequest:
 
 
 def _is_token(text: str) -> bool:
-    return bool(text) and _is_visible(text) and not any(c in _DELIMITERS for c in text)
-
-
-def _is_visible(text: str) -> bool:
-    return all(33 <= ord(c) <= 126 for c in text)
+    return _TOKEN.fullmatch(text) is not None
