@@ -2,21 +2,19 @@
 
 The page needs a secure context for WebTransport, AudioWorklet and the microphone; browsers
 treat ``http://127.0.0.1`` and ``http://localhost`` as secure, so plain HTTP on loopback is
-enough for development. The server only reads: ``GET`` and ``HEAD`` of a fixed set of paths,
-one request per connection, with a bounded request head and a deadline for it. Anything it
-cannot parse gets ``400`` and the connection is closed; no input makes it raise.
+enough for development. The server only reads: ``GET`` and ``HEAD`` of a fixed set of paths.
+The request handling (one request per connection, a bounded request head under a deadline,
+bounded connections, 4xx for anything that does not parse) is ``quicvoice.asyncio.http1``'s;
+this module is the routing, the limits and the page's configuration.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import ipaddress
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -25,7 +23,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import InvalidStateError
+from ..http1 import Request, Response
 from ..settings import Address
+from .http1 import Http1Server, ServingLimits
 from .server import VoiceServer
 
 logger = logging.getLogger("quicvoice.web")
@@ -40,8 +40,17 @@ WRITE_TIMEOUT = 10.0
 #: After answering, how long and how much of the client's leftover input is read and dropped.
 LINGER_TIMEOUT = 1.0
 LINGER_BYTES = 65536
-#: Connections served at once; more wait in the listen backlog.
+#: Connections served at once; more get 503 at once.
 MAX_CONNECTIONS = 64
+#: All of the above, as the HTTP server takes them.
+LIMITS = ServingLimits(
+    max_request_head=MAX_REQUEST_HEAD,
+    head_timeout=REQUEST_TIMEOUT,
+    write_timeout=WRITE_TIMEOUT,
+    max_connections=MAX_CONNECTIONS,
+    linger_timeout=LINGER_TIMEOUT,
+    linger_bytes=LINGER_BYTES,
+)
 #: WebTransport pins a certificate by hash only if it is valid for at most this long.
 MAX_PINNED_VALIDITY = datetime.timedelta(days=14)
 
@@ -60,33 +69,8 @@ CONTENT_TYPES: Mapping[str, str] = {
     ".js": "text/javascript; charset=utf-8",
     ".json": "application/json",
 }
-REASONS: Mapping[int, str] = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    431: "Request Header Fields Too Large",
-    505: "HTTP Version Not Supported",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    cache: str = "no-cache"
-    extra: tuple[tuple[str, str], ...] = ()
-
-
-class _BadRequest(Exception):
-    """The request cannot be served; ``status`` says why."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
+#: ``Cache-Control`` of the page's files: the browser revalidates, so a new version shows.
+STATIC_CACHE_CONTROL = "no-cache"
 
 
 def load_static_files() -> dict[str, bytes]:
@@ -159,39 +143,32 @@ class WebServer:
         self._voice_server = voice_server
         self._files = files
         self._public_address = public_address
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
-        #: Requests answered, by status code.
-        self.counters: dict[int, int] = {}
+        self._http = Http1Server(self._route, LIMITS, logger)
+
+    @property
+    def counters(self) -> dict[int, int]:
+        """Requests answered, by status code."""
+        return self._http.counters
 
     @property
     def address(self) -> Address:
         """The bound TCP address."""
-        if self._server is None or not self._server.sockets:
+        address = self._http.address
+        if address is None:
             raise InvalidStateError("the web server is not started")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return host, port
+        return address
 
     async def start(self, listen: Address) -> None:
         """Bind and start accepting connections."""
-        self._server = await asyncio.start_server(
-            self._on_connection, listen[0], listen[1], limit=MAX_REQUEST_HEAD
-        )
+        await self._http.start(listen)
 
     def close(self) -> None:
         """Stop listening and abort the connections being served."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self._http.close()
 
     async def wait_closed(self) -> None:
         """Wait until the listener and every connection are gone."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self._http.wait_closed()
 
     def config(self, request_host: str | None = None) -> dict[str, Any]:
         """The JSON served at ``/config.json``: where and how the page reaches the backend."""
@@ -206,76 +183,19 @@ class WebServer:
             "server_id": server.config.server_id.hex(),
         }
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            async with self._slots:
-                await self._serve(reader, writer)
-        except (asyncio.CancelledError, ConnectionError, TimeoutError):
-            pass
-        except Exception:  # a bug here must not take the server down
-            logger.exception("web: request failed")
-        finally:
-            self._tasks.discard(task)
-            await _linger(reader, writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head_only = False
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, target, headers = _parse_head(head)
-            head_only = method == "HEAD"
-            response = self._respond(method, target, headers)
-        except asyncio.LimitOverrunError:
-            response = _Response(431)
-        except asyncio.IncompleteReadError as error:
-            if not error.partial:
-                return  # the client connected and left: nothing to answer
-            response = _Response(400)
-        except TimeoutError:
-            response = _Response(408)
-        except _BadRequest as error:
-            response = _Response(error.status)
-        self.counters[response.status] = self.counters.get(response.status, 0) + 1
-        writer.write(_encode(response, head_only))
-        async with asyncio.timeout(WRITE_TIMEOUT):
-            await writer.drain()
-
-    def _respond(self, method: str, target: str, headers: Mapping[str, str]) -> _Response:
-        if method not in ("GET", "HEAD"):
-            return _Response(405, b"GET and HEAD only\n", extra=(("Allow", "GET, HEAD"),))
-        path = target.split("?", 1)[0]
-        if path == "/config.json":
-            body = json.dumps(self.config(_host_of(headers.get("host")))).encode()
-            return _Response(200, body, CONTENT_TYPES[".json"], cache="no-store")
-        name = STATIC_FILES.get(path)
+    def _route(self, request: Request) -> Response:
+        if request.path == "/config.json":
+            body = json.dumps(self.config(_host_of(request.header("host")))).encode()
+            return Response(status=200, body=body, content_type=CONTENT_TYPES[".json"])
+        name = STATIC_FILES.get(request.path)
         if name is None:
-            return _Response(404, b"not found\n")
-        content_type = CONTENT_TYPES["." + name.rsplit(".", 1)[1]]
-        return _Response(200, self._files[name], content_type)
-
-
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    # Closing with unread request bytes makes the kernel send RST, which can destroy the
-    # response before the client reads it: half-close, then drain briefly (RFC 9112 §9.6).
-    with contextlib.suppress(Exception):
-        if writer.can_write_eof():
-            writer.write_eof()
-        async with asyncio.timeout(LINGER_TIMEOUT):
-            drained = 0
-            while drained < LINGER_BYTES:
-                chunk = await reader.read(4096)
-                if not chunk:
-                    break
-                drained += len(chunk)
+            return Response(status=404, body=b"not found\n", cache_control=STATIC_CACHE_CONTROL)
+        return Response(
+            status=200,
+            body=self._files[name],
+            content_type=CONTENT_TYPES["." + name.rsplit(".", 1)[1]],
+            cache_control=STATIC_CACHE_CONTROL,
+        )
 
 
 def _is_unspecified(host: str) -> bool:
@@ -283,61 +203,6 @@ def _is_unspecified(host: str) -> bool:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
-
-
-def _token(text: str) -> bool:
-    return bool(text) and all(33 <= ord(c) <= 126 and c not in '()<>@,;:\\"/[]?={}' for c in text)
-
-
-def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
-    """Split a request head into method, target and headers (lower-case names)."""
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        raise _BadRequest(400) from None
-    lines = text[:-4].split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not _token(parts[0]):
-        raise _BadRequest(400)
-    method, target, version = parts
-    if not target.startswith("/") or any(not 33 <= ord(c) <= 126 for c in target):
-        raise _BadRequest(400)
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise _BadRequest(505 if version.startswith("HTTP/") and version[5:6].isdigit() else 400)
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not _token(name) or any(c in value for c in "\r\n\0"):
-            raise _BadRequest(400)
-        key = name.lower()
-        if key in headers and key in ("host", "content-length"):
-            raise _BadRequest(400)  # RFC 9112 §3.2, §6.3: ambiguous framing or target
-        headers[key] = value.strip(" \t")
-    if "transfer-encoding" in headers:
-        raise _BadRequest(400)
-    length = headers.get("content-length")
-    if length is not None and (not length.isdigit() or not length.isascii()):
-        raise _BadRequest(400)
-    if length is not None and int(length) > 0:
-        raise _BadRequest(413)
-    return method, target, headers
-
-
-def _encode(response: _Response, head_only: bool) -> bytes:
-    body = response.body
-    if response.status >= 400 and not body:
-        body = f"{response.status} {REASONS.get(response.status, '')}\n".encode()
-    lines = [
-        f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
-        f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(body)}",
-        f"Cache-Control: {response.cache}",
-        "X-Content-Type-Options: nosniff",
-        "Connection: close",
-        *(f"{name}: {value}" for name, value in response.extra),
-    ]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-    return head if head_only else head + body
 
 
 async def start_web(

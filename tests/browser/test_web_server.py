@@ -6,6 +6,7 @@ import datetime
 import json
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,14 +17,17 @@ from hypothesis import strategies as st
 from quicvoice.agent import demo_agent
 from quicvoice.asyncio.config import BackendConfig
 from quicvoice.asyncio.server import VoiceServer
-from quicvoice.asyncio.web import WebServer, pinnable_certificate_sha256, start_web
+from quicvoice.asyncio.web import (
+    MAX_CONNECTIONS,
+    WebServer,
+    pinnable_certificate_sha256,
+    start_web,
+)
 from quicvoice.certificates import generate_certificate
 
 from .harness import LoopThread
 
 pytestmark = pytest.mark.integration
-
-STATUSES = {200, 400, 404, 405, 408, 413, 431, 505}
 
 
 class Servers:
@@ -124,14 +128,16 @@ def test_config_names_the_public_address_and_the_pinned_certificate(servers: Ser
         (b"GET /nope HTTP/1.1\r\n\r\n", 404),
         (b"GET /../quicvoice/asyncio/web.py HTTP/1.1\r\n\r\n", 404),
         (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+        # A method no server here takes is 405 whatever its body (413 before the shared shell).
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 405),
         (b"GET / HTTP/2.0\r\n\r\n", 505),
         (b"GET http://x/ HTTP/1.1\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 413),
+        # int() refuses over 4300 digits: this raised inside the server, which then closed the
+        # connection without an answer (and logged a traceback) before the shared parser.
+        (b"GET / HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 413),
         (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
-        (b"GET /\xff HTTP/1.1\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\n", 400),  # the client half-closed inside the head
     ],
 )
@@ -144,39 +150,49 @@ def test_a_silent_client_gets_no_answer_and_no_error(servers: Servers) -> None:
     assert exchange(servers.web.address, b"") == b""
 
 
-request_lines = st.builds(
-    lambda method, target, version, headers, tail: (
-        f"{method} {target} {version}\r\n".encode("utf-8", "surrogatepass")
-        + b"".join(headers)
-        + tail
-    ),
-    st.sampled_from(["GET", "HEAD", "POST", "get", "", "G ET", "\x00"]),
-    st.text(max_size=40),
-    st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/9", "", "HTTP/1.1 x"]),
-    st.lists(st.binary(max_size=60).map(lambda b: b + b"\r\n"), max_size=5),
-    st.sampled_from([b"\r\n", b"", b"\r\n\r\n", b"\n\n"]),
-)
-
-
 @settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(request=st.one_of(st.binary(max_size=3000), request_lines))
-def test_garbage_gets_a_well_formed_answer_never_a_crash(
-    servers: Servers, request: bytes, caplog: Any
+@given(
+    path=st.sampled_from(["/", "/config.json", "/quicvoice.js", "/nope"]),
+    query=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30),
+    host=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40),
+)
+def test_any_host_and_query_are_routed_never_a_crash(
+    servers: Servers, path: str, query: str, host: str, caplog: Any
 ) -> None:
+    # Hostile heads in general: tests/test_http1.py and tests/test_http1_server.py.
+    request = f"GET {path}?{query} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     with caplog.at_level(logging.ERROR, logger="quicvoice.web"):
-        response = exchange(servers.web.address, request)
+        status, _, body = parse(exchange(servers.web.address, request))
     assert not [r for r in caplog.records if r.name == "quicvoice.web"]
-    if not response:
-        assert request == b""  # only a client that sent nothing gets nothing back
-        return
-    status, _, _ = parse(response)
-    assert status in STATUSES
-    if status == 200:
-        assert request[:4] in (b"GET ", b"HEAD")
+    assert status == (404 if path == "/nope" else 200)
+    if path == "/config.json":
+        assert json.loads(body)["url"] == "https://127.0.0.1:4433/voice"
+
+
+def test_idle_connections_beyond_the_bound_are_turned_away_at_once(servers: Servers) -> None:
+    # Before the shared shell the 65th connection waited, with no deadline, for a slot: idle
+    # connections could pile up without bound and take file descriptors from the voice server.
+    idle = [socket.create_connection(servers.web.address) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for _ in range(500):  # the server takes the idle connections in order, then turns away
+            if parse(exchange(servers.web.address, b"GET / HTTP/1.1\r\n\r\n"))[0] == 503:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("no 503 with every connection taken")
+    finally:
+        for connection in idle:
+            connection.close()
+    for _ in range(500):  # once they are gone, the page is served again
+        if get(servers, "/")[0] == 200:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("not serving again after the idle connections left")
 
 
 def test_still_serving_after_the_garbage(servers: Servers) -> None:
