@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -77,7 +78,7 @@ def test_garbage_is_never_trusted_nor_broken(data: bytes, ecn: Ecn) -> None:
 RATE_KBPS = 1000.0  # 1 Mbit/s: a 125-octet packet takes exactly 1 ms
 
 
-def aqm(**settings: float) -> DualQ:
+def aqm(**settings: Any) -> DualQ:
     return DualQ(DualQConfig(rate_kbps=RATE_KBPS, **settings), rng=random.Random(1))
 
 
