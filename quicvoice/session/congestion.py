@@ -17,6 +17,8 @@ and the smoothed RTT; it reads ``target_bitrate`` and gives it to the Opus encod
 * **off** (not-ECT): CE feedback is ignored (a peer reporting marks on packets we never
   marked is the ECN validation's business); losses still halve.
 
+In every mode a round (an RTT) without a reduction adds ``increase_bps``, up to the cap.
+
 The bitrate never leaves ``[min_bitrate, max_bitrate]`` (Opus speech: 6-64 kbit/s).
 """
 
@@ -127,14 +129,10 @@ class CongestionResponse:
         self._acked += acked
         self._ce += ce
         mode = self.config.mode
-        if mode == "off":
-            return self.target_bitrate
-        if mode == "classic":
-            if ce:
-                self._halve(now, by_loss=False)
-            self._round(now, acked, 0)
-            return self.target_bitrate
-        self._round(now, acked, ce)
+        if mode == "classic" and ce:
+            self._halve(now, by_loss=False)
+        # Rounds go on in every mode: they pace the additive increase; only L4S counts CE.
+        self._round(now, acked, ce if mode == "l4s" else 0)
         return self.target_bitrate
 
     def on_loss(self, *, now: float, lost: int, rtt: float | None = None) -> int:

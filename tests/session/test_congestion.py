@@ -80,8 +80,10 @@ def test_loss_halves_in_every_mode_and_off_ignores_ce() -> None:
         assert response.target_bitrate == 16_000
         assert response.statistics().loss_reductions == 1
     off = CongestionResponse(CongestionConfig(mode="off"))
+    unmarked = CongestionResponse(CongestionConfig(mode="off"))
     feed(off, start=0.0, seconds=1.0, ce_fraction=1.0)
-    assert off.target_bitrate == 32_000
+    feed(unmarked, start=0.0, seconds=1.0, ce_fraction=0.0)
+    assert off.target_bitrate == unmarked.target_bitrate > 32_000
 
 
 @pytest.mark.parametrize(
