@@ -788,6 +788,13 @@ class VoiceClient:
         return self._sample_rate
 
     @property
+    def uplink_bitrate(self) -> int | None:
+        """The Opus bitrate ``send_pcm`` encodes at now (it follows ``congestion``), bit/s;
+        ``None`` for fixed-rate codecs or without ``sample_rate``."""
+        encoder = self._pcm_encoder
+        return encoder.bitrate if encoder is not None else None
+
+    @property
     def playing_turn(self) -> int | None:
         """The turn of the frame the last ``play()`` gave (``None``: silence)."""
         return self._playing_turn
