@@ -30,7 +30,10 @@ on the real arrival times) and PESQ.
 Reported per scenario: the voice packets' one-way queueing delay (kernel receive timestamp
 minus send time, minus the run's minimum: base delay and serialisation) p50/p99, the RFC 3550
 interarrival jitter, frames lost, the concealment ratio and PESQ (wideband P.862.2) of what the
-jitter buffer played, the Opus bitrate (mean and lowest), CE marks, the AQM's counters.
+jitter buffer played, the Opus bitrate (mean and lowest), CE marks, the sojourn the AQM itself
+measured in the voice flow's queue (for classic/off the classic queue, cross traffic included)
+and the delay line's p99 lateness (its wake-up latency on a busy machine, which the receiver's
+queueing delay includes).
 """
 
 from __future__ import annotations
@@ -326,7 +329,10 @@ def run_scenario(name: str, reference16: Pcm, args: argparse.Namespace) -> dict[
         classic_target_ms=15.0,
     )
     config = VoiceTopologyConfig(
-        cell_uplink=uplink, cell_downlink=LineConfig(delay_ms=args.delay_ms), seed=args.seed
+        cell_uplink=uplink,
+        cell_downlink=LineConfig(delay_ms=args.delay_ms),
+        seed=args.seed,
+        realtime=args.realtime,
     )
     response = CongestionResponse(CongestionConfig(mode=mode))
     log = SenderLog()
@@ -397,6 +403,12 @@ def run_scenario(name: str, reference16: Pcm, args: argparse.Namespace) -> dict[
         "aqm": asdict(line.aqm),
         "line": {"received": line.received, "delivered": line.delivered,
                  "late_p99_ms": line.late_p99_ms},
+        "line_late_p99_ms": line.late_p99_ms,
+        "voice_queue_sojourn_ms": (
+            f"{line.aqm.l4s_sojourn_mean_ms:.2f}/{line.aqm.l4s_sojourn_max_ms:.2f}"
+            if ecn == 0b01
+            else f"{line.aqm.classic_sojourn_mean_ms:.2f}/{line.aqm.classic_sojourn_max_ms:.2f}"
+        ),
         "cross": aimd,
         "seconds": round(time.monotonic() - started, 1),
     }  # fmt: skip
@@ -443,6 +455,8 @@ COLUMNS = (
     ("concealment", "concealment_ratio"),
     ("PESQ wb", "pesq_wb"),
     ("Opus kbit/s mean/min", "bitrate"),
+    ("AQM sojourn of its queue mean/max ms", "voice_queue_sojourn_ms"),
+    ("line late p99 ms", "line_late_p99_ms"),
 )
 
 
@@ -473,6 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="l4s,classic,off,idle")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the delay line under SCHED_FIFO (default: on; its wake-up latency is what "
+        "the receiver sees beyond the AQM's own queueing)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -493,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bottleneck {args.rate_kbps:g} kbit/s, DualQ (L4S step 1 ms, classic PI2 target 15 ms,"
         f" k=2), {args.delay_ms:g} ms each way; cross traffic: AIMD not-ECT "
-        f"{args.cross_size}-octet packets; speech {len(reference) / SPEECH_RATE:.1f} s; "
+        f"{args.cross_size}-octet packets; delay line realtime: {args.realtime}; "
+        f"speech {len(reference) / SPEECH_RATE:.1f} s; "
         f"PESQ of the codec alone (32 kbit/s): {codec_only_pesq(reference)}",
         flush=True,
     )
