@@ -344,3 +344,36 @@ def test_line_settings_with_a_bottleneck_parse_and_print_back() -> None:
     for bad in ("ecn=paint", "rate=0.5", "target=-1"):
         with pytest.raises(ValueError):
             LineConfig.parse(bad)
+
+
+@given(
+    st.sampled_from(["keep", "bleach", "mangle"]),
+    st.lists(st.tuples(st.binary(max_size=120), st.floats(0, 0.02), st.booleans()), max_size=80),
+)
+@settings(max_examples=100, deadline=None)
+def test_garbage_through_a_line_with_a_bottleneck(
+    mode: str, arrivals: list[tuple[bytes, float, bool]]
+) -> None:
+    """What a TUN device may hand the line (IP packets or not): every packet is delivered,
+    lost to the AQM or overflowed, and the counters add up, whatever the ECN mode."""
+    line = DelayLine.seeded(
+        LineConfig(delay_ms=2, rate_kbps=500, queue_packets=30, ecn=mode), seed=3, label="g"
+    )
+    now = 0.0
+    delivered = 0
+    for raw, gap, as_ip in arrivals:
+        now += gap
+        packet = ipv4(Ecn(len(raw) % 4), 20 + len(raw)) if as_ip else raw
+        line.push(packet, now)
+        delivered += len(line.pop_due(now))
+    for _ in range(10_000):
+        release = line.next_release()
+        if release is None:
+            break
+        delivered += len(line.pop_due(release))
+    stats = line.statistics()
+    assert stats.received == len(arrivals)
+    assert stats.queued == 0 and stats.delivered == delivered
+    assert delivered + stats.overflowed + stats.aqm.dropped == stats.received
+    arrived = (stats.arrived_not_ect, stats.arrived_ect1, stats.arrived_ect0, stats.arrived_ce)
+    assert sum(arrived) + stats.arrived_not_ip == stats.received
