@@ -118,7 +118,6 @@ class LineConfig:
             raise ValueError(f"ecn must be one of {', '.join(ECN_MODES)}, not {self.ecn!r}")
         if self.rate_kbps and self.rate_kbps < 1:
             raise ValueError(f"rate_kbps must be 0 (no bottleneck) or ≥ 1, not {self.rate_kbps}")
-        self.dualq_config()  # validates the AQM's settings
         if not 0.0 <= self.delay_ms <= 60_000:
             raise ValueError(f"delay_ms must be within 0..60000, not {self.delay_ms}")
         if not 0.0 <= self.jitter_ms <= self.delay_ms:
@@ -127,6 +126,7 @@ class LineConfig:
             raise ValueError(f"loss_percent must be within 0..100, not {self.loss_percent}")
         if self.queue_packets < 1 or self.queue_bytes < MAX_PACKET:
             raise ValueError("queue_packets must be ≥ 1 and queue_bytes ≥ 65535")
+        self.dualq_config()  # validates the AQM's settings
 
     @classmethod
     def parse(cls, text: str) -> LineConfig:
@@ -168,7 +168,8 @@ class LineConfig:
 
 
 class Fate(enum.Enum):
-    """What ``DelayLine.push`` did with a packet."""
+    """What ``DelayLine.push`` did with a packet (a bottleneck's AQM decides later, when the
+    packet reaches the head of its queue: its drops are counted in ``LineStats.aqm``)."""
 
     QUEUED = "queued"
     LOST = "lost"
