@@ -27,6 +27,12 @@ routing, the delay line and its AQM (a userspace process rewriting the IP ECN bi
 cross traffic, libopus at the bitrate the response chose, the project's jitter buffer (replayed
 on the real arrival times) and PESQ.
 
+Then (``--l16-seconds``, 8 by default; 0 skips it) a real quicvoice call across the same
+bottleneck and cross traffic: ``quicvoice serve`` in the server namespace, ``quicvoice call``
+(reliable L16/16000, 256 kbit/s on one QUIC stream) from the client's cellular address; its
+packets are not-ECT (the library marks nothing yet), so this shows what the reliable stream
+does in the classic queue: frames delivered of those sent, the call's length, the RTT.
+
 Reported per scenario: the voice packets' one-way queueing delay (kernel receive timestamp
 minus send time, minus the run's minimum: base delay and serialisation) p50/p99, the RFC 3550
 interarrival jitter, frames lost, the concealment ratio and PESQ (wideband P.862.2) of what the
@@ -86,7 +92,7 @@ SENTENCE = (
 )
 SPEECH_RATE, OPUS_RATE, FRAME_MS = 16000, 48000, 20
 FRAME = OPUS_RATE * FRAME_MS // 1000
-VOICE_PORT, SINK_PORT = 7400, 7401
+VOICE_PORT, SINK_PORT, L16_PORT = 7400, 7401, 4433
 #: Voice datagram: sequence number, send time (CLOCK_REALTIME, ns), then the Opus payload.
 VOICE_HEADER = struct.Struct("!IQ")
 #: Feedback datagram: sequence number and the ECN codepoint it arrived with.
@@ -420,6 +426,61 @@ def _stats_dict(response: CongestionResponse) -> dict[str, Any]:
     return stats
 
 
+def run_l16_call(args: argparse.Namespace) -> dict[str, Any]:
+    """A real quicvoice call (``quicvoice call``, reliable L16/16000 on one QUIC stream, 256
+    kbit/s) from the client's cellular address to ``quicvoice serve`` across the bottleneck,
+    with the cross traffic: does the reliable stream hold up? Its packets are not-ECT (the
+    library marks nothing until branch ``ecn``), so it shares the classic queue."""
+    uplink = LineConfig(delay_ms=args.delay_ms, rate_kbps=args.rate_kbps)
+    config = VoiceTopologyConfig(
+        cell_uplink=uplink,
+        cell_downlink=LineConfig(delay_ms=args.delay_ms),
+        seed=args.seed,
+        realtime=args.realtime,
+    )
+    seconds = args.l16_seconds
+    started = time.monotonic()
+    with Lab() as lab:
+        topology = build_voice_topology(lab, config)
+        server = lab.spawn(
+            topology.server,
+            [sys.executable, "-m", "quicvoice.cli", "serve", "--listen",
+             f"{topology.server_ip}:{L16_PORT}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert server.stdout is not None
+        listening = json.loads(server.stdout.readline())
+        traffic = start_cross_traffic(lab, topology, args.warmup + seconds + 15.0, args.cross_size)
+        time.sleep(args.warmup)  # let the AIMD sender fill the link (wall time on purpose)
+        call = lab.spawn(
+            topology.client,
+            [sys.executable, "-m", "quicvoice.cli", "call", f"{topology.server_ip}:{L16_PORT}",
+             "--certificate-hash", listening["certificate_sha256"],
+             "--local-address", topology.cell_ip, "--seconds", str(seconds), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out, err = call.communicate(timeout=seconds + 40)
+        line = topology.delay_line.stop()["dl-up"]
+        traffic.kill()
+    try:
+        report = json.loads(out[out.index("{") :])
+    except ValueError:
+        return {"scenario": "l16-quic", "error": (err or out).strip()[-300:]}
+    return {
+        "scenario": "l16-quic",
+        "codec": report.get("codec"),
+        "frames_sent": report.get("uplink_frames_sent"),
+        "frames_delivered": report.get("uplink_frames_delivered"),
+        "call_seconds": report.get("seconds"),
+        "audio_seconds": seconds,
+        "rtt_ms": report.get("rtt_ms"),
+        "rtt_min_ms": report.get("rtt_min_ms"),
+        "error": report.get("error"),
+        "aqm": asdict(line.aqm),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
 def codec_only_pesq(reference16: Pcm) -> float | str:
     """PESQ of the speech through Opus at 32 kbit/s with no network (the ceiling)."""
     try:
@@ -486,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="cross traffic alone, s")
     parser.add_argument("--scenarios", default="l4s,classic,off,idle")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--l16-seconds",
+        type=float,
+        default=8.0,
+        help="then a real reliable L16 call (quicvoice serve/call) of this length; 0: none",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument(
         "--realtime",
@@ -501,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
     if not 100 <= args.rate_kbps <= 100_000:
         parser.error("--rate-kbps must be within 100..100000")
+    if not 0 <= args.l16_seconds <= 30:
+        parser.error("--l16-seconds must be within 0..30")
     if not 0 <= args.warmup <= 20 or not 0 <= args.delay_ms <= 200:
         parser.error("--warmup must be within 0..20 s and --delay-ms within 0..200")
     try:
@@ -528,6 +597,16 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     print(table(results))
+    if args.l16_seconds > 0:
+        l16 = run_l16_call(args)
+        results.append(l16)
+        print(
+            f"reliable L16 over QUIC across the same bottleneck (not ECN-marked): "
+            f"{l16.get('frames_delivered')} of {l16.get('frames_sent')} frames delivered, call "
+            f"{l16.get('call_seconds')} s for {l16.get('audio_seconds')} s of audio, RTT "
+            f"{l16.get('rtt_ms')} ms (min {l16.get('rtt_min_ms')}); AQM {l16.get('aqm')}"
+            + (f"; error: {l16['error']}" if l16.get("error") else "")
+        )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
