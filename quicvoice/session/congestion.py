@@ -12,7 +12,7 @@ and the smoothed RTT; it reads ``target_bitrate`` and gives it to the Opus encod
   it, and audio keeps flowing.
 * **Classic** (ECT(0), RFC 3168): a CE mark is a loss: the bitrate halves, at most once per
   RTT, and grows back additively.
-* **Loss**, in every mode (L4S senders must answer loss classically, RFC 9331 §4.3): halve,
+* **Loss**, in every mode (L4S senders must answer loss classically, RFC 9331): halve,
   at most once per RTT.
 * **off** (not-ECT): CE feedback is ignored (a peer reporting marks on packets we never
   marked is the ECN validation's business); losses still halve.
