@@ -24,6 +24,7 @@ from ..audio.pcm import EncodedFrame, PcmDecoder, PcmEncoder, PcmFrame, check_ap
 from ..auth import AcceptHook, Caller
 from ..errors import CodecError, QuicVoiceError
 from ..session.codes import ErrorCode
+from ..session.congestion import CongestionResponse
 from ..session.events import (
     AudioReceived,
     ByeReceived,
@@ -189,6 +190,7 @@ class Turn:
         """
         if self.interrupted or self._encoder is None:
             raise TurnInterrupted("the turn was interrupted")
+        self._encoder.set_bitrate(self._session.congestion.target_bitrate)
         await self._send(self._encoder.write(pcm))
 
     def cancel(self) -> None:
@@ -278,6 +280,9 @@ class Session:
         self.audio_frames_dropped = 0
         #: Uplink payloads that did not decode (skipped; the stream goes on).
         self.audio_decode_errors = 0
+        #: The downlink's congestion response (specs/l4s.md): feed it the client's ECN
+        #: feedback and losses; turns encode Opus at its ``target_bitrate``.
+        self.congestion = CongestionResponse()
 
     # -- what the session is ---------------------------------------------------------
 

@@ -72,6 +72,7 @@ from ..session.call import (
     SendPlayed,
 )
 from ..session.codes import ErrorCode
+from ..session.congestion import CongestionResponse
 from ..session.connection import SessionLimits, VoiceConnection
 from ..session.events import (
     AudioReceived,
@@ -402,6 +403,9 @@ class VoiceClient:
         self._clock_rate = DEFAULT_CLOCK_RATE
         #: With ``sample_rate``: the uplink's encoder and the downlink turns' decoders.
         self._pcm_encoder: PcmEncoder | None = None
+        #: The uplink's congestion response (specs/l4s.md): feed it the peer's ECN feedback
+        #: and losses; ``send_pcm`` encodes Opus at its ``target_bitrate``.
+        self.congestion = CongestionResponse()
         self._turn_pcm: TurnPcmDecoder | None = None
         self._played_samples = 0
         self._playing_turn: int | None = None
@@ -784,6 +788,13 @@ class VoiceClient:
         return self._sample_rate
 
     @property
+    def uplink_bitrate(self) -> int | None:
+        """The Opus bitrate ``send_pcm`` encodes at now (it follows ``congestion``), bit/s;
+        ``None`` for fixed-rate codecs or without ``sample_rate``."""
+        encoder = self._pcm_encoder
+        return encoder.bitrate if encoder is not None else None
+
+    @property
     def playing_turn(self) -> int | None:
         """The turn of the frame the last ``play()`` gave (``None``: silence)."""
         return self._playing_turn
@@ -832,6 +843,7 @@ class VoiceClient:
             raise CallEndedError("cannot send audio: the call has ended")
         if machine.uplink_ended:
             raise UplinkEndedError("the uplink has ended (end_audio or bye)")
+        encoder.set_bitrate(self.congestion.target_bitrate)
         frames = encoder.write(pcm)
         for frame in frames:
             self._machine.send_audio(frame.payload, None, self._samples_per_frame)

@@ -268,6 +268,15 @@ class OpusCodec:
         """Samples per frame; :meth:`encode` takes exactly this many."""
         return self._encoder.frame_samples
 
+    @property
+    def bitrate(self) -> int:
+        """The encoder's target bitrate now, bit/s."""
+        return self._encoder.bitrate
+
+    def set_bitrate(self, bitrate: int) -> None:
+        """Change the encoder's target bitrate from the next frame on (a congestion response)."""
+        self._encoder.set_bitrate(bitrate)
+
     def encode(self, frame: AudioFrame) -> bytes:
         """Encode one frame of exactly :attr:`frame_samples` samples."""
         _check_frame(frame, self._spec.rate)

@@ -95,7 +95,7 @@ class OpusConfig:
 class OpusEncoder:
     """Encodes fixed-size frames of mono int16 PCM to Opus packets."""
 
-    __slots__ = ("_config", "_encoder")
+    __slots__ = ("_config", "_encoder", "_bitrate")
 
     def __init__(self, config: OpusConfig | None = None) -> None:
         opus = _require_libopus()
@@ -117,11 +117,35 @@ class OpusEncoder:
                 f"libopus binding did not apply FEC/loss/DTX settings: {applied} != {wanted}"
             )
         self._encoder = encoder
+        self._bitrate = c.bitrate
 
     @property
     def config(self) -> OpusConfig:
-        """The settings in use."""
+        """The settings it was made with (``bitrate`` is the one it started at)."""
         return self._config
+
+    @property
+    def bitrate(self) -> int:
+        """The target bitrate in use now, bit/s."""
+        return self._bitrate
+
+    def set_bitrate(self, bitrate: int) -> None:
+        """Change the target bitrate from the next frame on (6000-510000 bit/s).
+
+        libopus changes it between frames without a reset, so a congestion response can
+        follow the network frame by frame.
+        """
+        if isinstance(bitrate, bool) or not isinstance(bitrate, int):
+            raise TypeError(f"Opus bitrate must be an int, not {type(bitrate).__name__}")
+        if not 6000 <= bitrate <= 510000:
+            raise ValueError(f"Opus bitrate must be 6000-510000 bit/s, not {bitrate}")
+        if bitrate == self._bitrate:
+            return
+        try:
+            self._encoder.bitrate = bitrate
+        except _OPUS.OpusError as exc:
+            raise CodecError(f"libopus rejected bitrate {bitrate}: {exc}") from exc
+        self._bitrate = bitrate
 
     @property
     def frame_samples(self) -> int:

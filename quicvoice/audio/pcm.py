@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quicvoice.audio.codecs import AudioCodec, CodecSpec, make_codec
+from quicvoice.audio.codecs import AudioCodec, CodecSpec, OpusCodec, make_codec
 from quicvoice.audio.frames import AudioFrame, Pcm, check_pcm
 from quicvoice.audio.resample import Resampler
 from quicvoice.errors import CodecError
@@ -192,6 +192,23 @@ class PcmEncoder:
     def frame_samples(self) -> int:
         """Samples of app-rate audio per payload."""
         return self._app_frame
+
+    @property
+    def bitrate(self) -> int | None:
+        """The codec's target bitrate (bit/s) when it has one to set (Opus), else None."""
+        codec = self._codec
+        return codec.bitrate if isinstance(codec, OpusCodec) else None
+
+    def set_bitrate(self, bitrate: int) -> bool:
+        """Follow a congestion response: set the Opus bitrate from the next frame on.
+
+        Returns False, changing nothing, for codecs of fixed rate (L16, G.711).
+        """
+        codec = self._codec
+        if not isinstance(codec, OpusCodec):
+            return False
+        codec.set_bitrate(bitrate)
+        return True
 
     @property
     def held_samples(self) -> int:

@@ -18,7 +18,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .crosstraffic import AimdStats, AimdWindow
     from .delayline import DelayLine, Fate, LineConfig, LineStats
+    from .dualq import DualQ, DualQConfig, DualQStats
+    from .ecnbits import Ecn, read_ecn, write_ecn
     from .lab import (
         PREFIX,
         Lab,
@@ -42,6 +45,14 @@ if TYPE_CHECKING:
 #: Public names and their modules, imported on first use: ``python -m
 #: quicvoice.netlab.delayline`` must not find its own module already imported by the package.
 _EXPORTS = {
+    "AimdStats": "crosstraffic",
+    "AimdWindow": "crosstraffic",
+    "DualQ": "dualq",
+    "DualQConfig": "dualq",
+    "DualQStats": "dualq",
+    "Ecn": "ecnbits",
+    "read_ecn": "ecnbits",
+    "write_ecn": "ecnbits",
     "DelayLine": "delayline",
     "Fate": "delayline",
     "LineConfig": "delayline",
@@ -73,6 +84,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AimdStats",
+    "AimdWindow",
+    "DualQ",
+    "DualQConfig",
+    "DualQStats",
+    "Ecn",
+    "read_ecn",
+    "write_ecn",
     "CELL_DEVICE",
     "PREFIX",
     "WIFI_DEVICE",

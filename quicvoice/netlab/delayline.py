@@ -39,6 +39,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .dualq import DualQ, DualQConfig, DualQStats
+from .ecnbits import Ecn, read_ecn, write_ecn
+
 #: Linux ``<linux/if_tun.h>``: the TUNSETIFF ioctl and its flags.
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -73,7 +76,14 @@ _SPEC_KEYS = {
     "limit": "queue_packets",
     "bytes": "queue_bytes",
     "reorder": "reorder",
+    "rate": "rate_kbps",
+    "l4s": "l4s_threshold_ms",
+    "target": "classic_target_ms",
+    "ecn": "ecn",
 }
+#: What a line does to the ECN field of what it relays (before its bottleneck, if any):
+#: ``keep`` it, ``bleach`` it (clear to not-ECT), ``mangle`` ECT(1) into ECT(0).
+ECN_MODES = ("keep", "bleach", "mangle")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,8 +103,21 @@ class LineConfig:
     #: With jitter, let a packet overtake an earlier one (netem's behaviour). Off by default: a
     #: real link keeps order, so a packet never leaves before the one ahead of it.
     reorder: bool = False
+    #: A bottleneck of this rate (kbit/s) with a DualQ Coupled AQM before the delay; 0: none
+    #: (packets are only delayed). The queue bounds above are then the AQM's.
+    rate_kbps: float = 0.0
+    #: The AQM's L4S marking threshold (step, on the sojourn time), ms.
+    l4s_threshold_ms: float = 1.0
+    #: The AQM's classic-queue target delay (PI2), ms.
+    classic_target_ms: float = 15.0
+    #: One of ``ECN_MODES``.
+    ecn: str = "keep"
 
     def __post_init__(self) -> None:
+        if self.ecn not in ECN_MODES:
+            raise ValueError(f"ecn must be one of {', '.join(ECN_MODES)}, not {self.ecn!r}")
+        if self.rate_kbps and self.rate_kbps < 1:
+            raise ValueError(f"rate_kbps must be 0 (no bottleneck) or ≥ 1, not {self.rate_kbps}")
         if not 0.0 <= self.delay_ms <= 60_000:
             raise ValueError(f"delay_ms must be within 0..60000, not {self.delay_ms}")
         if not 0.0 <= self.jitter_ms <= self.delay_ms:
@@ -103,6 +126,7 @@ class LineConfig:
             raise ValueError(f"loss_percent must be within 0..100, not {self.loss_percent}")
         if self.queue_packets < 1 or self.queue_bytes < MAX_PACKET:
             raise ValueError("queue_packets must be ≥ 1 and queue_bytes ≥ 65535")
+        self.dualq_config()  # validates the AQM's settings
 
     @classmethod
     def parse(cls, text: str) -> LineConfig:
@@ -117,6 +141,8 @@ class LineConfig:
                 values[name] = int(value)
             elif name == "reorder":
                 values[name] = value.strip() in ("1", "true", "yes")
+            elif name == "ecn":
+                values[name] = value.strip()
             else:
                 values[name] = float(value)
         return cls(**values)
@@ -125,12 +151,25 @@ class LineConfig:
         """The inverse of ``parse``."""
         return (
             f"delay={self.delay_ms:g},jitter={self.jitter_ms:g},loss={self.loss_percent:g},"
-            f"limit={self.queue_packets},bytes={self.queue_bytes},reorder={int(self.reorder)}"
+            f"limit={self.queue_packets},bytes={self.queue_bytes},reorder={int(self.reorder)},"
+            f"rate={self.rate_kbps:g},l4s={self.l4s_threshold_ms:g},"
+            f"target={self.classic_target_ms:g},ecn={self.ecn}"
+        )
+
+    def dualq_config(self) -> DualQConfig:
+        """The bottleneck's settings (meaningful when ``rate_kbps`` > 0)."""
+        return DualQConfig(
+            rate_kbps=self.rate_kbps or 1.0,
+            l4s_threshold_ms=self.l4s_threshold_ms,
+            classic_target_ms=self.classic_target_ms,
+            limit_packets=self.queue_packets,
+            limit_bytes=self.queue_bytes,
         )
 
 
 class Fate(enum.Enum):
-    """What ``DelayLine.push`` did with a packet."""
+    """What ``DelayLine.push`` did with a packet (a bottleneck's AQM decides later, when the
+    packet reaches the head of its queue: its drops are counted in ``LineStats.aqm``)."""
 
     QUEUED = "queued"
     LOST = "lost"
@@ -158,16 +197,33 @@ class LineStats:
     late_mean_ms: float = 0.0
     late_p99_ms: float = 0.0
     late_max_ms: float = 0.0
-    #: Release time minus arrival time, averaged over delivered packets, ms.
+    #: Release time minus arrival time (with a bottleneck: minus the time the packet left
+    #: it), averaged over delivered packets, ms.
     delay_mean_ms: float = 0.0
+    #: Arrivals by ECN codepoint as they came in (``not_ip``: no well-formed IP header).
+    arrived_not_ect: int = 0
+    arrived_ect1: int = 0
+    arrived_ect0: int = 0
+    arrived_ce: int = 0
+    arrived_not_ip: int = 0
+    #: Packets whose ECN field the line's ``ecn`` mode rewrote.
+    ecn_rewritten: int = 0
+    #: The bottleneck's AQM (all zero without ``rate_kbps``).
+    aqm: DualQStats = field(default_factory=DualQStats)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready counters (``aqm`` nested)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LineStats:
+        """The inverse of ``as_dict``; unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if isinstance(values.get("aqm"), dict):
+            aqm_names = {f.name for f in fields(DualQStats)}
+            values["aqm"] = DualQStats(**{k: v for k, v in values["aqm"].items() if k in aqm_names})
+        return cls(**values)
 
 
 @dataclass(order=True, slots=True)
@@ -191,6 +247,7 @@ class DelayLine:
         *,
         loss_rng: random.Random,
         jitter_rng: random.Random | None = None,
+        aqm_rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self._loss_rng = loss_rng
@@ -209,28 +266,68 @@ class DelayLine:
         self._late_max = 0.0
         self._late_histogram = [0] * LATE_BUCKETS
         self._delay_sum = 0.0
+        self._arrived = dict.fromkeys([*Ecn, None], 0)
+        self._ecn_rewritten = 0
+        self._bottleneck = (
+            DualQ(config.dualq_config(), rng=aqm_rng or random.Random(0))
+            if config.rate_kbps
+            else None
+        )
 
     @classmethod
     def seeded(cls, config: LineConfig, seed: int, label: str) -> DelayLine:
-        """A line whose loss and jitter draws depend only on ``seed`` and ``label``."""
+        """A line whose loss, jitter and AQM draws depend only on ``seed`` and ``label``."""
         return cls(
             config,
             loss_rng=random.Random(f"{seed}/{label}/loss"),
             jitter_rng=random.Random(f"{seed}/{label}/jitter"),
+            aqm_rng=random.Random(f"{seed}/{label}/aqm"),
         )
 
     def push(self, packet: bytes, now: float) -> Fate:
         """Take one packet that arrived at ``now`` (seconds, any monotonic origin)."""
         config = self.config
         self._received += 1
+        ecn = read_ecn(packet)
+        self._arrived[ecn] += 1
         if self._loss_rng.random() * 100.0 < config.loss_percent:
             self._lost += 1
             return Fate.LOST
+        packet = self._rewrite_ecn(packet, ecn)
+        if self._bottleneck is not None:
+            sent = self._bottleneck.enqueue(packet, now)
+            if sent is None:
+                self._overflowed += 1
+                return Fate.OVERFLOWED
+            self._hold_all(sent)
+            return Fate.QUEUED
         if len(self._heap) >= config.queue_packets or self._bytes + len(packet) > (
             config.queue_bytes
         ):
             self._overflowed += 1
             return Fate.OVERFLOWED
+        self._hold(packet, now)
+        return Fate.QUEUED
+
+    def _rewrite_ecn(self, packet: bytes, ecn: Ecn | None) -> bytes:
+        mode = self.config.ecn
+        if ecn is None or mode == "keep":
+            return packet
+        if mode == "bleach" and ecn is not Ecn.NOT_ECT:
+            self._ecn_rewritten += 1
+            return write_ecn(packet, Ecn.NOT_ECT)
+        if mode == "mangle" and ecn is Ecn.ECT1:
+            self._ecn_rewritten += 1
+            return write_ecn(packet, Ecn.ECT0)
+        return packet
+
+    def _hold_all(self, sent: list[tuple[bytes, float]]) -> None:
+        for packet, departure in sent:
+            self._hold(packet, departure)
+
+    def _hold(self, packet: bytes, now: float) -> None:
+        """Hold ``packet``, which entered the delay (left the bottleneck) at ``now``."""
+        config = self.config
         delay = config.delay_ms
         if config.jitter_ms:
             delay += self._jitter_rng.uniform(-config.jitter_ms, config.jitter_ms)
@@ -241,15 +338,24 @@ class DelayLine:
         self._order += 1
         heapq.heappush(self._heap, _Held(release, self._order, now, packet))
         self._bytes += len(packet)
-        self._max_queued = max(self._max_queued, len(self._heap))
-        return Fate.QUEUED
+        self._max_queued = max(self._max_queued, len(self._heap) + self._bottlenecked())
+
+    def _bottlenecked(self) -> int:
+        return len(self._bottleneck) if self._bottleneck is not None else 0
 
     def next_release(self) -> float | None:
-        """When the next packet is due, or None when nothing is held."""
-        return self._heap[0].release if self._heap else None
+        """When the next packet is due (or the bottleneck's next decision), None when idle."""
+        times = [self._heap[0].release] if self._heap else []
+        if self._bottleneck is not None:
+            decision = self._bottleneck.next_decision()
+            if decision is not None:
+                times.append(decision)
+        return min(times, default=None)
 
     def pop_due(self, now: float) -> list[bytes]:
         """The packets due at ``now``, in release order; ``now`` is taken as their send time."""
+        if self._bottleneck is not None:
+            self._hold_all(self._bottleneck.advance(now))
         heap = self._heap
         due: list[bytes] = []
         while heap and heap[0].release <= now:
@@ -283,12 +389,19 @@ class DelayLine:
             lost=self._lost,
             overflowed=self._overflowed,
             delivered_bytes=self._delivered_bytes,
-            queued=len(self._heap),
+            queued=len(self._heap) + self._bottlenecked(),
             max_queued=self._max_queued,
             late_mean_ms=round(1000 * self._late_sum / delivered, 4) if delivered else 0.0,
             late_p99_ms=round(1000 * self._late_quantile(0.99), 4),
             late_max_ms=round(1000 * self._late_max, 4),
             delay_mean_ms=round(1000 * self._delay_sum / delivered, 4) if delivered else 0.0,
+            arrived_not_ect=self._arrived[Ecn.NOT_ECT],
+            arrived_ect1=self._arrived[Ecn.ECT1],
+            arrived_ect0=self._arrived[Ecn.ECT0],
+            arrived_ce=self._arrived[Ecn.CE],
+            arrived_not_ip=self._arrived[None],
+            ecn_rewritten=self._ecn_rewritten,
+            aqm=self._bottleneck.statistics() if self._bottleneck is not None else DualQStats(),
         )
 
 
@@ -442,7 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         "--line",
         action="append",
         required=True,
-        metavar="DEVICE[:delay=MS,jitter=MS,loss=PCT,limit=N,bytes=N,reorder=0|1]",
+        metavar=(
+            "DEVICE[:delay=MS,jitter=MS,loss=PCT,limit=N,bytes=N,reorder=0|1,"
+            "rate=KBPS,l4s=MS,target=MS,ecn=keep|bleach|mangle]"
+        ),
         help="a TUN device to serve and its settings (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the loss and jitter draws")
