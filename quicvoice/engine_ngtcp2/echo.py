@@ -46,7 +46,14 @@ class EchoSession:
     """One connection's voice session: ``welcome``, then the uplink echoed on turn 0."""
 
     __slots__ = (
-        "_sink", "_server_id", "_control", "_header", "_frames", "_uplink", "_turn", "echoed"
+        "_sink",
+        "_server_id",
+        "_control",
+        "_header",
+        "_frames",
+        "_uplink",
+        "_turn",
+        "echoed",
     )
 
     def __init__(self, sink: StreamSink, server_id: str) -> None:
@@ -77,9 +84,7 @@ class EchoSession:
     def _on_control(self, data: bytes) -> None:
         for message in self._control.feed(data):
             if not isinstance(message, Hello) or self._turn is not None:
-                raise ProtocolError(
-                    f"unexpected {message.TYPE} message", ErrorCode.HELLO_REQUIRED
-                )
+                raise ProtocolError(f"unexpected {message.TYPE} message", ErrorCode.HELLO_REQUIRED)
             welcome = Welcome(
                 session_id="ngtcp2-echo",
                 codec=message.codecs[0],

@@ -1,9 +1,9 @@
 """The ngtcp2 prototype's I/O: one asyncio UDP socket and one timer around ``Ngtcp2Endpoint``.
 
-    server = Ngtcp2Server(config)
-    address = await server.start()
-    ...
-    server.close()
+server = Ngtcp2Server(config)
+address = await server.start()
+...
+server.close()
 """
 
 from __future__ import annotations
