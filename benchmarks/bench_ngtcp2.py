@@ -40,8 +40,10 @@ async def report_forever(count: Any) -> None:
     while True:
         await asyncio.sleep(1.0)
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        print(f"stat {time.monotonic():.3f} {count()} {usage.ru_utime:.4f} {usage.ru_stime:.4f}",
-              flush=True)
+        print(
+            f"stat {time.monotonic():.3f} {count()} {usage.ru_utime:.4f} {usage.ru_stime:.4f}",
+            flush=True,
+        )
 
 
 async def serve_ngtcp2(port: int) -> None:
@@ -161,7 +163,9 @@ async def load_quic(port: int, calls: int, stop_at: float) -> int:
         seq = 0
         while time.monotonic() < stop_at:
             await asyncio.sleep(max(0.0, t - loop.time()))
-            call.quic.send_stream_data(uplink, encode_frame(MediaFrame(seq, seq * 320, FRAME_PAYLOAD)))
+            call.quic.send_stream_data(
+                uplink, encode_frame(MediaFrame(seq, seq * 320, FRAME_PAYLOAD))
+            )
             call.transmit()
             seq += 1
             t += period
@@ -220,8 +224,18 @@ def run_level(backend: str, calls: int, seconds: float, processes: int, port: in
         for share in shares:
             loads.append(
                 subprocess.Popen(
-                    [sys.executable, __file__, "--load", backend, "--port", str(port),
-                     "--calls", str(share), "--stop-at", str(stop_at)],
+                    [
+                        sys.executable,
+                        __file__,
+                        "--load",
+                        backend,
+                        "--port",
+                        str(port),
+                        "--calls",
+                        str(share),
+                        "--stop-at",
+                        str(stop_at),
+                    ],
                     stdout=subprocess.PIPE,
                     text=True,
                 )
@@ -282,8 +296,10 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}", flush=True)
     for level in (int(x) for x in args.levels.split(",")):
         for index, backend in enumerate(("ngtcp2", "websocket")):
-            print(run_level(backend, level, args.seconds, args.load_processes,
-                            args.port + index), flush=True)
+            print(
+                run_level(backend, level, args.seconds, args.load_processes, args.port + index),
+                flush=True,
+            )
     print(f"load average after: {os.getloadavg()}", flush=True)
 
 
