@@ -83,6 +83,7 @@ class UdpRelay:
         self._back: _Side | None = None
         #: Datagrams client to server, and server to client, in order.
         self.uplink: list[bytes] = []
+
         self.downlink: list[bytes] = []
 
     async def start(self) -> Address:

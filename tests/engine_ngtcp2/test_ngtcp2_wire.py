@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,17 @@ pytestmark = [
 ]
 
 if AVAILABLE:
-    from .harness import LB_CONFIG, RESET_KEY, SERVER_ID, UdpRelay, running_ngtcp2
+    from quicvoice.engine_ngtcp2.endpoint import EngineConfig
+    from quicvoice.engine_ngtcp2.server import Ngtcp2Server
+
+    from .harness import (
+        LB_CONFIG,
+        RESET_KEY,
+        SERVER_ID,
+        UdpRelay,
+        engine_config,
+        running_ngtcp2,
+    )
 
 CID_LEN = 17  # LB_CONFIG.cid_len: first octet and a 16-octet block
 
@@ -118,3 +129,34 @@ async def test_a_restarted_backend_resets_with_the_token_the_client_holds() -> N
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), 0.3)
         assert restarted.endpoint.stats.resets_sent == len(held)
+
+
+@pytest.mark.asyncio
+async def test_a_call_migrates_127_0_0_2_to_127_0_0_3_without_losing_a_frame() -> None:
+    class _RecordingServer(Ngtcp2Server):
+        """The prototype server, noting every client address it hears from."""
+
+        def __init__(self, config: EngineConfig) -> None:
+            super().__init__(config)
+            self.clients: list[Any] = []
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            if addr not in self.clients:
+                self.clients.append(addr)
+            super().datagram_received(data, addr)
+
+    server = _RecordingServer(engine_config())
+    address = await server.start()
+    try:
+        async with connect(
+            *address, verify=False, reconnect=False, local_address="127.0.0.2"
+        ) as call:
+            before = await _echo(call, 0, 10)
+            await call.migrate("127.0.0.3")
+            after = await _echo(call, 10, 10)
+    finally:
+        server.close()
+    frames = [(e.frame.timestamp, e.frame.payload) for e in before + after]
+    assert frames == [(index * 320, _payload(index)) for index in range(20)]
+    assert [host for host, _ in server.clients] == ["127.0.0.2", "127.0.0.3"]
+    assert server.endpoint.stats.failed == 0
