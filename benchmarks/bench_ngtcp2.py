@@ -83,14 +83,18 @@ async def serve_ngtcp2(port: int) -> None:
 
 async def serve_websocket(port: int) -> None:
     from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
 
     count = 0
 
     async def echo(websocket: ServerConnection) -> None:
         nonlocal count
-        async for message in websocket:
-            await websocket.send(message)
-            count += 1
+        try:
+            async for message in websocket:
+                await websocket.send(message)
+                count += 1
+        except ConnectionClosed:
+            return  # the client left with an echo in flight
 
     async with serve(echo, "127.0.0.1", port, compression=None, max_queue=64):
         print("ready", flush=True)
@@ -176,6 +180,111 @@ async def load_quic(port: int, calls: int, stop_at: float) -> int:
     return received
 
 
+async def load_quic_native(port: int, calls: int, stop_at: float) -> int:
+    """Calls on ngtcp2 client connections (quicvoice._ngtcp2.client): a cheap load. Echoes are
+    fed to ngtcp2 just before the next frame is written, so the ACK rides in that frame's
+    packet: one packet per frame each way, as the project's client does."""
+    from quicvoice import _ngtcp2 as native
+    from quicvoice.session.messages import Hello, encode_message
+    from quicvoice.session.wire import MediaFrame, StreamKind, encode_frame, encode_stream_header
+
+    loop = asyncio.get_running_loop()
+    server = ("127.0.0.1", port)
+    turn_octets = 0
+
+    def new_cid(length: int) -> tuple[bytes, bytes]:
+        return os.urandom(length), os.urandom(16)
+
+    class Call(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.conn: Any = None
+            self.transport: Any = None
+            self.timer: asyncio.TimerHandle | None = None
+            self.inbox: list[bytes] = []
+            self.control = -1
+            self.welcomed = asyncio.Event()
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            local = transport.get_extra_info("sockname")[:2]
+            self.conn = native.client(
+                b"quicvoice/1",
+                "localhost",
+                local,
+                server,
+                time.monotonic_ns(),
+                new_cid,
+                lambda cid: None,
+                30_000,
+            )
+            self.flush()
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            if self.welcomed.is_set():
+                self.inbox.append(data)
+                return
+            self.take(data)
+            self.flush()
+
+        def take(self, data: bytes) -> None:
+            nonlocal turn_octets
+            _, events = self.conn.receive(data, server, time.monotonic_ns())
+            for stream_id, payload, _fin in events:
+                if stream_id == self.control:
+                    self.welcomed.set()
+                elif stream_id % 4 == 3:
+                    turn_octets += len(payload)
+            if self.control < 0 and self.conn.handshake_completed:
+                self.control = self.conn.open_bidi_stream()
+                self.conn.send_stream(self.control, encode_message(Hello()))
+
+        def flush(self) -> None:
+            _, out = self.conn.flush(time.monotonic_ns())
+            for data, _ in out:
+                self.transport.sendto(data)
+            expiry = self.conn.expiry
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if expiry is not None:
+                delay = max(0.0, (expiry - time.monotonic_ns()) / 1e9)
+                self.timer = loop.call_later(delay, self.on_timer)
+
+        def on_timer(self) -> None:
+            self.timer = None
+            self.conn.handle_expiry(time.monotonic_ns())
+            self.flush()
+
+        def send(self, stream_id: int, data: bytes) -> None:
+            for datagram in self.inbox:
+                self.take(datagram)
+            self.inbox.clear()
+            self.conn.send_stream(stream_id, data)
+            self.flush()
+
+    async def one(index: int) -> None:
+        _, call = await loop.create_datagram_endpoint(Call, remote_addr=server)
+        await asyncio.wait_for(call.welcomed.wait(), 10)
+        uplink = call.conn.open_uni_stream()
+        call.conn.send_stream(uplink, encode_stream_header(StreamKind.UPLINK))
+        period = 1.0 / RATE
+        t = loop.time() + (index % 50) * period / 50
+        seq = 0
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(max(0.0, t - loop.time()))
+            call.send(uplink, encode_frame(MediaFrame(seq, seq * 320, FRAME_PAYLOAD)))
+            seq += 1
+            t += period
+        await asyncio.sleep(0.3)
+        call.send(uplink, b"")
+        if call.timer is not None:
+            call.timer.cancel()
+        call.transport.close()
+
+    await asyncio.gather(*(one(i) for i in range(calls)))
+    return turn_octets // (2 + 8 + len(FRAME_PAYLOAD))
+
+
 async def load_websocket(port: int, calls: int, stop_at: float) -> int:
     from websockets.asyncio.client import connect
 
@@ -208,7 +317,9 @@ async def load_websocket(port: int, calls: int, stop_at: float) -> int:
 # -- driver ----------------------------------------------------------------------------------
 
 
-def run_level(backend: str, calls: int, seconds: float, processes: int, port: int) -> str:
+def run_level(
+    backend: str, calls: int, seconds: float, processes: int, port: int, quic_load: str
+) -> str:
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", backend, "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -235,6 +346,8 @@ def run_level(backend: str, calls: int, seconds: float, processes: int, port: in
                         str(share),
                         "--stop-at",
                         str(stop_at),
+                        "--quic-load",
+                        quic_load,
                     ],
                     stdout=subprocess.PIPE,
                     text=True,
@@ -280,6 +393,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=24433)
     parser.add_argument("--serve", choices=["ngtcp2", "websocket"])
     parser.add_argument("--load", choices=["ngtcp2", "websocket"])
+    parser.add_argument(
+        "--quic-load",
+        choices=["ngtcp2", "aioquic"],
+        default="ngtcp2",
+        help="QUIC load clients: ngtcp2 (cheap, default) or aioquic (VoiceQuicConnection)",
+    )
     parser.add_argument("--calls", type=int, default=0)
     parser.add_argument("--stop-at", type=float, default=0.0)
     args = parser.parse_args()
@@ -290,14 +409,24 @@ def main() -> None:
         asyncio.run(serve_websocket(args.port))
         return
     if args.load is not None:
-        load = load_quic if args.load == "ngtcp2" else load_websocket
+        if args.load == "websocket":
+            load = load_websocket
+        else:
+            load = load_quic_native if args.quic_load == "ngtcp2" else load_quic
         print(asyncio.run(load(args.port, args.calls, args.stop_at)), flush=True)
         return
-    print(f"load average before: {os.getloadavg()}", flush=True)
+    print(f"load average before: {os.getloadavg()} (QUIC load: {args.quic_load})", flush=True)
     for level in (int(x) for x in args.levels.split(",")):
         for index, backend in enumerate(("ngtcp2", "websocket")):
             print(
-                run_level(backend, level, args.seconds, args.load_processes, args.port + index),
+                run_level(
+                    backend,
+                    level,
+                    args.seconds,
+                    args.load_processes,
+                    args.port + index,
+                    args.quic_load,
+                ),
                 flush=True,
             )
     print(f"load average after: {os.getloadavg()}", flush=True)

@@ -13,6 +13,8 @@
  *                  open_uni_stream(), send_stream(), close(), source_cids.
  * Functions:
  *   accept(datagram) -> (version, dcid, scid) for a first Initial ngtcp2 would accept, else None.
+ *   client(...) -> a client Connection that accepts any certificate: the benchmark's cheap load
+ *                  generator (benchmarks/bench_ngtcp2.py), not a client engine.
  *   stateless_reset(token, size) -> a stateless reset packet of about size octets.
  */
 
@@ -113,6 +115,8 @@ static PyTypeObject ContextType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyTypeObject ConnectionType;
+
 /* -- send buffers ---------------------------------------------------------------------------
  * ngtcp2 keeps pointers to stream data until the peer acknowledges it, so every send_stream()
  * is copied into its own chunk that stays put until acknowledged. */
@@ -185,6 +189,7 @@ typedef struct {
     ngtcp2_crypto_conn_ref ref;
     ngtcp2_connection_close_error ccerr;
     ContextObject *context;
+    gnutls_certificate_credentials_t client_credentials; /* client connections only */
     struct sockaddr_storage local;
     socklen_t local_len;
     /* The last remote address seen or sent to, as sockaddr and as the Python tuple. */
@@ -513,6 +518,9 @@ static void connection_dealloc(ConnectionObject *self) {
     }
     if (self->tls != NULL) {
         gnutls_deinit(self->tls);
+    }
+    if (self->client_credentials != NULL) {
+        gnutls_certificate_free_credentials(self->client_credentials);
     }
     for (int i = 0; i < MAX_SEND_STREAMS; i++) {
         stream_free_chunks(&self->streams[i]);
@@ -907,11 +915,162 @@ static PyObject *connection_closed(ConnectionObject *self, void *closure) {
                            ngtcp2_conn_is_in_draining_period(self->conn));
 }
 
+
+/* -- client connections (the benchmark's load generator and tests; no certificate check) -- */
+
+PyDoc_STRVAR(client_doc,
+             "client(alpn, server_name, local, remote, now, cid_factory, cid_retired,\n"
+             "       idle_timeout_ms) -> Connection\n\n"
+             "A client connection that accepts any server certificate (for load generation):\n"
+             "flush() writes its first flight. It acknowledges every packet at once.");
+
+static PyObject *module_client(PyObject *module, PyObject *args, PyObject *kwargs) {
+    (void)module;
+    static char *names[] = {"alpn", "server_name", "local", "remote", "now", "cid_factory",
+                            "cid_retired", "idle_timeout_ms", NULL};
+    Py_buffer alpn;
+    const char *server_name;
+    PyObject *local, *remote, *factory, *retired;
+    unsigned long long now, idle_ms;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*sOOKOOK", names, &alpn, &server_name,
+                                     &local, &remote, &now, &factory, &retired, &idle_ms)) {
+        return NULL;
+    }
+    ConnectionObject *self =
+        (ConnectionObject *)PyType_GenericNew(&ConnectionType, NULL, NULL);
+    if (self == NULL) {
+        PyBuffer_Release(&alpn);
+        return NULL;
+    }
+    if (alpn.len < 1 || alpn.len > 255 || !PyCallable_Check(factory) ||
+        !PyCallable_Check(retired)) {
+        PyErr_SetString(PyExc_ValueError, "alpn of 1..255 octets and callable CID hooks");
+        goto fail;
+    }
+    if (parse_address(local, &self->local, &self->local_len) < 0 ||
+        parse_address(remote, &self->remote, &self->remote_len) < 0) {
+        goto fail;
+    }
+    for (int i = 0; i < MAX_SEND_STREAMS; i++) {
+        self->streams[i].id = -1;
+    }
+    Py_INCREF(remote);
+    self->remote_obj = remote;
+    Py_INCREF(factory);
+    self->cid_factory = factory;
+    Py_INCREF(retired);
+    self->cid_retired = retired;
+    ngtcp2_connection_close_error_default(&self->ccerr);
+
+    ngtcp2_callbacks callbacks;
+    memset(&callbacks, 0, sizeof(callbacks));
+    callbacks.client_initial = ngtcp2_crypto_client_initial_cb;
+    callbacks.recv_retry = ngtcp2_crypto_recv_retry_cb;
+    callbacks.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    callbacks.encrypt = ngtcp2_crypto_encrypt_cb;
+    callbacks.decrypt = ngtcp2_crypto_decrypt_cb;
+    callbacks.hp_mask = ngtcp2_crypto_hp_mask_cb;
+    callbacks.update_key = ngtcp2_crypto_update_key_cb;
+    callbacks.delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
+    callbacks.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
+    callbacks.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
+    callbacks.version_negotiation = ngtcp2_crypto_version_negotiation_cb;
+    callbacks.rand = rand_cb;
+    callbacks.get_new_connection_id = get_new_connection_id_cb;
+    callbacks.remove_connection_id = remove_connection_id_cb;
+    callbacks.recv_stream_data = recv_stream_data_cb;
+    callbacks.recv_datagram = recv_datagram_cb;
+    callbacks.acked_stream_data_offset = acked_stream_data_offset_cb;
+    callbacks.stream_close = stream_close_cb;
+
+    ngtcp2_settings settings;
+    ngtcp2_settings_default(&settings);
+    settings.initial_ts = (ngtcp2_tstamp)now;
+    settings.ack_thresh = 1;
+    ngtcp2_transport_params params;
+    ngtcp2_transport_params_default(&params);
+    params.initial_max_stream_data_bidi_local = 256 * 1024;
+    params.initial_max_stream_data_bidi_remote = 256 * 1024;
+    params.initial_max_stream_data_uni = 256 * 1024;
+    params.initial_max_data = 1024 * 1024;
+    params.initial_max_streams_bidi = 0;
+    params.initial_max_streams_uni = 16;
+    params.max_idle_timeout = (ngtcp2_duration)idle_ms * NGTCP2_MILLISECONDS;
+    params.active_connection_id_limit = 8;
+
+    uint8_t cid_bytes[26];
+    gnutls_rnd(GNUTLS_RND_NONCE, cid_bytes, sizeof(cid_bytes));
+    ngtcp2_cid dcid, scid;
+    ngtcp2_cid_init(&dcid, cid_bytes, 18);
+    ngtcp2_cid_init(&scid, cid_bytes + 18, 8);
+    ngtcp2_path path = {
+        {(ngtcp2_sockaddr *)&self->local, self->local_len},
+        {(ngtcp2_sockaddr *)&self->remote, self->remote_len},
+        NULL,
+    };
+    int rv = ngtcp2_conn_client_new(&self->conn, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1,
+                                    &callbacks, &settings, &params, NULL, self);
+    if (rv != 0) {
+        self->conn = NULL;
+        PyErr_Format(PyExc_ValueError, "ngtcp2_conn_client_new: %s", ngtcp2_strerror(rv));
+        goto fail;
+    }
+    rv = gnutls_certificate_allocate_credentials(&self->client_credentials);
+    if (rv == 0) {
+        rv = gnutls_init(&self->tls, GNUTLS_CLIENT | GNUTLS_NO_END_OF_EARLY_DATA);
+    }
+    if (rv == 0) {
+        rv = ngtcp2_crypto_gnutls_configure_client_session(self->tls) == 0 ? 0 : -1;
+    }
+    if (rv == 0) {
+        rv = gnutls_priority_set_direct(self->tls, TLS_PRIORITY, NULL);
+    }
+    if (rv == 0) {
+        rv = gnutls_credentials_set(self->tls, GNUTLS_CRD_CERTIFICATE, self->client_credentials);
+    }
+    if (rv == 0) {
+        gnutls_datum_t alpn_datum = {(unsigned char *)alpn.buf, (unsigned)alpn.len};
+        rv = gnutls_alpn_set_protocols(self->tls, &alpn_datum, 1, GNUTLS_ALPN_MANDATORY);
+    }
+    if (rv == 0) {
+        rv = gnutls_server_name_set(self->tls, GNUTLS_NAME_DNS, server_name, strlen(server_name));
+    }
+    if (rv != 0) {
+        PyErr_Format(PyExc_ValueError, "gnutls client setup failed: %s", gnutls_strerror(rv));
+        goto fail;
+    }
+    self->ref.get_conn = get_conn;
+    self->ref.user_data = self;
+    gnutls_session_set_ptr(self->tls, &self->ref);
+    ngtcp2_conn_set_tls_native_handle(self->conn, self->tls);
+    PyBuffer_Release(&alpn);
+    return (PyObject *)self;
+fail:
+    PyBuffer_Release(&alpn);
+    Py_DECREF(self);
+    return NULL;
+}
+
+PyDoc_STRVAR(open_bidi_doc, "open_bidi_stream() -> stream_id, or -1 when the peer allows none.");
+
+static PyObject *connection_open_bidi(ConnectionObject *self, PyObject *unused) {
+    (void)unused;
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    int64_t stream_id;
+    if (ngtcp2_conn_open_bidi_stream(self->conn, &stream_id, NULL) != 0) {
+        return PyLong_FromLong(-1);
+    }
+    return PyLong_FromLongLong(stream_id);
+}
+
 static PyMethodDef connection_methods[] = {
     {"receive", (PyCFunction)connection_receive, METH_VARARGS, receive_doc},
     {"flush", (PyCFunction)connection_flush, METH_VARARGS, flush_doc},
     {"handle_expiry", (PyCFunction)connection_handle_expiry, METH_VARARGS, handle_expiry_doc},
     {"open_uni_stream", (PyCFunction)connection_open_uni, METH_NOARGS, open_uni_doc},
+    {"open_bidi_stream", (PyCFunction)connection_open_bidi, METH_NOARGS, open_bidi_doc},
     {"send_stream", (PyCFunction)(void (*)(void))connection_send_stream,
      METH_VARARGS | METH_KEYWORDS, send_stream_doc},
     {"close", (PyCFunction)(void (*)(void))connection_close, METH_VARARGS | METH_KEYWORDS,
@@ -1006,6 +1165,8 @@ static PyMethodDef module_methods[] = {
     {"accept", module_accept, METH_VARARGS, accept_doc},
     {"stateless_reset", module_stateless_reset, METH_VARARGS, stateless_reset_doc},
     {"strerror", module_strerror, METH_VARARGS, "ngtcp2's text for an error code."},
+    {"client", (PyCFunction)(void (*)(void))module_client, METH_VARARGS | METH_KEYWORDS,
+     client_doc},
     {NULL, NULL, 0, NULL},
 };
 
