@@ -7,6 +7,7 @@ Skipped, with the reason, where quicvoice._ngtcp2 was not built (no libngtcp2-de
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from typing import Any
 
@@ -160,3 +161,29 @@ async def test_a_call_migrates_127_0_0_2_to_127_0_0_3_without_losing_a_frame() -
     assert frames == [(index * 320, _payload(index)) for index in range(20)]
     assert [host for host, _ in server.clients] == ["127.0.0.2", "127.0.0.3"]
     assert server.endpoint.stats.failed == 0
+
+
+@pytest.mark.asyncio
+async def test_garbage_over_udp_leaves_a_live_call_and_the_server_running() -> None:
+    rng = random.Random(14)
+    loop = asyncio.get_running_loop()
+    async with running_ngtcp2() as (server, address):
+        async with connect(*address, verify=False, reconnect=False) as call:
+            await _echo(call, 0, 3)
+            live = call._link.quic._peer_cid.cid
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                sock.bind(("127.0.0.4", 0))
+                for index in range(300):
+                    size = rng.randrange(0, 1400)
+                    junk = rng.randbytes(size)
+                    shapes = (
+                        junk,
+                        b"\x40" + live + junk,
+                        b"\xc0\x00\x00\x00\x01" + bytes([len(live)]) + live + junk,
+                        b"\xc3\x00\x00\x00\x01\x08" + rng.randbytes(8) + b"\x00" + bytes(1200),
+                    )
+                    await loop.sock_sendto(sock, shapes[index % len(shapes)], address)
+            echoes = await _echo(call, 3, 3)
+        assert [e.frame.timestamp for e in echoes] == [3 * 320, 4 * 320, 5 * 320]
+        assert server.endpoint.stats.dropped > 0
