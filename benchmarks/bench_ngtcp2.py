@@ -1,6 +1,7 @@
 """Server CPU per echoed voice frame: the ngtcp2 engine prototype beside a WebSocket echo, one run.
 
     python benchmarks/bench_ngtcp2.py [--levels 60,100] [--seconds 10] [--load-processes 2]
+                                      [--quic-load ngtcp2|aioquic]
 
 Each call sends one 640-octet frame every 20 ms (sending times spread over the 20 ms) and the
 server echoes it at once: 50 frames/s each way per call.
@@ -10,10 +11,14 @@ server echoes it at once: 50 frames/s each way per call.
 - ``websocket``: a ``websockets`` echo server (binary messages, no compression), stock asyncio.
 Each server runs alone in a subprocess and prints, once a second, its echo count and its own
 CPU time (getrusage); CPU per frame = CPU delta / echo delta over the steady window (the first
-2 s skipped). The load runs in ``--load-processes`` other processes: for QUIC, lean aioquic
-clients (the client's ``quicvoice.quic.VoiceQuicConnection``, which bundles its ACKs into
-audio packets, speaking the voice protocol without the client's call machine, to leave the
-cores to the server); for WebSocket, ``websockets`` clients.
+2 s skipped). The load runs in ``--load-processes`` other processes: for WebSocket,
+``websockets`` clients; for QUIC (``--quic-load``), by default ngtcp2 client connections
+(``quicvoice._ngtcp2.client``, cheap enough to leave the cores to the server), each echo read
+just before the next frame so that its ACK rides in that frame's packet: one packet per frame
+each way, as the project's client sends; or ``aioquic``: the client's
+``quicvoice.quic.VoiceQuicConnection`` (the same one-packet pattern) without the call machine,
+which on a shared 2-core machine cannot keep 60 calls at 50 frames/s (see
+specs/engine-ngtcp2.md).
 Calls per core = 1 s / (50 × CPU per frame). The load average is printed before and after.
 """
 
