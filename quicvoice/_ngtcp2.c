@@ -1,0 +1,1203 @@
+/* quicvoice._ngtcp2: Debian's ngtcp2 (with ngtcp2_crypto_gnutls) bound as a sans-I/O server
+ * connection, for the native-engine prototype (quicvoice/engine_ngtcp2/, specs/engine-ngtcp2.md).
+ *
+ * Nothing here opens a socket or reads a clock: datagrams, addresses and the time (ns) come in
+ * as arguments, datagrams to send come back as values. Every connection ID and stateless-reset
+ * token the connection issues comes from the Python callable it was given (the project's
+ * QUIC-LB generator), through ngtcp2's get_new_connection_id callback; the handshake SCID and
+ * its token are given at construction.
+ *
+ * Types:
+ *   ServerContext  gnutls certificate credentials and the ALPN, shared by connections.
+ *   Connection     one server connection: receive(), flush(), handle_expiry(), expiry,
+ *                  open_uni_stream(), send_stream(), close(), source_cids.
+ * Functions:
+ *   accept(datagram) -> (version, dcid, scid) for a first Initial ngtcp2 would accept, else None.
+ *   client(...) -> a client Connection that accepts any certificate: the benchmark's cheap load
+ *                  generator (benchmarks/bench_ngtcp2.py), not a client engine.
+ *   stateless_reset(token, size) -> a stateless reset packet of about size octets.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+#include <ngtcp2/ngtcp2_crypto_gnutls.h>
+
+/* Bumped whenever quicvoice/engine_ngtcp2 must change with this file. */
+#define ABI_VERSION 1
+#define MAX_SEND_STREAMS 8
+#define MAX_VECS 16
+/* Bounds one flush(): a voice connection writes a few packets per call. */
+#define MAX_PACKETS_PER_FLUSH 64
+#define TLS_PRIORITY                                                                            \
+    "%DISABLE_TLS13_COMPAT_MODE:NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:"        \
+    "+AES-256-GCM:+CHACHA20-POLY1305:-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1:"                \
+    "+GROUP-SECP384R1"
+
+/* -- ServerContext ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    gnutls_certificate_credentials_t credentials;
+    gnutls_priority_t priority;
+    uint8_t alpn[256];
+    unsigned alpn_len;
+} ContextObject;
+
+static int context_init(ContextObject *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"certificate", "private_key", "alpn", NULL};
+    Py_buffer cert, key, alpn;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*y*", names, &cert, &key, &alpn)) {
+        return -1;
+    }
+    int result = -1;
+    if (alpn.len < 1 || alpn.len > 255) {
+        PyErr_SetString(PyExc_ValueError, "alpn must be 1..255 octets");
+        goto done;
+    }
+    if (self->credentials != NULL) {
+        PyErr_SetString(PyExc_TypeError, "ServerContext is already initialised");
+        goto done;
+    }
+    memcpy(self->alpn, alpn.buf, (size_t)alpn.len);
+    self->alpn_len = (unsigned)alpn.len;
+    int rv = gnutls_certificate_allocate_credentials(&self->credentials);
+    if (rv == 0) {
+        gnutls_datum_t cert_datum = {(unsigned char *)cert.buf, (unsigned)cert.len};
+        gnutls_datum_t key_datum = {(unsigned char *)key.buf, (unsigned)key.len};
+        rv = gnutls_certificate_set_x509_key_mem(self->credentials, &cert_datum, &key_datum,
+                                                 GNUTLS_X509_FMT_PEM);
+    }
+    if (rv == 0) {
+        rv = gnutls_priority_init(&self->priority, TLS_PRIORITY, NULL);
+    }
+    if (rv < 0) {
+        PyErr_Format(PyExc_ValueError, "gnutls refused the certificate or key: %s",
+                     gnutls_strerror(rv));
+        goto done;
+    }
+    result = 0;
+done:
+    PyBuffer_Release(&cert);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&alpn);
+    return result;
+}
+
+static void context_dealloc(ContextObject *self) {
+    if (self->priority != NULL) {
+        gnutls_priority_deinit(self->priority);
+    }
+    if (self->credentials != NULL) {
+        gnutls_certificate_free_credentials(self->credentials);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ContextType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "quicvoice._ngtcp2.ServerContext",
+    .tp_basicsize = sizeof(ContextObject),
+    .tp_dealloc = (destructor)context_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "gnutls credentials (PEM certificate chain and key) and the one ALPN served.",
+    .tp_init = (initproc)context_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyTypeObject ConnectionType;
+
+/* -- send buffers ---------------------------------------------------------------------------
+ * ngtcp2 keeps pointers to stream data until the peer acknowledges it, so every send_stream()
+ * is copied into its own chunk that stays put until acknowledged. */
+
+typedef struct Chunk {
+    struct Chunk *next;
+    uint64_t offset; /* stream offset of data[0] */
+    size_t len;
+    uint8_t data[];
+} Chunk;
+
+typedef struct {
+    int64_t id;   /* -1: slot free */
+    Chunk *head;  /* oldest unacknowledged chunk */
+    Chunk *tail;
+    Chunk *cursor;        /* first chunk with octets not yet given to ngtcp2 */
+    size_t cursor_done;   /* octets of *cursor already given */
+    uint64_t end;         /* stream offset after the last queued octet */
+    int fin;              /* the application ended the stream */
+    int fin_sent;
+    int blocked;          /* flow control or shut: skip for the rest of this flush */
+} SendStream;
+
+static void stream_free_chunks(SendStream *s) {
+    Chunk *c = s->head;
+    while (c != NULL) {
+        Chunk *next = c->next;
+        PyMem_Free(c);
+        c = next;
+    }
+    s->head = s->tail = s->cursor = NULL;
+    s->cursor_done = 0;
+}
+
+static int stream_pending(const SendStream *s) {
+    return s->id >= 0 && !s->blocked && (s->cursor != NULL || (s->fin && !s->fin_sent));
+}
+
+static void stream_advance(SendStream *s, size_t n) {
+    while (n > 0 && s->cursor != NULL) {
+        size_t left = s->cursor->len - s->cursor_done;
+        if (n < left) {
+            s->cursor_done += n;
+            return;
+        }
+        n -= left;
+        s->cursor = s->cursor->next;
+        s->cursor_done = 0;
+    }
+}
+
+static void stream_acked(SendStream *s, uint64_t acked_end) {
+    while (s->head != NULL && s->head->offset + s->head->len <= acked_end &&
+           s->head != s->cursor) {
+        Chunk *next = s->head->next;
+        PyMem_Free(s->head);
+        s->head = next;
+    }
+    if (s->head == NULL) {
+        s->tail = NULL;
+    }
+}
+
+/* -- Connection ------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    ngtcp2_conn *conn;
+    gnutls_session_t tls;
+    ngtcp2_crypto_conn_ref ref;
+    ngtcp2_connection_close_error ccerr;
+    ContextObject *context;
+    gnutls_certificate_credentials_t client_credentials; /* client connections only */
+    struct sockaddr_storage local;
+    socklen_t local_len;
+    /* The last remote address seen or sent to, as sockaddr and as the Python tuple. */
+    struct sockaddr_storage remote;
+    socklen_t remote_len;
+    PyObject *remote_obj;
+    PyObject *cid_factory;
+    PyObject *cid_retired;
+    PyObject *events; /* the list receive() returns, while it runs */
+    int callback_failed;
+    SendStream streams[MAX_SEND_STREAMS];
+    uint8_t out[NGTCP2_MAX_UDP_PAYLOAD_SIZE > 1452 ? NGTCP2_MAX_UDP_PAYLOAD_SIZE : 1452];
+} ConnectionObject;
+
+static int parse_address(PyObject *address, struct sockaddr_storage *ss, socklen_t *len) {
+    const char *host;
+    int port;
+    if (!PyTuple_Check(address) || PyTuple_GET_SIZE(address) < 2) {
+        PyErr_SetString(PyExc_TypeError, "an address is a (host, port) tuple");
+        return -1;
+    }
+    host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(address, 0));
+    if (host == NULL) {
+        return -1;
+    }
+    port = PyLong_AsLong(PyTuple_GET_ITEM(address, 1)) & 0xffff;
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *len = sizeof(*v4);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        *len = sizeof(*v6);
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "not an IP address: %s", host);
+    return -1;
+}
+
+static PyObject *address_tuple(const struct sockaddr *sa) {
+    char text[INET6_ADDRSTRLEN];
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text));
+        return Py_BuildValue("(si)", text, ntohs(v4->sin_port));
+    }
+    const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)sa;
+    inet_ntop(AF_INET6, &v6->sin6_addr, text, sizeof(text));
+    return Py_BuildValue("(si)", text, ntohs(v6->sin6_port));
+}
+
+static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) {
+    return ((ConnectionObject *)ref->user_data)->conn;
+}
+
+static void rand_cb(uint8_t *dest, size_t destlen, const ngtcp2_rand_ctx *ctx) {
+    (void)ctx;
+    gnutls_rnd(GNUTLS_RND_RANDOM, dest, destlen);
+}
+
+static int get_new_connection_id_cb(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token,
+                                    size_t cidlen, void *user_data) {
+    (void)conn;
+    ConnectionObject *self = user_data;
+    PyObject *result = PyObject_CallFunction(self->cid_factory, "n", (Py_ssize_t)cidlen);
+    if (result == NULL) {
+        self->callback_failed = 1;
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    char *cid_data, *token_data;
+    Py_ssize_t cid_len, token_len;
+    if (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 2 ||
+        PyBytes_AsStringAndSize(PyTuple_GET_ITEM(result, 0), &cid_data, &cid_len) < 0 ||
+        PyBytes_AsStringAndSize(PyTuple_GET_ITEM(result, 1), &token_data, &token_len) < 0 ||
+        (size_t)cid_len != cidlen || token_len != NGTCP2_STATELESS_RESET_TOKENLEN) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_ValueError,
+                         "the CID factory must return (%zu-octet CID, 16-octet token)", cidlen);
+        }
+        Py_DECREF(result);
+        self->callback_failed = 1;
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    ngtcp2_cid_init(cid, (const uint8_t *)cid_data, cidlen);
+    memcpy(token, token_data, NGTCP2_STATELESS_RESET_TOKENLEN);
+    Py_DECREF(result);
+    return 0;
+}
+
+static int remove_connection_id_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, void *user_data) {
+    (void)conn;
+    ConnectionObject *self = user_data;
+    PyObject *result =
+        PyObject_CallFunction(self->cid_retired, "y#", cid->data, (Py_ssize_t)cid->datalen);
+    if (result == NULL) {
+        self->callback_failed = 1;
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static int add_event(ConnectionObject *self, int64_t stream_id, const uint8_t *data, size_t len,
+                     int fin) {
+    if (self->events == NULL) {
+        return 0;
+    }
+    PyObject *event = Py_BuildValue("(Ly#O)", (long long)stream_id, data, (Py_ssize_t)len,
+                                    fin ? Py_True : Py_False);
+    if (event == NULL || PyList_Append(self->events, event) < 0) {
+        Py_XDECREF(event);
+        self->callback_failed = 1;
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    Py_DECREF(event);
+    return 0;
+}
+
+static int recv_stream_data_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
+                               uint64_t offset, const uint8_t *data, size_t datalen,
+                               void *user_data, void *stream_user_data) {
+    (void)offset;
+    (void)stream_user_data;
+    /* The application takes every octet at once: give the peer its credit back. */
+    ngtcp2_conn_extend_max_stream_offset(conn, stream_id, datalen);
+    ngtcp2_conn_extend_max_offset(conn, datalen);
+    return add_event(user_data, stream_id, data, datalen, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
+}
+
+static int recv_datagram_cb(ngtcp2_conn *conn, uint32_t flags, const uint8_t *data,
+                            size_t datalen, void *user_data) {
+    (void)conn;
+    (void)flags;
+    return add_event(user_data, -1, data, datalen, 0);
+}
+
+static SendStream *find_stream(ConnectionObject *self, int64_t stream_id) {
+    for (int i = 0; i < MAX_SEND_STREAMS; i++) {
+        if (self->streams[i].id == stream_id) {
+            return &self->streams[i];
+        }
+    }
+    return NULL;
+}
+
+static int acked_stream_data_offset_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t offset,
+                                       uint64_t datalen, void *user_data,
+                                       void *stream_user_data) {
+    (void)conn;
+    (void)stream_user_data;
+    SendStream *s = find_stream(user_data, stream_id);
+    if (s != NULL) {
+        stream_acked(s, offset + datalen);
+    }
+    return 0;
+}
+
+static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
+                           uint64_t app_error_code, void *user_data, void *stream_user_data) {
+    (void)flags;
+    (void)app_error_code;
+    (void)stream_user_data;
+    SendStream *s = find_stream(user_data, stream_id);
+    if (s != NULL) {
+        stream_free_chunks(s);
+        s->id = -1;
+    }
+    if (!ngtcp2_conn_is_local_stream(conn, stream_id)) {
+        if (stream_id & 0x2) {
+            ngtcp2_conn_extend_max_streams_uni(conn, 1);
+        } else {
+            ngtcp2_conn_extend_max_streams_bidi(conn, 1);
+        }
+    }
+    return 0;
+}
+
+static int connection_init(ConnectionObject *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"context",  "client_dcid", "client_scid", "scid",
+                            "reset_token", "version",  "local",       "remote",
+                            "now",      "cid_factory", "cid_retired", "idle_timeout_ms", NULL};
+    ContextObject *context;
+    Py_buffer client_dcid, client_scid, scid, token;
+    unsigned int version;
+    PyObject *local, *remote, *factory, *retired;
+    unsigned long long now, idle_ms;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!y*y*y*y*IOOKOOK", names, &ContextType,
+                                     &context, &client_dcid, &client_scid, &scid, &token,
+                                     &version, &local, &remote, &now, &factory, &retired,
+                                     &idle_ms)) {
+        return -1;
+    }
+    int result = -1;
+    if (self->conn != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Connection is already initialised");
+        goto done;
+    }
+    if (client_dcid.len > NGTCP2_MAX_CIDLEN || client_scid.len > NGTCP2_MAX_CIDLEN ||
+        scid.len < 1 || scid.len > NGTCP2_MAX_CIDLEN ||
+        token.len != NGTCP2_STATELESS_RESET_TOKENLEN) {
+        PyErr_SetString(PyExc_ValueError, "CIDs are 0..20 octets, the reset token 16");
+        goto done;
+    }
+    if (!PyCallable_Check(factory) || !PyCallable_Check(retired)) {
+        PyErr_SetString(PyExc_TypeError, "cid_factory and cid_retired must be callable");
+        goto done;
+    }
+    if (parse_address(local, &self->local, &self->local_len) < 0 ||
+        parse_address(remote, &self->remote, &self->remote_len) < 0) {
+        goto done;
+    }
+    for (int i = 0; i < MAX_SEND_STREAMS; i++) {
+        self->streams[i].id = -1;
+    }
+    Py_INCREF(context);
+    self->context = context;
+    Py_INCREF(remote);
+    self->remote_obj = remote;
+    Py_INCREF(factory);
+    self->cid_factory = factory;
+    Py_INCREF(retired);
+    self->cid_retired = retired;
+    ngtcp2_connection_close_error_default(&self->ccerr);
+
+    ngtcp2_callbacks callbacks;
+    memset(&callbacks, 0, sizeof(callbacks));
+    callbacks.recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
+    callbacks.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    callbacks.encrypt = ngtcp2_crypto_encrypt_cb;
+    callbacks.decrypt = ngtcp2_crypto_decrypt_cb;
+    callbacks.hp_mask = ngtcp2_crypto_hp_mask_cb;
+    callbacks.update_key = ngtcp2_crypto_update_key_cb;
+    callbacks.delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
+    callbacks.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
+    callbacks.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
+    callbacks.version_negotiation = ngtcp2_crypto_version_negotiation_cb;
+    callbacks.rand = rand_cb;
+    callbacks.get_new_connection_id = get_new_connection_id_cb;
+    callbacks.remove_connection_id = remove_connection_id_cb;
+    callbacks.recv_stream_data = recv_stream_data_cb;
+    callbacks.recv_datagram = recv_datagram_cb;
+    callbacks.acked_stream_data_offset = acked_stream_data_offset_cb;
+    callbacks.stream_close = stream_close_cb;
+
+    ngtcp2_settings settings;
+    ngtcp2_settings_default(&settings);
+    settings.initial_ts = (ngtcp2_tstamp)now;
+    /* Acknowledge every ack-eliciting packet at once: ngtcp2 then puts the ACK into the echo
+     * written in the same flush(), where by default it waits max_ack_delay and goes alone
+     * (one ACK-only packet per voice frame). */
+    settings.ack_thresh = 1;
+
+    ngtcp2_transport_params params;
+    ngtcp2_transport_params_default(&params);
+    params.initial_max_stream_data_bidi_local = 256 * 1024;
+    params.initial_max_stream_data_bidi_remote = 256 * 1024;
+    params.initial_max_stream_data_uni = 256 * 1024;
+    params.initial_max_data = 1024 * 1024;
+    params.initial_max_streams_bidi = 4;
+    params.initial_max_streams_uni = 16;
+    params.max_idle_timeout = (ngtcp2_duration)idle_ms * NGTCP2_MILLISECONDS;
+    params.active_connection_id_limit = 8;
+    params.max_datagram_frame_size = 65535;
+    params.stateless_reset_token_present = 1;
+    memcpy(params.stateless_reset_token, token.buf, NGTCP2_STATELESS_RESET_TOKENLEN);
+    ngtcp2_cid_init(&params.original_dcid, client_dcid.buf, (size_t)client_dcid.len);
+
+    ngtcp2_cid dcid, our_scid;
+    ngtcp2_cid_init(&dcid, client_scid.buf, (size_t)client_scid.len);
+    ngtcp2_cid_init(&our_scid, scid.buf, (size_t)scid.len);
+    ngtcp2_path path = {
+        {(ngtcp2_sockaddr *)&self->local, self->local_len},
+        {(ngtcp2_sockaddr *)&self->remote, self->remote_len},
+        NULL,
+    };
+    int rv = ngtcp2_conn_server_new(&self->conn, &dcid, &our_scid, &path, version, &callbacks,
+                                    &settings, &params, NULL, self);
+    if (rv != 0) {
+        self->conn = NULL;
+        PyErr_Format(PyExc_ValueError, "ngtcp2_conn_server_new: %s", ngtcp2_strerror(rv));
+        goto done;
+    }
+    rv = gnutls_init(&self->tls, GNUTLS_SERVER | GNUTLS_NO_END_OF_EARLY_DATA);
+    if (rv == 0) {
+        rv = ngtcp2_crypto_gnutls_configure_server_session(self->tls) == 0 ? 0 : -1;
+    }
+    if (rv == 0) {
+        rv = gnutls_priority_set(self->tls, context->priority);
+    }
+    if (rv == 0) {
+        rv = gnutls_credentials_set(self->tls, GNUTLS_CRD_CERTIFICATE, context->credentials);
+    }
+    if (rv == 0) {
+        gnutls_datum_t alpn = {context->alpn, context->alpn_len};
+        rv = gnutls_alpn_set_protocols(self->tls, &alpn, 1, GNUTLS_ALPN_MANDATORY);
+    }
+    if (rv != 0) {
+        PyErr_Format(PyExc_ValueError, "gnutls session setup failed: %s", gnutls_strerror(rv));
+        goto done;
+    }
+    self->ref.get_conn = get_conn;
+    self->ref.user_data = self;
+    gnutls_session_set_ptr(self->tls, &self->ref);
+    ngtcp2_conn_set_tls_native_handle(self->conn, self->tls);
+    result = 0;
+done:
+    PyBuffer_Release(&client_dcid);
+    PyBuffer_Release(&client_scid);
+    PyBuffer_Release(&scid);
+    PyBuffer_Release(&token);
+    return result;
+}
+
+static void connection_dealloc(ConnectionObject *self) {
+    if (self->conn != NULL) {
+        ngtcp2_conn_del(self->conn);
+    }
+    if (self->tls != NULL) {
+        gnutls_deinit(self->tls);
+    }
+    if (self->client_credentials != NULL) {
+        gnutls_certificate_free_credentials(self->client_credentials);
+    }
+    for (int i = 0; i < MAX_SEND_STREAMS; i++) {
+        stream_free_chunks(&self->streams[i]);
+    }
+    Py_XDECREF(self->context);
+    Py_XDECREF(self->remote_obj);
+    Py_XDECREF(self->cid_factory);
+    Py_XDECREF(self->cid_retired);
+    Py_XDECREF(self->events);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_ready(ConnectionObject *self) {
+    if (self->conn == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Connection is not initialised");
+        return -1;
+    }
+    return 0;
+}
+
+/* An ngtcp2 error code that the caller must act on, or a Python error from a callback. */
+static PyObject *status_or_error(ConnectionObject *self, int rv) {
+    if (self->callback_failed) {
+        self->callback_failed = 0;
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyLong_FromLong(rv);
+}
+
+PyDoc_STRVAR(receive_doc,
+             "receive(datagram, remote, now) -> (status, events)\n\n"
+             "Process one UDP datagram from remote ((host, port)) at now (ns). status is 0 or\n"
+             "ngtcp2's (negative) error code; events is a list of (stream_id, data, fin), a\n"
+             "stream_id of -1 for a DATAGRAM frame.");
+
+static PyObject *connection_receive(ConnectionObject *self, PyObject *args) {
+    Py_buffer data;
+    PyObject *remote;
+    unsigned long long now;
+    if (check_ready(self) < 0 || !PyArg_ParseTuple(args, "y*OK", &data, &remote, &now)) {
+        return NULL;
+    }
+    struct sockaddr_storage ss;
+    socklen_t ss_len;
+    const struct sockaddr_storage *from = &self->remote;
+    socklen_t from_len = self->remote_len;
+    if (remote != self->remote_obj) {
+        int same = PyObject_RichCompareBool(remote, self->remote_obj, Py_EQ);
+        if (same < 0) {
+            PyBuffer_Release(&data);
+            return NULL;
+        }
+        if (!same) {
+            if (parse_address(remote, &ss, &ss_len) < 0) {
+                PyBuffer_Release(&data);
+                return NULL;
+            }
+            from = &ss;
+            from_len = ss_len;
+        }
+    }
+    ngtcp2_path path = {
+        {(ngtcp2_sockaddr *)&self->local, self->local_len},
+        {(ngtcp2_sockaddr *)from, from_len},
+        NULL,
+    };
+    ngtcp2_pkt_info pi = {0};
+    PyObject *events = PyList_New(0);
+    if (events == NULL) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    self->events = events;
+    int rv = ngtcp2_conn_read_pkt(self->conn, &path, &pi, data.buf, (size_t)data.len,
+                                  (ngtcp2_tstamp)now);
+    self->events = NULL;
+    PyBuffer_Release(&data);
+    if (from != &self->remote && rv == 0) {
+        /* The peer is now here (migration or NAT rebinding): cache its address. */
+        memcpy(&self->remote, from, from_len);
+        self->remote_len = from_len;
+        Py_INCREF(remote);
+        Py_SETREF(self->remote_obj, remote);
+    }
+    if (rv != 0 && self->ccerr.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_TRANSPORT &&
+        self->ccerr.error_code == 0) {
+        ngtcp2_connection_close_error_set_transport_error_liberr(&self->ccerr, rv, NULL, 0);
+    }
+    PyObject *status = status_or_error(self, rv);
+    if (status == NULL) {
+        Py_DECREF(events);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", status, events);
+}
+
+static PyObject *remote_of(ConnectionObject *self, const ngtcp2_path *path) {
+    if (path->remote.addrlen == self->remote_len &&
+        memcmp(path->remote.addr, &self->remote, self->remote_len) == 0) {
+        Py_INCREF(self->remote_obj);
+        return self->remote_obj;
+    }
+    return address_tuple((const struct sockaddr *)path->remote.addr);
+}
+
+static int append_packet(ConnectionObject *self, PyObject *out, const ngtcp2_path *path,
+                         size_t len) {
+    PyObject *remote = remote_of(self, path);
+    if (remote == NULL) {
+        return -1;
+    }
+    PyObject *item = Py_BuildValue("(y#N)", self->out, (Py_ssize_t)len, remote);
+    if (item == NULL) {
+        return -1;
+    }
+    int rv = PyList_Append(out, item);
+    Py_DECREF(item);
+    return rv;
+}
+
+PyDoc_STRVAR(flush_doc,
+             "flush(now) -> (status, datagrams)\n\n"
+             "Write every packet due at now (ns): queued stream data, ACKs, handshake, probes.\n"
+             "datagrams is a list of (datagram, (host, port)); status 0 or ngtcp2's error.");
+
+static PyObject *connection_flush(ConnectionObject *self, PyObject *args) {
+    unsigned long long now;
+    if (check_ready(self) < 0 || !PyArg_ParseTuple(args, "K", &now)) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < MAX_SEND_STREAMS; i++) {
+        self->streams[i].blocked = 0;
+    }
+    ngtcp2_path_storage ps;
+    ngtcp2_path_storage_zero(&ps);
+    ngtcp2_pkt_info pi;
+    int rv = 0;
+    for (int packets = 0; packets < MAX_PACKETS_PER_FLUSH;) {
+        SendStream *s = NULL;
+        for (int i = 0; i < MAX_SEND_STREAMS; i++) {
+            if (stream_pending(&self->streams[i])) {
+                s = &self->streams[i];
+                break;
+            }
+        }
+        ngtcp2_vec vecs[MAX_VECS];
+        size_t nvecs = 0, total = 0;
+        uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_NONE;
+        int64_t stream_id = -1;
+        if (s != NULL) {
+            stream_id = s->id;
+            flags |= NGTCP2_WRITE_STREAM_FLAG_MORE;
+            size_t skip = s->cursor_done;
+            for (Chunk *c = s->cursor; c != NULL && nvecs < MAX_VECS; c = c->next) {
+                vecs[nvecs].base = c->data + skip;
+                vecs[nvecs].len = c->len - skip;
+                total += vecs[nvecs].len;
+                nvecs++;
+                skip = 0;
+            }
+            int everything = nvecs == 0 || vecs[nvecs - 1].base + vecs[nvecs - 1].len ==
+                                               s->tail->data + s->tail->len;
+            if (s->fin && everything) {
+                flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
+            }
+        }
+        ngtcp2_ssize consumed = -1;
+        ngtcp2_ssize n = ngtcp2_conn_writev_stream(self->conn, &ps.path, &pi, self->out,
+                                                   sizeof(self->out), &consumed, flags,
+                                                   stream_id, vecs, nvecs, (ngtcp2_tstamp)now);
+        if (s != NULL && consumed >= 0) {
+            stream_advance(s, (size_t)consumed);
+            if ((flags & NGTCP2_WRITE_STREAM_FLAG_FIN) && (size_t)consumed == total) {
+                s->fin_sent = 1;
+            }
+        }
+        if (n < 0) {
+            if (n == NGTCP2_ERR_WRITE_MORE) {
+                continue;
+            }
+            if (s != NULL && (n == NGTCP2_ERR_STREAM_DATA_BLOCKED ||
+                              n == NGTCP2_ERR_STREAM_SHUT_WR ||
+                              n == NGTCP2_ERR_STREAM_NOT_FOUND)) {
+                s->blocked = 1;
+                continue;
+            }
+            rv = (int)n;
+            if (self->ccerr.error_code == 0) {
+                ngtcp2_connection_close_error_set_transport_error_liberr(&self->ccerr, rv, NULL,
+                                                                         0);
+            }
+            break;
+        }
+        if (n == 0) {
+            break;
+        }
+        if (append_packet(self, out, &ps.path, (size_t)n) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        packets++;
+    }
+    /* No ngtcp2_conn_update_pkt_tx_time(): that arms the pacing timer after every write, and
+     * for one packet per 20 ms frame it only costs a wake-up per frame (pacing off). */
+    PyObject *status = status_or_error(self, rv);
+    if (status == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", status, out);
+}
+
+PyDoc_STRVAR(handle_expiry_doc,
+             "handle_expiry(now) -> status: run ngtcp2's timers due at now (ns); flush() after.");
+
+static PyObject *connection_handle_expiry(ConnectionObject *self, PyObject *args) {
+    unsigned long long now;
+    if (check_ready(self) < 0 || !PyArg_ParseTuple(args, "K", &now)) {
+        return NULL;
+    }
+    int rv = ngtcp2_conn_handle_expiry(self->conn, (ngtcp2_tstamp)now);
+    return status_or_error(self, rv);
+}
+
+PyDoc_STRVAR(open_uni_doc, "open_uni_stream() -> stream_id, or -1 when the peer allows none.");
+
+static PyObject *connection_open_uni(ConnectionObject *self, PyObject *unused) {
+    (void)unused;
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    int64_t stream_id;
+    int rv = ngtcp2_conn_open_uni_stream(self->conn, &stream_id, NULL);
+    if (rv != 0) {
+        return PyLong_FromLong(-1);
+    }
+    return PyLong_FromLongLong(stream_id);
+}
+
+PyDoc_STRVAR(send_stream_doc,
+             "send_stream(stream_id, data, fin=False) -> bool\n\n"
+             "Queue data on a stream (sent by the next flush()); False when no more streams\n"
+             "can be written at once or the stream was already ended.");
+
+static PyObject *connection_send_stream(ConnectionObject *self, PyObject *args,
+                                        PyObject *kwargs) {
+    static char *names[] = {"stream_id", "data", "fin", NULL};
+    long long stream_id;
+    Py_buffer data;
+    int fin = 0;
+    if (check_ready(self) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "Ly*|p", names, &stream_id, &data, &fin)) {
+        return NULL;
+    }
+    SendStream *s = find_stream(self, stream_id);
+    if (s == NULL) {
+        s = find_stream(self, -1);
+        if (s == NULL) {
+            PyBuffer_Release(&data);
+            Py_RETURN_FALSE;
+        }
+        memset(s, 0, sizeof(*s));
+        s->id = stream_id;
+    }
+    if (s->fin) {
+        PyBuffer_Release(&data);
+        Py_RETURN_FALSE;
+    }
+    if (data.len > 0) {
+        Chunk *c = PyMem_Malloc(sizeof(Chunk) + (size_t)data.len);
+        if (c == NULL) {
+            PyBuffer_Release(&data);
+            return PyErr_NoMemory();
+        }
+        c->next = NULL;
+        c->offset = s->end;
+        c->len = (size_t)data.len;
+        memcpy(c->data, data.buf, (size_t)data.len);
+        s->end += (uint64_t)data.len;
+        if (s->tail != NULL) {
+            s->tail->next = c;
+        } else {
+            s->head = c;
+        }
+        s->tail = c;
+        if (s->cursor == NULL) {
+            s->cursor = c;
+            s->cursor_done = 0;
+        }
+    }
+    s->fin = fin;
+    PyBuffer_Release(&data);
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(close_doc,
+             "close(now, error_code=None) -> list of (datagram, (host, port))\n\n"
+             "The CONNECTION_CLOSE to send: with error_code an application close, else the\n"
+             "transport error that ended the connection (NO_ERROR if none). Empty when the\n"
+             "connection is already closing or draining.");
+
+static PyObject *connection_close(ConnectionObject *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"now", "error_code", NULL};
+    unsigned long long now;
+    PyObject *code = Py_None;
+    if (check_ready(self) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "K|O", names, &now, &code)) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL || ngtcp2_conn_is_in_closing_period(self->conn) ||
+        ngtcp2_conn_is_in_draining_period(self->conn)) {
+        return out;
+    }
+    if (code != Py_None) {
+        unsigned long long value = PyLong_AsUnsignedLongLong(code);
+        if (PyErr_Occurred()) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        ngtcp2_connection_close_error_set_application_error(&self->ccerr, value, NULL, 0);
+    }
+    ngtcp2_path_storage ps;
+    ngtcp2_path_storage_zero(&ps);
+    ngtcp2_pkt_info pi;
+    ngtcp2_ssize n = ngtcp2_conn_write_connection_close(
+        self->conn, &ps.path, &pi, self->out, sizeof(self->out), &self->ccerr, (ngtcp2_tstamp)now);
+    if (n > 0 && append_packet(self, out, &ps.path, (size_t)n) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *connection_expiry(ConnectionObject *self, void *closure) {
+    (void)closure;
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    ngtcp2_tstamp expiry = ngtcp2_conn_get_expiry(self->conn);
+    if (expiry == UINT64_MAX) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromUnsignedLongLong(expiry);
+}
+
+static PyObject *connection_source_cids(ConnectionObject *self, void *closure) {
+    (void)closure;
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    ngtcp2_cid cids[16];
+    size_t count = ngtcp2_conn_get_num_scid(self->conn);
+    if (count > 16) {
+        count = 16;
+    }
+    count = count ? ngtcp2_conn_get_scid(self->conn, cids) : 0;
+    PyObject *list = PyList_New(0);
+    for (size_t i = 0; list != NULL && i < count && i < 16; i++) {
+        PyObject *cid = PyBytes_FromStringAndSize((const char *)cids[i].data,
+                                                  (Py_ssize_t)cids[i].datalen);
+        if (cid == NULL || PyList_Append(list, cid) < 0) {
+            Py_XDECREF(cid);
+            Py_CLEAR(list);
+            break;
+        }
+        Py_DECREF(cid);
+    }
+    return list;
+}
+
+static PyObject *connection_handshake_completed(ConnectionObject *self, void *closure) {
+    (void)closure;
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(ngtcp2_conn_get_handshake_completed(self->conn));
+}
+
+static PyObject *connection_closed(ConnectionObject *self, void *closure) {
+    (void)closure;
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(ngtcp2_conn_is_in_closing_period(self->conn) ||
+                           ngtcp2_conn_is_in_draining_period(self->conn));
+}
+
+
+/* -- client connections (the benchmark's load generator and tests; no certificate check) -- */
+
+PyDoc_STRVAR(client_doc,
+             "client(alpn, server_name, local, remote, now, cid_factory, cid_retired,\n"
+             "       idle_timeout_ms) -> Connection\n\n"
+             "A client connection that accepts any server certificate (for load generation):\n"
+             "flush() writes its first flight. It acknowledges every packet at once.");
+
+static PyObject *module_client(PyObject *module, PyObject *args, PyObject *kwargs) {
+    (void)module;
+    static char *names[] = {"alpn", "server_name", "local", "remote", "now", "cid_factory",
+                            "cid_retired", "idle_timeout_ms", NULL};
+    Py_buffer alpn;
+    const char *server_name;
+    PyObject *local, *remote, *factory, *retired;
+    unsigned long long now, idle_ms;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*sOOKOOK", names, &alpn, &server_name,
+                                     &local, &remote, &now, &factory, &retired, &idle_ms)) {
+        return NULL;
+    }
+    ConnectionObject *self =
+        (ConnectionObject *)PyType_GenericNew(&ConnectionType, NULL, NULL);
+    if (self == NULL) {
+        PyBuffer_Release(&alpn);
+        return NULL;
+    }
+    if (alpn.len < 1 || alpn.len > 255 || !PyCallable_Check(factory) ||
+        !PyCallable_Check(retired)) {
+        PyErr_SetString(PyExc_ValueError, "alpn of 1..255 octets and callable CID hooks");
+        goto fail;
+    }
+    if (parse_address(local, &self->local, &self->local_len) < 0 ||
+        parse_address(remote, &self->remote, &self->remote_len) < 0) {
+        goto fail;
+    }
+    for (int i = 0; i < MAX_SEND_STREAMS; i++) {
+        self->streams[i].id = -1;
+    }
+    Py_INCREF(remote);
+    self->remote_obj = remote;
+    Py_INCREF(factory);
+    self->cid_factory = factory;
+    Py_INCREF(retired);
+    self->cid_retired = retired;
+    ngtcp2_connection_close_error_default(&self->ccerr);
+
+    ngtcp2_callbacks callbacks;
+    memset(&callbacks, 0, sizeof(callbacks));
+    callbacks.client_initial = ngtcp2_crypto_client_initial_cb;
+    callbacks.recv_retry = ngtcp2_crypto_recv_retry_cb;
+    callbacks.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    callbacks.encrypt = ngtcp2_crypto_encrypt_cb;
+    callbacks.decrypt = ngtcp2_crypto_decrypt_cb;
+    callbacks.hp_mask = ngtcp2_crypto_hp_mask_cb;
+    callbacks.update_key = ngtcp2_crypto_update_key_cb;
+    callbacks.delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
+    callbacks.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
+    callbacks.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
+    callbacks.version_negotiation = ngtcp2_crypto_version_negotiation_cb;
+    callbacks.rand = rand_cb;
+    callbacks.get_new_connection_id = get_new_connection_id_cb;
+    callbacks.remove_connection_id = remove_connection_id_cb;
+    callbacks.recv_stream_data = recv_stream_data_cb;
+    callbacks.recv_datagram = recv_datagram_cb;
+    callbacks.acked_stream_data_offset = acked_stream_data_offset_cb;
+    callbacks.stream_close = stream_close_cb;
+
+    ngtcp2_settings settings;
+    ngtcp2_settings_default(&settings);
+    settings.initial_ts = (ngtcp2_tstamp)now;
+    settings.ack_thresh = 1;
+    ngtcp2_transport_params params;
+    ngtcp2_transport_params_default(&params);
+    params.initial_max_stream_data_bidi_local = 256 * 1024;
+    params.initial_max_stream_data_bidi_remote = 256 * 1024;
+    params.initial_max_stream_data_uni = 256 * 1024;
+    params.initial_max_data = 1024 * 1024;
+    params.initial_max_streams_bidi = 0;
+    params.initial_max_streams_uni = 16;
+    params.max_idle_timeout = (ngtcp2_duration)idle_ms * NGTCP2_MILLISECONDS;
+    params.active_connection_id_limit = 8;
+
+    uint8_t cid_bytes[26];
+    gnutls_rnd(GNUTLS_RND_NONCE, cid_bytes, sizeof(cid_bytes));
+    ngtcp2_cid dcid, scid;
+    ngtcp2_cid_init(&dcid, cid_bytes, 18);
+    ngtcp2_cid_init(&scid, cid_bytes + 18, 8);
+    ngtcp2_path path = {
+        {(ngtcp2_sockaddr *)&self->local, self->local_len},
+        {(ngtcp2_sockaddr *)&self->remote, self->remote_len},
+        NULL,
+    };
+    int rv = ngtcp2_conn_client_new(&self->conn, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1,
+                                    &callbacks, &settings, &params, NULL, self);
+    if (rv != 0) {
+        self->conn = NULL;
+        PyErr_Format(PyExc_ValueError, "ngtcp2_conn_client_new: %s", ngtcp2_strerror(rv));
+        goto fail;
+    }
+    rv = gnutls_certificate_allocate_credentials(&self->client_credentials);
+    if (rv == 0) {
+        rv = gnutls_init(&self->tls, GNUTLS_CLIENT | GNUTLS_NO_END_OF_EARLY_DATA);
+    }
+    if (rv == 0) {
+        rv = ngtcp2_crypto_gnutls_configure_client_session(self->tls) == 0 ? 0 : -1;
+    }
+    if (rv == 0) {
+        rv = gnutls_priority_set_direct(self->tls, TLS_PRIORITY, NULL);
+    }
+    if (rv == 0) {
+        rv = gnutls_credentials_set(self->tls, GNUTLS_CRD_CERTIFICATE, self->client_credentials);
+    }
+    if (rv == 0) {
+        gnutls_datum_t alpn_datum = {(unsigned char *)alpn.buf, (unsigned)alpn.len};
+        rv = gnutls_alpn_set_protocols(self->tls, &alpn_datum, 1, GNUTLS_ALPN_MANDATORY);
+    }
+    if (rv == 0) {
+        rv = gnutls_server_name_set(self->tls, GNUTLS_NAME_DNS, server_name, strlen(server_name));
+    }
+    if (rv != 0) {
+        PyErr_Format(PyExc_ValueError, "gnutls client setup failed: %s", gnutls_strerror(rv));
+        goto fail;
+    }
+    self->ref.get_conn = get_conn;
+    self->ref.user_data = self;
+    gnutls_session_set_ptr(self->tls, &self->ref);
+    ngtcp2_conn_set_tls_native_handle(self->conn, self->tls);
+    PyBuffer_Release(&alpn);
+    return (PyObject *)self;
+fail:
+    PyBuffer_Release(&alpn);
+    Py_DECREF(self);
+    return NULL;
+}
+
+PyDoc_STRVAR(open_bidi_doc, "open_bidi_stream() -> stream_id, or -1 when the peer allows none.");
+
+static PyObject *connection_open_bidi(ConnectionObject *self, PyObject *unused) {
+    (void)unused;
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    int64_t stream_id;
+    if (ngtcp2_conn_open_bidi_stream(self->conn, &stream_id, NULL) != 0) {
+        return PyLong_FromLong(-1);
+    }
+    return PyLong_FromLongLong(stream_id);
+}
+
+static PyMethodDef connection_methods[] = {
+    {"receive", (PyCFunction)connection_receive, METH_VARARGS, receive_doc},
+    {"flush", (PyCFunction)connection_flush, METH_VARARGS, flush_doc},
+    {"handle_expiry", (PyCFunction)connection_handle_expiry, METH_VARARGS, handle_expiry_doc},
+    {"open_uni_stream", (PyCFunction)connection_open_uni, METH_NOARGS, open_uni_doc},
+    {"open_bidi_stream", (PyCFunction)connection_open_bidi, METH_NOARGS, open_bidi_doc},
+    {"send_stream", (PyCFunction)(void (*)(void))connection_send_stream,
+     METH_VARARGS | METH_KEYWORDS, send_stream_doc},
+    {"close", (PyCFunction)(void (*)(void))connection_close, METH_VARARGS | METH_KEYWORDS,
+     close_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef connection_getset[] = {
+    {"expiry", (getter)connection_expiry, NULL, "ngtcp2's next timer (ns), or None.", NULL},
+    {"source_cids", (getter)connection_source_cids, NULL, "The CIDs this side uses now.", NULL},
+    {"handshake_completed", (getter)connection_handshake_completed, NULL,
+     "Whether the TLS handshake completed.", NULL},
+    {"closed", (getter)connection_closed, NULL, "In the closing or draining period.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ConnectionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "quicvoice._ngtcp2.Connection",
+    .tp_basicsize = sizeof(ConnectionObject),
+    .tp_dealloc = (destructor)connection_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One ngtcp2 server connection, sans-I/O.",
+    .tp_methods = connection_methods,
+    .tp_getset = connection_getset,
+    .tp_init = (initproc)connection_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* -- module functions -------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(accept_doc,
+             "accept(datagram) -> (version, dcid, scid) when ngtcp2 would open a connection\n"
+             "for this first packet (a client Initial of a supported version), else None.");
+
+static PyObject *module_accept(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data)) {
+        return NULL;
+    }
+    ngtcp2_pkt_hd hd;
+    int rv = ngtcp2_accept(&hd, data.buf, (size_t)data.len);
+    PyBuffer_Release(&data);
+    if (rv != 0) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(ky#y#)", (unsigned long)hd.version, hd.dcid.data,
+                         (Py_ssize_t)hd.dcid.datalen, hd.scid.data, (Py_ssize_t)hd.scid.datalen);
+}
+
+PyDoc_STRVAR(stateless_reset_doc,
+             "stateless_reset(token, size) -> a stateless reset packet of size octets\n"
+             "(at least 21), ending with token.");
+
+static PyObject *module_stateless_reset(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer token;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "y*n", &token, &size)) {
+        return NULL;
+    }
+    if (token.len != NGTCP2_STATELESS_RESET_TOKENLEN || size < 21 || size > 1200) {
+        PyBuffer_Release(&token);
+        PyErr_SetString(PyExc_ValueError, "a 16-octet token and a size of 21..1200");
+        return NULL;
+    }
+    uint8_t packet[1200], random[1200];
+    size_t random_len = (size_t)size - NGTCP2_STATELESS_RESET_TOKENLEN;
+    gnutls_rnd(GNUTLS_RND_NONCE, random, random_len);
+    ngtcp2_ssize n = ngtcp2_pkt_write_stateless_reset(packet, sizeof(packet), token.buf, random,
+                                                      random_len);
+    PyBuffer_Release(&token);
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "ngtcp2_pkt_write_stateless_reset: %s",
+                     ngtcp2_strerror((int)n));
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)packet, n);
+}
+
+static PyObject *module_strerror(PyObject *module, PyObject *args) {
+    (void)module;
+    int code;
+    if (!PyArg_ParseTuple(args, "i", &code)) {
+        return NULL;
+    }
+    return PyUnicode_FromString(ngtcp2_strerror(code));
+}
+
+static PyMethodDef module_methods[] = {
+    {"accept", module_accept, METH_VARARGS, accept_doc},
+    {"stateless_reset", module_stateless_reset, METH_VARARGS, stateless_reset_doc},
+    {"strerror", module_strerror, METH_VARARGS, "ngtcp2's text for an error code."},
+    {"client", (PyCFunction)(void (*)(void))module_client, METH_VARARGS | METH_KEYWORDS,
+     client_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef ngtcp2_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "quicvoice._ngtcp2",
+    .m_doc = "ngtcp2 + gnutls as a sans-I/O QUIC server connection (prototype engine).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__ngtcp2(void) {
+    if (PyType_Ready(&ContextType) < 0 || PyType_Ready(&ConnectionType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&ngtcp2_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&ContextType);
+    Py_INCREF(&ConnectionType);
+    if (PyModule_AddObject(module, "ServerContext", (PyObject *)&ContextType) < 0 ||
+        PyModule_AddObject(module, "Connection", (PyObject *)&ConnectionType) < 0 ||
+        PyModule_AddIntConstant(module, "ABI_VERSION", ABI_VERSION) < 0 ||
+        PyModule_AddIntConstant(module, "ERR_DRAINING", NGTCP2_ERR_DRAINING) < 0 ||
+        PyModule_AddIntConstant(module, "ERR_CLOSING", NGTCP2_ERR_CLOSING) < 0 ||
+        PyModule_AddIntConstant(module, "ERR_DROP_CONN", NGTCP2_ERR_DROP_CONN) < 0 ||
+        PyModule_AddIntConstant(module, "ERR_IDLE_CLOSE", NGTCP2_ERR_IDLE_CLOSE) < 0 ||
+        PyModule_AddStringConstant(module, "NGTCP2_VERSION", NGTCP2_VERSION) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

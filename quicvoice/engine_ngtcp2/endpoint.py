@@ -1,0 +1,340 @@
+"""The ngtcp2 prototype's server endpoint, sans-I/O: datagrams and time in, datagrams out.
+
+``Ngtcp2Endpoint`` demultiplexes datagrams to ngtcp2 connections by destination CID, accepts
+new connections from client Initials, answers short-header packets for CIDs of this backend
+that no connection holds with a stateless reset, and runs every connection's timers from one
+heap. Every CID a connection issues comes from the endpoint's QUIC-LB generator: the handshake
+SCID here, each NEW_CONNECTION_ID through ngtcp2's ``get_new_connection_id`` callback; every
+stateless-reset token is the shared reset key's HMAC of its CID, so any backend or forwarder
+holding the key can reset the connection.
+
+Each connection runs an application made by ``application`` (``EchoSession`` by default).
+Times are integer nanoseconds of a monotonic clock.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import ConfigurationError, ProtocolError
+from ..quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
+from ..session.transport import ALPN_VOICE
+from . import require
+from .echo import EchoSession, StreamSink
+
+if TYPE_CHECKING:
+    from .. import _ngtcp2
+
+Address = tuple[str, int]
+Datagrams = list[tuple[bytes, Address]]
+
+NS = 1_000_000_000
+#: RFC 9000 §10.3: a stateless reset looks like a short-header packet of at least 21 octets;
+#: it is kept smaller than the packet that triggered it so that two endpoints cannot loop.
+MIN_RESET_LEN = 21
+MAX_RESET_LEN = 41
+#: A long header's DCID length octet sits after the first octet and the version.
+LONG_DCID_LEN_OFFSET = 5
+
+
+class Application(Protocol):
+    """What runs on one connection: it is given stream data and answers through its sink."""
+
+    def stream_data(self, stream_id: int, data: bytes, fin: bool) -> None:
+        """Take data of one stream (-1: a DATAGRAM); raise ``ProtocolError`` to close."""
+        ...
+
+
+ApplicationFactory = Callable[[StreamSink, str], Application]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineConfig:
+    """What the prototype endpoint needs: its address, its QUIC-LB identity, TLS and limits."""
+
+    #: The local address datagrams arrive on (ngtcp2 tracks paths by it).
+    local: Address
+    #: This backend's QUIC-LB server ID under ``lb_config``.
+    server_id: bytes
+    lb_config: LoadBalancerConfig
+    #: The shared stateless-reset key (at least 16 octets).
+    reset_key: bytes
+    #: PEM certificate chain and PEM private key.
+    certificate: bytes
+    private_key: bytes
+    alpn: str = ALPN_VOICE
+    idle_timeout: float = 30.0
+    max_connections: int = 4096
+    #: How long a closing or draining connection keeps its CIDs before it is forgotten.
+    close_linger: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout <= 0 or self.close_linger < 0 or self.max_connections < 1:
+            raise ValueError("idle_timeout > 0, close_linger >= 0 and max_connections >= 1")
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """What the endpoint did with the datagrams it was given."""
+
+    accepted: int = 0
+    #: Datagrams dropped: unknown CIDs without a reset, non-Initial first packets, garbage.
+    dropped: int = 0
+    resets_sent: int = 0
+    #: Connections closed because ngtcp2 or the application failed them.
+    failed: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Conn:
+    key: int
+    native: _ngtcp2.Connection | None = None
+    application: Application | None = None
+    cids: set[bytes] = field(default_factory=set)
+    #: The time its timer entry in the heap is for (None: no timer).
+    expiry: int | None = None
+    #: Set once it is closing or draining: forget it at this time.
+    linger_until: int | None = None
+
+
+class Ngtcp2Endpoint:
+    """Many ngtcp2 server connections behind one UDP address, sans-I/O."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        application: ApplicationFactory = EchoSession,
+    ) -> None:
+        native = require()
+        self._native = native
+        self._config = config
+        self._application = application
+        self._generator = QuicLbConnectionIdGenerator(
+            config.server_id, config.lb_config, config.reset_key
+        )
+        self._cid_len = self._generator.cid_length
+        self._server_id_hex = config.server_id.hex()
+        try:
+            self._context = native.ServerContext(
+                config.certificate, config.private_key, config.alpn.encode()
+            )
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        self._by_cid: dict[bytes, _Conn] = {}
+        self._conns: dict[int, _Conn] = {}
+        self._next_key = 0
+        self._timers: list[tuple[int, int, _Conn]] = []
+        self._timer_seq = 0
+        #: Counters of what happened to incoming datagrams.
+        self.stats = EndpointStats()
+
+    @property
+    def connections(self) -> int:
+        """Connections held (closing and draining ones included)."""
+        return len(self._conns)
+
+    @property
+    def generator(self) -> QuicLbConnectionIdGenerator:
+        """The QUIC-LB generator every CID of this endpoint comes from."""
+        return self._generator
+
+    def issued_cids(self) -> set[bytes]:
+        """Every CID some connection of this endpoint can be reached by now."""
+        return {cid for conn in self._conns.values() for cid in conn.cids}
+
+    # -- datagrams ------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, remote: Address, now: int) -> Datagrams:
+        """Process one datagram from ``remote``; return the datagrams to send."""
+        size = len(data)
+        if size == 0:
+            self.stats.dropped += 1
+            return []
+        if data[0] & 0x80:
+            if size <= LONG_DCID_LEN_OFFSET:
+                self.stats.dropped += 1
+                return []
+            dcid_len = data[LONG_DCID_LEN_OFFSET]
+            start = LONG_DCID_LEN_OFFSET + 1
+            dcid = data[start : start + dcid_len]
+        else:
+            dcid = data[1 : 1 + self._cid_len]
+        conn = self._by_cid.get(dcid)
+        if conn is None:
+            if data[0] & 0x80:
+                return self._accept(data, remote, now)
+            return self._reset(dcid, size, remote)
+        native = conn.native
+        if native is None or conn.linger_until is not None:
+            return []
+        status, events = native.receive(data, remote, now)
+        if status != 0:
+            return self._failed(conn, status, now)
+        application = conn.application
+        if events and application is not None:
+            try:
+                for stream_id, payload, fin in events:
+                    application.stream_data(stream_id, payload, fin)
+            except ProtocolError as error:
+                return self._close(conn, error.error_code, now)
+        return self._flush(conn, now)
+
+    def _accept(self, data: bytes, remote: Address, now: int) -> Datagrams:
+        header = self._native.accept(data)
+        if header is None or len(self._conns) >= self._config.max_connections:
+            self.stats.dropped += 1
+            return []
+        version, client_dcid, client_scid = header
+        key = self._next_key
+        self._next_key += 1
+        conn = _Conn(key)
+        scid = self._generator.generate()
+        try:
+            native = self._native.Connection(
+                self._context,
+                client_dcid,
+                client_scid,
+                scid,
+                self._generator.stateless_reset_token(scid),
+                version,
+                self._config.local,
+                remote,
+                now,
+                functools.partial(self._issue_cid, key),
+                functools.partial(self._retire_cid, key),
+                int(self._config.idle_timeout * 1000),
+            )
+        except ValueError:
+            self.stats.dropped += 1
+            return []
+        conn.native = native
+        conn.application = self._application(native, self._server_id_hex)
+        self._conns[key] = conn
+        # The client's own DCID reaches the connection until it switches to ours.
+        for cid in (scid, client_dcid):
+            self._by_cid[cid] = conn
+            conn.cids.add(cid)
+        self.stats.accepted += 1
+        return self.datagram_received(data, remote, now)
+
+    def _reset(self, dcid: bytes, size: int, remote: Address) -> Datagrams:
+        if size <= MIN_RESET_LEN or not self._generator.validate(dcid):
+            self.stats.dropped += 1
+            return []
+        token = self._generator.stateless_reset_token(dcid)
+        self.stats.resets_sent += 1
+        return [(self._native.stateless_reset(token, min(size - 1, MAX_RESET_LEN)), remote)]
+
+    # -- CIDs (called by ngtcp2 through the extension) -----------------------------------
+
+    def _issue_cid(self, key: int, length: int) -> tuple[bytes, bytes]:
+        if length != self._cid_len:
+            raise ValueError(f"ngtcp2 asked for a {length}-octet CID, not {self._cid_len}")
+        cid = self._generator.generate()
+        conn = self._conns.get(key)
+        if conn is not None:
+            self._by_cid[cid] = conn
+            conn.cids.add(cid)
+        return cid, self._generator.stateless_reset_token(cid)
+
+    def _retire_cid(self, key: int, cid: bytes) -> None:
+        conn = self._conns.get(key)
+        if conn is not None and cid in conn.cids:
+            conn.cids.discard(cid)
+            if self._by_cid.get(cid) is conn:
+                del self._by_cid[cid]
+
+    # -- sending, closing, timers ---------------------------------------------------------
+
+    def _flush(self, conn: _Conn, now: int) -> Datagrams:
+        assert conn.native is not None
+        status, out = conn.native.flush(now)
+        if status != 0:
+            return out + self._failed(conn, status, now)
+        self._arm(conn, conn.native.expiry)
+        return out
+
+    def _close(self, conn: _Conn, error_code: int, now: int) -> Datagrams:
+        assert conn.native is not None
+        out = conn.native.close(now, error_code)
+        self.stats.failed += 1
+        self._linger(conn, now)
+        return out
+
+    def _failed(self, conn: _Conn, status: int, now: int) -> Datagrams:
+        assert conn.native is not None
+        native = self._native
+        if status in (native.ERR_DROP_CONN, native.ERR_IDLE_CLOSE):
+            self._forget(conn)
+            return []
+        out = [] if status in (native.ERR_DRAINING, native.ERR_CLOSING) else conn.native.close(now)
+        self.stats.failed += status not in (native.ERR_DRAINING, native.ERR_CLOSING)
+        self._linger(conn, now)
+        return out
+
+    def _linger(self, conn: _Conn, now: int) -> None:
+        conn.linger_until = now + int(self._config.close_linger * NS)
+        self._arm(conn, conn.linger_until)
+
+    def _forget(self, conn: _Conn) -> None:
+        self._conns.pop(conn.key, None)
+        for cid in conn.cids:
+            if self._by_cid.get(cid) is conn:
+                del self._by_cid[cid]
+        conn.cids.clear()
+        conn.expiry = None
+
+    def _arm(self, conn: _Conn, when: int | None) -> None:
+        if when == conn.expiry:
+            return
+        conn.expiry = when
+        if when is not None:
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (when, self._timer_seq, conn))
+            if len(self._timers) > 64 + 4 * len(self._conns):
+                self._timers = [entry for entry in self._timers if entry[2].expiry == entry[0]]
+                heapq.heapify(self._timers)
+
+    def next_timer(self) -> int | None:
+        """When ``handle_timers`` must next run (ns), or ``None``."""
+        timers = self._timers
+        while timers:
+            when, _, conn = timers[0]
+            if conn.expiry == when and conn.key in self._conns:
+                return when
+            heapq.heappop(timers)
+        return None
+
+    def handle_timers(self, now: int) -> Datagrams:
+        """Run every timer due at ``now``; return the datagrams to send."""
+        out: Datagrams = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, conn = heapq.heappop(timers)
+            if conn.expiry != when or conn.key not in self._conns or conn.native is None:
+                continue
+            conn.expiry = None
+            if conn.linger_until is not None:
+                self._forget(conn)
+                continue
+            status = conn.native.handle_expiry(now)
+            if status != 0:
+                out += self._failed(conn, status, now)
+            else:
+                out += self._flush(conn, now)
+        return out
+
+    def close_all(self, now: int) -> Datagrams:
+        """Close every connection (application close, NO_ERROR) and forget them all."""
+        out: Datagrams = []
+        for conn in list(self._conns.values()):
+            if conn.native is not None and conn.linger_until is None:
+                out += conn.native.close(now, 0)
+            self._forget(conn)
+        self._timers.clear()
+        return out
