@@ -110,10 +110,12 @@ MIN_ATTEMPT_WAIT = 0.05
 #: Attempts made with that short timeout before it starts doubling.
 FAST_ATTEMPTS = 4
 #: Seconds of a reconnection during which every attempt goes home (``home_cid``); after it,
-#: every other attempt goes to any backend, in case the home backend died and the forwarder
-#: does not know (its health probes off). A backend that answers those without the session
-#: sends the next attempt home at once, so a session only the home backend holds is not lost.
-HOME_ONLY_PERIOD = 2.0
+#: only every ``HOME_EVERY``-th attempt does and the others go to any backend, in case the home
+#: backend died and the forwarder does not know (its health probes off). A backend that answers
+#: those without the session sends the next attempt home at once, so a session only the home
+#: backend holds is not lost.
+HOME_ONLY_PERIOD = 1.0
+HOME_EVERY = 3
 #: The attempt timeout when the client has moved to another network meanwhile (its RTT there
 #: is unknown): long enough for a handshake over a slow cellular link. Also how long a
 #: connection moved off a vanished network waits for an answer on the new path.
@@ -280,6 +282,9 @@ class _Reconnection:
     #: and whether the next attempt goes home because of it.
     refused_elsewhere_at: float | None = None
     home_next: bool = False
+    #: Failed attempts that lengthen the back-off and the attempt timeout (not those of the
+    #: home-only period).
+    counted_failures: int = 0
 
 
 @dataclass(slots=True)
@@ -1255,9 +1260,9 @@ class CallMachine:
         if home is None or reconnection.home_next or reconnection.path_back:
             reconnection.home_next = False
             return home
-        if now - reconnection.started_at >= HOME_ONLY_PERIOD and reconnection.attempts % 2 == 0:
-            return None
-        return home
+        if now - reconnection.started_at < HOME_ONLY_PERIOD:
+            return home
+        return home if reconnection.attempts % HOME_EVERY == 0 else None
 
     def _leave_home(self, reconnection: _Reconnection, why: str) -> None:
         if reconnection.home_cid is not None:
@@ -1323,8 +1328,14 @@ class CallMachine:
         ):
             self._leave_home(reconnection, "the home backend did not answer on a working path")
         reconnection.next_attempt_at = now + reconnection.backoff
+        if (
+            attempt.dcid is not None
+            and reconnection.attempt_began - reconnection.started_at < HOME_ONLY_PERIOD
+        ):
+            return  # the home-only period: the fast attempts are kept for any backend
+        reconnection.counted_failures += 1
         reconnection.backoff = min(2 * reconnection.backoff, RECONNECT_BACKOFF_MAX)
-        if reconnection.attempts >= FAST_ATTEMPTS:
+        if reconnection.counted_failures >= FAST_ATTEMPTS:
             # Not just an unlucky hash onto the dead backend: the path may be slow.
             reconnection.attempt_timeout = min(
                 2 * reconnection.attempt_timeout, RECONNECT_BACKOFF_MAX * 2
