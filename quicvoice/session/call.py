@@ -282,8 +282,8 @@ class _Reconnection:
     #: and whether the next attempt goes home because of it.
     refused_elsewhere_at: float | None = None
     home_next: bool = False
-    #: Failed attempts that lengthen the back-off and the attempt timeout (not those of the
-    #: home-only period).
+    #: Failed attempts that lengthen the back-off and the attempt timeout (those sent to any
+    #: backend).
     counted_failures: int = 0
 
 
@@ -1328,11 +1328,8 @@ class CallMachine:
         ):
             self._leave_home(reconnection, "the home backend did not answer on a working path")
         reconnection.next_attempt_at = now + reconnection.backoff
-        if (
-            attempt.dcid is not None
-            and reconnection.attempt_began - reconnection.started_at < HOME_ONLY_PERIOD
-        ):
-            return  # the home-only period: the fast attempts are kept for any backend
+        if attempt.dcid is not None:
+            return  # home may be dead, which says nothing of the path: keep the fast attempts
         reconnection.counted_failures += 1
         reconnection.backoff = min(2 * reconnection.backoff, RECONNECT_BACKOFF_MAX)
         if reconnection.counted_failures >= FAST_ATTEMPTS:
