@@ -296,3 +296,53 @@ class _Plan:
             matrix=matrix,
             out=np.empty((rows, matrix.shape[1]), dtype=np.float64),
         )
+
+
+class StreamResampler:
+    """A :class:`Resampler` for chunks of any length: what is short of
+    :attr:`Resampler.input_multiple` waits for the next chunk, and :meth:`flush` ends the
+    stream with what is held and the filter's delayed tail.
+    """
+
+    __slots__ = ("_resampler", "_held")
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self._resampler = Resampler(in_rate, out_rate)
+        self._held: Pcm = np.zeros(0, dtype=np.int16)
+
+    @property
+    def resampler(self) -> Resampler:
+        """The resampler underneath (rates, delay, design)."""
+        return self._resampler
+
+    @property
+    def held_samples(self) -> int:
+        """Input samples waiting for the next chunk (fewer than the input multiple)."""
+        return len(self._held)
+
+    def process(self, samples: Pcm) -> Pcm:
+        """Resample ``samples`` (any length); what does not make a whole multiple is held."""
+        pcm = check_pcm(samples)
+        pending = np.concatenate((self._held, pcm)) if len(self._held) else pcm
+        usable = len(pending) - len(pending) % self._resampler.input_multiple
+        self._held = pending[usable:].copy()
+        return self._resampler.process(np.ascontiguousarray(pending[:usable]))
+
+    def flush(self) -> Pcm:
+        """The held samples and the filter's delayed tail (silence fed in after them, cut off
+        where real input stops being heard); then start afresh."""
+        resampler = self._resampler
+        multiple = resampler.input_multiple
+        held = len(self._held)
+        tail = held + int(np.ceil(resampler.delay * resampler.in_rate))
+        padded = np.zeros(-(-tail // multiple) * multiple, dtype=np.int16)
+        padded[:held] = self._held
+        keep = int(np.ceil(tail * resampler.out_rate / resampler.in_rate))
+        out = resampler.process(padded)[:keep]
+        self.reset()
+        return out
+
+    def reset(self) -> None:
+        """Forget the filter history and what is held (between utterances)."""
+        self._resampler.reset()
+        self._held = np.zeros(0, dtype=np.int16)

@@ -13,7 +13,7 @@ import numpy as np
 from livekit import rtc
 
 from ...audio.frames import Pcm, downmix
-from ...audio.resample import Resampler
+from ...audio.resample import StreamResampler
 from ...errors import CodecError
 
 
@@ -56,8 +56,7 @@ class FrameConverter:
 
     def __init__(self, rate: int) -> None:
         self._rate = rate
-        self._resampler: Resampler | None = None
-        self._held = np.zeros(0, dtype=np.int16)
+        self._resampler: StreamResampler | None = None
 
     @property
     def rate(self) -> int:
@@ -69,40 +68,28 @@ class FrameConverter:
         mono = downmix(frame_samples(frame), frame.num_channels)
         if frame.sample_rate == self._rate and self._resampler is None:
             return mono
-        resampler = self._resampler_for(frame.sample_rate)
-        pending = np.concatenate((self._held, mono)) if len(self._held) else mono
-        usable = len(pending) - len(pending) % resampler.input_multiple
-        self._held = pending[usable:].copy()
-        return resampler.process(pending[:usable])
+        return self._resampler_for(frame.sample_rate).process(mono)
 
     def flush(self) -> Pcm:
         """The held samples and the filter's delayed tail, padded with silence; then reset."""
         resampler = self._resampler
         if resampler is None:
             return np.zeros(0, dtype=np.int16)
-        multiple = resampler.input_multiple
-        tail = int(np.ceil(resampler.delay * resampler.in_rate)) + len(self._held)
-        padded = np.zeros(-(-tail // multiple) * multiple, dtype=np.int16)
-        padded[: len(self._held)] = self._held
-        # The padding up to the input multiple is not audio: keep only the held samples and
-        # the filter's delay.
-        keep = int(np.ceil(tail * resampler.out_rate / resampler.in_rate))
-        out = resampler.process(padded)[:keep]
         self._resampler = None
-        self._held = np.zeros(0, dtype=np.int16)
-        return out
+        return resampler.flush()
 
-    def _resampler_for(self, in_rate: int) -> Resampler:
+    def _resampler_for(self, in_rate: int) -> StreamResampler:
         resampler = self._resampler
         if resampler is not None:
-            if resampler.in_rate != in_rate:
+            if resampler.resampler.in_rate != in_rate:
                 raise FrameFormatError(
-                    f"audio frame at {in_rate} Hz in a stream at {resampler.in_rate} Hz: "
+                    f"audio frame at {in_rate} Hz in a stream at "
+                    f"{resampler.resampler.in_rate} Hz: "
                     "the rate may change only between segments"
                 )
             return resampler
         try:
-            resampler = Resampler(in_rate, self._rate)
+            resampler = StreamResampler(in_rate, self._rate)
         except ValueError as error:
             raise FrameFormatError(
                 f"audio frame at {in_rate} Hz cannot be resampled to {self._rate} Hz: {error}"

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...audio.frames import Pcm, downmix
-from ...audio.resample import Resampler
+from ...audio.frames import downmix
+from ...audio.resample import StreamResampler
 from ...errors import CodecError
 
 #: Channel counts a frame may carry (mono, stereo, and up to 7.1 surround).
@@ -52,13 +52,12 @@ class PcmConverter:
     the resampler's period (at most 10 ms), which go out with the next chunk.
     """
 
-    __slots__ = ("_out_rate", "_resamplers", "_held")
+    __slots__ = ("_out_rate", "_resamplers")
 
     def __init__(self, out_rate: int) -> None:
         check_shape(b"", out_rate, 1)
         self._out_rate = out_rate
-        self._resamplers: dict[int, Resampler] = {}
-        self._held: dict[int, Pcm] = {}
+        self._resamplers: dict[int, StreamResampler] = {}
 
     @property
     def out_rate(self) -> int:
@@ -71,26 +70,19 @@ class PcmConverter:
         mono = downmix(np.frombuffer(data, dtype=_S16LE).astype(np.int16), num_channels)
         if sample_rate == self._out_rate:
             return mono.astype(_S16LE).tobytes()
-        resampler = self._resampler(sample_rate)
-        held = self._held.get(sample_rate)
-        if held is not None and len(held):
-            mono = np.concatenate((held, mono))
-        usable = len(mono) - len(mono) % resampler.input_multiple
-        self._held[sample_rate] = mono[usable:].copy()
-        out = resampler.process(np.ascontiguousarray(mono[:usable]))
+        out = self._resampler(sample_rate).process(mono)
         return out.astype(_S16LE).tobytes()
 
     def reset(self) -> None:
         """Forget filter history and held samples (between utterances)."""
         for resampler in self._resamplers.values():
             resampler.reset()
-        self._held.clear()
 
-    def _resampler(self, sample_rate: int) -> Resampler:
+    def _resampler(self, sample_rate: int) -> StreamResampler:
         resampler = self._resamplers.get(sample_rate)
         if resampler is None:
             try:
-                resampler = Resampler(sample_rate, self._out_rate)
+                resampler = StreamResampler(sample_rate, self._out_rate)
             except ValueError as error:
                 raise AudioFormatError(
                     f"cannot resample {sample_rate} Hz to {self._out_rate} Hz: {error}"
