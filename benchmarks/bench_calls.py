@@ -13,7 +13,9 @@ level the report gives the backend's CPU use, its CPU per echoed frame, the call
 used core would carry at that cost (calls / CPU fraction), that figure as a ratio to the
 WebSocket row of the same level and loop, the share of echoed frames whose round trip
 exceeded that call's fastest one by more than 20 ms ("late"), and the QUIC packets per frame
-each way seen by the clients (1.00 / 1.00: every ACK rode on audio).
+each way seen by the clients (1.00 / 1.00: every ACK rode on audio). CPU per frame counts the
+frames the calls really sent in the window: when the load generator falls behind (late frames),
+the row is a cost measurement, not a sustained load.
 
 Backends, all measured the same way in the same run:
 - ``websocket``: a ``websockets`` echo server (TCP), what quicvoice replaces;
@@ -210,16 +212,21 @@ class Level:
     p99_ms: float
     packets_out_per_frame: float | None
     packets_in_per_frame: float | None
+    frames_sent: int
+    seconds: float
     workers: int = 1
 
     @property
-    def calls_per_core(self) -> float:
-        return self.established / self.server_cpu if self.server_cpu > 0 else float("inf")
+    def cpu_us_per_frame(self) -> float:
+        """Backend CPU per frame echoed, from the frames the calls really sent in the window
+        (a load generator that falls behind sends fewer than 50 a second)."""
+        per_second = self.frames_sent / self.seconds
+        return 1e6 * self.server_cpu / per_second if per_second else float("nan")
 
     @property
-    def cpu_us_per_frame(self) -> float:
-        frames_per_second = self.established / FRAME_SECONDS
-        return 1e6 * self.server_cpu / frames_per_second if frames_per_second else float("nan")
+    def calls_per_core(self) -> float:
+        """Calls of 50 frames/s one fully used core carries at this CPU per frame."""
+        return 1e6 * FRAME_SECONDS / self.cpu_us_per_frame
 
     @property
     def late_ratio(self) -> float:
@@ -500,14 +507,14 @@ async def run_level(
                 process.wait()
     late = frames = 0
     all_latencies: list[float] = []
-    packets_out = packets_in = frames_sent = 0
+    packets_out = packets_in = counted_sent = 0
     counted = False
     for record in records:
         if record.packets is not None:
             counted = True
             packets_out += record.packets[0]
             packets_in += record.packets[1]
-            frames_sent += record.frames_sent
+            counted_sent += record.frames_sent
         if not record.latencies:
             continue
         floor = min(record.latencies)
@@ -522,11 +529,12 @@ async def run_level(
         else float("nan")
     )
     # Seen from the clients: what they send is what the backend receives, and vice versa.
-    in_per_frame = packets_out / frames_sent if counted and frames_sent else None
+    in_per_frame = packets_out / counted_sent if counted and counted_sent else None
     out_per_frame = packets_in / frames if counted and frames else None
     level = Level(
         backend, loop_kind, calls, established, server_cpu, client_cpu, frames, late, p50, p99,
-        out_per_frame, in_per_frame, count,
+        out_per_frame, in_per_frame, sum(record.frames_sent for record in records), seconds,
+        count,
     )  # fmt: skip
     return level, scrapes
 
