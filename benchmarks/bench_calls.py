@@ -26,6 +26,9 @@ Backends, all measured the same way in the same run:
 - ``webtransport``: the same ``VoiceServer``, reached over WebTransport (HTTP/3);
 - ``quicvoice-aioquic-acks``: ``VoiceServer`` with aioquic's own ACK policy (ACK-only packet
   1 ms after each frame) - the ACK lever switched off, for the before/after;
+- ``quicvoice-baseline``: the ``quicvoice`` backend run from another copy of the package
+  (``--baseline DIR``, a directory holding ``quicvoice/``, e.g. ``git archive`` of an earlier
+  commit), for the before/after of a change in one run;
 - ``serve-workers``: ``quicvoice serve --workers N`` (N from ``--workers``), calls spread over
   the workers' ports; CPU is every worker's together, so "calls per core" is per core used.
 ``--metrics`` also serves the quicvoice backend's Prometheus ``/metrics`` (its sampler runs) and
@@ -55,7 +58,7 @@ FRAME_SECONDS = 0.020
 LATE_THRESHOLD = 0.020
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BACKENDS = ("websocket", "stock", "quicvoice", "webtransport")
-ALL_BACKENDS = (*BACKENDS, "quicvoice-aioquic-acks", "serve-workers")
+ALL_BACKENDS = (*BACKENDS, "quicvoice-aioquic-acks", "quicvoice-baseline", "serve-workers")
 QUIC_BACKENDS = frozenset(ALL_BACKENDS) - {"websocket"}
 LB_KEY = "8f95f09245765f80256934e50c66207f"
 
@@ -412,7 +415,13 @@ def workers_config(directory: Path, port: int) -> Path:
 
 
 def start_backend(
-    backend: str, loop_kind: str, port: int, metrics_port: int | None, workers: int, scratch: Path
+    backend: str,
+    loop_kind: str,
+    port: int,
+    metrics_port: int | None,
+    workers: int,
+    scratch: Path,
+    baseline: str | None = None,
 ) -> subprocess.Popen[str]:
     if backend == "serve-workers":
         root = Path(__file__).resolve().parent.parent
@@ -425,12 +434,17 @@ def start_backend(
         return subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=root
         )
-    serve = "quicvoice" if backend == "webtransport" else backend
+    serve = "quicvoice" if backend in ("webtransport", "quicvoice-baseline") else backend
     command = [sys.executable, __file__, "--serve", serve, "--port", str(port)]
     command += ["--loop", loop_kind]
     if metrics_port is not None:
         command += ["--metrics-port", str(metrics_port)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    env = None
+    if backend == "quicvoice-baseline":
+        if baseline is None:
+            raise SystemExit("quicvoice-baseline needs --baseline DIR")
+        env = dict(os.environ, PYTHONPATH=baseline)  # its quicvoice/ comes first
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
 
 
 def wait_ready(process: subprocess.Popen[str], backend: str, workers: int) -> None:
@@ -455,13 +469,16 @@ async def run_level(
     seconds: float,
     metrics: bool = False,
     workers: int = 1,
+    baseline: str | None = None,
 ) -> tuple[Level, list[float]]:
     count = workers if backend == "serve-workers" else 1
     port = free_ports(count)
     metrics_port = free_port() if metrics and backend == "quicvoice" else None
     scrapes: list[float] = []
     with tempfile.TemporaryDirectory() as scratch:
-        process = start_backend(backend, loop_kind, port, metrics_port, count, Path(scratch))
+        process = start_backend(
+            backend, loop_kind, port, metrics_port, count, Path(scratch), baseline
+        )
         try:
             wait_ready(process, backend, count)
             loop = asyncio.get_running_loop()
@@ -590,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", default="1,2", help="worker counts for the serve-workers backend"
     )
+    parser.add_argument(
+        "--baseline", metavar="DIR", help="the quicvoice-baseline backend's copy of quicvoice"
+    )
     parser.add_argument("--serve", choices=["quicvoice", "stock", "websocket",
                         "quicvoice-aioquic-acks"], help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -629,7 +649,10 @@ def main(argv: list[str] | None = None) -> int:
             for backend in backends:
                 for workers in worker_counts if backend == "serve-workers" else [1]:
                     level, durations = run_on(
-                        kind, run_level(backend, kind, calls, seconds, args.metrics, workers)
+                        kind,
+                        run_level(
+                            backend, kind, calls, seconds, args.metrics, workers, args.baseline
+                        ),
                     )
                     results.append(level)
                     scrapes += durations
