@@ -10,10 +10,13 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ConfigurationError
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .asyncio.config import BackendConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -351,12 +354,13 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _serve_workers(args: argparse.Namespace, argv: list[str], config: Any) -> int:
+def _serve_workers(args: argparse.Namespace, argv: list[str], config: BackendConfig) -> int:
     """Check the workers' shared settings, then start and supervise them."""
     from .asyncio.config import BackendConfig
     from .asyncio.workers import (
         WorkerPlan,
-        is_forwarder_file,
+        check_shared_keys,
+        file_keys,
         run_workers,
         worker_address,
         worker_server_id,
@@ -369,7 +373,9 @@ def _serve_workers(args: argparse.Namespace, argv: list[str], config: Any) -> in
             "--workers: give a --config whose [[configs]] and reset_key the workers share "
             "(a standalone backend draws its keys at random, per process)"
         )
-    shared = is_forwarder_file(args.config) and args.listen is None
+    keys = file_keys(args.config)
+    check_shared_keys(keys)
+    shared = "backends" in keys and args.listen is None
     plans = []
     for index in range(args.workers):
         server_id = worker_server_id(config.server_id, index)

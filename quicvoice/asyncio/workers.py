@@ -39,7 +39,8 @@ __all__ = [
     "MAX_WORKERS",
     "WorkerPlan",
     "check_worker_count",
-    "is_forwarder_file",
+    "check_shared_keys",
+    "file_keys",
     "run_workers",
     "worker_address",
     "worker_server_id",
@@ -87,12 +88,23 @@ def worker_address(address: Address, index: int, what: str = "listen") -> Addres
     return (host, port + index)
 
 
-def is_forwarder_file(path: str | Path) -> bool:
-    """Whether the TOML file at ``path`` is a forwarder's (it lists ``[[backends]]``)."""
+def file_keys(path: str | Path) -> frozenset[str]:
+    """The top-level keys of the TOML file at ``path`` (empty if it cannot be read: loading
+    the configuration reports that, naming the file)."""
     try:
-        return "backends" in tomllib.loads(Path(path).read_text())
+        return frozenset(tomllib.loads(Path(path).read_text()))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return False  # BackendConfig.load reports it, naming the file
+        return frozenset()
+
+
+def check_shared_keys(keys: frozenset[str]) -> None:
+    """Refuse a file whose workers would not share what routing and resets need."""
+    for key in ("configs", "reset_key"):
+        if key not in keys:
+            raise ConfigurationError(
+                f"--workers: the file must set {key} (the workers share it: QUIC-LB routing "
+                "and stateless resets across them need one value)"
+            )
 
 
 class _Stop(Exception):

@@ -222,6 +222,23 @@ def test_bad_worker_and_loop_arguments_are_refused_at_start(
     assert message in result.stderr
 
 
+def test_workers_refuse_a_file_without_a_shared_reset_key(tmp_path: Path) -> None:
+    path = tmp_path / "backend.toml"
+    path.write_text(
+        'listen = "127.0.0.1:4433"\nserver_id = "0a000001"\n'
+        "[[configs]]\nid = 0\nserver_id_len = 4\nnonce_len = 12\n"
+        'key = "8f95f09245765f80256934e50c66207f"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "quicvoice.cli", "serve", "--config", str(path), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--workers: the file must set reset_key" in result.stderr
+
+
 def test_a_loop_whose_package_is_missing_names_the_package() -> None:
     # A real interpreter in which uvloop cannot be imported.
     program = (
