@@ -557,9 +557,14 @@ async def run_level(
 
 
 def run_on(loop_kind: str, main: Coroutine[Any, Any, Any]) -> Any:
-    from quicvoice.asyncio.loops import run
+    """Run ``main`` on a new loop of ``loop_kind`` (standalone: a baseline copy of quicvoice
+    may predate ``quicvoice.asyncio.loops``)."""
+    if loop_kind == "uvloop":
+        import uvloop
 
-    return run(main, loop_kind)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
 
 
 def print_table(results: list[Level], seconds: float) -> None:
