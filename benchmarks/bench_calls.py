@@ -637,9 +637,13 @@ def main(argv: list[str] | None = None) -> int:
         run_on(loops[0], serving)
         return 0
     from quicvoice.asyncio.loops import check_loop
+    from quicvoice.errors import ConfigurationError
 
     for kind in loops:
-        check_loop(kind, "--loop")
+        try:
+            check_loop(kind, "--loop")
+        except ConfigurationError as error:
+            parser.error(str(error))
     backends = args.backends.split(",")
     for backend in backends:
         if backend not in ALL_BACKENDS:
