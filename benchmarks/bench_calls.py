@@ -1,19 +1,36 @@
-"""How many concurrent voice calls one backend core carries, beside stock aioquic.
+"""How many concurrent voice calls one backend core carries, beside the WebSocket it replaces.
 
-    python benchmarks/bench_calls.py [--quick] [--levels 25,50,100] [--seconds 5] [--metrics]
+    python benchmarks/bench_calls.py [--quick] [--levels 20,40,60] [--seconds 5]
+        [--loop asyncio|uvloop|asyncio,uvloop] [--backends websocket,stock,quicvoice,webtransport]
+        [--workers 1,2] [--metrics]
 
 Each call sends one 20 ms frame (640 octets, L16 16 kHz) every 20 ms on the reliable uplink and
-the backend echoes every frame at once on a response turn, so audio flows 50 frames/s each way.
-The backend runs alone in a subprocess (one process = one core); the load generator is this
-process. For each level the report gives the backend's CPU use, the calls one fully used core
-would carry at that cost (calls / CPU fraction), and the share of echoed frames whose round trip
-exceeded that call's fastest one by more than 20 ms ("late").
+the backend echoes every frame at once, so audio flows 50 frames/s each way. The calls' sending
+times are spread evenly over the 20 ms period (call i sends at phase i/calls of it), as
+independent callers' would be. The backend runs alone in a subprocess (one process = one
+core); the load generator is this process, on the same event loop kind as the backend. For each
+level the report gives the backend's CPU use, its CPU per echoed frame, the calls one fully
+used core would carry at that cost (calls / CPU fraction), that figure as a ratio to the
+WebSocket row of the same level and loop, the share of echoed frames whose round trip
+exceeded that call's fastest one by more than 20 ms ("late"), and the QUIC packets per frame
+each way seen by the clients (1.00 / 1.00: every ACK rode on audio). CPU per frame counts the
+frames the calls really sent in the window: when the load generator falls behind (late frames),
+the row is a cost measurement, not a sustained load.
 
-Two backends are measured the same way, in the same run:
-- ``quicvoice``: ``VoiceServer`` (own endpoint, QUIC-LB CIDs, ACKs bundled into audio packets);
-- ``stock``: aioquic's ``serve()`` and ``QuicConnectionProtocol`` speaking the same protocol
-  with the same frame parser, i.e. what one writes with aioquic as it comes.
-The load generator is the same quicvoice client for both, so the difference is the backend's.
+Backends, all measured the same way in the same run:
+- ``websocket``: a ``websockets`` echo server (TCP), what quicvoice replaces;
+- ``stock``: aioquic's ``serve()`` and ``QuicConnectionProtocol`` speaking the quicvoice
+  protocol with the same frame parser, i.e. what one writes with aioquic as it comes;
+- ``quicvoice``: ``VoiceServer`` (own endpoint, QUIC-LB CIDs, ACKs bundled into audio
+  packets), raw QUIC (ALPN ``quicvoice/1``);
+- ``webtransport``: the same ``VoiceServer``, reached over WebTransport (HTTP/3);
+- ``quicvoice-aioquic-acks``: ``VoiceServer`` with aioquic's own ACK policy (ACK-only packet
+  1 ms after each frame) - the ACK lever switched off, for the before/after;
+- ``quicvoice-baseline``: the ``quicvoice`` backend run from another copy of the package
+  (``--baseline DIR``, a directory holding ``quicvoice/``, e.g. ``git archive`` of an earlier
+  commit), for the before/after of a change in one run;
+- ``serve-workers``: ``quicvoice serve --workers N`` (N from ``--workers``), calls spread over
+  the workers' ports; CPU is every worker's together, so "calls per core" is per core used.
 ``--metrics`` also serves the quicvoice backend's Prometheus ``/metrics`` (its sampler runs) and
 scrapes it once a second during the window, reporting the slowest scrape.
 """
@@ -26,37 +43,62 @@ import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 FRAME = bytes(640)
 FRAME_SECONDS = 0.020
 LATE_THRESHOLD = 0.020
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BACKENDS = ("websocket", "stock", "quicvoice", "webtransport")
+ALL_BACKENDS = (*BACKENDS, "quicvoice-aioquic-acks", "quicvoice-baseline", "serve-workers")
+QUIC_BACKENDS = frozenset(ALL_BACKENDS) - {"websocket"}
+LB_KEY = "8f95f09245765f80256934e50c66207f"
 
 
-# -- the two backends (run in a subprocess) ------------------------------------------------
+# -- the backends (run in a subprocess) ----------------------------------------------------
 
 
-async def serve_quicvoice(port: int, metrics_port: int | None = None) -> None:
-    from quicvoice.asyncio.config import BackendConfig
-    from quicvoice.asyncio.server import ServerSession, VoiceServer
-    from quicvoice.quiclb import LoadBalancerConfig
+async def echo(session: Any) -> None:
+    """The echo application: every uplink frame goes straight back on one response turn
+    (``quicvoice serve --app benchmarks.bench_calls:echo`` runs it too)."""
     from quicvoice.session.events import SessionClosed
     from quicvoice.session.wire import MediaFrame
 
-    async def echo(session: ServerSession) -> None:
-        turn = session.start_turn()
+    if hasattr(session, "detach"):  # an app Session (serve --app): work on the lower level
+        session = session.detach()
+    turn = session.start_turn()
 
-        def on_audio(frame: MediaFrame) -> None:
-            session.send_turn_audio(turn, frame.payload, frame.timestamp)
+    def on_audio(frame: MediaFrame) -> None:
+        session.send_turn_audio(turn, frame.payload, frame.timestamp)
 
-        session.on_audio = on_audio
-        async for event in session:
-            if isinstance(event, SessionClosed):
-                return
+    session.on_audio = on_audio
+    async for event in session:
+        if isinstance(event, SessionClosed):
+            return
+
+
+async def serve_quicvoice(
+    port: int, metrics_port: int | None = None, aioquic_acks: bool = False
+) -> None:
+    from quicvoice.asyncio.config import BackendConfig
+    from quicvoice.asyncio.server import VoiceServer
+    from quicvoice.quiclb import LoadBalancerConfig
+
+    if aioquic_acks:
+        # The lever off, for this process only: aioquic's 1 ms ACK timer and no ACK riding
+        # on audio, i.e. an ACK-only packet after every frame received.
+        from quicvoice import quic
+
+        quic.VOICE_ACK_DELAY = 0.001
+        quic.VoiceQuicConnection._has_data_to_send = lambda self: False  # type: ignore[method-assign]
 
     config = BackendConfig(
         listen=("127.0.0.1", port),
@@ -134,18 +176,35 @@ async def serve_stock(port: int) -> None:
     await asyncio.Event().wait()
 
 
+async def serve_websocket(port: int) -> None:
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def echo_messages(connection: ServerConnection) -> None:
+        async for message in connection:
+            await connection.send(message)
+
+    async with serve(echo_messages, "127.0.0.1", port, compression=None):
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+
 # -- the load generator --------------------------------------------------------------------
 
 
 @dataclass
 class CallRecord:
-    sent_at: dict[int, float]
-    latencies: list[float]
+    """One call's frames in flight, round trips and QUIC packet counts in the window."""
+
+    sent_at: dict[int, float] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    frames_sent: int = 0
+    packets: tuple[int, int] | None = None  # (out, in) during the window
 
 
 @dataclass(frozen=True)
 class Level:
     backend: str
+    loop: str
     calls: int
     established: int
     server_cpu: float
@@ -154,14 +213,33 @@ class Level:
     late: int
     p50_ms: float
     p99_ms: float
+    packets_out_per_frame: float | None
+    packets_in_per_frame: float | None
+    frames_sent: int
+    seconds: float
+    workers: int = 1
+
+    @property
+    def cpu_us_per_frame(self) -> float:
+        """Backend CPU per frame echoed, from the frames the calls really sent in the window
+        (a load generator that falls behind sends fewer than 50 a second)."""
+        per_second = self.frames_sent / self.seconds
+        return 1e6 * self.server_cpu / per_second if per_second else float("nan")
 
     @property
     def calls_per_core(self) -> float:
-        return self.established / self.server_cpu if self.server_cpu > 0 else float("inf")
+        """Calls of 50 frames/s one fully used core carries at this CPU per frame."""
+        return 1e6 * FRAME_SECONDS / self.cpu_us_per_frame
 
     @property
     def late_ratio(self) -> float:
         return self.late / self.frames if self.frames else 1.0
+
+    @property
+    def name(self) -> str:
+        if self.backend == "serve-workers":
+            return f"serve --workers {self.workers}"
+        return self.backend
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,14 +248,58 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its living children (the workers of ``serve --workers``)."""
+    total = cpu_seconds(pid)
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        for child in children.read().split():
+            try:
+                total += cpu_seconds(int(child))
+            except FileNotFoundError:
+                pass
+    return total
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-async def one_call(
-    port: int, record: CallRecord, start: float, stop: float, measure_from: float
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free UDP ports (bounded search)."""
+    for _ in range(200):
+        first = free_port()
+        sockets = []
+        try:
+            for offset in range(count):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(probe)
+                probe.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for probe in sockets:
+                probe.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def first_send(start: float, phase: float, now: float) -> float:
+    """The first instant >= ``now`` that is ``phase`` seconds into a 20 ms period from
+    ``start``: every call keeps its own phase, so the calls' frames are spread evenly."""
+    periods = max(0, -(-(now - start - phase) // FRAME_SECONDS))
+    return start + phase + periods * FRAME_SECONDS
+
+
+async def quic_call(
+    port: int,
+    record: CallRecord,
+    start: float,
+    phase: float,
+    stop: float,
+    measure_from: float,
+    webtransport: bool,
 ) -> bool:
     from quicvoice.asyncio.client import connect
     from quicvoice.session.events import AudioReceived
@@ -185,7 +307,9 @@ async def one_call(
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, start - loop.time()))
     try:
-        async with connect("127.0.0.1", port, verify=False, timeout=10) as client:
+        async with connect(
+            "127.0.0.1", port, verify=False, timeout=10, webtransport=webtransport
+        ) as client:
 
             async def receive() -> None:
                 while True:
@@ -197,16 +321,68 @@ async def one_call(
 
             receiver = loop.create_task(receive())
             seq = 0
-            first = loop.time()
+            first = first_send(start - phase, phase, loop.time())
+            before: tuple[int, int] | None = None
             while loop.time() < stop:
-                record.sent_at[seq * 320] = loop.time()
+                now = loop.time()
+                if before is None and now >= measure_from:
+                    stats = client.stats()
+                    before = (stats.packets_sent, stats.packets_received)
+                record.sent_at[seq * 320] = now
                 client.send_audio(FRAME, seq * 320)
+                if now >= measure_from:
+                    record.frames_sent += 1
+                seq += 1
+                await asyncio.sleep(max(0.0, first + seq * FRAME_SECONDS - loop.time()))
+            stats = client.stats()
+            if before is not None:
+                record.packets = (
+                    stats.packets_sent - before[0],
+                    stats.packets_received - before[1],
+                )
+            await asyncio.sleep(0.2)
+            receiver.cancel()
+        return True
+    except (ConnectionError, TimeoutError):
+        return False
+
+
+async def websocket_call(
+    port: int, record: CallRecord, start: float, phase: float, stop: float, measure_from: float
+) -> bool:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import WebSocketException
+
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, start - loop.time()))
+    try:
+        async with connect(f"ws://127.0.0.1:{port}", compression=None, open_timeout=10) as ws:
+
+            async def receive() -> None:
+                async for message in ws:
+                    assert isinstance(message, bytes)
+                    (seq,) = struct.unpack_from("!Q", message)
+                    sent = record.sent_at.pop(seq, None)
+                    if sent is not None and sent >= measure_from:
+                        record.latencies.append(loop.time() - sent)
+
+            receiver = loop.create_task(receive())
+            seq = 0
+            first = first_send(start - phase, phase, loop.time())
+            message = bytearray(FRAME)
+            while loop.time() < stop:
+                now = loop.time()
+                record.sent_at[seq] = now
+                struct.pack_into("!Q", message, 0, seq)
+                await ws.send(bytes(message))
+                if now >= measure_from:
+                    record.frames_sent += 1
                 seq += 1
                 await asyncio.sleep(max(0.0, first + seq * FRAME_SECONDS - loop.time()))
             await asyncio.sleep(0.2)
             receiver.cancel()
         return True
-    except (ConnectionError, TimeoutError):
+    except (OSError, TimeoutError, WebSocketException):
         return False
 
 
@@ -225,49 +401,137 @@ async def scrape_every_second(port: int, stop: float, durations: list[float]) ->
         await asyncio.sleep(max(0.0, begin + 1.0 - loop.time()))
 
 
-async def run_level(
-    backend: str, calls: int, seconds: float, metrics: bool = False
-) -> tuple[Level, list[float]]:
-    port = free_port()
-    metrics_port = free_port() if metrics and backend == "quicvoice" else None
-    command = [sys.executable, __file__, "--serve", backend, "--port", str(port)]
+def workers_config(directory: Path, port: int) -> Path:
+    """A backend file for ``serve --workers``: shared QUIC-LB key and reset key."""
+    path = directory / "backend.toml"
+    path.write_text(
+        f'listen = "127.0.0.1:{port}"\n'
+        'server_id = "0a000001"\n'
+        f'reset_key = "{bytes(range(32)).hex()}"\n'
+        "[[configs]]\nid = 0\nserver_id_len = 4\nnonce_len = 12\n"
+        f'key = "{LB_KEY}"\n'
+    )
+    return path
+
+
+def start_backend(
+    backend: str,
+    loop_kind: str,
+    port: int,
+    metrics_port: int | None,
+    workers: int,
+    scratch: Path,
+    baseline: str | None = None,
+) -> subprocess.Popen[str]:
+    if backend == "serve-workers":
+        root = Path(__file__).resolve().parent.parent
+        command = [
+            sys.executable, "-m", "quicvoice.cli", "serve",
+            "--config", str(workers_config(scratch, port)),
+            "--app", "benchmarks.bench_calls:echo",
+            "--workers", str(workers), "--loop", loop_kind,
+        ]  # fmt: skip
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=root
+        )
+    serve = "quicvoice" if backend in ("webtransport", "quicvoice-baseline") else backend
+    command = [sys.executable, __file__, "--serve", serve, "--port", str(port)]
+    command += ["--loop", loop_kind]
     if metrics_port is not None:
         command += ["--metrics-port", str(metrics_port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    env = None
+    if backend == "quicvoice-baseline":
+        if baseline is None:
+            raise SystemExit("quicvoice-baseline needs --baseline DIR")
+        env = dict(os.environ, PYTHONPATH=baseline)  # its quicvoice/ comes first
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def wait_ready(process: subprocess.Popen[str], backend: str, workers: int) -> None:
+    assert process.stdout is not None
+    expected = workers if backend == "serve-workers" else 1
+    ready = 0
+    for _ in range(20):  # bounded: a few lines per worker
+        line = process.stdout.readline()
+        if not line:
+            break
+        if line.strip() == "ready" or line.startswith('{"listening"'):
+            ready += 1
+            if ready == expected:
+                return
+    raise RuntimeError(f"{backend} backend did not start")
+
+
+async def run_level(
+    backend: str,
+    loop_kind: str,
+    calls: int,
+    seconds: float,
+    metrics: bool = False,
+    workers: int = 1,
+    baseline: str | None = None,
+) -> tuple[Level, list[float]]:
+    count = workers if backend == "serve-workers" else 1
+    port = free_ports(count)
+    metrics_port = free_port() if metrics and backend == "quicvoice" else None
     scrapes: list[float] = []
-    try:
-        assert process.stdout is not None
-        if process.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"{backend} backend did not start")
-        loop = asyncio.get_running_loop()
-        ramp = min(2.0, 0.02 * calls)
-        begin = loop.time() + 0.1
-        measure_from = begin + ramp + 1.0
-        stop = measure_from + seconds
-        records = [CallRecord({}, []) for _ in range(calls)]
-        tasks = [
-            loop.create_task(
-                one_call(port, records[i], begin + ramp * i / calls, stop, measure_from)
-            )
-            for i in range(calls)
-        ]
-        await asyncio.sleep(max(0.0, measure_from - loop.time()))
-        scraper = None
-        if metrics_port is not None:
-            scraper = loop.create_task(scrape_every_second(metrics_port, stop, scrapes))
-        server_before, client_before = cpu_seconds(process.pid), time.process_time()
-        await asyncio.sleep(max(0.0, stop - loop.time()))
-        server_cpu = (cpu_seconds(process.pid) - server_before) / seconds
-        client_cpu = (time.process_time() - client_before) / seconds
-        established = sum(await asyncio.gather(*tasks))
-        if scraper is not None:
-            await scraper
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    with tempfile.TemporaryDirectory() as scratch:
+        process = start_backend(
+            backend, loop_kind, port, metrics_port, count, Path(scratch), baseline
+        )
+        try:
+            wait_ready(process, backend, count)
+            loop = asyncio.get_running_loop()
+            ramp = min(2.0, 0.02 * calls)
+            begin = loop.time() + 0.1
+            measure_from = begin + ramp + 1.0
+            stop = measure_from + seconds
+            records = [CallRecord() for _ in range(calls)]
+            calls_started: list[Coroutine[Any, Any, bool]] = []
+            for i in range(calls):
+                start = begin + ramp * i / calls
+                phase = FRAME_SECONDS * i / calls
+                target = port + i % count
+                if backend == "websocket":
+                    calls_started.append(
+                        websocket_call(target, records[i], start, phase, stop, measure_from)
+                    )
+                else:
+                    calls_started.append(
+                        quic_call(
+                            target, records[i], start, phase, stop, measure_from,
+                            webtransport=backend == "webtransport",
+                        )  # fmt: skip
+                    )
+            tasks = [loop.create_task(call) for call in calls_started]
+            await asyncio.sleep(max(0.0, measure_from - loop.time()))
+            scraper = None
+            if metrics_port is not None:
+                scraper = loop.create_task(scrape_every_second(metrics_port, stop, scrapes))
+            server_before, client_before = tree_cpu_seconds(process.pid), time.process_time()
+            await asyncio.sleep(max(0.0, stop - loop.time()))
+            server_cpu = (tree_cpu_seconds(process.pid) - server_before) / seconds
+            client_cpu = (time.process_time() - client_before) / seconds
+            established = sum(await asyncio.gather(*tasks))
+            if scraper is not None:
+                await scraper
+        finally:
+            process.send_signal(signal.SIGTERM if backend == "serve-workers" else signal.SIGKILL)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
     late = frames = 0
     all_latencies: list[float] = []
+    packets_out = packets_in = counted_sent = 0
+    counted = False
     for record in records:
+        if record.packets is not None:
+            counted = True
+            packets_out += record.packets[0]
+            packets_in += record.packets[1]
+            counted_sent += record.frames_sent
         if not record.latencies:
             continue
         floor = min(record.latencies)
@@ -281,61 +545,130 @@ async def run_level(
         if all_latencies
         else float("nan")
     )
-    level = Level(backend, calls, established, server_cpu, client_cpu, frames, late, p50, p99)
+    # Seen from the clients: what they send is what the backend receives, and vice versa.
+    in_per_frame = packets_out / counted_sent if counted and counted_sent else None
+    out_per_frame = packets_in / frames if counted and frames else None
+    level = Level(
+        backend, loop_kind, calls, established, server_cpu, client_cpu, frames, late, p50, p99,
+        out_per_frame, in_per_frame, sum(record.frames_sent for record in records), seconds,
+        count,
+    )  # fmt: skip
     return level, scrapes
+
+
+def run_on(loop_kind: str, main: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``main`` on a new loop of ``loop_kind`` (standalone: a baseline copy of quicvoice
+    may predate ``quicvoice.asyncio.loops``)."""
+    if loop_kind == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
+
+
+def print_table(results: list[Level], seconds: float) -> None:
+    load = os.getloadavg()
+    print(
+        f"Concurrent calls, 50 frames/s each way, {seconds:.0f} s windows, Python "
+        f"{sys.version.split()[0]}, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+    )
+    print()
+    print(
+        "| backend | loop | calls | backend CPU | µs per frame | calls per core | x WebSocket | "
+        "late > 20 ms | RTT p50 / p99 ms | packets in / out per frame | load generator CPU |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    websocket = {(r.loop, r.calls): r for r in results if r.backend == "websocket"}
+    for r in results:
+        anchor = websocket.get((r.loop, r.calls))
+        ratio = f"{r.calls_per_core / anchor.calls_per_core:.2f}" if anchor else "-"
+        packets = (
+            f"{r.packets_in_per_frame:.2f} / {r.packets_out_per_frame:.2f}"
+            if r.packets_in_per_frame is not None and r.packets_out_per_frame is not None
+            else "-"
+        )
+        print(
+            f"| {r.name} | {r.loop} | {r.established}/{r.calls} | {100 * r.server_cpu:.0f} % | "
+            f"{r.cpu_us_per_frame:.0f} | {r.calls_per_core:.0f} | {ratio} | "
+            f"{100 * r.late_ratio:.2f} % | {r.p50_ms:.1f} / {r.p99_ms:.1f} | {packets} | "
+            f"{100 * r.client_cpu:.0f} % |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small level per backend")
-    parser.add_argument("--levels", default="25,50,100", help="concurrent calls to try")
+    parser.add_argument("--levels", default="20,40,60", help="concurrent calls to try")
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement window")
-    parser.add_argument("--serve", choices=["quicvoice", "stock"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--loop", default="asyncio", help="event loop(s), comma-separated: asyncio, uvloop"
+    )
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"comma-separated, from {', '.join(ALL_BACKENDS)}",
+    )
+    parser.add_argument(
+        "--workers", default="1,2", help="worker counts for the serve-workers backend"
+    )
+    parser.add_argument(
+        "--baseline", metavar="DIR", help="the quicvoice-baseline backend's copy of quicvoice"
+    )
+    parser.add_argument("--serve", choices=["quicvoice", "stock", "websocket",
+                        "quicvoice-aioquic-acks"], help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--metrics", action="store_true", help="serve and scrape the quicvoice backend's /metrics"
     )
     args = parser.parse_args(argv)
+    loops = args.loop.split(",")
     if args.serve:
+        serving: Coroutine[Any, Any, None]
         if args.serve == "quicvoice":
             serving = serve_quicvoice(args.port, args.metrics_port)
+        elif args.serve == "quicvoice-aioquic-acks":
+            serving = serve_quicvoice(args.port, aioquic_acks=True)
+        elif args.serve == "websocket":
+            serving = serve_websocket(args.port)
         else:
             serving = serve_stock(args.port)
-        if os.environ.get("BENCH_UVLOOP"):
-            import uvloop
-
-            uvloop.run(serving)
-        else:
-            asyncio.run(serving)
+        run_on(loops[0], serving)
         return 0
+    from quicvoice.asyncio.loops import check_loop
+    from quicvoice.errors import ConfigurationError
+
+    for kind in loops:
+        try:
+            check_loop(kind, "--loop")
+        except ConfigurationError as error:
+            parser.error(str(error))
+    backends = args.backends.split(",")
+    for backend in backends:
+        if backend not in ALL_BACKENDS:
+            parser.error(f"--backends: {backend!r} is not one of {', '.join(ALL_BACKENDS)}")
     levels = [10] if args.quick else [int(n) for n in args.levels.split(",")]
     seconds = 2.0 if args.quick else args.seconds
+    worker_counts = [int(n) for n in args.workers.split(",")]
     results = []
     scrapes: list[float] = []
-    for calls in levels:
-        for backend in ("stock", "quicvoice"):
-            level, durations = asyncio.run(run_level(backend, calls, seconds, args.metrics))
-            results.append(level)
-            scrapes += durations
-    print(
-        f"Concurrent calls, 50 frames/s each way, {seconds:.0f} s windows, Python "
-        f"{sys.version.split()[0]}"
-    )
+    for kind in loops:
+        for calls in levels:
+            for backend in backends:
+                for workers in worker_counts if backend == "serve-workers" else [1]:
+                    level, durations = run_on(
+                        kind,
+                        run_level(
+                            backend, kind, calls, seconds, args.metrics, workers, args.baseline
+                        ),
+                    )
+                    results.append(level)
+                    scrapes += durations
+    print_table(results, seconds)
+    command = " ".join(["python", "benchmarks/bench_calls.py", *(argv or sys.argv[1:])])
     print()
-    print(
-        "| backend | calls | backend CPU | calls per core at this cost | x stock | "
-        "late > 20 ms | RTT p50 / p99 ms | load generator CPU |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    stock = {r.calls: r for r in results if r.backend == "stock"}
-    for r in results:
-        ratio = r.calls_per_core / stock[r.calls].calls_per_core
-        print(
-            f"| {r.backend} | {r.established}/{r.calls} | {100 * r.server_cpu:.0f} % | "
-            f"{r.calls_per_core:.0f} | {ratio:.2f} | {100 * r.late_ratio:.2f} % | "
-            f"{r.p50_ms:.1f} / {r.p99_ms:.1f} | {100 * r.client_cpu:.0f} % |"
-        )
+    print(f"Command: `{command}`")
     if scrapes:
         print()
         print(f"/metrics: {len(scrapes)} scrapes, slowest {1000 * max(scrapes):.1f} ms")

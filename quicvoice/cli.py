@@ -10,10 +10,13 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ConfigurationError
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .asyncio.config import BackendConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_listen_address,
         metavar="HOST:PORT",
         help="serve Prometheus text metrics at http://HOST:PORT/metrics (overrides the config)",
+    )
+    serve.add_argument(
+        "--loop",
+        default="asyncio",
+        help="the event loop: asyncio (default) or uvloop (the 'fast' extra)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N backend processes, worker i with server ID base+i on port+i (or its own "
+        "[[backends]] address in a forwarder's file); see specs/engine.md",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
@@ -226,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return 0 if run_selfcheck(sys.stdout) else 1
         if args.command == "serve":
-            return _serve(args)
+            return _serve(args, sys.argv[1:] if argv is None else argv)
         if args.command == "call":
             return _call(args, parser)
         if args.command == "token":
@@ -241,14 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from dataclasses import replace
     from pathlib import Path
 
     from .agent import make_demo
     from .app import DEFAULT_APP, load_app, session_handler
     from .asyncio.config import BackendConfig, check_import_string
+    from .asyncio.loops import check_loop, run
     from .asyncio.server import VoiceServer
+    from .asyncio.workers import check_worker_count
     from .quiclb import LoadBalancerConfig
     from .settings import format_address
 
@@ -275,6 +293,9 @@ def _serve(args: argparse.Namespace) -> int:
         config = replace(config, session_store=args.session_store)
     if args.metrics is not None:
         config = replace(config, metrics=args.metrics)
+    check_loop(args.loop, "--loop")
+    if check_worker_count(args.workers) > 1:
+        return _serve_workers(args, argv, config)
     record_dir = None
     if args.record_uplink is not None:
         record_dir = Path(args.record_uplink)
@@ -329,8 +350,44 @@ def _serve(args: argparse.Namespace) -> int:
             web.close()
         await server.aclose()
 
-    asyncio.run(serve())
+    run(serve(), args.loop)
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, argv: list[str], config: BackendConfig) -> int:
+    """Check the workers' shared settings, then start and supervise them."""
+    from .asyncio.config import BackendConfig
+    from .asyncio.workers import (
+        WorkerPlan,
+        check_shared_keys,
+        file_keys,
+        run_workers,
+        worker_address,
+        worker_server_id,
+    )
+
+    if args.web is not None:
+        raise ConfigurationError("--web: the demo page is served by one backend: use --workers 1")
+    if not args.config:
+        raise ConfigurationError(
+            "--workers: give a --config whose [[configs]] and reset_key the workers share "
+            "(a standalone backend draws its keys at random, per process)"
+        )
+    keys = file_keys(args.config)
+    check_shared_keys(keys)
+    shared = "backends" in keys and args.listen is None
+    plans = []
+    for index in range(args.workers):
+        server_id = worker_server_id(config.server_id, index)
+        if shared:  # each worker's address is its own [[backends]] entry's
+            listen = BackendConfig.load(args.config, server_id=server_id).listen
+        else:
+            listen = worker_address(config.listen, index)
+        metrics = None
+        if config.metrics is not None:
+            metrics = worker_address(config.metrics, index, "metrics")
+        plans.append(WorkerPlan(index=index, server_id=server_id, listen=listen, metrics=metrics))
+    return run_workers(argv, plans)
 
 
 def _gateway(args: argparse.Namespace) -> int:

@@ -863,8 +863,17 @@ class VoiceServer:
                 self.counters["bad_encapsulation"] += 1
                 return
             via_forwarder = True
+        cid_length = self.cid_generator.cid_length
+        # Nearly every datagram is a short-header packet of a known connection (RFC 9000
+        # §17.3: form bit 0, fixed bit 1, then the DCID): route it without a full header
+        # parse; aioquic parses it anyway. Anything else takes the general path below.
+        if len(data) > cid_length and data[0] & 0xC0 == 0x40:
+            connection = self._connections.get(data[1 : 1 + cid_length])
+            if connection is not None:
+                connection.receive(data, address, via_forwarder, asyncio.get_running_loop().time())
+                return
         try:
-            header = parse_header(data, self.cid_generator.cid_length)
+            header = parse_header(data, cid_length)
         except ValueError:
             self.counters["unparsable"] += 1
             return
