@@ -31,10 +31,14 @@ from aioquic.quic.packet import (
     QuicPacketType,
     pull_ack_frame,
     pull_quic_header,
+    push_ack_frame,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder, QuicSentPacket
+from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.tls import ClientHello, pull_client_hello
 from cryptography import x509
 
+from .ecn import Codepoint, EcnCounts, EcnMode, EcnTracker
 from .errors import CertificateVerificationError
 from .quiclb import Algorithm, ConnectionIdGenerator, QuicLbConnectionIdGenerator
 
@@ -68,13 +72,27 @@ PRIVATE_NAMES = {
         "_state",
         "_initialize",
         "_configuration",
+        "_payload_received",
+        "_write_ack_frame",
+        "_handle_ack_frame",
+        "_flush_builder",
+        "_local_ack_delay_exponent",
+        "_on_ack_delivery",
+        "_quic_logger",
+        "_write_ping_frame",
     ),
     "Context": (
         "_client_handle_certificate_verify",
         "_peer_certificate",
         "_peer_certificate_chain",
     ),
-    "QuicPacketRecovery": ("_rtt_initialized", "_rtt_latest", "_rtt_smoothed", "_rtt_min"),
+    "QuicPacketRecovery": (
+        "_rtt_initialized",
+        "_rtt_latest",
+        "_rtt_smoothed",
+        "_rtt_min",
+        "on_packet_sent",
+    ),
     "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
     "H3Connection": ("_stream", "_get_local_settings", "_enable_webtransport"),
 }
@@ -186,11 +204,151 @@ class VoiceQuicConnection(QuicConnection):
     never sent. ``close_after_delivery`` sends it first and closes once it is acknowledged.
     """
 
-    def __init__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> None:
+    def __init__(
+        self, *, configuration: QuicConfiguration, ecn: EcnMode = EcnMode.L4S, **kwargs: Any
+    ) -> None:
         super().__init__(configuration=configuration, **kwargs)
         self._ack_delay = VOICE_ACK_DELAY
         self._peer_close_reported = False
         self._delivery_close: _DeliveryClose | None = None
+        #: ECN of this connection (specs/ecn.md): marks, counts, validation per path.
+        self.ecn = EcnTracker(ecn)
+        #: The path name of the local socket sending now (a client names its sockets; a server
+        #: leaves it ``None`` and its paths are named by the peer's address).
+        self.ecn_local_path: str | None = None
+        self._ecn_received: Codepoint | None = None
+        self._ecn_sending_path = ""
+        self._ecn_sending_codepoint = Codepoint.NOT_ECT
+        recovery_on_packet_sent = self._loss.on_packet_sent
+
+        def on_packet_sent(*, packet: QuicSentPacket, space: QuicPacketSpace) -> None:
+            recovery_on_packet_sent(packet=packet, space=space)
+            self.ecn.on_packet_sent(
+                _ecn_space(packet.epoch),
+                packet.packet_number,
+                self._ecn_sending_path,
+                self._ecn_sending_codepoint,
+            )
+
+        self._loss.on_packet_sent = on_packet_sent  # type: ignore[method-assign]
+
+    def ecn_path_name(self, addr: NetworkAddress) -> str:
+        """The ECN path name of datagrams exchanged with peer ``addr`` now."""
+        if self.ecn_local_path is not None:
+            return self.ecn_local_path
+        return _address_name(addr)
+
+    def ecn_codepoint(self, addr: NetworkAddress) -> Codepoint:
+        """The ECN codepoint datagrams to ``addr`` must carry now (the I/O shell sets it)."""
+        return self.ecn.send_codepoint(self.ecn_path_name(addr))
+
+    def receive_datagram_ecn(
+        self, data: bytes, addr: NetworkAddress, now: float, tos: int | None
+    ) -> None:
+        """``receive_datagram``, with the IP TOS / traffic class the socket reported
+        (``None``: unreadable); the packets in it are counted for our ACK_ECN frames."""
+        self._ecn_received = self.ecn.on_datagram_received(self.ecn_path_name(addr), tos)
+        try:
+            self.receive_datagram(data, addr, now)
+        finally:
+            self._ecn_received = None
+
+    def _payload_received(
+        self, context: Any, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        result = super()._payload_received(context, plain, crypto_frame_required)
+        if self._ecn_received is not None:
+            self.ecn.on_packet_received(_ecn_space(context.epoch), self._ecn_received)
+        return result
+
+    def _flush_builder(
+        self, builder: QuicPacketBuilder, network_path: Any, peer_cid: bytes, now: float
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        # Every packet of the flush leaves on this path with the path's codepoint, which
+        # changes only when an ACK is processed, never during a flush.
+        self._ecn_sending_path = self.ecn_path_name(network_path.addr)
+        self._ecn_sending_codepoint = self.ecn.send_codepoint(self._ecn_sending_path)
+        result: list[tuple[bytes, NetworkAddress]] = super()._flush_builder(
+            builder, network_path, peer_cid, now
+        )
+        return result
+
+    def _write_ack_frame(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, now: float
+    ) -> None:
+        counts = self.ecn.counts_to_report(self._ecn_space_of(space))
+        if counts is None:
+            super()._write_ack_frame(builder, space, now)
+            return
+        # RFC 9000 §19.3: an ACK frame of type 0x03 carries the ECT(0), ECT(1) and CE counts
+        # after the ranges. aioquic writes only type 0x02; this is its writer plus the counts.
+        delay = now - (space.largest_received_time or now)
+        delay_encoded = int(delay * 1000000) >> self._local_ack_delay_exponent
+        buf = builder.start_frame(
+            QuicFrameType.ACK_ECN,
+            capacity=_ACK_ECN_FRAME_CAPACITY,
+            handler=self._on_ack_delivery,
+            handler_args=(space, space.largest_received_packet),
+        )
+        ranges = push_ack_frame(
+            buf,
+            space.ack_queue,
+            delay_encoded,
+            builder.remaining_buffer_space - _ECN_COUNTS_CAPACITY,
+        )
+        buf.push_uint_var(counts.ect0)
+        buf.push_uint_var(counts.ect1)
+        buf.push_uint_var(counts.ce)
+        space.ack_at = None
+        frames = builder.quic_logger_frames
+        if self._quic_logger is not None and frames is not None:
+            frames.append(
+                self._quic_logger.encode_ack_frame(
+                    ranges=list(space.ack_queue)[-ranges:], delay=delay
+                )
+            )
+        if ranges > 1 and builder.packet_number % 8 == 0:
+            self._write_ping_frame(builder, comment="ACK-of-ACK trigger")
+
+    def _handle_ack_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        start = buf.tell()
+        counts: EcnCounts | None = None
+        try:
+            ranges, _ = pull_ack_frame(buf)
+            if frame_type == QuicFrameType.ACK_ECN:
+                counts = EcnCounts(
+                    ect0=buf.pull_uint_var(), ect1=buf.pull_uint_var(), ce=buf.pull_uint_var()
+                )
+        except Exception:
+            ranges = None  # aioquic reports the malformed frame itself
+        buf.seek(start)
+        epoch = context.epoch
+        space = self._spaces[epoch]
+        acked = (
+            [number for number in space.sent_packets if number in ranges]
+            if ranges is not None
+            else []
+        )
+        super()._handle_ack_frame(context, frame_type, buf)
+        if ranges is None:
+            return
+        ecn_space = _ecn_space(epoch)
+        self.ecn.on_ack_received(
+            ecn_space,
+            acked,
+            ranges.bounds().stop - 1,
+            counts,
+            application=ecn_space == _ECN_APPLICATION_SPACE,
+        )
+        oldest_unacked = next(iter(space.sent_packets), None)
+        if oldest_unacked is not None:
+            self.ecn.forget_before(ecn_space, oldest_unacked)
+
+    def _ecn_space_of(self, space: QuicPacketSpace) -> int:
+        for epoch, candidate in self._spaces.items():
+            if candidate is space:
+                return _ecn_space(epoch)
+        return _ECN_APPLICATION_SPACE
 
     def close_after_delivery(
         self, *, error_code: int, reason_phrase: str, stream_ids: tuple[int, ...]
@@ -292,6 +450,23 @@ class VoiceQuicConnection(QuicConnection):
         if self._datagrams_pending:
             return True
         return any(not stream.sender.buffer_is_empty for stream in self._streams.values())
+
+
+#: An ACK_ECN frame's three counts take at most three 8-octet varints.
+_ECN_COUNTS_CAPACITY = 3 * 8
+#: aioquic's ACK capacity (type and four varints) plus the counts.
+_ACK_ECN_FRAME_CAPACITY = 1 + 4 * 8 + _ECN_COUNTS_CAPACITY
+#: ECN counts are kept per packet number space; 0-RTT packets belong to the application's.
+_ECN_APPLICATION_SPACE = int(tls.Epoch.ONE_RTT.value)
+
+
+def _ecn_space(epoch: tls.Epoch) -> int:
+    return _ECN_APPLICATION_SPACE if epoch == tls.Epoch.ZERO_RTT else int(epoch.value)
+
+
+def _address_name(addr: NetworkAddress) -> str:
+    host, port = str(addr[0]), int(addr[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class QuicLbConnection(VoiceQuicConnection):

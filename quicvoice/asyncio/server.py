@@ -86,7 +86,7 @@ from ..version import __version__
 from .accept import run_accept_hook
 from .config import BackendConfig
 from .timer import ConnectionTimer
-from .udp import open_udp_endpoint
+from .udp import UdpEndpoint, open_udp_endpoint
 
 logger = logging.getLogger("quicvoice.server")
 
@@ -330,10 +330,17 @@ class _ServerConnection:
             raise InvalidStateError("no voice session on this connection yet")
         return self._voice
 
-    def receive(self, data: bytes, address: Address, via_forwarder: bool, now: float) -> None:
+    def receive(
+        self,
+        data: bytes,
+        address: Address,
+        via_forwarder: bool,
+        now: float,
+        tos: int | None = None,
+    ) -> None:
         self.via_forwarder = via_forwarder
         self._packets_received += 1
-        self.quic.receive_datagram(data, address, now)
+        self.quic.receive_datagram_ecn(data, address, now, tos)
         peer = self.quic.get_peer_address()
         if peer is not None:
             peer = (peer[0], peer[1])
@@ -598,12 +605,15 @@ class _ServerConnection:
         loop = asyncio.get_running_loop()
         send = self.server.send
         forwarder = self.server.config.forwarder if self.via_forwarder else None
-        for data, address in self.quic.datagrams_to_send(now=loop.time()):
+        quic = self.quic
+        for data, address in quic.datagrams_to_send(now=loop.time()):
             self._packets_sent += 1
+            # The forwarder copies the encapsulated datagram's ECN bits onto what it relays.
+            codepoint = quic.ecn_codepoint(address)
             if forwarder is not None:
-                send(wrap((address[0], address[1]), data), forwarder)
+                send(wrap((address[0], address[1]), data), forwarder, codepoint)
             else:
-                send(data, (address[0], address[1]))
+                send(data, (address[0], address[1]), codepoint)
         self._timer.update()
 
     def _on_timer(self, now: float) -> None:
@@ -682,7 +692,7 @@ class VoiceServer:
             self.quic_configuration.private_key = development.private_key
             self.certificate_sha256 = development.sha256
         self._connections: dict[bytes, _ServerConnection] = {}
-        self._transport: asyncio.DatagramTransport | None = None
+        self._transport: UdpEndpoint | None = None
         self._reset_budget = float(RESETS_PER_SECOND)
         self._reset_budget_at = 0.0
         #: Datagrams by what happened to them.
@@ -708,13 +718,14 @@ class VoiceServer:
         """The bound UDP address."""
         if self._transport is None:
             raise InvalidStateError("the server is not started")
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return host, port
+        return self._transport.local_address
 
     async def start(self) -> None:
         """Bind the UDP socket and start serving (and ``/metrics`` when configured)."""
         await self.telemetry.start(self.config.metrics)
-        self._transport = await open_udp_endpoint(self.config.listen, self._on_datagram)
+        self._transport = await open_udp_endpoint(
+            self.config.listen, self._on_datagram, ecn=self.config.ecn.codepoint
+        )
         self.store_monitor.start()
         self._warn_if_open()
 
@@ -811,11 +822,15 @@ class VoiceServer:
         found = {id(c): c.session for c in self._connections.values() if c.session is not None}
         return [s for s in found.values() if s is not None]
 
-    def send(self, data: bytes, address: Address) -> None:
-        """Send one datagram from the server's socket."""
+    def send(self, data: bytes, address: Address, codepoint: int | None = None) -> None:
+        """Send one datagram from the server's socket (with ECN ``codepoint`` when given,
+        else the socket's marking)."""
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.sendto(data, address)
+            if codepoint is None or codepoint == transport.ecn:
+                transport.sendto(data, address)
+            else:
+                transport.send_marked(data, address, codepoint)
 
     def register(self, cid: bytes, connection: _ServerConnection) -> None:
         """Route datagrams for ``cid`` to ``connection``."""
@@ -845,7 +860,7 @@ class VoiceServer:
             del self._origins[connection.origin]
         connection.cancel_timers()
 
-    def _on_datagram(self, data: bytes, address: Address) -> None:
+    def _on_datagram(self, data: bytes, address: Address, tos: int | None = None) -> None:
         self.counters["datagrams"] += 1
         via_forwarder = False
         if self.config.forwarder is not None and address == self.config.forwarder:
@@ -872,7 +887,7 @@ class VoiceServer:
             # session's home CID): its own connection, or a new one.
             connection = self._origins.get((header.destination_cid, header.source_cid))
         if connection is not None:
-            connection.receive(data, address, via_forwarder, loop.time())
+            connection.receive(data, address, via_forwarder, loop.time(), tos)
             return
         if header.version is not None:
             self._on_unknown_long_header(data, header, address, via_forwarder, loop.time())
@@ -945,6 +960,7 @@ class VoiceServer:
             original_destination_connection_id=dcid,
             session_ticket_fetcher=self.tickets.fetch,
             session_ticket_handler=self.tickets.handle,
+            ecn=self.config.ecn,
         )
         connection = _ServerConnection(self, quic, dcid, origin[1])
         for cid in connection.cids:

@@ -1,0 +1,451 @@
+"""ECN per path: what to mark, what arrived, and whether the path carries the marks (sans-I/O).
+
+specs/ecn.md has the design. The glue (``quicvoice.quic``) tells an ``EcnTracker`` about every
+packet it sends (which path, which codepoint, which packet number space), every packet it
+receives (the codepoint the socket reported) and every ACK (which of our packets it newly
+acknowledges and, for ACK_ECN frames, the peer's cumulative counts). The tracker validates each
+path as RFC 9000 §13.4.2 describes and reports ``EcnFeedback`` for every ACK that acknowledges
+application data, so a congestion response can follow the CE marks.
+
+Nothing here touches a socket or a clock; a hostile peer's counts only ever turn marking off on
+the path they concern.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: The ECN field is the low two bits of the IPv4 TOS octet / IPv6 traffic class (RFC 3168 §5).
+ECN_MASK = 0x03
+#: Paths remembered per connection at most (a peer hopping addresses cannot grow the table).
+MAX_PATHS = 16
+
+
+class Codepoint(enum.IntEnum):
+    """The four values of the ECN field (RFC 3168 §5, RFC 9331 for ECT(1) as the L4S mark)."""
+
+    NOT_ECT = 0b00
+    ECT1 = 0b01
+    ECT0 = 0b10
+    CE = 0b11
+
+
+class EcnMode(enum.Enum):
+    """What this endpoint marks: ``l4s`` ECT(1) (the default), ``classic`` ECT(0), ``off``."""
+
+    L4S = "l4s"
+    CLASSIC = "classic"
+    OFF = "off"
+
+    @property
+    def codepoint(self) -> Codepoint:
+        """The codepoint every datagram carries while the path is not known to fail."""
+        return _MODE_CODEPOINTS[self]
+
+    @classmethod
+    def parse(cls, value: object) -> EcnMode:
+        """The mode named by ``value`` (``"l4s"``, ``"classic"``, ``"off"``); ``ValueError``."""
+        if isinstance(value, EcnMode):
+            return value
+        if isinstance(value, str):
+            for mode in cls:
+                if mode.value == value.strip().lower():
+                    return mode
+        raise ValueError(f"ecn must be one of 'l4s', 'classic', 'off', not {value!r}")
+
+
+_MODE_CODEPOINTS = {
+    EcnMode.L4S: Codepoint.ECT1,
+    EcnMode.CLASSIC: Codepoint.ECT0,
+    EcnMode.OFF: Codepoint.NOT_ECT,
+}
+
+
+class Validation(enum.Enum):
+    """Where a path stands in RFC 9000 §13.4.2 validation (and why marking stopped)."""
+
+    #: Marked packets sent, no ACK has covered one yet.
+    TESTING = "testing"
+    #: An ACK with counts that add up acknowledged marked packets: the path carries the marks.
+    CAPABLE = "capable"
+    #: Marked packets were acknowledged without any ECN count rising (the path or the peer
+    #: cleared the marks, or the peer does not report ECN): marking is off on this path.
+    BLEACHED = "bleached"
+    #: The counts disagree with what was sent (another ECT codepoint counted, fewer marks than
+    #: packets, counts going backwards or exceeding what was ever sent): marking is off.
+    MANGLED = "mangled"
+    #: ``ecn = "off"``: nothing is marked, nothing validated.
+    DISABLED = "disabled"
+
+    @property
+    def failed(self) -> bool:
+        """Whether marking is off on the path because validation failed."""
+        return self in (Validation.BLEACHED, Validation.MANGLED)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EcnCounts:
+    """Cumulative ECN counts of one packet number space (an ACK_ECN frame's three fields)."""
+
+    ect0: int = 0
+    ect1: int = 0
+    ce: int = 0
+
+    @property
+    def total(self) -> int:
+        """All ECN-marked packets counted."""
+        return self.ect0 + self.ect1 + self.ce
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EcnFeedback:
+    """What one ACK frame of the application space said about ECN, for a congestion response.
+
+    ``newly_ce`` is the rise of the peer's CE count: packets the network marked since the last
+    ACK. ``acked_packets`` is how many of our packets this ACK newly acknowledged; the CE
+    fraction of the window is ``newly_ce / acked_packets`` (bounded by 1 here).
+    """
+
+    #: The path the acknowledged packets were (mostly) sent on, as the I/O shell names it.
+    path: str
+    newly_acked_ect0: int
+    newly_acked_ect1: int
+    newly_ce: int
+    acked_packets: int
+    #: The path's validation state after this ACK.
+    validation: Validation
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathEcnStats:
+    """A snapshot of one path's ECN counters."""
+
+    path: str
+    #: Datagrams received on the path, by ECN codepoint.
+    received_not_ect: int = 0
+    received_ect0: int = 0
+    received_ect1: int = 0
+    received_ce: int = 0
+    #: Datagrams whose TOS/traffic class could not be read (missing or malformed ancillary
+    #: data, out-of-range values): counted, never trusted.
+    received_unknown: int = 0
+    #: Our packets sent on the path, marked and not.
+    sent_marked: int = 0
+    sent_unmarked: int = 0
+    #: The rise of the peer's CE count attributed to this path.
+    peer_ce: int = 0
+    validation: Validation = Validation.TESTING
+    #: Why validation failed, in words (empty otherwise).
+    failure: str = ""
+    #: CE arrived (or was reported by the peer) while this side marked ECT(1): an L4S-aware
+    #: bottleneck (or a classic one marking ECT(1) traffic) sits on the path.
+    l4s_bottleneck_seen: bool = False
+
+    @property
+    def received_marked(self) -> int:
+        """Datagrams received with any ECN codepoint other than not-ECT."""
+        return self.received_ect0 + self.received_ect1 + self.received_ce
+
+    @property
+    def ce_ratio(self) -> float:
+        """Received CE over received datagrams with a readable codepoint (0 when none)."""
+        known = self.received_marked + self.received_not_ect
+        return self.received_ce / known if known else 0.0
+
+
+@dataclass(slots=True)
+class _Path:
+    name: str
+    validation: Validation
+    received: list[int]
+    received_unknown: int = 0
+    sent_marked: int = 0
+    sent_unmarked: int = 0
+    peer_ce: int = 0
+    failure: str = ""
+    ce_while_l4s: bool = False
+
+    def snapshot(self) -> PathEcnStats:
+        return PathEcnStats(
+            path=self.name,
+            received_not_ect=self.received[Codepoint.NOT_ECT],
+            received_ect0=self.received[Codepoint.ECT0],
+            received_ect1=self.received[Codepoint.ECT1],
+            received_ce=self.received[Codepoint.CE],
+            received_unknown=self.received_unknown,
+            sent_marked=self.sent_marked,
+            sent_unmarked=self.sent_unmarked,
+            peer_ce=self.peer_ce,
+            validation=self.validation,
+            failure=self.failure,
+            l4s_bottleneck_seen=self.ce_while_l4s,
+        )
+
+
+@dataclass(slots=True)
+class _Space:
+    """Our side of one packet number space: packets sent (marked or not) and the peer's counts."""
+
+    #: packet number -> (path, codepoint) of every packet sent and not yet acknowledged.
+    in_flight: dict[int, tuple[str, Codepoint]]
+    #: Packets ever sent with each ECT codepoint, and in all.
+    sent_ect0: int = 0
+    sent_ect1: int = 0
+    sent_total: int = 0
+    peer: EcnCounts = EcnCounts()
+    #: What we received in this space, by codepoint: the counts our ACK_ECN frames report.
+    received_ect0: int = 0
+    received_ect1: int = 0
+    received_ce: int = 0
+    largest_acked: int = -1
+
+
+FeedbackListener = Callable[[EcnFeedback], None]
+
+#: Packets whose path and codepoint are remembered per space at most; the oldest are forgotten
+#: first (aioquic declares them lost long before).
+MAX_REMEMBERED = 4096
+
+
+class EcnTracker:
+    """ECN state of one QUIC connection: per packet number space, and per path.
+
+    Spaces are small integers chosen by the caller (aioquic's epochs). Paths are names chosen
+    by the I/O shell (the peer's address on a server, the local socket on a client), so that a
+    migration starts a new validation while the old path keeps its outcome.
+    """
+
+    def __init__(self, mode: EcnMode = EcnMode.L4S) -> None:
+        self.mode = mode
+        self._paths: dict[str, _Path] = {}
+        self._spaces: dict[int, _Space] = {}
+        #: Called with every ``EcnFeedback`` (application space ACKs only).
+        self.listener: FeedbackListener | None = None
+        #: The most recent feedback, for callers that poll.
+        self.last_feedback: EcnFeedback | None = None
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> _Path:
+        path = self._paths.get(name)
+        if path is None:
+            if len(self._paths) >= MAX_PATHS:
+                # A peer hopping addresses cannot grow this without bound: forget the oldest.
+                del self._paths[next(iter(self._paths))]
+            initial = Validation.DISABLED if self.mode is EcnMode.OFF else Validation.TESTING
+            path = self._paths[name] = _Path(name, initial, [0, 0, 0, 0])
+        return path
+
+    def send_codepoint(self, path: str) -> Codepoint:
+        """The codepoint to mark datagrams sent on ``path`` with, now."""
+        if self.mode is EcnMode.OFF:
+            return Codepoint.NOT_ECT
+        known = self._paths.get(path)
+        if known is not None and known.validation.failed:
+            return Codepoint.NOT_ECT
+        return self.mode.codepoint
+
+    def validation(self, path: str) -> Validation:
+        """Where validation of ``path`` stands (``TESTING`` for a path never used)."""
+        known = self._paths.get(path)
+        if known is not None:
+            return known.validation
+        return Validation.DISABLED if self.mode is EcnMode.OFF else Validation.TESTING
+
+    def path_stats(self) -> tuple[PathEcnStats, ...]:
+        """Counters of every path seen, oldest first."""
+        return tuple(path.snapshot() for path in self._paths.values())
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def on_datagram_received(self, path: str, tos: int | None) -> Codepoint | None:
+        """Count a datagram received on ``path`` with IP TOS / traffic class ``tos``.
+
+        ``None`` or a value outside one octet (no or malformed ancillary data) is counted as
+        unknown and returns ``None``; otherwise the ECN codepoint is returned.
+        """
+        record = self._path(path)
+        if tos is None or not isinstance(tos, int) or not 0 <= tos <= 0xFF:
+            record.received_unknown += 1
+            return None
+        codepoint = Codepoint(tos & ECN_MASK)
+        record.received[codepoint] += 1
+        if codepoint is Codepoint.CE and self.send_codepoint(path) is Codepoint.ECT1:
+            record.ce_while_l4s = True
+        return codepoint
+
+    def on_packet_received(self, space: int, codepoint: Codepoint | None) -> None:
+        """Count a packet (not a datagram: coalesced packets count each) processed for the
+        first time in ``space`` that arrived with ``codepoint`` (``None``: unknown)."""
+        record = self._space(space)
+        if codepoint is Codepoint.ECT0:
+            record.received_ect0 += 1
+        elif codepoint is Codepoint.ECT1:
+            record.received_ect1 += 1
+        elif codepoint is Codepoint.CE:
+            record.received_ce += 1
+
+    def counts_to_report(self, space: int) -> EcnCounts | None:
+        """The ACK_ECN counts for ``space``, or ``None`` while nothing marked arrived (a plain
+        ACK then says the same in fewer octets)."""
+        record = self._spaces.get(space)
+        if record is None or not (
+            record.received_ect0 or record.received_ect1 or record.received_ce
+        ):
+            return None
+        return EcnCounts(
+            ect0=record.received_ect0, ect1=record.received_ect1, ce=record.received_ce
+        )
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _space(self, space: int) -> _Space:
+        found = self._spaces.get(space)
+        if found is None:
+            found = self._spaces[space] = _Space({})
+        return found
+
+    def on_packet_sent(self, space: int, packet_number: int, path: str, codepoint: int) -> None:
+        """Record a packet sent in ``space`` on ``path`` marked with ``codepoint``."""
+        record = self._space(space)
+        mark = Codepoint(codepoint & ECN_MASK)
+        record.sent_total += 1
+        if mark is Codepoint.ECT0:
+            record.sent_ect0 += 1
+        elif mark is Codepoint.ECT1:
+            record.sent_ect1 += 1
+        path_record = self._path(path)
+        if mark is Codepoint.NOT_ECT:
+            path_record.sent_unmarked += 1
+        else:
+            path_record.sent_marked += 1
+        flight = record.in_flight
+        flight[packet_number] = (path, mark)
+        if len(flight) > MAX_REMEMBERED:
+            del flight[next(iter(flight))]
+
+    def forget_before(self, space: int, packet_number: int) -> None:
+        """Forget packets of ``space`` numbered below ``packet_number`` (acknowledged or
+        declared lost: an ACK that comes later does not count them)."""
+        flight = self._space(space).in_flight
+        while flight:
+            oldest = next(iter(flight))
+            if oldest >= packet_number:
+                return
+            del flight[oldest]
+
+    # -- acknowledgements -------------------------------------------------------------------
+
+    def on_ack_received(
+        self,
+        space: int,
+        acked: list[int],
+        largest_acked: int,
+        counts: EcnCounts | None,
+        *,
+        application: bool,
+    ) -> EcnFeedback | None:
+        """Validate an ACK frame of ``space`` (RFC 9000 §13.4.2.1).
+
+        ``acked``: packet numbers the ACK newly acknowledges; ``largest_acked``: its Largest
+        Acknowledged; ``counts``: the ACK_ECN counts, ``None`` for a plain ACK. Returns the
+        feedback (also given to ``listener``) when ``application`` is true and the ACK
+        acknowledged something; never raises on the peer's numbers.
+        """
+        record = self._space(space)
+        newly: dict[str, list[Codepoint]] = {}
+        for number in acked:
+            sent = record.in_flight.pop(number, None)
+            if sent is not None:
+                newly.setdefault(sent[0], []).append(sent[1])
+        if largest_acked <= record.largest_acked:
+            # RFC 9000 §13.4.2.1: an ACK that does not raise the largest acknowledged may be a
+            # reordered older one; its counts can be lower and prove nothing.
+            return None
+        record.largest_acked = largest_acked
+        if not newly:
+            return None
+        # The path most packets were sent on (a migration can split one ACK across paths).
+        path_name = max(newly, key=lambda name: len(newly[name]))
+        marks = [mark for marks in newly.values() for mark in marks]
+        acked_ect0 = sum(1 for mark in marks if mark is Codepoint.ECT0)
+        acked_ect1 = sum(1 for mark in marks if mark is Codepoint.ECT1)
+        newly_ce = self._validate(record, path_name, acked_ect0, acked_ect1, counts)
+        path = self._path(path_name)
+        path.peer_ce += newly_ce
+        if newly_ce and self.mode is EcnMode.L4S and not path.validation.failed:
+            path.ce_while_l4s = True
+        if not application:
+            return None
+        feedback = EcnFeedback(
+            path=path_name,
+            newly_acked_ect0=acked_ect0,
+            newly_acked_ect1=acked_ect1,
+            newly_ce=newly_ce,
+            acked_packets=len(marks),
+            validation=path.validation,
+        )
+        self.last_feedback = feedback
+        if self.listener is not None:
+            self.listener(feedback)
+        return feedback
+
+    def _validate(
+        self,
+        record: _Space,
+        path_name: str,
+        acked_ect0: int,
+        acked_ect1: int,
+        counts: EcnCounts | None,
+    ) -> int:
+        """Check the counts against what was sent; return the rise of CE (0 when unusable)."""
+        path = self._path(path_name)
+        previous = record.peer
+        if counts is None:
+            if acked_ect0 + acked_ect1 and path.validation is Validation.TESTING:
+                self._fail(
+                    path, Validation.BLEACHED, "marked packets acknowledged without ECN counts"
+                )
+            return 0
+        problem = _impossible(previous, counts, record)
+        if problem:
+            # Counts are not kept: the next ACK is compared with the last sane ones.
+            self._fail(path, Validation.MANGLED, problem)
+            return 0
+        record.peer = counts
+        rise_ect0 = counts.ect0 - previous.ect0
+        rise_ect1 = counts.ect1 - previous.ect1
+        rise_ce = counts.ce - previous.ce
+        if path.validation.failed or path.validation is Validation.DISABLED:
+            return rise_ce
+        if acked_ect0 + acked_ect1 == 0:
+            return rise_ce
+        if rise_ect0 + rise_ect1 + rise_ce == 0:
+            self._fail(path, Validation.BLEACHED, "ECN counts did not rise for marked packets")
+        elif rise_ect0 + rise_ect1 + rise_ce < acked_ect0 + acked_ect1:
+            self._fail(path, Validation.MANGLED, "fewer ECN marks counted than marked packets")
+        elif rise_ect0 + rise_ce < acked_ect0 or rise_ect1 + rise_ce < acked_ect1:
+            self._fail(path, Validation.MANGLED, "the ECT codepoint was changed on the path")
+        elif path.validation is Validation.TESTING:
+            path.validation = Validation.CAPABLE
+        return rise_ce
+
+    @staticmethod
+    def _fail(path: _Path, outcome: Validation, reason: str) -> None:
+        if path.validation.failed:
+            return
+        path.validation = outcome
+        path.failure = reason
+
+
+def _impossible(previous: EcnCounts, counts: EcnCounts, record: _Space) -> str:
+    """Why ``counts`` cannot be true after ``previous`` (empty when they can)."""
+    if counts.ect0 < previous.ect0 or counts.ect1 < previous.ect1 or counts.ce < previous.ce:
+        return "the peer's ECN counts went backwards"
+    if counts.total > record.sent_ect0 + record.sent_ect1:
+        return "the peer counted more ECN marks than marked packets were sent"
+    if counts.ect0 > record.sent_ect0 or counts.ect1 > record.sent_ect1:
+        return "the peer counted more packets of an ECT codepoint than were sent with it"
+    return ""
