@@ -155,6 +155,48 @@ class PathEcnStats:
         return self.received_ce / known if known else 0.0
 
 
+def path_report(stats: PathEcnStats) -> dict[str, object]:
+    """One path's counters as a JSON-ready mapping (the ``call --json`` report's entries)."""
+    return {
+        "path": stats.path,
+        "validation": stats.validation.value,
+        "failure": stats.failure,
+        "received": {
+            "not_ect": stats.received_not_ect,
+            "ect0": stats.received_ect0,
+            "ect1": stats.received_ect1,
+            "ce": stats.received_ce,
+            "unknown": stats.received_unknown,
+        },
+        "ce_ratio": round(stats.ce_ratio, 6),
+        "sent_marked": stats.sent_marked,
+        "sent_unmarked": stats.sent_unmarked,
+        "peer_ce": stats.peer_ce,
+        "l4s_bottleneck_seen": stats.l4s_bottleneck_seen,
+    }
+
+
+def session_report(mode: str, paths: tuple[PathEcnStats, ...]) -> dict[str, object]:
+    """A session's ECN in one JSON-ready mapping: the mode, the current (last) path's
+    validation, totals over every path, and each path's counters."""
+    received = {"not_ect": 0, "ect0": 0, "ect1": 0, "ce": 0, "unknown": 0}
+    for path in paths:
+        received["not_ect"] += path.received_not_ect
+        received["ect0"] += path.received_ect0
+        received["ect1"] += path.received_ect1
+        received["ce"] += path.received_ce
+        received["unknown"] += path.received_unknown
+    known = received["not_ect"] + received["ect0"] + received["ect1"] + received["ce"]
+    return {
+        "mode": mode,
+        "validation": paths[-1].validation.value if paths else None,
+        "received": received,
+        "ce_ratio": round(received["ce"] / known, 6) if known else 0.0,
+        "l4s_bottleneck_seen": any(path.l4s_bottleneck_seen for path in paths),
+        "paths": [path_report(path) for path in paths],
+    }
+
+
 @dataclass(slots=True)
 class _Path:
     name: str

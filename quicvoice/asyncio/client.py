@@ -1027,6 +1027,8 @@ class VoiceClient:
             packets_sent=self._packets_sent + sum(other.packets_sent for other in open_links),
             packets_received=self._packets_received
             + sum(other.packets_received for other in open_links),
+            ecn=link.quic.ecn.path_stats(),
+            ecn_mode=link.quic.ecn.mode.value,
         )
 
 

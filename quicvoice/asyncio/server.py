@@ -594,6 +594,8 @@ class _ServerConnection:
             migrations=tuple(self._migrations),
             packets_sent=self._packets_sent,
             packets_received=self._packets_received,
+            ecn=self.quic.ecn.path_stats(),
+            ecn_mode=self.quic.ecn.mode.value,
         )
 
     def transmit_soon(self) -> None:
@@ -606,14 +608,18 @@ class _ServerConnection:
         send = self.server.send
         forwarder = self.server.config.forwarder if self.via_forwarder else None
         quic = self.quic
+        server = self.server
         for data, address in quic.datagrams_to_send(now=loop.time()):
             self._packets_sent += 1
-            # The forwarder copies the encapsulated datagram's ECN bits onto what it relays.
+            # A path whose ECN validation failed gets not-ECT on this datagram only; the
+            # forwarder copies the encapsulated datagram's ECN bits onto what it relays.
             codepoint = quic.ecn_codepoint(address)
             if forwarder is not None:
-                send(wrap((address[0], address[1]), data), forwarder, codepoint)
+                data, address = wrap((address[0], address[1]), data), forwarder
+            if codepoint == server.ecn_codepoint:
+                send(data, (address[0], address[1]))
             else:
-                send(data, (address[0], address[1]), codepoint)
+                server.send_marked(data, (address[0], address[1]), codepoint)
         self._timer.update()
 
     def _on_timer(self, now: float) -> None:
@@ -822,15 +828,22 @@ class VoiceServer:
         found = {id(c): c.session for c in self._connections.values() if c.session is not None}
         return [s for s in found.values() if s is not None]
 
-    def send(self, data: bytes, address: Address, codepoint: int | None = None) -> None:
-        """Send one datagram from the server's socket (with ECN ``codepoint`` when given,
-        else the socket's marking)."""
+    def send(self, data: bytes, address: Address) -> None:
+        """Send one datagram from the server's socket (marked as ``ecn_codepoint`` says)."""
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            if codepoint is None or codepoint == transport.ecn:
-                transport.sendto(data, address)
-            else:
-                transport.send_marked(data, address, codepoint)
+            transport.sendto(data, address)
+
+    def send_marked(self, data: bytes, address: Address, codepoint: int) -> None:
+        """Send one datagram with ECN ``codepoint`` instead of the socket's marking."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.send_marked(data, address, codepoint)
+
+    @property
+    def ecn_codepoint(self) -> int:
+        """The ECN codepoint the server's socket marks every datagram with (``config.ecn``)."""
+        return int(self.config.ecn.codepoint)
 
     def register(self, cid: bytes, connection: _ServerConnection) -> None:
         """Route datagrams for ``cid`` to ``connection``."""
