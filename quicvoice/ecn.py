@@ -409,8 +409,7 @@ class EcnTracker:
         record.largest_acked = largest_acked
         if not newly:
             return None
-        # The path most packets were sent on (a migration can split one ACK across paths).
-        path_name = max(newly, key=lambda name: len(newly[name]))
+        path_name = self._accountable_path(newly)
         marks = [mark for marks in newly.values() for mark in marks]
         acked_ect0 = sum(1 for mark in marks if mark is Codepoint.ECT0)
         acked_ect1 = sum(1 for mark in marks if mark is Codepoint.ECT1)
@@ -467,12 +466,21 @@ class EcnTracker:
         if rise_ect0 + rise_ect1 + rise_ce == 0:
             self._fail(path, Validation.BLEACHED, "ECN counts did not rise for marked packets")
         elif rise_ect0 + rise_ect1 + rise_ce < acked_ect0 + acked_ect1:
-            self._fail(path, Validation.MANGLED, "fewer ECN marks counted than marked packets")
+            self._fail(path, Validation.BLEACHED, "fewer ECN marks counted than marked packets")
         elif rise_ect0 + rise_ce < acked_ect0 or rise_ect1 + rise_ce < acked_ect1:
             self._fail(path, Validation.MANGLED, "the ECT codepoint was changed on the path")
         elif path.validation is Validation.TESTING:
             path.validation = Validation.CAPABLE
         return rise_ce
+
+    def _accountable_path(self, newly: dict[str, list[Codepoint]]) -> str:
+        """The path one ACK's counts are judged against. Counts are per packet number space,
+        not per path, so an ACK that spans a migration cannot say which path lost the marks:
+        a path still being validated answers for it (a new path is the suspect, one already
+        capable is not), else the path most of the acknowledged packets were sent on."""
+        testing = [name for name in newly if self.validation(name) is Validation.TESTING]
+        candidates = testing or list(newly)
+        return max(candidates, key=lambda name: len(newly[name]))
 
     @staticmethod
     def _fail(path: _Path, outcome: Validation, reason: str) -> None:

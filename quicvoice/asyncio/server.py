@@ -672,7 +672,9 @@ class VoiceServer:
         self.tickets = TicketCache(self.store)
         #: Tells the sessions' checkpointers when the store recovers or lost its records.
         self.store_monitor = StoreMonitor(self.store)
-        self._pending_initials: dict[tuple[bytes, bytes], list[tuple[bytes, Address, bool]]] = {}
+        self._pending_initials: dict[
+            tuple[bytes, bytes], list[tuple[bytes, Address, bool, int | None]]
+        ] = {}
         #: Connections by their client's first Initial (DCID, SCID): resume attempts all send
         #: their first flight to the session's home CID, each from its own SCID.
         self._origins: dict[tuple[bytes, bytes], _ServerConnection] = {}
@@ -903,12 +905,18 @@ class VoiceServer:
             connection.receive(data, address, via_forwarder, loop.time(), tos)
             return
         if header.version is not None:
-            self._on_unknown_long_header(data, header, address, via_forwarder, loop.time())
+            self._on_unknown_long_header(data, header, address, via_forwarder, loop.time(), tos)
         else:
             self._maybe_reset(data, header.destination_cid, address, via_forwarder, loop.time())
 
     def _on_unknown_long_header(
-        self, data: bytes, header: QuicHeader, address: Address, via_forwarder: bool, now: float
+        self,
+        data: bytes,
+        header: QuicHeader,
+        address: Address,
+        via_forwarder: bool,
+        now: float,
+        tos: int | None = None,
     ) -> None:
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
             return
@@ -931,7 +939,7 @@ class VoiceServer:
         pending = self._pending_initials.get(origin)
         if pending is not None:
             if len(pending) < MAX_PENDING_DATAGRAMS:
-                pending.append((data, address, via_forwarder))
+                pending.append((data, address, via_forwarder, tos))
             return
         label = peek_psk_identity(data, self.cid_generator.cid_length)
         if label is not None and not self.tickets.has(label):
@@ -940,10 +948,10 @@ class VoiceServer:
                 return
             # The client resumes with a ticket another backend issued: fetch it from the store
             # first (aioquic asks for it synchronously, inside the handshake).
-            self._pending_initials[origin] = [(data, address, via_forwarder)]
+            self._pending_initials[origin] = [(data, address, via_forwarder, tos)]
             asyncio.get_running_loop().create_task(self._prefetch(origin, label))
             return
-        self._accept_connection(origin, data, address, via_forwarder, now)
+        self._accept_connection(origin, data, address, via_forwarder, now, tos)
 
     async def _prefetch(self, origin: tuple[bytes, bytes], label: bytes) -> None:
         try:
@@ -951,12 +959,12 @@ class VoiceServer:
         finally:
             datagrams = self._pending_initials.pop(origin, [])
         now = asyncio.get_running_loop().time()
-        for index, (data, address, via_forwarder) in enumerate(datagrams):
+        for index, (data, address, via_forwarder, tos) in enumerate(datagrams):
             connection = self._origins.get(origin)
             if index == 0 or connection is None:
-                self._accept_connection(origin, data, address, via_forwarder, now)
+                self._accept_connection(origin, data, address, via_forwarder, now, tos)
             else:
-                connection.receive(data, address, via_forwarder, now)
+                connection.receive(data, address, via_forwarder, now, tos)
 
     def _accept_connection(
         self,
@@ -965,6 +973,7 @@ class VoiceServer:
         address: Address,
         via_forwarder: bool,
         now: float,
+        tos: int | None = None,
     ) -> None:
         dcid = origin[0]
         quic = QuicLbConnection(
@@ -980,7 +989,7 @@ class VoiceServer:
             self.register(cid, connection)
         self._origins[origin] = connection
         self.counters["new_connections"] += 1
-        connection.receive(data, address, via_forwarder, now)
+        connection.receive(data, address, via_forwarder, now, tos)
 
     def _maybe_reset(
         self, data: bytes, dcid: bytes, address: Address, via_forwarder: bool, now: float
