@@ -32,7 +32,7 @@ from typing import Any
 
 from quicvoice.errors import ConfigurationError
 
-from . import mmsg, native_path, python_path
+from . import ecn, mmsg, native_path, python_path
 from .config import ForwarderConfig, load_config
 from .health import HealthTable
 from .log import JsonLogger
@@ -123,6 +123,9 @@ class Pump:
         #: The client-facing socket and the backend-facing one (shared with the other pump).
         self.vip = vip
         self.backend = backend
+        # Each datagram's ECN bits are read and relayed with it (lb/ecn.py, specs/ecn.md).
+        ecn.enable_tos_reporting(vip)
+        ecn.enable_tos_reporting(backend)
         self._snapshot = snapshot
         self._parent_pid = parent_pid
         self._next_snapshot = 0.0

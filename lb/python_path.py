@@ -37,7 +37,7 @@ from quicvoice.encapsulation import (
 )
 from quicvoice.settings import Address
 
-from . import mmsg
+from . import ecn, mmsg
 from .health import PROBE_CLIENT, PROBE_REPLY_HEADER
 from .packet import LONG_HEADER_BIT, MAX_CID_LEN_V1, MIN_SHORT_HEADER_LEN
 from .router import (
@@ -119,8 +119,11 @@ def uplink_loop(pump: Pump) -> None:
     backend, from an IPv4 client) is decided inline, exactly as ``route_from_client``
     would; anything else goes through the Router. tests/lb/test_lb_fast_path.py checks
     that both give the same sends and counts."""
-    recvfrom = pump.vip.recvfrom
+    recvmsg = pump.vip.recvmsg
     to_backend = pump.backend.sendto
+    marked_to_backend = pump.backend.sendmsg
+    marks = ecn.IPV6_CONTROL if pump.backend.family == socket.AF_INET6 else ecn.IPV4_CONTROL
+    ecn_of = ecn.ecn_of
     to_client = pump.vip.sendto
     monotonic = time.monotonic
     fast = pump.vip.family == socket.AF_INET  # IPv6 clients go through the Router
@@ -132,7 +135,7 @@ def uplink_loop(pump: Pump) -> None:
     live = pump.router.fast_uplink
     while True:
         try:
-            datagram, client = recvfrom(RECV_BUFFER_LEN)
+            datagram, ancdata, _, client = recvmsg(RECV_BUFFER_LEN, ecn.ANCILLARY_SIZE)
         except BlockingIOError:
             pump.idle()
             route = pump.router.route_from_client
@@ -170,11 +173,20 @@ def uplink_loop(pump: Pump) -> None:
                     wrapped = header(MAGIC_VERSION, FAMILY_IPV4, client[1], inet_aton(client[0]))
                     target.packets += 1
                     target.octets += length
-                    to_backend(wrapped + datagram, target.address)
+                    # The client's ECN bits travel on the encapsulated datagram (specs/ecn.md).
+                    mark = ecn_of(ancdata) if ancdata else 0
+                    if mark:
+                        marked_to_backend([wrapped, datagram], marks[mark], 0, target.address)
+                    else:
+                        to_backend(wrapped + datagram, target.address)
                     continue
             decision = route(datagram, client)
             if type(decision) is Forward:
-                to_backend(decision[1], decision[0])
+                mark = ecn_of(ancdata) if ancdata else 0
+                if mark:
+                    marked_to_backend([decision[1]], marks[mark], 0, decision[0])
+                else:
+                    to_backend(decision[1], decision[0])
             elif type(decision) is Reply:
                 to_client(decision[1], decision[0])
         except OSError as error:
@@ -186,8 +198,11 @@ def uplink_loop(pump: Pump) -> None:
 def downlink_loop(pump: Pump) -> None:
     """recvfrom, route, sendto; an IPv4 header from a configured backend is unwrapped
     inline, exactly as ``route_from_backend`` would (probe answers excepted)."""
-    recvfrom = pump.backend.recvfrom
+    recvmsg = pump.backend.recvmsg
     to_client = pump.vip.sendto
+    marked_to_client = pump.vip.sendmsg
+    marks = ecn.IPV6_CONTROL if pump.vip.family == socket.AF_INET6 else ecn.IPV4_CONTROL
+    ecn_of = ecn.ecn_of
     monotonic = time.monotonic
     fast = pump.backend.family == socket.AF_INET
     octet = DECIMAL
@@ -196,7 +211,7 @@ def downlink_loop(pump: Pump) -> None:
     sources = pump.router.fast_downlink
     while True:
         try:
-            datagram, source = recvfrom(RECV_BUFFER_LEN)
+            datagram, ancdata, _, source = recvmsg(RECV_BUFFER_LEN, ecn.ANCILLARY_SIZE)
         except BlockingIOError:
             pump.idle()
             route = pump.router.route_from_backend
@@ -233,14 +248,25 @@ def downlink_loop(pump: Pump) -> None:
                     )
                     origin.packets += 1
                     origin.octets += len(datagram)
-                    to_client(datagram[IPV4_HEADER_LEN:], (client, port))
+                    # The backend marked this one client's datagram: its bits go on with it.
+                    mark = ecn_of(ancdata) if ancdata else 0
+                    if mark:
+                        marked_to_client(
+                            [datagram[IPV4_HEADER_LEN:]], marks[mark], 0, (client, port)
+                        )
+                    else:
+                        to_client(datagram[IPV4_HEADER_LEN:], (client, port))
                     continue
             if datagram[:PROBE_HEADER_LEN] == PROBE_REPLY_HEADER:
                 pump.probe_answered(source)
                 continue
             decision = route(datagram, source)
             if type(decision) is Send:
-                to_client(decision[1], decision[0])
+                mark = ecn_of(ancdata) if ancdata else 0
+                if mark:
+                    marked_to_client([decision[1]], marks[mark], 0, decision[0])
+                else:
+                    to_client(decision[1], decision[0])
         except OSError as error:
             pump.send_failed(pump.counters.downlink_drops, error)
         except Exception as error:  # a bug must cost one datagram, never the forwarder
