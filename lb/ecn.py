@@ -57,7 +57,7 @@ def ecn_of(ancdata: list[tuple[int, int, bytes]]) -> int:
             if len(data) == 1:
                 return data[0] & ECN_MASK
             if len(data) == _INT.size:
-                return _INT.unpack(data)[0] & ECN_MASK
+                return int(_INT.unpack(data)[0]) & ECN_MASK
             return 0
     return 0
 
