@@ -9,8 +9,10 @@ import socket
 
 import pytest
 
+from quicvoice.agent import demo_agent
 from quicvoice.asyncio.call import CallOptions, run_call
 from quicvoice.asyncio.client import VoiceClient, connect
+from quicvoice.asyncio.config import BackendConfig
 from quicvoice.asyncio.server import VoiceServer
 from quicvoice.asyncio.udp import (
     ANCILLARY_SIZE,
@@ -23,7 +25,8 @@ from quicvoice.asyncio.udp import (
 from quicvoice.ecn import Validation
 
 from .ecn_relay import EcnRelay
-from .voice_harness import FRAME, running_server
+from .metrics_scrape import Samples, scrape_until, value
+from .voice_harness import FRAME, LB_CONFIG, SERVER_ID, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +221,44 @@ async def test_a_migration_onto_a_bleaching_path_revalidates_and_stops_marking_t
                 assert backend[-1].validation in (Validation.BLEACHED, Validation.TESTING)
         finally:
             relay.close()
+
+
+@pytest.mark.asyncio
+async def test_the_backend_metrics_count_codepoints_and_validation_outcomes() -> None:
+    backend = "quicvoice_backend_"
+    config = BackendConfig(
+        listen=("127.0.0.1", 0),
+        server_id=SERVER_ID,
+        configs=(LB_CONFIG,),
+        metrics=("127.0.0.1", 0),
+    )
+    server = VoiceServer(config, demo_agent)
+    await server.start()
+    try:
+        host, port = server.address
+        async with connect(host, port, verify=False) as client:
+            await stream_until(
+                client, lambda: client.stats().ecn[-1].validation is Validation.CAPABLE
+            )
+        async with connect(host, port, verify=False, ecn="off") as client:
+            for _ in range(5):
+                client.send_audio(FRAME)
+                await asyncio.sleep(0.02)
+        address = server.telemetry.metrics_address
+        assert address is not None
+
+        def both_closed(samples: Samples) -> bool:
+            closed = sum(v for (n, _), v in samples.items() if n == f"{backend}sessions_ecn_total")
+            return closed >= 2
+
+        samples = await scrape_until(address, both_closed)  # type: ignore[arg-type]
+    finally:
+        await server.aclose()
+    total = f"{backend}ecn_datagrams_received_total"
+    assert value(samples, total, codepoint="ect1") > 0
+    assert value(samples, total, codepoint="not_ect") > 0
+    assert value(samples, total, codepoint="ce") == 0
+    ecn = f"{backend}sessions_ecn_total"
+    # The backend marks ECT(1) and validates its own path: capable in both calls (the "off"
+    # client still reports what it received).
+    assert value(samples, ecn, validation="capable", l4s_bottleneck="false") == 2
