@@ -12,6 +12,8 @@ from aioquic.quic.packet import pull_quic_header
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quicvoice import cli
+from quicvoice.asyncio.config import BackendConfig
 from quicvoice.asyncio.udp import received_tos
 from quicvoice.certificates import generate_certificate
 from quicvoice.ecn import (
@@ -23,6 +25,7 @@ from quicvoice.ecn import (
     Validation,
     session_report,
 )
+from quicvoice.errors import ConfigurationError
 from quicvoice.quic import VoiceQuicConnection
 
 APP = 3  # the application space (aioquic's ONE_RTT epoch)
@@ -301,3 +304,34 @@ def test_a_peer_reporting_impossible_counts_gets_ecn_off_not_a_closed_connection
     # (bleached instead when an earlier report repeated the true counts without a rise).
     assert pair.client.ecn.validation(path).failed
     assert pair.client.ecn_codepoint(Pair.SERVER) is Codepoint.NOT_ECT
+
+
+# -- configuration from outside: the backend's TOML key and the command line ------------------
+
+
+@given(
+    value=st.one_of(
+        st.text(max_size=12),
+        st.integers(),
+        st.booleans(),
+        st.none(),
+        st.lists(st.text(max_size=3), max_size=2),
+    )
+)
+def test_any_ecn_value_in_a_backend_file_is_a_mode_or_a_configuration_error_naming_it(
+    value: object,
+) -> None:
+    try:
+        config = BackendConfig.from_mapping({"ecn": value})
+    except ConfigurationError as error:
+        assert str(error).startswith("ecn")
+    else:
+        assert isinstance(value, str)
+        assert config.ecn.value == value.strip().lower()
+
+
+def test_the_command_line_refuses_an_unknown_ecn_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["call", "127.0.0.1:4433", "--ecn", "ect1"])
+    assert exit_info.value.code == 2
+    assert "--ecn" in capsys.readouterr().err
