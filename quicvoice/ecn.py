@@ -32,6 +32,10 @@ class Codepoint(enum.IntEnum):
     CE = 0b11
 
 
+#: The codepoints by value (an index is cheaper than the enum's call, per packet).
+_CODEPOINTS = tuple(sorted(Codepoint))
+
+
 class EcnMode(enum.Enum):
     """What this endpoint marks: ``l4s`` ECT(1) (the default), ``classic`` ECT(0), ``off``."""
 
@@ -208,6 +212,8 @@ class _Path:
     peer_ce: int = 0
     failure: str = ""
     ce_while_l4s: bool = False
+    #: Marking is off on this path (validation failed): kept as a flag, read per packet.
+    stopped: bool = False
 
     def snapshot(self) -> PathEcnStats:
         return PathEcnStats(
@@ -261,6 +267,7 @@ class EcnTracker:
 
     def __init__(self, mode: EcnMode = EcnMode.L4S) -> None:
         self.mode = mode
+        self._mark = mode.codepoint
         self._paths: dict[str, _Path] = {}
         self._spaces: dict[int, _Space] = {}
         #: Called with every ``EcnFeedback`` (application space ACKs only).
@@ -282,12 +289,10 @@ class EcnTracker:
 
     def send_codepoint(self, path: str) -> Codepoint:
         """The codepoint to mark datagrams sent on ``path`` with, now."""
-        if self.mode is EcnMode.OFF:
-            return Codepoint.NOT_ECT
         known = self._paths.get(path)
-        if known is not None and known.validation.failed:
+        if known is not None and known.stopped:
             return Codepoint.NOT_ECT
-        return self.mode.codepoint
+        return self._mark
 
     def validation(self, path: str) -> Validation:
         """Where validation of ``path`` stands (``TESTING`` for a path never used)."""
@@ -312,7 +317,7 @@ class EcnTracker:
         if tos is None or not isinstance(tos, int) or not 0 <= tos <= 0xFF:
             record.received_unknown += 1
             return None
-        codepoint = Codepoint(tos & ECN_MASK)
+        codepoint = _CODEPOINTS[tos & ECN_MASK]
         record.received[codepoint] += 1
         if codepoint is Codepoint.CE and self.send_codepoint(path) is Codepoint.ECT1:
             record.ce_while_l4s = True
@@ -352,7 +357,7 @@ class EcnTracker:
     def on_packet_sent(self, space: int, packet_number: int, path: str, codepoint: int) -> None:
         """Record a packet sent in ``space`` on ``path`` marked with ``codepoint``."""
         record = self._space(space)
-        mark = Codepoint(codepoint & ECN_MASK)
+        mark = _CODEPOINTS[codepoint & ECN_MASK]
         record.sent_total += 1
         if mark is Codepoint.ECT0:
             record.sent_ect0 += 1
@@ -488,6 +493,7 @@ class EcnTracker:
             return
         path.validation = outcome
         path.failure = reason
+        path.stopped = True
 
 
 def _impossible(previous: EcnCounts, counts: EcnCounts, record: _Space) -> str:

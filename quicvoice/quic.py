@@ -217,17 +217,20 @@ class VoiceQuicConnection(QuicConnection):
         #: leaves it ``None`` and its paths are named by the peer's address).
         self.ecn_local_path: str | None = None
         self._ecn_received: Codepoint | None = None
-        self._ecn_sending_path = ""
+        self._ecn_names: dict[NetworkAddress, str] = {}
+        self._ecn_sending_addr: NetworkAddress = ("", 0)
+        self._ecn_sending_path: str | None = None
         self._ecn_sending_codepoint = Codepoint.NOT_ECT
         recovery_on_packet_sent = self._loss.on_packet_sent
 
         def on_packet_sent(*, packet: QuicSentPacket, space: QuicPacketSpace) -> None:
             recovery_on_packet_sent(packet=packet, space=space)
+            path = self._ecn_sending_path
+            if path is None:  # the flush's first packet: name its path once
+                path = self._ecn_sending_path = self.ecn_path_name(self._ecn_sending_addr)
+                self._ecn_sending_codepoint = self.ecn.send_codepoint(path)
             self.ecn.on_packet_sent(
-                _ecn_space(packet.epoch),
-                packet.packet_number,
-                self._ecn_sending_path,
-                self._ecn_sending_codepoint,
+                _ecn_space(packet.epoch), packet.packet_number, path, self._ecn_sending_codepoint
             )
 
         self._loss.on_packet_sent = on_packet_sent  # type: ignore[method-assign]
@@ -236,7 +239,13 @@ class VoiceQuicConnection(QuicConnection):
         """The ECN path name of datagrams exchanged with peer ``addr`` now."""
         if self.ecn_local_path is not None:
             return self.ecn_local_path
-        return _address_name(addr)
+        names = self._ecn_names
+        name = names.get(addr)
+        if name is None:
+            if len(names) >= _MAX_PATH_NAMES:
+                names.clear()  # a peer hopping addresses cannot grow the cache
+            name = names[addr] = _address_name(addr)
+        return name
 
     def ecn_codepoint(self, addr: NetworkAddress) -> Codepoint:
         """The ECN codepoint datagrams to ``addr`` must carry now (the I/O shell sets it)."""
@@ -265,9 +274,10 @@ class VoiceQuicConnection(QuicConnection):
         self, builder: QuicPacketBuilder, network_path: Any, peer_cid: bytes, now: float
     ) -> list[tuple[bytes, NetworkAddress]]:
         # Every packet of the flush leaves on this path with the path's codepoint, which
-        # changes only when an ACK is processed, never during a flush.
-        self._ecn_sending_path = self.ecn_path_name(network_path.addr)
-        self._ecn_sending_codepoint = self.ecn.send_codepoint(self._ecn_sending_path)
+        # changes only when an ACK is processed, never during a flush (named lazily: most
+        # flushes send nothing).
+        self._ecn_sending_addr = network_path.addr
+        self._ecn_sending_path = None
         result: list[tuple[bytes, NetworkAddress]] = super()._flush_builder(
             builder, network_path, peer_cid, now
         )
@@ -452,6 +462,8 @@ class VoiceQuicConnection(QuicConnection):
         return any(not stream.sender.buffer_is_empty for stream in self._streams.values())
 
 
+#: Peer addresses whose path names are kept (formatted once, not per datagram).
+_MAX_PATH_NAMES = 32
 #: An ACK_ECN frame's three counts take at most three 8-octet varints.
 _ECN_COUNTS_CAPACITY = 3 * 8
 #: aioquic's ACK capacity (type and four varints) plus the counts.
@@ -460,8 +472,12 @@ _ACK_ECN_FRAME_CAPACITY = 1 + 4 * 8 + _ECN_COUNTS_CAPACITY
 _ECN_APPLICATION_SPACE = int(tls.Epoch.ONE_RTT.value)
 
 
+_ZERO_RTT = tls.Epoch.ZERO_RTT
+
+
 def _ecn_space(epoch: tls.Epoch) -> int:
-    return _ECN_APPLICATION_SPACE if epoch == tls.Epoch.ZERO_RTT else int(epoch.value)
+    # Per packet: identity and the member's raw value, not Enum's (slower) property.
+    return _ECN_APPLICATION_SPACE if epoch is _ZERO_RTT else int(epoch._value_)
 
 
 def _address_name(addr: NetworkAddress) -> str:
