@@ -701,6 +701,9 @@ class VoiceServer:
             self.certificate_sha256 = development.sha256
         self._connections: dict[bytes, _ServerConnection] = {}
         self._transport: UdpEndpoint | None = None
+        #: The ECN codepoint the socket marks every datagram with (``config.ecn``); a path
+        #: whose validation failed gets not-ECT datagram by datagram (specs/ecn.md).
+        self.ecn_codepoint = int(config.ecn.codepoint)
         self._reset_budget = float(RESETS_PER_SECOND)
         self._reset_budget_at = 0.0
         #: Datagrams by what happened to them.
@@ -841,11 +844,6 @@ class VoiceServer:
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.send_marked(data, address, codepoint)
-
-    @property
-    def ecn_codepoint(self) -> int:
-        """The ECN codepoint the server's socket marks every datagram with (``config.ecn``)."""
-        return int(self.config.ecn.codepoint)
 
     def register(self, cid: bytes, connection: _ServerConnection) -> None:
         """Route datagrams for ``cid`` to ``connection``."""
