@@ -62,7 +62,18 @@ def test_a_dual_stack_socket_marks_ipv4_mapped_peers_too() -> None:
 
 
 @pytest.mark.asyncio
-async def test_one_datagram_can_leave_unmarked_while_the_socket_stays_marked() -> None:
+@pytest.mark.parametrize(
+    ("sender_host", "receiver_host", "target_host"),
+    [
+        ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+        ("::1", "::1", "::1"),
+        ("::", "127.0.0.1", "::ffff:127.0.0.1"),
+    ],
+    ids=["ipv4", "ipv6", "dual-stack-to-ipv4"],
+)
+async def test_one_datagram_can_leave_unmarked_while_the_socket_stays_marked(
+    sender_host: str, receiver_host: str, target_host: str
+) -> None:
     received: list[tuple[bytes, int | None]] = []
     arrived = asyncio.Event()
 
@@ -71,12 +82,13 @@ async def test_one_datagram_can_leave_unmarked_while_the_socket_stays_marked() -
         if len(received) == 3:
             arrived.set()
 
-    receiver = UdpEndpoint(bind_udp_socket(("127.0.0.1", 0)), on_datagram, 0)
-    sender = UdpEndpoint(bind_udp_socket(("127.0.0.1", 0), 0b01), lambda *_: None, 0b01)
+    receiver = UdpEndpoint(bind_udp_socket((receiver_host, 0)), on_datagram, 0)
+    sender = UdpEndpoint(bind_udp_socket((sender_host, 0), 0b01), lambda *_: None, 0b01)
+    target = (target_host, receiver.local_address[1])
     try:
-        sender.sendto(b"a", receiver.local_address)
-        sender.send_marked(b"b", receiver.local_address, 0b00)
-        sender.send_marked(b"c", receiver.local_address, 0b11)
+        sender.sendto(b"a", target)
+        sender.send_marked(b"b", target, 0b00)
+        sender.send_marked(b"c", target, 0b11)
         await asyncio.wait_for(arrived.wait(), 2.0)
     finally:
         sender.close()
