@@ -22,7 +22,8 @@ from quicvoice.asyncio.udp import (
     bind_udp_socket,
     received_tos,
 )
-from quicvoice.ecn import Validation
+from quicvoice.ecn import EcnCounts, Validation
+from quicvoice.session.events import TurnEnded
 
 from .ecn_relay import EcnRelay
 from .metrics_scrape import Samples, scrape_until, value
@@ -274,3 +275,36 @@ async def test_the_backend_metrics_count_codepoints_and_validation_outcomes() ->
     # The backend marks ECT(1) and validates its own path: capable in both calls (the "off"
     # client still reports what it received).
     assert value(samples, ecn, validation="capable", l4s_bottleneck="false") == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "lie",
+    [EcnCounts(ect1=2**62 - 1), EcnCounts(ect0=5), EcnCounts()],
+    ids=["more-than-sent", "wrong-codepoint", "backwards"],
+)
+async def test_a_backend_reporting_impossible_counts_gets_ecn_off_and_the_call_goes_on(
+    lie: EcnCounts,
+) -> None:
+    async with running_server() as server:
+        host, port = server.address
+        async with connect(host, port, verify=False) as client:
+            await stream_until(
+                client, lambda: client.stats().ecn[-1].validation is Validation.CAPABLE
+            )
+            for connection in set(server._connections.values()):
+                connection.quic.ecn.counts_to_report = lambda space: lie  # type: ignore[method-assign]
+            await stream_until(client, lambda: client.stats().ecn[-1].validation.failed)
+            assert client.stats().ecn[-1].validation is Validation.MANGLED
+            # The call is still up and carries audio both ways.
+            for _ in range(10):
+                client.send_audio(FRAME)
+                await asyncio.sleep(0.01)
+            client.end_audio()
+
+            async def turn_ended() -> None:
+                while not isinstance(await client.receive(), TurnEnded):
+                    pass
+
+            await asyncio.wait_for(turn_ended(), 5.0)
+            assert await client.bye() > 0
