@@ -62,10 +62,11 @@ def ecn_of(ancdata: list[tuple[int, int, bytes]]) -> int:
     return 0
 
 
-def control_for(sock: socket.socket, ecn: int) -> list[tuple[int, int, bytes]]:
-    """The ancillary data giving one datagram sent from ``sock`` the ECN codepoint ``ecn``.
+def control_for(ipv6_socket: bool, host: str, ecn: int) -> list[tuple[int, int, bytes]]:
+    """The ancillary data giving one datagram to ``host`` the ECN codepoint ``ecn``.
 
-    An IPv6 socket sends IPv4 datagrams to IPv4-mapped peers; the forwarder's IPv6 sockets
-    are IPv6-only for this purpose (a mapped peer would need IP_TOS instead)."""
-    table = IPV6_CONTROL if sock.family == socket.AF_INET6 else IPV4_CONTROL
-    return table[ecn & ECN_MASK]
+    A dual-stack IPv6 socket sends IPv4 datagrams to IPv4-mapped peers (``::ffff:a.b.c.d``):
+    Linux ignores IPV6_TCLASS for those and takes IP_TOS."""
+    if ipv6_socket and not host.startswith("::ffff:"):
+        return IPV6_CONTROL[ecn & ECN_MASK]
+    return IPV4_CONTROL[ecn & ECN_MASK]

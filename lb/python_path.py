@@ -122,7 +122,8 @@ def uplink_loop(pump: Pump) -> None:
     recvmsg = pump.vip.recvmsg
     to_backend = pump.backend.sendto
     marked_to_backend = pump.backend.sendmsg
-    marks = ecn.IPV6_CONTROL if pump.backend.family == socket.AF_INET6 else ecn.IPV4_CONTROL
+    backend_ipv6 = pump.backend.family == socket.AF_INET6
+    control_for = ecn.control_for
     ecn_of = ecn.ecn_of
     to_client = pump.vip.sendto
     monotonic = time.monotonic
@@ -176,7 +177,8 @@ def uplink_loop(pump: Pump) -> None:
                     # The client's ECN bits travel on the encapsulated datagram (specs/ecn.md).
                     mark = ecn_of(ancdata) if ancdata else 0
                     if mark:
-                        marked_to_backend([wrapped, datagram], marks[mark], 0, target.address)
+                        control = control_for(backend_ipv6, target.address[0], mark)
+                        marked_to_backend([wrapped, datagram], control, 0, target.address)
                     else:
                         to_backend(wrapped + datagram, target.address)
                     continue
@@ -184,7 +186,8 @@ def uplink_loop(pump: Pump) -> None:
             if type(decision) is Forward:
                 mark = ecn_of(ancdata) if ancdata else 0
                 if mark:
-                    marked_to_backend([decision[1]], marks[mark], 0, decision[0])
+                    control = control_for(backend_ipv6, decision[0][0], mark)
+                    marked_to_backend([decision[1]], control, 0, decision[0])
                 else:
                     to_backend(decision[1], decision[0])
             elif type(decision) is Reply:
@@ -201,7 +204,8 @@ def downlink_loop(pump: Pump) -> None:
     recvmsg = pump.backend.recvmsg
     to_client = pump.vip.sendto
     marked_to_client = pump.vip.sendmsg
-    marks = ecn.IPV6_CONTROL if pump.vip.family == socket.AF_INET6 else ecn.IPV4_CONTROL
+    vip_ipv6 = pump.vip.family == socket.AF_INET6
+    control_for = ecn.control_for
     ecn_of = ecn.ecn_of
     monotonic = time.monotonic
     fast = pump.backend.family == socket.AF_INET
@@ -251,9 +255,8 @@ def downlink_loop(pump: Pump) -> None:
                     # The backend marked this one client's datagram: its bits go on with it.
                     mark = ecn_of(ancdata) if ancdata else 0
                     if mark:
-                        marked_to_client(
-                            [datagram[IPV4_HEADER_LEN:]], marks[mark], 0, (client, port)
-                        )
+                        control = control_for(vip_ipv6, client, mark)
+                        marked_to_client([datagram[IPV4_HEADER_LEN:]], control, 0, (client, port))
                     else:
                         to_client(datagram[IPV4_HEADER_LEN:], (client, port))
                     continue
@@ -264,7 +267,8 @@ def downlink_loop(pump: Pump) -> None:
             if type(decision) is Send:
                 mark = ecn_of(ancdata) if ancdata else 0
                 if mark:
-                    marked_to_client([decision[1]], marks[mark], 0, decision[0])
+                    control = control_for(vip_ipv6, decision[0][0], mark)
+                    marked_to_client([decision[1]], control, 0, decision[0])
                 else:
                     to_client(decision[1], decision[0])
         except OSError as error:

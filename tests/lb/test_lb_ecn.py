@@ -170,3 +170,29 @@ def test_the_backends_ecn_bits_reach_each_client_on_the_return_path(
         got = receive_marked(client, len(expected))
         assert [data for data, _ in got] == expected
         assert all(tos == codepoints[index] for _, tos in got)
+
+
+@pytest.mark.parametrize(
+    ("sender_host", "receiver_host", "target_host"),
+    [("::", "127.0.0.1", "::ffff:127.0.0.1"), ("::1", "::1", "::1"), ("127.0.0.1",) * 3],
+    ids=["dual-stack-to-ipv4", "ipv6", "ipv4"],
+)
+def test_the_control_message_marks_datagrams_from_any_socket_family(
+    sender_host: str, receiver_host: str, target_host: str
+) -> None:
+    family = socket.AF_INET6 if ":" in sender_host else socket.AF_INET
+    receiver_family = socket.AF_INET6 if ":" in receiver_host else socket.AF_INET
+    with (
+        socket.socket(family, socket.SOCK_DGRAM) as sender,
+        socket.socket(receiver_family, socket.SOCK_DGRAM) as receiver,
+    ):
+        sender.bind((sender_host, 0))
+        receiver.bind((receiver_host, 0))
+        receiver.settimeout(2.0)
+        ecn.enable_tos_reporting(receiver)
+        target = (target_host, receiver.getsockname()[1])
+        for codepoint in (1, 3, 2):
+            control = ecn.control_for(family == socket.AF_INET6, target_host, codepoint)
+            sender.sendmsg([b"x"], control, 0, target)
+            _, ancdata, _, _ = receiver.recvmsg(16, ecn.ANCILLARY_SIZE)
+            assert ecn.ecn_of(ancdata) == codepoint
