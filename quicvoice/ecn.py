@@ -21,6 +21,9 @@ from dataclasses import dataclass
 ECN_MASK = 0x03
 #: Paths remembered per connection at most (a peer hopping addresses cannot grow the table).
 MAX_PATHS = 16
+#: Marked packets of a path declared lost (or given up by a probe timeout) before any was
+#: acknowledged, after which the path is taken for one that drops ECT packets.
+MAX_LOST_UNVALIDATED = 3
 
 
 class Codepoint(enum.IntEnum):
@@ -80,13 +83,16 @@ class Validation(enum.Enum):
     #: The counts disagree with what was sent (another ECT codepoint counted, fewer marks than
     #: packets, counts going backwards or exceeding what was ever sent): marking is off.
     MANGLED = "mangled"
+    #: Every marked packet sent on the path was lost, none acknowledged (a network that drops
+    #: ECT packets, RFC 9000 §13.4.2): marking is off, so the connection can get through.
+    LOST = "lost"
     #: ``ecn = "off"``: nothing is marked, nothing validated.
     DISABLED = "disabled"
 
     @property
     def failed(self) -> bool:
         """Whether marking is off on the path because validation failed."""
-        return self in (Validation.BLEACHED, Validation.MANGLED)
+        return self in (Validation.BLEACHED, Validation.MANGLED, Validation.LOST)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,6 +220,9 @@ class _Path:
     ce_while_l4s: bool = False
     #: Marking is off on this path (validation failed): kept as a flag, read per packet.
     stopped: bool = False
+    #: Marked packets of this path acknowledged, and lost (while none was acknowledged).
+    acked_marked: int = 0
+    lost_marked: int = 0
 
     def snapshot(self) -> PathEcnStats:
         return PathEcnStats(
@@ -373,6 +382,22 @@ class EcnTracker:
         if len(flight) > MAX_REMEMBERED:
             del flight[next(iter(flight))]
 
+    def on_packets_lost(self, space: int, packet_numbers: list[int]) -> None:
+        """Packets of ``space`` given up as lost. A path being tested whose marked packets
+        are all lost (``MAX_LOST_UNVALIDATED`` of them, none acknowledged) fails as ``LOST``:
+        a network dropping ECT packets must not keep the connection from getting through."""
+        flight = self._space(space).in_flight
+        for number in packet_numbers:
+            sent = flight.pop(number, None)
+            if sent is None or sent[1] is Codepoint.NOT_ECT:
+                continue
+            path = self._paths.get(sent[0])
+            if path is None or path.validation is not Validation.TESTING or path.acked_marked:
+                continue
+            path.lost_marked += 1
+            if path.lost_marked >= MAX_LOST_UNVALIDATED:
+                self._fail(path, Validation.LOST, "every marked packet was lost")
+
     def forget_before(self, space: int, packet_number: int) -> None:
         """Forget packets of ``space`` numbered below ``packet_number`` (acknowledged or
         declared lost: an ACK that comes later does not count them)."""
@@ -407,6 +432,10 @@ class EcnTracker:
             sent = record.in_flight.pop(number, None)
             if sent is not None:
                 newly.setdefault(sent[0], []).append(sent[1])
+                if sent[1] is not Codepoint.NOT_ECT:
+                    known = self._paths.get(sent[0])
+                    if known is not None:
+                        known.acked_marked += 1
         if largest_acked <= record.largest_acked:
             # RFC 9000 §13.4.2.1: an ACK that does not raise the largest acknowledged may be a
             # reordered older one; its counts can be lower and prove nothing.

@@ -92,6 +92,7 @@ PRIVATE_NAMES = {
         "_rtt_smoothed",
         "_rtt_min",
         "on_packet_sent",
+        "_on_packets_lost",
     ),
     "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
     "H3Connection": ("_stream", "_get_local_settings", "_enable_webtransport"),
@@ -234,6 +235,17 @@ class VoiceQuicConnection(QuicConnection):
             )
 
         self._loss.on_packet_sent = on_packet_sent  # type: ignore[method-assign]
+        recovery_on_packets_lost = self._loss._on_packets_lost
+
+        def on_packets_lost(*, packets: Any, space: QuicPacketSpace, **kwargs: Any) -> None:
+            packets = list(packets)  # aioquic may hand over a one-pass iterable
+            recovery_on_packets_lost(packets=packets, space=space, **kwargs)
+            if packets:
+                self.ecn.on_packets_lost(
+                    _ecn_space(packets[0].epoch), [packet.packet_number for packet in packets]
+                )
+
+        self._loss._on_packets_lost = on_packets_lost  # type: ignore[method-assign]
 
     def ecn_path_name(self, addr: NetworkAddress) -> str:
         """The ECN path name of datagrams exchanged with peer ``addr`` now."""

@@ -193,7 +193,9 @@ class Pair:
     CLIENT = ("127.0.0.1", 50000)
     SERVER = ("127.0.0.1", 4433)
 
-    def __init__(self, *, client_ecn: EcnMode = EcnMode.L4S, bleach: bool = False) -> None:
+    def __init__(
+        self, *, client_ecn: EcnMode = EcnMode.L4S, bleach: bool = False, drop_marked: bool = False
+    ) -> None:
         development = generate_certificate()
         self.server_configuration = QuicConfiguration(is_client=False, alpn_protocols=["x"])
         self.server_configuration.certificate = development.certificate
@@ -204,6 +206,8 @@ class Pair:
         self.client = VoiceQuicConnection(configuration=client_configuration, ecn=client_ecn)
         self.server: VoiceQuicConnection | None = None
         self.bleach = bleach
+        #: A network that drops every ECT packet from the client.
+        self.drop_marked = drop_marked
         self.now = 0.0
         self.client.connect(self.SERVER, now=self.now)
 
@@ -212,15 +216,17 @@ class Pair:
             self.now += 0.005
             moved = False
             for data, _ in self.client.datagrams_to_send(self.now):
+                moved = True
+                tos = 0 if self.bleach else int(self.client.ecn_codepoint(self.SERVER))
+                if self.drop_marked and tos:
+                    continue
                 if self.server is None:
                     header = pull_quic_header(Buffer(data=data), host_cid_length=8)
                     self.server = VoiceQuicConnection(
                         configuration=self.server_configuration,
                         original_destination_connection_id=header.destination_cid,
                     )
-                tos = 0 if self.bleach else int(self.client.ecn_codepoint(self.SERVER))
                 self.server.receive_datagram_ecn(data, self.CLIENT, self.now, tos)
-                moved = True
             if self.server is not None:
                 for data, _ in self.server.datagrams_to_send(self.now):
                     tos = 0 if self.bleach else int(self.server.ecn_codepoint(self.CLIENT))
@@ -231,7 +237,7 @@ class Pair:
                 if self.server is not None:
                     timers.append(self.server.get_timer())
                 pending = [timer for timer in timers if timer is not None]
-                if not pending or min(pending) > self.now + 1.0:
+                if not pending or min(pending) > self.now + 5.0:
                     return  # only the idle timer is left: the exchange is over
                 self.now = max(self.now, min(pending))
                 self.client.handle_timer(self.now)
@@ -266,6 +272,17 @@ def test_a_bleaching_path_turns_marking_off_on_both_sides() -> None:
     assert pair.client.ecn_codepoint(Pair.SERVER) is Codepoint.NOT_ECT
     assert pair.server.ecn_codepoint(Pair.CLIENT) is Codepoint.NOT_ECT
     assert pair.server.ecn.path_stats()[0].validation is Validation.BLEACHED
+
+
+def test_a_path_that_drops_marked_packets_turns_marking_off_and_the_handshake_completes() -> None:
+    pair = Pair(drop_marked=True)
+    pair.exchange(200)
+    assert pair.server is not None
+    path = pair.client.ecn.path_stats()[0]
+    assert path.validation is Validation.LOST and path.sent_unmarked > 0
+    assert pair.client._handshake_complete and pair.server._handshake_complete
+    pair.talk()
+    assert pair.client._close_event is None
 
 
 def test_classic_client_counts_ect0() -> None:

@@ -3,7 +3,8 @@
 Clients talk to ``relay.address``; each client address gets its own upstream socket towards
 the server (so a client that moves looks moved to the server too). ``bleach(client_host)``
 decides per client host whether the relay clears the ECN bits in both directions; otherwise
-it copies them. Every TOS seen from each client host is recorded, as it arrived.
+it copies them. With ``drop_marked`` it drops every marked client datagram instead. Every
+TOS seen from each client host is recorded, as it arrived.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ Address = tuple[str, int]
 
 
 class EcnRelay:
-    def __init__(self, server: Address, bleach: Callable[[str], bool]) -> None:
+    def __init__(
+        self, server: Address, bleach: Callable[[str], bool], *, drop_marked: bool = False
+    ) -> None:
         self._server = server
         self._bleach = bleach
+        #: Drop every client datagram that arrives ECN-marked (a network dropping ECT).
+        self._drop_marked = drop_marked
         self._loop = asyncio.get_running_loop()
         self._front = bind_udp_socket(("127.0.0.1", 0))
         self._upstream: dict[Address, socket.socket] = {}
@@ -50,6 +55,8 @@ class EcnRelay:
             client = (addr[0], addr[1])
             tos = received_tos(ancdata)
             self.client_tos.setdefault(client[0], []).append(tos)
+            if self._drop_marked and tos is not None and tos & 0x03:
+                continue
             upstream = self._upstream.get(client)
             if upstream is None:
                 upstream = self._upstream[client] = bind_udp_socket(("127.0.0.1", 0))

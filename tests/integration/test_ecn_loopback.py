@@ -308,3 +308,27 @@ async def test_a_backend_reporting_impossible_counts_gets_ecn_off_and_the_call_g
 
             await asyncio.wait_for(turn_ended(), 5.0)
             assert await client.bye() > 0
+
+
+@pytest.mark.asyncio
+async def test_a_network_that_drops_marked_packets_still_carries_the_call_unmarked() -> None:
+    async with running_server() as server:
+        relay = EcnRelay(server.address, bleach=lambda host: False, drop_marked=True)
+        try:
+            host, port = relay.address
+            async with connect(host, port, verify=False, timeout=10.0) as client:
+                path = client.stats().ecn[-1]
+                assert path.validation is Validation.LOST
+                for _ in range(5):
+                    client.send_audio(FRAME)
+                    await asyncio.sleep(0.02)
+                client.end_audio()
+
+                async def turn_ended() -> None:
+                    while not isinstance(await client.receive(), TurnEnded):
+                        pass
+
+                await asyncio.wait_for(turn_ended(), 5.0)
+                assert await client.bye() == 5
+        finally:
+            relay.close()
