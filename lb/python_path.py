@@ -278,14 +278,18 @@ def downlink_loop(pump: Pump) -> None:
 
 
 def uplink_batches(pump: Pump) -> None:
-    receive = mmsg.Receiver(pump.vip, BATCH).receive
+    receiver = mmsg.Receiver(pump.vip, BATCH)
+    receive = receiver.receive
+    ecns = receiver.ecns
     to_backend = mmsg.Sender(pump.backend, BATCH)
     to_client = mmsg.Sender(pump.vip, BATCH)
     pump.senders = (to_backend, to_client)
     drops = pump.counters.uplink_drops
     forwards: list[Forward] = []
+    marks: list[int] = []
     replies: list[Reply] = []
     forward = forwards.append
+    mark = marks.append
     reply = replies.append
     monotonic = time.monotonic
     while True:
@@ -300,7 +304,8 @@ def uplink_batches(pump: Pump) -> None:
             pump.unexpected("recv_failed", error)
             continue
         route = pump.router.route_from_client
-        for datagram, client in batch:
+        # Each datagram's ECN bits go on with it (lb/ecn.py); the forwarder's replies: none.
+        for (datagram, client), codepoint in zip(batch, ecns(len(batch))):  # noqa: B905
             try:
                 decision = route(datagram, client)
             except Exception as error:  # a bug must cost one datagram, never the forwarder
@@ -308,11 +313,13 @@ def uplink_batches(pump: Pump) -> None:
                 continue
             if type(decision) is Forward:
                 forward(decision)
+                mark(codepoint)
             elif type(decision) is Reply:
                 reply(decision)
         if forwards:
-            failed = to_backend.send(forwards)
+            failed = to_backend.send(forwards, marks)
             forwards.clear()
+            marks.clear()
             if failed:
                 drops[DropReason.SEND_ERROR] += failed
         if replies:
@@ -325,12 +332,16 @@ def uplink_batches(pump: Pump) -> None:
 
 
 def downlink_batches(pump: Pump) -> None:
-    receive = mmsg.Receiver(pump.backend, BATCH).receive
+    receiver = mmsg.Receiver(pump.backend, BATCH)
+    receive = receiver.receive
+    ecns = receiver.ecns
     to_client = mmsg.Sender(pump.vip, BATCH)
     pump.senders = (to_client,)
     drops = pump.counters.downlink_drops
     sends: list[Send] = []
+    marks: list[int] = []
     send = sends.append
+    mark = marks.append
     monotonic = time.monotonic
     while True:
         if pump.reload_pending:
@@ -344,7 +355,7 @@ def downlink_batches(pump: Pump) -> None:
             pump.unexpected("recv_failed", error)
             continue
         route = pump.router.route_from_backend
-        for datagram, source in batch:
+        for (datagram, source), codepoint in zip(batch, ecns(len(batch))):  # noqa: B905
             if datagram[:PROBE_HEADER_LEN] == PROBE_REPLY_HEADER:
                 pump.probe_answered(source)
                 continue
@@ -355,9 +366,11 @@ def downlink_batches(pump: Pump) -> None:
                 continue
             if type(decision) is Send:
                 send(decision)
+                mark(codepoint)
         if sends:
-            failed = to_client.send(sends)
+            failed = to_client.send(sends, marks)
             sends.clear()
+            marks.clear()
             if failed:
                 drops[DropReason.SEND_ERROR] += failed
         if monotonic() >= pump.next_tick:
@@ -398,6 +411,8 @@ def uplink_relay(pump: Pump) -> None:
     slot_len = outbox.slot_len
     add = outbox.add
     flush = outbox.flush
+    mark = outbox.mark
+    ecns = receiver.ecns
     prefix = ctypes.addressof(_IPV4_PREFIX)
     family = int(socket.AF_INET)
     while True:
@@ -455,10 +470,11 @@ def uplink_relay(pump: Pump) -> None:
             pump.unexpected("route_failed", error)
             kinds = [-1] * count
             decrypted = [None] * CONFIG_SLOTS
-        # Pass 2, in order: stage each fast datagram where it lies; route the others.
+        # Pass 2, in order: stage each fast datagram where it lies (with the ECN bits it
+        # arrived with, lb/ecn.py); route the others.
         position = 0
-        for index, kind, length, datagram_address, client_address in zip(  # noqa: B905
-            range(count), kinds, lengths, datagram_addresses, client_addresses
+        for index, kind, length, datagram_address, client_address, codepoint in zip(  # noqa: B905
+            range(count), kinds, lengths, datagram_addresses, client_addresses, ecns(count)
         ):
             try:
                 if kind >= 0:
@@ -488,6 +504,8 @@ def uplink_relay(pump: Pump) -> None:
                             family,
                             port_and_address,
                         )
+                        if codepoint:
+                            mark(position, codepoint)
                         position += slot_len
                         continue
                 datagram, address = item(index)
@@ -496,7 +514,10 @@ def uplink_relay(pump: Pump) -> None:
                 pump.unexpected("route_failed", error)
                 continue
             if type(decision) is Forward:
-                position = add(position, decision[0], decision[1])
+                staged = add(position, decision[0], decision[1])
+                if codepoint and staged != position:
+                    mark(position, codepoint)
+                position = staged
             elif type(decision) is Reply:
                 reply(decision)
         failed = flush(position)
@@ -538,6 +559,8 @@ def downlink_relay(pump: Pump) -> None:
     slot_len = outbox.slot_len
     add = outbox.add
     flush = outbox.flush
+    mark = outbox.mark
+    ecns = receiver.ecns
     family = int(socket.AF_INET)
     while True:
         if pump.reload_pending:
@@ -554,13 +577,14 @@ def downlink_relay(pump: Pump) -> None:
         backends = pump.in_place.sources
         batch_heads = heads[count](data)
         position = 0
-        for index, length, prefix, client, source, payload_address in zip(  # noqa: B905
+        for index, length, prefix, client, source, payload_address, codepoint in zip(  # noqa: B905
             range(count),
             receiver.lengths,
             batch_heads[0::2],
             batch_heads[1::2],
             sources[count](names),
             payload_addresses,
+            ecns(count),
         ):
             try:
                 # The conditions of _downlink_loop's fast path (client[:2]: the port).
@@ -582,6 +606,8 @@ def downlink_relay(pump: Pump) -> None:
                             family,
                             client,
                         )
+                        if codepoint:
+                            mark(position, codepoint)
                         position += slot_len
                         continue
                 datagram, address = item(index)
@@ -593,7 +619,10 @@ def downlink_relay(pump: Pump) -> None:
                 pump.unexpected("route_failed", error)
                 continue
             if type(decision) is Send:
-                position = add(position, decision[0], decision[1])
+                staged = add(position, decision[0], decision[1])
+                if codepoint and staged != position:
+                    mark(position, codepoint)
+                position = staged
         failed = flush(position)
         if failed:
             drops[DropReason.SEND_ERROR] += failed

@@ -76,27 +76,42 @@ def short_datagram(backend_index: int, tag: int) -> bytes:
     return cid + bytes([tag]) * 40
 
 
-def run(pump: Pump, native: bool) -> None:
+#: The pumps' loops: ``(uplink, downlink)`` of each Python path, or the native one.
+LOOPS = {
+    "python": (python_path.uplink_loop, python_path.downlink_loop),
+    "python-batch": (python_path.uplink_relay, python_path.downlink_relay),
+    "python-batch-router": (python_path.uplink_batches, python_path.downlink_batches),
+}
+
+
+def run(pump: Pump, path: str) -> None:
     pump.idle = stop  # type: ignore[method-assign]
     pump.next_tick = math.inf
     with pytest.raises(Stopped):
-        if native:
+        if path == "native":
             assert pump.native is not None
             pump.native.run(pump)
-        elif pump.direction == UPLINK:
-            python_path.uplink_loop(pump)
         else:
-            python_path.downlink_loop(pump)
+            uplink, downlink = LOOPS[path]
+            (uplink if pump.direction == UPLINK else downlink)(pump)
 
 
-def pump_for(direction: str, loopback: Loopback, tmp_path: Path, native: bool) -> Pump:
+def pump_for(direction: str, loopback: Loopback, tmp_path: Path, path: str) -> Pump:
+    native = path == "native"
     for sock in [loopback.vip, loopback.backend, *loopback.backends, *loopback.clients]:
         drain(sock)
     backends = [loopback.address(sock) for sock in loopback.backends]
     config = forwarder_config(
         loopback.address(loopback.vip), loopback.address(loopback.backend), backends, None
     )
-    pump = make_pump(direction, config, loopback.vip, loopback.backend, tmp_path)
+    pump = make_pump(
+        direction,
+        config,
+        loopback.vip,
+        loopback.backend,
+        tmp_path,
+        batch=path.startswith("python-batch"),
+    )
     if native:
         pump.native = native_path.NativeRelay(
             uplink=direction == UPLINK,
@@ -108,10 +123,9 @@ def pump_for(direction: str, loopback: Loopback, tmp_path: Path, native: bool) -
 
 
 PATHS = [
-    pytest.param(False, id="python"),
+    *LOOPS,
     pytest.param(
-        True,
-        id="native",
+        "native",
         marks=pytest.mark.skipif(not native_path.AVAILABLE, reason=native_path.UNAVAILABLE),
     ),
 ]
@@ -119,7 +133,7 @@ PATHS = [
 ORDERS = st.lists(st.integers(0, 2), min_size=1, max_size=24)
 
 
-@pytest.mark.parametrize("native", PATHS)
+@pytest.mark.parametrize("path", PATHS)
 @settings(
     max_examples=15,
     deadline=None,
@@ -127,14 +141,14 @@ ORDERS = st.lists(st.integers(0, 2), min_size=1, max_size=24)
 )
 @given(order=ORDERS, codepoints=st.lists(st.integers(0, 3), min_size=3, max_size=3))
 def test_each_clients_ecn_bits_reach_the_backend_inside_the_encapsulation(
-    loopback: Loopback, tmp_path: Path, native: bool, order: list[int], codepoints: list[int]
+    loopback: Loopback, tmp_path: Path, path: str, order: list[int], codepoints: list[int]
 ) -> None:
     for client, codepoint in zip(loopback.clients, codepoints, strict=True):
         mark(client, codepoint, DSCP_EF)
-    pump = pump_for(UPLINK, loopback, tmp_path, native)
+    pump = pump_for(UPLINK, loopback, tmp_path, path)
     for tag, index in enumerate(order):
         loopback.clients[index].sendto(short_datagram(0, tag), loopback.address(loopback.vip))
-    run(pump, native)
+    run(pump, path)
     by_client = {
         loopback.address(c): cp for c, cp in zip(loopback.clients, codepoints, strict=True)
     }
@@ -146,7 +160,7 @@ def test_each_clients_ecn_bits_reach_the_backend_inside_the_encapsulation(
         assert tos == by_client[(client[0], client[1])]  # its own bits; DSCP not copied
 
 
-@pytest.mark.parametrize("native", PATHS)
+@pytest.mark.parametrize("path", PATHS)
 @settings(
     max_examples=15,
     deadline=None,
@@ -154,9 +168,9 @@ def test_each_clients_ecn_bits_reach_the_backend_inside_the_encapsulation(
 )
 @given(order=ORDERS, codepoints=st.lists(st.integers(0, 3), min_size=3, max_size=3))
 def test_the_backends_ecn_bits_reach_each_client_on_the_return_path(
-    loopback: Loopback, tmp_path: Path, native: bool, order: list[int], codepoints: list[int]
+    loopback: Loopback, tmp_path: Path, path: str, order: list[int], codepoints: list[int]
 ) -> None:
-    pump = pump_for(DOWNLINK, loopback, tmp_path, native)
+    pump = pump_for(DOWNLINK, loopback, tmp_path, path)
     backend = loopback.backends[1]
     to: Address = loopback.address(loopback.backend)
     for tag, index in enumerate(order):
@@ -164,7 +178,7 @@ def test_the_backends_ecn_bits_reach_each_client_on_the_return_path(
         payload = bytes([0x41, tag]) + bytes(30)
         control = [(socket.IPPROTO_IP, socket.IP_TOS, _INT.pack(DSCP_EF | codepoints[index]))]
         backend.sendmsg([wrap(client, payload)], control, 0, to)
-    run(pump, native)
+    run(pump, path)
     for index, client in enumerate(loopback.clients):
         expected = [bytes([0x41, tag]) + bytes(30) for tag, i in enumerate(order) if i == index]
         got = receive_marked(client, len(expected))
