@@ -283,6 +283,7 @@ class EcnTracker:
         self.listener: FeedbackListener | None = None
         #: The most recent feedback, for callers that poll.
         self.last_feedback: EcnFeedback | None = None
+        self._sending_path = ""
 
     # -- paths ------------------------------------------------------------------------------
 
@@ -311,7 +312,7 @@ class EcnTracker:
         return Validation.DISABLED if self.mode is EcnMode.OFF else Validation.TESTING
 
     def path_stats(self) -> tuple[PathEcnStats, ...]:
-        """Counters of every path seen, oldest first."""
+        """Counters of every path seen, the one sent on most recently last."""
         return tuple(path.snapshot() for path in self._paths.values())
 
     # -- receiving --------------------------------------------------------------------------
@@ -373,6 +374,10 @@ class EcnTracker:
         elif mark is Codepoint.ECT1:
             record.sent_ect1 += 1
         path_record = self._path(path)
+        if path != self._sending_path:
+            # The path sent on last is the current one: last in ``path_stats``.
+            self._paths[path] = self._paths.pop(path)
+            self._sending_path = path
         if mark is Codepoint.NOT_ECT:
             path_record.sent_unmarked += 1
         else:

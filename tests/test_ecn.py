@@ -352,3 +352,11 @@ def test_the_command_line_refuses_an_unknown_ecn_mode(capsys: pytest.CaptureFixt
         cli.main(["call", "127.0.0.1:4433", "--ecn", "ect1"])
     assert exit_info.value.code == 2
     assert "--ecn" in capsys.readouterr().err
+
+
+def test_the_path_sent_on_last_is_the_last_in_the_stats() -> None:
+    tracker = EcnTracker()
+    send(tracker, range(2), "a")
+    send(tracker, range(2, 4), "b")
+    send(tracker, range(4, 6), "a")  # back on the first path (a migration back)
+    assert [path.path for path in tracker.path_stats()] == ["b", "a"]

@@ -129,7 +129,7 @@ class SessionStats:
     #: UDP datagrams sent and received on this connection (filled in by the I/O shell).
     packets_sent: int = 0
     packets_received: int = 0
-    #: ECN per network path, oldest first (specs/ecn.md): datagrams received by codepoint,
+    #: ECN per network path, the current one last (specs/ecn.md): datagrams received by codepoint,
     #: the CE ratio, the validation outcome and whether an L4S bottleneck was seen.
     ecn: tuple[PathEcnStats, ...] = field(default=())
     #: What this side marks: ``"l4s"``, ``"classic"`` or ``"off"`` (filled in by the shell).
