@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 #: The ECN field is the low two bits of the IPv4 TOS octet / IPv6 traffic class (RFC 3168 §5).
 ECN_MASK = 0x03
@@ -95,9 +96,11 @@ class Validation(enum.Enum):
         return self in (Validation.BLEACHED, Validation.MANGLED, Validation.LOST)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EcnCounts:
-    """Cumulative ECN counts of one packet number space (an ACK_ECN frame's three fields)."""
+class EcnCounts(NamedTuple):
+    """Cumulative ECN counts of one packet number space (an ACK_ECN frame's three fields).
+
+    A named tuple, not a dataclass: one is made for every ACK frame written or read.
+    """
 
     ect0: int = 0
     ect1: int = 0
@@ -281,8 +284,7 @@ class EcnTracker:
         self._spaces: dict[int, _Space] = {}
         #: Called with every ``EcnFeedback`` (application space ACKs only).
         self.listener: FeedbackListener | None = None
-        #: The most recent feedback, for callers that poll.
-        self.last_feedback: EcnFeedback | None = None
+        self._last: tuple[str, int, int, int, int, _Path] | None = None
         self._sending_path = ""
 
     # -- paths ------------------------------------------------------------------------------
@@ -429,18 +431,35 @@ class EcnTracker:
         ``acked``: packet numbers the ACK newly acknowledges; ``largest_acked``: its Largest
         Acknowledged; ``counts``: the ACK_ECN counts, ``None`` for a plain ACK. Returns the
         feedback (also given to ``listener``) when ``application`` is true and the ACK
-        acknowledged something; never raises on the peer's numbers.
+        acknowledged something and a ``listener`` is set (``last_feedback`` has it either
+        way); never raises on the peer's numbers.
         """
         record = self._space(space)
-        newly: dict[str, list[Codepoint]] = {}
+        flight = record.in_flight
+        paths = self._paths
+        ect0 = Codepoint.ECT0
+        ect1 = Codepoint.ECT1
+        # Per path: [packets, ECT(0), ECT(1)] newly acknowledged (one path but around a
+        # migration).
+        newly: dict[str, list[int]] = {}
         for number in acked:
-            sent = record.in_flight.pop(number, None)
-            if sent is not None:
-                newly.setdefault(sent[0], []).append(sent[1])
-                if sent[1] is not Codepoint.NOT_ECT:
-                    known = self._paths.get(sent[0])
-                    if known is not None:
-                        known.acked_marked += 1
+            sent = flight.pop(number, None)
+            if sent is None:
+                continue
+            name, mark = sent
+            tally = newly.get(name)
+            if tally is None:
+                tally = newly[name] = [0, 0, 0]
+            tally[0] += 1
+            if mark is ect1:
+                tally[2] += 1
+            elif mark is ect0:
+                tally[1] += 1
+        for name, (_, marked0, marked1) in newly.items():
+            if marked0 or marked1:
+                known = paths.get(name)
+                if known is not None:
+                    known.acked_marked += marked0 + marked1
         if largest_acked <= record.largest_acked:
             # RFC 9000 §13.4.2.1: an ACK that does not raise the largest acknowledged may be a
             # reordered older one; its counts can be lower and prove nothing.
@@ -448,40 +467,52 @@ class EcnTracker:
         record.largest_acked = largest_acked
         if not newly:
             return None
-        path_name = self._accountable_path(newly)
-        marks = [mark for marks in newly.values() for mark in marks]
-        acked_ect0 = sum(1 for mark in marks if mark is Codepoint.ECT0)
-        acked_ect1 = sum(1 for mark in marks if mark is Codepoint.ECT1)
-        newly_ce = self._validate(record, path_name, acked_ect0, acked_ect1, counts)
+        path_name = next(iter(newly)) if len(newly) == 1 else self._accountable_path(newly)
+        acked_packets = sum(tally[0] for tally in newly.values())
+        acked_ect0 = sum(tally[1] for tally in newly.values())
+        acked_ect1 = sum(tally[2] for tally in newly.values())
         path = self._path(path_name)
-        path.peer_ce += newly_ce
-        if newly_ce and self.mode is EcnMode.L4S and not path.validation.failed:
-            path.ce_while_l4s = True
+        newly_ce = self._validate(record, path, acked_ect0, acked_ect1, counts)
+        if newly_ce:
+            path.peer_ce += newly_ce
+            if self.mode is EcnMode.L4S and not path.validation.failed:
+                path.ce_while_l4s = True
         if not application:
             return None
-        feedback = EcnFeedback(
+        self._last = (path_name, acked_ect0, acked_ect1, newly_ce, acked_packets, path)
+        if self.listener is None:
+            return None
+        feedback = self.last_feedback
+        if feedback is not None:
+            self.listener(feedback)
+        return feedback
+
+    @property
+    def last_feedback(self) -> EcnFeedback | None:
+        """The feedback of the most recent ACK of the application space (for callers that
+        poll; built on demand, with the path's validation as it is now)."""
+        last = self._last
+        if last is None:
+            return None
+        path_name, acked_ect0, acked_ect1, newly_ce, acked_packets, path = last
+        return EcnFeedback(
             path=path_name,
             newly_acked_ect0=acked_ect0,
             newly_acked_ect1=acked_ect1,
             newly_ce=newly_ce,
-            acked_packets=len(marks),
+            acked_packets=acked_packets,
             validation=path.validation,
         )
-        self.last_feedback = feedback
-        if self.listener is not None:
-            self.listener(feedback)
-        return feedback
 
     def _validate(
         self,
         record: _Space,
-        path_name: str,
+        path: _Path,
         acked_ect0: int,
         acked_ect1: int,
         counts: EcnCounts | None,
     ) -> int:
         """Check the counts against what was sent; return the rise of CE (0 when unusable)."""
-        path = self._path(path_name)
         previous = record.peer
         if counts is None:
             if acked_ect0 + acked_ect1 and path.validation is Validation.TESTING:
@@ -489,7 +520,7 @@ class EcnTracker:
                     path, Validation.BLEACHED, "marked packets acknowledged without ECN counts"
                 )
             return 0
-        problem = _impossible(previous, counts, record)
+        problem = "" if counts == previous else _impossible(previous, counts, record)
         if problem:
             # Counts are not kept: the next ACK is compared with the last sane ones.
             self._fail(path, Validation.MANGLED, problem)
@@ -512,14 +543,14 @@ class EcnTracker:
             path.validation = Validation.CAPABLE
         return rise_ce
 
-    def _accountable_path(self, newly: dict[str, list[Codepoint]]) -> str:
+    def _accountable_path(self, newly: dict[str, list[int]]) -> str:
         """The path one ACK's counts are judged against. Counts are per packet number space,
         not per path, so an ACK that spans a migration cannot say which path lost the marks:
         a path still being validated answers for it (a new path is the suspect, one already
         capable is not), else the path most of the acknowledged packets were sent on."""
         testing = [name for name in newly if self.validation(name) is Validation.TESTING]
         candidates = testing or list(newly)
-        return max(candidates, key=lambda name: len(newly[name]))
+        return max(candidates, key=lambda name: newly[name][0])
 
     @staticmethod
     def _fail(path: _Path, outcome: Validation, reason: str) -> None:

@@ -238,7 +238,8 @@ class VoiceQuicConnection(QuicConnection):
         recovery_on_packets_lost = self._loss._on_packets_lost
 
         def on_packets_lost(*, packets: Any, space: QuicPacketSpace, **kwargs: Any) -> None:
-            packets = list(packets)  # aioquic may hand over a one-pass iterable
+            if type(packets) is not list:
+                packets = list(packets)  # aioquic may hand over a one-pass iterable
             recovery_on_packets_lost(packets=packets, space=space, **kwargs)
             if packets:
                 self.ecn.on_packets_lost(
@@ -334,39 +335,29 @@ class VoiceQuicConnection(QuicConnection):
 
     def _handle_ack_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
         start = buf.tell()
-        counts: EcnCounts | None = None
-        try:
-            ranges, _ = pull_ack_frame(buf)
-            if frame_type == QuicFrameType.ACK_ECN:
-                counts = EcnCounts(
-                    ect0=buf.pull_uint_var(), ect1=buf.pull_uint_var(), ce=buf.pull_uint_var()
-                )
-        except Exception:
-            ranges = None  # aioquic reports the malformed frame itself
+        largest, counts = _peek_ack(buf, frame_type == QuicFrameType.ACK_ECN)
         buf.seek(start)
         epoch = context.epoch
         space = self._spaces[epoch]
-        acked = (
-            [number for number in space.sent_packets if number in ranges]
-            if ranges is not None
-            else []
-        )
+        in_flight = list(space.sent_packets)
         super()._handle_ack_frame(context, frame_type, buf)
-        if ranges is None:
-            return
+        if largest < 0:
+            return  # malformed: aioquic has closed the connection
+        # What aioquic no longer holds was acknowledged now, or declared lost meanwhile (the
+        # tracker has forgotten those already, through on_packets_lost).
+        remaining = space.sent_packets
+        acked = [number for number in in_flight if number not in remaining]
         ecn_space = _ecn_space(epoch)
         self.ecn.on_ack_received(
-            ecn_space,
-            acked,
-            ranges.bounds().stop - 1,
-            counts,
-            application=ecn_space == _ECN_APPLICATION_SPACE,
+            ecn_space, acked, largest, counts, application=ecn_space == _ECN_APPLICATION_SPACE
         )
-        oldest_unacked = next(iter(space.sent_packets), None)
+        oldest_unacked = next(iter(remaining), None)
         if oldest_unacked is not None:
             self.ecn.forget_before(ecn_space, oldest_unacked)
 
     def _ecn_space_of(self, space: QuicPacketSpace) -> int:
+        if space.is_application_data:
+            return _ECN_APPLICATION_SPACE
         for epoch, candidate in self._spaces.items():
             if candidate is space:
                 return _ecn_space(epoch)
@@ -490,6 +481,28 @@ _ZERO_RTT = tls.Epoch.ZERO_RTT
 def _ecn_space(epoch: tls.Epoch) -> int:
     # Per packet: identity and the member's raw value, not Enum's (slower) property.
     return _ECN_APPLICATION_SPACE if epoch is _ZERO_RTT else int(epoch._value_)
+
+
+def _peek_ack(buf: Buffer, with_counts: bool) -> tuple[int, EcnCounts | None]:
+    """The Largest Acknowledged of the ACK frame at ``buf`` and, for type 0x03, its ECN
+    counts (RFC 9000 §19.3), reading no more than the frame; (-1, None) when malformed."""
+    try:
+        largest = int(buf.pull_uint_var())
+        if not with_counts:
+            return largest, None
+        buf.pull_uint_var()  # ACK Delay
+        ranges = buf.pull_uint_var()
+        if ranges > (buf.capacity - buf.tell()) // 2:
+            return -1, None  # more ranges than octets left: aioquic will refuse the frame
+        buf.pull_uint_var()  # First ACK Range
+        for _ in range(ranges):
+            buf.pull_uint_var()  # Gap
+            buf.pull_uint_var()  # ACK Range Length
+        return largest, EcnCounts(
+            ect0=buf.pull_uint_var(), ect1=buf.pull_uint_var(), ce=buf.pull_uint_var()
+        )
+    except Exception:  # a truncated frame: aioquic reports it
+        return -1, None
 
 
 def _address_name(addr: NetworkAddress) -> str:
