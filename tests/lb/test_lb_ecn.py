@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import socket
 import struct
+import tomllib
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_lb_config import GOOD
 from test_lb_fast_path import (
     CONFIGS,
     SERVER_IDS,
@@ -29,7 +31,10 @@ from test_lb_fast_path import (
 )
 
 from lb import ecn, native_path, python_path
+from lb.config import ForwarderConfig
 from lb.pump import DOWNLINK, UPLINK, Pump, Stopped
+from quicvoice.asyncio.config import BackendConfig
+from quicvoice.ecn import EcnMode
 from quicvoice.encapsulation import unwrap, wrap
 from quicvoice.settings import Address
 
@@ -210,3 +215,10 @@ def test_the_control_message_marks_datagrams_from_any_socket_family(
             sender.sendmsg([b"x"], control, 0, target)
             _, ancdata, _, _ = receiver.recvmsg(16, ecn.ANCILLARY_SIZE)
             assert ecn.ecn_of(ancdata) == codepoint
+
+
+def test_one_file_sets_the_backends_ecn_and_the_forwarder_accepts_it() -> None:
+    table = tomllib.loads('ecn = "classic"\n' + GOOD)
+    assert len(ForwarderConfig.from_mapping(table).backends) == 2
+    backend = BackendConfig.from_mapping(table, server_id=bytes.fromhex("0a000001"))
+    assert backend.ecn is EcnMode.CLASSIC
