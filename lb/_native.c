@@ -58,7 +58,7 @@
 #endif
 
 /* Bumped whenever the Python side must change with this file: a stale build is not used. */
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 #define CONFIG_SLOTS 8
 #define MAX_CID_LEN 20         /* RFC 9000 §17.2 */
@@ -69,6 +69,7 @@
 #define LONG_HEADER_BIT 0x80
 #define HEADER_LEN 8           /* the IPv4 encapsulation header (lb/encapsulation.py) */
 #define MAGIC_VERSION 0x71
+#define ECN_MASK 0x03          /* the ECN bits of the TOS octet (RFC 3168 §5) */
 #define FAMILY_IPV4 4
 #define SLOT_LEN 65536         /* more than any UDP payload: nothing is truncated */
 /* Receive slots: room for the header in front, and a stride that is not a multiple of 4 KiB,
@@ -775,7 +776,14 @@ typedef struct {
     struct mmsghdr rx[MAX_BATCH];
     struct iovec rx_iov[MAX_BATCH];
     struct sockaddr_in names[MAX_BATCH];
-    /* Receives by recvfrom since the last recvmmsg, while batches hold one datagram; 0 when
+    /* Each received datagram's TOS (IP_RECVTOS), and the ECN codepoint read from it: what
+     * arrives marked leaves marked, per datagram (lb/ecn.py, specs/ecn.md). */
+    union {
+        char buffer[2 * CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } rx_control[MAX_BATCH];
+    uint8_t ecn[MAX_BATCH];
+    /* Receives by recvmsg since the last recvmmsg, while batches hold one datagram; 0 when
      * the last batch held more (then every receive is a recvmmsg). */
     unsigned singles;
     unsigned received; /* datagrams of the last recvmmsg: their msg_namelen to reset */
@@ -791,8 +799,9 @@ typedef struct {
     struct mmsghdr tx[MAX_BATCH];
     struct iovec tx_iov[MAX_BATCH];
     unsigned tx_segments[MAX_BATCH];
+    uint8_t tx_ecn[MAX_BATCH];
     union {
-        char buffer[CMSG_SPACE(sizeof(uint16_t))];
+        char buffer[CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(int))];
         struct cmsghdr align;
     } tx_control[MAX_BATCH];
     uint64_t errors[ERRNO_SLOTS];
@@ -837,12 +846,52 @@ static int send_message(int fd, const struct msghdr *m)
     }
 }
 
-/* A GSO message the kernel refused: its datagrams one by one, each with its own fate. */
-static void send_segments(RelayObject *r, int fd, struct mmsghdr *m)
+/* Write an IP_TOS control message carrying ECN codepoint `ecn` at `c`; its length. */
+static size_t put_ecn(struct cmsghdr *c, uint8_t ecn)
+{
+    int tos = ecn & ECN_MASK;
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_TOS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &tos, sizeof tos);
+    return CMSG_SPACE(sizeof(int));
+}
+
+/* The ECN codepoint in a received message's control data (0: none, or unreadable). */
+static uint8_t read_ecn(struct msghdr *h)
+{
+    if (!h->msg_controllen || (h->msg_flags & MSG_CTRUNC))
+        return 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level != IPPROTO_IP || c->cmsg_type != IP_TOS)
+            continue;
+        if (c->cmsg_len == CMSG_LEN(1))
+            return CMSG_DATA(c)[0] & ECN_MASK;
+        if (c->cmsg_len == CMSG_LEN(sizeof(int))) {
+            int tos;
+            memcpy(&tos, CMSG_DATA(c), sizeof tos);
+            return (uint8_t)(tos & ECN_MASK);
+        }
+        return 0;
+    }
+    return 0;
+}
+
+/* A GSO message the kernel refused: its datagrams one by one, each with its own fate (and the
+ * run's ECN codepoint). */
+static void send_segments(RelayObject *r, int fd, struct mmsghdr *m, uint8_t ecn)
 {
     struct msghdr one = m->msg_hdr;
+    union {
+        char buffer[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
     one.msg_control = NULL;
     one.msg_controllen = 0;
+    if (ecn) {
+        one.msg_control = control.buffer;
+        one.msg_controllen = put_ecn(&control.align, ecn);
+    }
     one.msg_iovlen = 1;
     uint64_t before = r->dropped;
     for (size_t i = 0; i < m->msg_hdr.msg_iovlen; i++) {
@@ -862,7 +911,7 @@ static void send_messages(RelayObject *r, int fd, unsigned n)
     if (n == 1) { /* the common case at light load: no sendmmsg around one message */
         int code = send_message(fd, &r->tx[0].msg_hdr);
         if (code && r->tx_segments[0] > 1)
-            send_segments(r, fd, &r->tx[0]);
+            send_segments(r, fd, &r->tx[0], r->tx_ecn[0]);
         else if (code)
             count_error(r, code);
         return;
@@ -884,7 +933,7 @@ static void send_messages(RelayObject *r, int fd, unsigned n)
             continue;
         }
         if (r->tx_segments[sent] > 1) {
-            send_segments(r, fd, &r->tx[sent]);
+            send_segments(r, fd, &r->tx[sent], r->tx_ecn[sent]);
         } else {
             count_error(r, code);
         }
@@ -894,8 +943,9 @@ static void send_messages(RelayObject *r, int fd, unsigned n)
 }
 
 /* Stage and send every datagram of the held batch whose kind is `kind` or `also`, in order;
- * runs of equal-sized datagrams to one address (the last may be shorter) become one GSO
- * message. */
+ * runs of equal-sized datagrams to one address with one ECN codepoint (the last may be
+ * shorter) become one GSO message. Relayed datagrams leave with the ECN codepoint they
+ * arrived with; the forwarder's own replies leave not-ECT. */
 static void send_kind(RelayObject *r, int fd, uint8_t kind, uint8_t also)
 {
     unsigned messages = 0, iovecs = 0;
@@ -905,6 +955,7 @@ static void send_kind(RelayObject *r, int fd, uint8_t kind, uint8_t also)
         if (r->kinds[i] != kind && r->kinds[i] != also)
             continue;
         size_t len = r->out_len[i];
+        uint8_t ecn = r->kinds[i] == KIND_REPLY ? 0 : r->ecn[i];
         struct iovec *iov = &r->tx_iov[iovecs++];
         iov->iov_base = (void *)r->out_data[i];
         iov->iov_len = len;
@@ -913,7 +964,7 @@ static void send_kind(RelayObject *r, int fd, uint8_t kind, uint8_t also)
             const struct sockaddr_in *to = last->msg_hdr.msg_name;
             if (len <= segment && octets + len <= MAX_GSO_OCTETS
                 && r->tx_segments[messages - 1] < MAX_GSO_SEGMENTS
-                && to->sin_port == r->destinations[i].sin_port
+                && r->tx_ecn[messages - 1] == ecn && to->sin_port == r->destinations[i].sin_port
                 && to->sin_addr.s_addr == r->destinations[i].sin_addr.s_addr) {
                 last->msg_hdr.msg_iovlen++;
                 r->tx_segments[messages - 1]++;
@@ -929,6 +980,7 @@ static void send_kind(RelayObject *r, int fd, uint8_t kind, uint8_t also)
         m->msg_hdr.msg_iov = iov;
         m->msg_hdr.msg_iovlen = 1;
         r->tx_segments[messages] = 1;
+        r->tx_ecn[messages] = ecn;
         messages++;
         segment = len;
         octets = len;
@@ -938,18 +990,26 @@ static void send_kind(RelayObject *r, int fd, uint8_t kind, uint8_t also)
         return;
     for (unsigned k = 0; k < messages; k++) {
         struct mmsghdr *m = &r->tx[k];
-        if (r->tx_segments[k] < 2)
+        if (r->tx_segments[k] < 2 && !r->tx_ecn[k])
             continue;
         struct msghdr *h = &m->msg_hdr;
-        r->gso_messages++;
-        h->msg_control = r->tx_control[k].buffer;
-        h->msg_controllen = sizeof r->tx_control[k].buffer;
-        struct cmsghdr *c = CMSG_FIRSTHDR(h);
-        c->cmsg_level = SOL_UDP;
-        c->cmsg_type = UDP_SEGMENT;
-        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        uint16_t size = (uint16_t)h->msg_iov[0].iov_len;
-        memcpy(CMSG_DATA(c), &size, sizeof size);
+        char *control = r->tx_control[k].buffer;
+        memset(control, 0, sizeof r->tx_control[k].buffer);
+        size_t used = 0;
+        if (r->tx_segments[k] >= 2) {
+            r->gso_messages++;
+            struct cmsghdr *c = (struct cmsghdr *)control;
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t size = (uint16_t)h->msg_iov[0].iov_len;
+            memcpy(CMSG_DATA(c), &size, sizeof size);
+            used += CMSG_SPACE(sizeof(uint16_t));
+        }
+        if (r->tx_ecn[k])
+            used += put_ecn((struct cmsghdr *)(control + used), r->tx_ecn[k]);
+        h->msg_control = control;
+        h->msg_controllen = used;
     }
     send_messages(r, fd, messages);
 }
@@ -971,6 +1031,7 @@ static unsigned classify(RelayObject *r, unsigned count)
         uint8_t *data = slot + HEADER_LEN;
         size_t len = r->rx[i].msg_len;
         const struct sockaddr_in *source = &r->names[i];
+        r->ecn[i] = read_ecn(&r->rx[i].msg_hdr);
         Py_ssize_t index;
         if (r->uplink) {
             index = decide_uplink(t, data, len, source->sin_port);
@@ -1026,9 +1087,11 @@ static unsigned classify(RelayObject *r, unsigned count)
 static int receive_batch(RelayObject *r)
 {
     if (r->singles && r->singles < PROBE_EVERY) {
-        socklen_t name_len = sizeof(struct sockaddr_in);
-        ssize_t len = recvfrom(r->receive_fd, r->rx_iov[0].iov_base, SLOT_LEN, 0,
-                               (struct sockaddr *)&r->names[0], &name_len);
+        /* recvmsg, not recvfrom: the datagram's TOS comes as control data. */
+        struct msghdr *h = &r->rx[0].msg_hdr;
+        h->msg_namelen = sizeof(struct sockaddr_in);
+        h->msg_controllen = sizeof r->rx_control[0].buffer;
+        ssize_t len = recvmsg(r->receive_fd, h, 0);
         if (len < 0)
             return -1;
         r->rx[0].msg_len = (unsigned)len;
@@ -1040,8 +1103,10 @@ static int receive_batch(RelayObject *r)
         sched_yield();
         r->yields++;
     }
-    for (unsigned i = 0; i < r->received; i++)
+    for (unsigned i = 0; i < r->received; i++) {
         r->rx[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+        r->rx[i].msg_hdr.msg_controllen = sizeof r->rx_control[i].buffer;
+    }
     int count = recvmmsg(r->receive_fd, r->rx, r->batch, MSG_WAITFORONE, NULL);
     if (count > 0) {
         r->received = (unsigned)count;
@@ -1143,6 +1208,8 @@ static int relay_init(RelayObject *r, PyObject *args, PyObject *kwargs)
         h->msg_namelen = sizeof(struct sockaddr_in);
         h->msg_iov = &r->rx_iov[i];
         h->msg_iovlen = 1;
+        h->msg_control = r->rx_control[i].buffer;
+        h->msg_controllen = sizeof r->rx_control[i].buffer;
     }
     return 0;
 }

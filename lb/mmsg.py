@@ -35,8 +35,9 @@ import mmap
 import select
 import socket
 import struct
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from quicvoice.settings import Address
 
@@ -108,6 +109,41 @@ _IOVEC_LEN = ctypes.sizeof(_IoVec)
 _SEND_SLOT_V4 = struct.Struct(f"@PNHH4s{SOCKADDR_IN_LEN - 8}x")
 _SEND_SLOT_V6 = struct.Struct("@PNHHI16sI4x")
 _PORT_AND_IPV4 = struct.Struct("!H4s").pack
+#: Control data of a received datagram: room for its TOS (IP_TOS, one octet) or traffic class
+#: (IPV6_TCLASS, an int), the only ancillary data the pumps ask for (lb/ecn.py).
+CONTROL_LEN = socket.CMSG_SPACE(4) * 2
+#: Where ``msg_control`` (then ``msg_controllen``) lies in an ``mmsghdr``.
+_CONTROL_OFFSET = _MsgHdr.msg_control.offset
+_CONTROLLEN_OFFSET = _MsgHdr.msg_controllen.offset
+#: ``msg_control`` and ``msg_controllen`` of one message, written together.
+_CONTROL_FIELDS = struct.Struct("@PN")
+#: A received control message's length, level, type and its first four data octets.
+_CMSG_HEAD = f"NII4s{CONTROL_LEN - struct.calcsize('@NII4s')}x"
+_CMSG_LEN_ONE_OCTET = socket.CMSG_LEN(1)
+_BYTE_ORDER: Literal["little", "big"] = "little" if sys.byteorder == "little" else "big"
+_IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
+_TOS_CONTROL_LEN = socket.CMSG_SPACE(4)
+_INT = struct.Struct("=i")
+_TOS_CMSG = struct.Struct(f"@NIIi{_TOS_CONTROL_LEN - struct.calcsize('@NIIi')}x")
+
+
+class _TosControls:
+    """One ready control message per ECN codepoint, for IPv4 (IP_TOS) and IPv6 (IPV6_TCLASS)
+    destinations: marking a message is pointing its header at one (lb/ecn.py)."""
+
+    def __init__(self) -> None:
+        self._buffer = ctypes.create_string_buffer(8 * _TOS_CONTROL_LEN)
+        base = ctypes.addressof(self._buffer)
+        kinds = ((socket.IPPROTO_IP, socket.IP_TOS), (socket.IPPROTO_IPV6, _IPV6_TCLASS))
+        for row, (level, kind) in enumerate(kinds):
+            for codepoint in range(4):
+                offset = (row * 4 + codepoint) * _TOS_CONTROL_LEN
+                _TOS_CMSG.pack_into(
+                    self._buffer, offset, socket.CMSG_LEN(4), level, kind, codepoint
+                )
+        #: Addresses of the IPv4 control messages by codepoint, then of the IPv6 ones.
+        self.ipv4 = tuple(base + codepoint * _TOS_CONTROL_LEN for codepoint in range(4))
+        self.ipv6 = tuple(base + (4 + codepoint) * _TOS_CONTROL_LEN for codepoint in range(4))
 
 
 def _bytes_data_offset() -> int | None:
@@ -193,6 +229,9 @@ class Receiver:
         self.name_len = name_len
         #: Octet lengths of the datagrams of the last ``receive_count``.
         self.lengths: tuple[int, ...] = ()
+        # Each slot's control data: the datagram's TOS / traffic class (lb/ecn.py).
+        self._controls = ctypes.create_string_buffer(batch * CONTROL_LEN)
+        controls = ctypes.addressof(self._controls)
         for slot in range(batch):
             self._iovecs[slot].iov_base = data + slot * SLOT_STRIDE
             self._iovecs[slot].iov_len = SLOT_LEN
@@ -201,6 +240,13 @@ class Receiver:
             header.msg_namelen = name_len
             header.msg_iov = ctypes.addressof(self._iovecs[slot])
             header.msg_iovlen = 1
+            header.msg_control = controls + slot * CONTROL_LEN
+            header.msg_controllen = CONTROL_LEN
+        # The kernel rewrites the lengths of what it fills in: the headers are restored from
+        # this copy before each receive (one memmove for the slots the last receive used).
+        self._pristine = (_MMsgHdr * batch)()
+        ctypes.memmove(self._pristine, self._headers, ctypes.sizeof(self._headers))
+        self._used = 0
         self._fd = ctypes.c_int(sock.fileno())
         self._headers_pointer = ctypes.c_void_p(ctypes.addressof(self._headers))
         self._batch = ctypes.c_uint(batch)
@@ -220,6 +266,13 @@ class Receiver:
             struct.Struct("!" + name * count).unpack_from for count in range(batch + 1)
         ]
         self._unpack_name = self._unpack_names[1]
+        controllen = f"{_CONTROLLEN_OFFSET}xN{_HEADER_LEN - _CONTROLLEN_OFFSET - 8}x"
+        self._unpack_controllens = [
+            struct.Struct("@" + controllen * count).unpack_from for count in range(batch + 1)
+        ]
+        self._unpack_cmsgs = [
+            struct.Struct("@" + _CMSG_HEAD * count).unpack_from for count in range(batch + 1)
+        ]
 
     def data_unpackers(self, fields: str) -> list[Callable[[mmap.mmap], tuple[Any, ...]]]:
         """For each count, an unpacker of ``data``: the ``struct`` ``fields`` (network order)
@@ -248,14 +301,34 @@ class Receiver:
         Python handler runs on return), raises ``BlockingIOError`` when the receive timeout
         (SO_RCVTIMEO) expires and ``OSError`` for anything else.
         """
+        if self._used:
+            ctypes.memmove(self._headers, self._pristine, self._used * _HEADER_LEN)
         count = self._recvmmsg(self._fd, self._headers_pointer, self._batch, self._flags, None)
         if count <= 0:
             code = self._get_errno() if count < 0 else errno.EAGAIN
             if code == errno.EINTR:
                 return 0
             raise OSError(code, errno.errorcode.get(code, "recvmmsg failed"))
+        self._used = count
         self.lengths = self._unpack_lengths[count](self._headers)
         return count
+
+    def ecns(self, count: int) -> list[int]:
+        """The ECN codepoint each of the first ``count`` datagrams of the last receive arrived
+        with (0 where the kernel gave no TOS / traffic class)."""
+        lengths = self._unpack_controllens[count](self._headers)
+        heads = self._unpack_cmsgs[count](self._controls)
+        order = _BYTE_ORDER
+        return [
+            (
+                (data[0] if cmsg_len == _CMSG_LEN_ONE_OCTET else int.from_bytes(data, order)) & 0x03
+                if control_len
+                else 0
+            )
+            for control_len, cmsg_len, data in zip(  # noqa: B905
+                lengths, heads[0::4], heads[3::4]
+            )
+        ]
 
     def item(self, index: int) -> tuple[bytes, Address]:
         """Datagram ``index`` of the last ``receive_count`` as ``receive`` returns it."""
@@ -347,6 +420,28 @@ class _Sending:
     def _count(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
+    _headers: Any
+    _tos: _TosControls
+    _marked: list[int]
+
+    def _mark(self, index: int, ecn: int, ipv6_destination: bool) -> None:
+        """Give message ``index`` the ECN codepoint ``ecn`` (an IP_TOS / IPV6_TCLASS control
+        message) until the end of this send."""
+        controls = self._tos.ipv6 if ipv6_destination else self._tos.ipv4
+        _CONTROL_FIELDS.pack_into(
+            self._headers,
+            index * _HEADER_LEN + _CONTROL_OFFSET,
+            controls[ecn & 0x03],
+            _TOS_CONTROL_LEN,
+        )
+        self._marked.append(index)
+
+    def _unmark(self) -> None:
+        """Take the marks of the last send off its messages."""
+        for index in self._marked:
+            _CONTROL_FIELDS.pack_into(self._headers, index * _HEADER_LEN + _CONTROL_OFFSET, 0, 0)
+        self._marked.clear()
+
 
 class Sender(_Sending):
     """``sendmmsg`` on one socket: a list of ``(address, datagram)`` in as few calls as possible.
@@ -394,31 +489,51 @@ class Sender(_Sending):
         self._fd = ctypes.c_int(sock.fileno())
         self._offset = _BYTES_DATA_OFFSET or 0
         self._family = _AF_INET6 if self._ipv6 else _AF_INET
+        self._tos = _TosControls()
+        self._marked = []
+        self._sendmsg = sock.sendmsg
 
-    def send(self, items: Sequence[tuple[Address, bytes]]) -> int:
+    def send(
+        self, items: Sequence[tuple[Address, bytes]], ecns: Sequence[int] | None = None
+    ) -> int:
         """Send every ``datagram`` to its ``address``; return how many could not be sent.
 
         Partial sends go on from the first datagram not sent; a transient error (see
         ``TRANSIENT_ERRORS``) retries that datagram, any other error drops it alone and the
         rest of the list is still sent. Every datagram dropped is counted in ``errors``.
+        ``ecns``, when given, holds each datagram's ECN codepoint (0: not-ECT, as the socket
+        sends by default; lb/ecn.py).
         """
         if len(items) == 1:
             # A lone datagram (a quiet moment): sendto costs less than building an mmsghdr.
             address, datagram = items[0]
             try:
-                self._sendto(datagram, address)
+                if ecns is not None and ecns[0]:
+                    ipv6 = self._ipv6 and ":" in address[0] and not address[0].startswith("::ffff:")
+                    level = (
+                        (socket.IPPROTO_IPV6, _IPV6_TCLASS)
+                        if ipv6
+                        else (socket.IPPROTO_IP, socket.IP_TOS)
+                    )
+                    control = [(level[0], level[1], _INT.pack(ecns[0] & 0x03))]
+                    self._sendmsg([datagram], control, 0, address)
+                else:
+                    self._sendto(datagram, address)
                 return 0
             except OSError:
                 pass  # the general path below retries transient errors and counts the rest
         batch = self.batch
         if len(items) <= batch:
-            return self._send_chunk(items)
+            return self._send_chunk(items, ecns)
         dropped = 0
         for first in range(0, len(items), batch):
-            dropped += self._send_chunk(items[first : first + batch])
+            chunk_ecns = None if ecns is None else ecns[first : first + batch]
+            dropped += self._send_chunk(items[first : first + batch], chunk_ecns)
         return dropped
 
-    def _send_chunk(self, items: Sequence[tuple[Address, bytes]]) -> int:
+    def _send_chunk(
+        self, items: Sequence[tuple[Address, bytes]], ecns: Sequence[int] | None = None
+    ) -> int:
         pack = self._pack
         slots = self._slots
         slot_len = self._slot_len
@@ -428,7 +543,7 @@ class Sender(_Sending):
         keep: list[bytes] | None = None
         dropped = 0
         position = 0
-        for address, datagram in items:
+        for index, (address, datagram) in enumerate(items):
             if type(datagram) is not bytes:
                 datagram = bytes(datagram)
                 if keep is None:
@@ -461,14 +576,25 @@ class Sender(_Sending):
                 self._count(ADDRESS_ERROR)
                 dropped += 1
                 continue
+            if ecns is not None and ecns[index]:
+                host = address[0]
+                self._mark(
+                    position // slot_len,
+                    ecns[index],
+                    ipv6 and ":" in host and not host.startswith("::ffff:"),
+                )
             position += slot_len
         count = position // slot_len
         if not count:
             return dropped
-        sent = self._sendmmsg(self._fd, self._headers_pointer, count, 0)
-        if sent == count:
-            return dropped
-        return dropped + self._finish(sent, count)
+        try:
+            sent = self._sendmmsg(self._fd, self._headers_pointer, count, 0)
+            if sent == count:
+                return dropped
+            return dropped + self._finish(sent, count)
+        finally:
+            if self._marked:
+                self._unmark()
 
 
 class Outbox(_Sending):
@@ -536,6 +662,13 @@ class Outbox(_Sending):
         self._keep: list[bytes] = []
         #: Datagrams ``add`` could not stage (their address), reported by the next ``flush``.
         self._refused = 0
+        self._tos = _TosControls()
+        self._marked = []
+
+    def mark(self, position: int, ecn: int) -> None:
+        """Send the datagram staged at ``position`` with ECN codepoint ``ecn`` (lb/ecn.py);
+        for this ``flush`` only."""
+        self._mark(position // self.slot_len, ecn, False)
 
     def add(self, position: int, address: Address, datagram: bytes | bytearray) -> int:
         """Stage ``datagram`` for ``address`` at ``position``; return the next position.
@@ -566,10 +699,14 @@ class Outbox(_Sending):
         dropped = self._refused
         self._refused = 0
         count = position // self.slot_len
-        if count:
-            sent = self._sendmmsg(self._fd, self._headers_pointer, count, 0)
-            if sent != count:
-                dropped += self._finish(sent, count)
+        try:
+            if count:
+                sent = self._sendmmsg(self._fd, self._headers_pointer, count, 0)
+                if sent != count:
+                    dropped += self._finish(sent, count)
+        finally:
+            if self._marked:
+                self._unmark()
         if self._keep:
             self._keep.clear()
         return dropped

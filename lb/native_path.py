@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .pump import Pump
 
 #: The ``lb._native`` this code was written for (its ``ABI_VERSION``).
-ABI_VERSION = 2
+ABI_VERSION = 3
 PROBE_HEADER_LEN = len(PROBE_REPLY_HEADER)
 
 

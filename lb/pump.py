@@ -35,7 +35,7 @@ from quicvoice.errors import ConfigurationError
 from quicvoice.healthprobe import PROBE_CLIENT, is_authentic_probe, probe_key
 from quicvoice.settings import Address, format_address
 
-from . import errqueue, mmsg, native_path, python_path
+from . import ecn, errqueue, mmsg, native_path, python_path
 from .config import ForwarderConfig, load_config
 from .health import HealthTable, probe_packet
 from .log import JsonLogger
@@ -129,6 +129,9 @@ class Pump:
         #: The client-facing socket and the backend-facing one (shared with the other pump).
         self.vip = vip
         self.backend = backend
+        # Each datagram's ECN bits are read and relayed with it (lb/ecn.py, specs/ecn.md).
+        ecn.enable_tos_reporting(vip)
+        ecn.enable_tos_reporting(backend)
         self._snapshot = snapshot
         self._parent_pid = parent_pid
         self._next_snapshot = 0.0

@@ -37,7 +37,7 @@ from quicvoice.encapsulation import (
 )
 from quicvoice.settings import Address
 
-from . import mmsg
+from . import ecn, mmsg
 from .health import PROBE_CLIENT, PROBE_REPLY_HEADER
 from .packet import LONG_HEADER_BIT, MAX_CID_LEN_V1, MIN_SHORT_HEADER_LEN
 from .router import (
@@ -119,8 +119,12 @@ def uplink_loop(pump: Pump) -> None:
     backend, from an IPv4 client) is decided inline, exactly as ``route_from_client``
     would; anything else goes through the Router. tests/lb/test_lb_fast_path.py checks
     that both give the same sends and counts."""
-    recvfrom = pump.vip.recvfrom
+    recvmsg = pump.vip.recvmsg
     to_backend = pump.backend.sendto
+    marked_to_backend = pump.backend.sendmsg
+    backend_ipv6 = pump.backend.family == socket.AF_INET6
+    control_for = ecn.control_for
+    ecn_of = ecn.ecn_of
     to_client = pump.vip.sendto
     monotonic = time.monotonic
     fast = pump.vip.family == socket.AF_INET  # IPv6 clients go through the Router
@@ -132,7 +136,7 @@ def uplink_loop(pump: Pump) -> None:
     live = pump.router.fast_uplink
     while True:
         try:
-            datagram, client = recvfrom(RECV_BUFFER_LEN)
+            datagram, ancdata, _, client = recvmsg(RECV_BUFFER_LEN, ecn.ANCILLARY_SIZE)
         except BlockingIOError:
             pump.idle()
             route = pump.router.route_from_client
@@ -170,19 +174,36 @@ def uplink_loop(pump: Pump) -> None:
                     wrapped = header(MAGIC_VERSION, FAMILY_IPV4, client[1], inet_aton(client[0]))
                     target.packets += 1
                     target.octets += length
+                    # The client's ECN bits travel on the encapsulated datagram (specs/ecn.md).
+                    mark = ecn_of(ancdata) if ancdata else 0
+                    control = control_for(backend_ipv6, target.address[0], mark) if mark else None
                     try:
-                        to_backend(wrapped + datagram, target.address)
+                        if control is not None:
+                            marked_to_backend([wrapped, datagram], control, 0, target.address)
+                        else:
+                            to_backend(wrapped + datagram, target.address)
                     except ConnectionRefusedError:  # an earlier datagram's ICMP error
                         pump.read_error_queue()
-                        to_backend(wrapped + datagram, target.address)
+                        if control is not None:
+                            marked_to_backend([wrapped, datagram], control, 0, target.address)
+                        else:
+                            to_backend(wrapped + datagram, target.address)
                     continue
             decision = route(datagram, client)
             if type(decision) is Forward:
+                mark = ecn_of(ancdata) if ancdata else 0
+                control = control_for(backend_ipv6, decision[0][0], mark) if mark else None
                 try:
-                    to_backend(decision[1], decision[0])
+                    if control is not None:
+                        marked_to_backend([decision[1]], control, 0, decision[0])
+                    else:
+                        to_backend(decision[1], decision[0])
                 except ConnectionRefusedError:  # an earlier datagram's ICMP error
                     pump.read_error_queue()
-                    to_backend(decision[1], decision[0])
+                    if control is not None:
+                        marked_to_backend([decision[1]], control, 0, decision[0])
+                    else:
+                        to_backend(decision[1], decision[0])
             elif type(decision) is Reply:
                 to_client(decision[1], decision[0])
         except OSError as error:
@@ -194,8 +215,12 @@ def uplink_loop(pump: Pump) -> None:
 def downlink_loop(pump: Pump) -> None:
     """recvfrom, route, sendto; an IPv4 header from a configured backend is unwrapped
     inline, exactly as ``route_from_backend`` would (probe answers excepted)."""
-    recvfrom = pump.backend.recvfrom
+    recvmsg = pump.backend.recvmsg
     to_client = pump.vip.sendto
+    marked_to_client = pump.vip.sendmsg
+    vip_ipv6 = pump.vip.family == socket.AF_INET6
+    control_for = ecn.control_for
+    ecn_of = ecn.ecn_of
     monotonic = time.monotonic
     fast = pump.backend.family == socket.AF_INET
     octet = DECIMAL
@@ -204,7 +229,7 @@ def downlink_loop(pump: Pump) -> None:
     sources = pump.router.fast_downlink
     while True:
         try:
-            datagram, source = recvfrom(RECV_BUFFER_LEN)
+            datagram, ancdata, _, source = recvmsg(RECV_BUFFER_LEN, ecn.ANCILLARY_SIZE)
         except BlockingIOError:
             pump.idle()
             route = pump.router.route_from_backend
@@ -241,14 +266,25 @@ def downlink_loop(pump: Pump) -> None:
                     )
                     origin.packets += 1
                     origin.octets += len(datagram)
-                    to_client(datagram[IPV4_HEADER_LEN:], (client, port))
+                    # The backend marked this one client's datagram: its bits go on with it.
+                    mark = ecn_of(ancdata) if ancdata else 0
+                    if mark:
+                        control = control_for(vip_ipv6, client, mark)
+                        marked_to_client([datagram[IPV4_HEADER_LEN:]], control, 0, (client, port))
+                    else:
+                        to_client(datagram[IPV4_HEADER_LEN:], (client, port))
                     continue
             if datagram[:PROBE_HEADER_LEN] == PROBE_REPLY_HEADER:
                 pump.probe_answered(source)
                 continue
             decision = route(datagram, source)
             if type(decision) is Send:
-                to_client(decision[1], decision[0])
+                mark = ecn_of(ancdata) if ancdata else 0
+                if mark:
+                    control = control_for(vip_ipv6, decision[0][0], mark)
+                    marked_to_client([decision[1]], control, 0, decision[0])
+                else:
+                    to_client(decision[1], decision[0])
         except OSError as error:
             pump.send_failed(pump.counters.downlink_drops, error)
         except Exception as error:  # a bug must cost one datagram, never the forwarder
@@ -256,14 +292,18 @@ def downlink_loop(pump: Pump) -> None:
 
 
 def uplink_batches(pump: Pump) -> None:
-    receive = mmsg.Receiver(pump.vip, BATCH).receive
+    receiver = mmsg.Receiver(pump.vip, BATCH)
+    receive = receiver.receive
+    ecns = receiver.ecns
     to_backend = mmsg.Sender(pump.backend, BATCH)
     to_client = mmsg.Sender(pump.vip, BATCH)
     pump.senders = (to_backend, to_client)
     drops = pump.counters.uplink_drops
     forwards: list[Forward] = []
+    marks: list[int] = []
     replies: list[Reply] = []
     forward = forwards.append
+    mark = marks.append
     reply = replies.append
     monotonic = time.monotonic
     while True:
@@ -278,7 +318,8 @@ def uplink_batches(pump: Pump) -> None:
             pump.unexpected("recv_failed", error)
             continue
         route = pump.router.route_from_client
-        for datagram, client in batch:
+        # Each datagram's ECN bits go on with it (lb/ecn.py); the forwarder's replies: none.
+        for (datagram, client), codepoint in zip(batch, ecns(len(batch))):  # noqa: B905
             try:
                 decision = route(datagram, client)
             except Exception as error:  # a bug must cost one datagram, never the forwarder
@@ -286,11 +327,13 @@ def uplink_batches(pump: Pump) -> None:
                 continue
             if type(decision) is Forward:
                 forward(decision)
+                mark(codepoint)
             elif type(decision) is Reply:
                 reply(decision)
         if forwards:
-            failed = to_backend.send(forwards)
+            failed = to_backend.send(forwards, marks)
             forwards.clear()
+            marks.clear()
             if failed:
                 drops[DropReason.SEND_ERROR] += failed
         if replies:
@@ -303,12 +346,16 @@ def uplink_batches(pump: Pump) -> None:
 
 
 def downlink_batches(pump: Pump) -> None:
-    receive = mmsg.Receiver(pump.backend, BATCH).receive
+    receiver = mmsg.Receiver(pump.backend, BATCH)
+    receive = receiver.receive
+    ecns = receiver.ecns
     to_client = mmsg.Sender(pump.vip, BATCH)
     pump.senders = (to_client,)
     drops = pump.counters.downlink_drops
     sends: list[Send] = []
+    marks: list[int] = []
     send = sends.append
+    mark = marks.append
     monotonic = time.monotonic
     while True:
         if pump.reload_pending:
@@ -322,7 +369,7 @@ def downlink_batches(pump: Pump) -> None:
             pump.receive_failed(error)
             continue
         route = pump.router.route_from_backend
-        for datagram, source in batch:
+        for (datagram, source), codepoint in zip(batch, ecns(len(batch))):  # noqa: B905
             if datagram[:PROBE_HEADER_LEN] == PROBE_REPLY_HEADER:
                 pump.probe_answered(source)
                 continue
@@ -333,9 +380,11 @@ def downlink_batches(pump: Pump) -> None:
                 continue
             if type(decision) is Send:
                 send(decision)
+                mark(codepoint)
         if sends:
-            failed = to_client.send(sends)
+            failed = to_client.send(sends, marks)
             sends.clear()
+            marks.clear()
             if failed:
                 drops[DropReason.SEND_ERROR] += failed
         if monotonic() >= pump.next_tick:
@@ -376,6 +425,8 @@ def uplink_relay(pump: Pump) -> None:
     slot_len = outbox.slot_len
     add = outbox.add
     flush = outbox.flush
+    mark = outbox.mark
+    ecns = receiver.ecns
     prefix = ctypes.addressof(_IPV4_PREFIX)
     family = int(socket.AF_INET)
     while True:
@@ -433,10 +484,11 @@ def uplink_relay(pump: Pump) -> None:
             pump.unexpected("route_failed", error)
             kinds = [-1] * count
             decrypted = [None] * CONFIG_SLOTS
-        # Pass 2, in order: stage each fast datagram where it lies; route the others.
+        # Pass 2, in order: stage each fast datagram where it lies (with the ECN bits it
+        # arrived with, lb/ecn.py); route the others.
         position = 0
-        for index, kind, length, datagram_address, client_address in zip(  # noqa: B905
-            range(count), kinds, lengths, datagram_addresses, client_addresses
+        for index, kind, length, datagram_address, client_address, codepoint in zip(  # noqa: B905
+            range(count), kinds, lengths, datagram_addresses, client_addresses, ecns(count)
         ):
             try:
                 if kind >= 0:
@@ -466,6 +518,8 @@ def uplink_relay(pump: Pump) -> None:
                             family,
                             port_and_address,
                         )
+                        if codepoint:
+                            mark(position, codepoint)
                         position += slot_len
                         continue
                 datagram, address = item(index)
@@ -474,7 +528,10 @@ def uplink_relay(pump: Pump) -> None:
                 pump.unexpected("route_failed", error)
                 continue
             if type(decision) is Forward:
-                position = add(position, decision[0], decision[1])
+                staged = add(position, decision[0], decision[1])
+                if codepoint and staged != position:
+                    mark(position, codepoint)
+                position = staged
             elif type(decision) is Reply:
                 reply(decision)
         failed = flush(position)
@@ -516,6 +573,8 @@ def downlink_relay(pump: Pump) -> None:
     slot_len = outbox.slot_len
     add = outbox.add
     flush = outbox.flush
+    mark = outbox.mark
+    ecns = receiver.ecns
     family = int(socket.AF_INET)
     while True:
         if pump.reload_pending:
@@ -532,13 +591,14 @@ def downlink_relay(pump: Pump) -> None:
         backends = pump.in_place.sources
         batch_heads = heads[count](data)
         position = 0
-        for index, length, prefix, client, source, payload_address in zip(  # noqa: B905
+        for index, length, prefix, client, source, payload_address, codepoint in zip(  # noqa: B905
             range(count),
             receiver.lengths,
             batch_heads[0::2],
             batch_heads[1::2],
             sources[count](names),
             payload_addresses,
+            ecns(count),
         ):
             try:
                 # The conditions of _downlink_loop's fast path (client[:2]: the port).
@@ -560,6 +620,8 @@ def downlink_relay(pump: Pump) -> None:
                             family,
                             client,
                         )
+                        if codepoint:
+                            mark(position, codepoint)
                         position += slot_len
                         continue
                 datagram, address = item(index)
@@ -571,7 +633,10 @@ def downlink_relay(pump: Pump) -> None:
                 pump.unexpected("route_failed", error)
                 continue
             if type(decision) is Send:
-                position = add(position, decision[0], decision[1])
+                staged = add(position, decision[0], decision[1])
+                if codepoint and staged != position:
+                    mark(position, codepoint)
+                position = staged
         failed = flush(position)
         if failed:
             drops[DropReason.SEND_ERROR] += failed

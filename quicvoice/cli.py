@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N backend processes, worker i with server ID base+i on port+i (or its own "
         "[[backends]] address in a forwarder's file); see specs/engine.md",
     )
+    serve.add_argument(
+        "--ecn",
+        choices=["l4s", "classic", "off"],
+        help="ECN marking: l4s = ECT(1), classic = ECT(0), off = not-ECT (overrides the config;"
+        " default l4s)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
     call = commands.add_parser("call", help="place a call: stream audio, print a JSON report")
@@ -163,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--realtime", action="store_true", help="datagram uplink")
     call.add_argument("--codec", default="L16/16000", help="NAME/RATE (default L16/16000)")
     call.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    call.add_argument(
+        "--ecn",
+        choices=["l4s", "classic", "off"],
+        default="l4s",
+        help="ECN marking: l4s = ECT(1) (default), classic = ECT(0), off = not-ECT",
+    )
 
     from .tokencli import add_token_parser
 
@@ -293,6 +305,10 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
         config = replace(config, session_store=args.session_store)
     if args.metrics is not None:
         config = replace(config, metrics=args.metrics)
+    if args.ecn is not None:
+        from .ecn import EcnMode
+
+        config = replace(config, ecn=EcnMode.parse(args.ecn))
     check_loop(args.loop, "--loop")
     if check_worker_count(args.workers) > 1:
         return _serve_workers(args, argv, config)
@@ -511,6 +527,7 @@ def _call(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         server_name=args.server_name,
         verify=verify,
         timeout=args.timeout,
+        ecn=args.ecn,
     )
     if not verify:
         print("quicvoice call: server certificate not verified", file=sys.stderr)

@@ -31,10 +31,14 @@ from aioquic.quic.packet import (
     QuicPacketType,
     pull_ack_frame,
     pull_quic_header,
+    push_ack_frame,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder, QuicSentPacket
+from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.tls import ClientHello, pull_client_hello
 from cryptography import x509
 
+from .ecn import Codepoint, EcnCounts, EcnMode, EcnTracker
 from .errors import CertificateVerificationError
 from .quiclb import Algorithm, ConnectionIdGenerator, QuicLbConnectionIdGenerator
 
@@ -68,13 +72,28 @@ PRIVATE_NAMES = {
         "_state",
         "_initialize",
         "_configuration",
+        "_payload_received",
+        "_write_ack_frame",
+        "_handle_ack_frame",
+        "_flush_builder",
+        "_local_ack_delay_exponent",
+        "_on_ack_delivery",
+        "_quic_logger",
+        "_write_ping_frame",
     ),
     "Context": (
         "_client_handle_certificate_verify",
         "_peer_certificate",
         "_peer_certificate_chain",
     ),
-    "QuicPacketRecovery": ("_rtt_initialized", "_rtt_latest", "_rtt_smoothed", "_rtt_min"),
+    "QuicPacketRecovery": (
+        "_rtt_initialized",
+        "_rtt_latest",
+        "_rtt_smoothed",
+        "_rtt_min",
+        "on_packet_sent",
+        "_on_packets_lost",
+    ),
     "QuicStreamSender": ("_buffer_start", "_buffer_stop"),
     "H3Connection": ("_stream", "_get_local_settings", "_enable_webtransport"),
 }
@@ -186,11 +205,163 @@ class VoiceQuicConnection(QuicConnection):
     never sent. ``close_after_delivery`` sends it first and closes once it is acknowledged.
     """
 
-    def __init__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> None:
+    def __init__(
+        self, *, configuration: QuicConfiguration, ecn: EcnMode = EcnMode.L4S, **kwargs: Any
+    ) -> None:
         super().__init__(configuration=configuration, **kwargs)
         self._ack_delay = VOICE_ACK_DELAY
         self._peer_close_reported = False
         self._delivery_close: _DeliveryClose | None = None
+        #: ECN of this connection (specs/ecn.md): marks, counts, validation per path.
+        self.ecn = EcnTracker(ecn)
+        #: The path name of the local socket sending now (a client names its sockets; a server
+        #: leaves it ``None`` and its paths are named by the peer's address).
+        self.ecn_local_path: str | None = None
+        self._ecn_received: Codepoint | None = None
+        self._ecn_names: dict[NetworkAddress, str] = {}
+        self._ecn_sending_addr: NetworkAddress = ("", 0)
+        self._ecn_sending_path: str | None = None
+        self._ecn_sending_codepoint = Codepoint.NOT_ECT
+        recovery_on_packet_sent = self._loss.on_packet_sent
+
+        def on_packet_sent(*, packet: QuicSentPacket, space: QuicPacketSpace) -> None:
+            recovery_on_packet_sent(packet=packet, space=space)
+            path = self._ecn_sending_path
+            if path is None:  # the flush's first packet: name its path once
+                path = self._ecn_sending_path = self.ecn_path_name(self._ecn_sending_addr)
+                self._ecn_sending_codepoint = self.ecn.send_codepoint(path)
+            self.ecn.on_packet_sent(
+                _ecn_space(packet.epoch), packet.packet_number, path, self._ecn_sending_codepoint
+            )
+
+        self._loss.on_packet_sent = on_packet_sent  # type: ignore[method-assign]
+        recovery_on_packets_lost = self._loss._on_packets_lost
+
+        def on_packets_lost(*, packets: Any, space: QuicPacketSpace, **kwargs: Any) -> None:
+            if type(packets) is not list:
+                packets = list(packets)  # aioquic may hand over a one-pass iterable
+            recovery_on_packets_lost(packets=packets, space=space, **kwargs)
+            if packets:
+                self.ecn.on_packets_lost(
+                    _ecn_space(packets[0].epoch), [packet.packet_number for packet in packets]
+                )
+
+        self._loss._on_packets_lost = on_packets_lost  # type: ignore[method-assign]
+
+    def ecn_path_name(self, addr: NetworkAddress) -> str:
+        """The ECN path name of datagrams exchanged with peer ``addr`` now."""
+        if self.ecn_local_path is not None:
+            return self.ecn_local_path
+        names = self._ecn_names
+        name = names.get(addr)
+        if name is None:
+            if len(names) >= _MAX_PATH_NAMES:
+                names.clear()  # a peer hopping addresses cannot grow the cache
+            name = names[addr] = _address_name(addr)
+        return name
+
+    def ecn_codepoint(self, addr: NetworkAddress) -> Codepoint:
+        """The ECN codepoint datagrams to ``addr`` must carry now (the I/O shell sets it)."""
+        return self.ecn.send_codepoint(self.ecn_path_name(addr))
+
+    def receive_datagram_ecn(
+        self, data: bytes, addr: NetworkAddress, now: float, tos: int | None
+    ) -> None:
+        """``receive_datagram``, with the IP TOS / traffic class the socket reported
+        (``None``: unreadable); the packets in it are counted for our ACK_ECN frames."""
+        self._ecn_received = self.ecn.on_datagram_received(self.ecn_path_name(addr), tos)
+        try:
+            self.receive_datagram(data, addr, now)
+        finally:
+            self._ecn_received = None
+
+    def _payload_received(
+        self, context: Any, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        result = super()._payload_received(context, plain, crypto_frame_required)
+        if self._ecn_received is not None:
+            self.ecn.on_packet_received(_ecn_space(context.epoch), self._ecn_received)
+        return result
+
+    def _flush_builder(
+        self, builder: QuicPacketBuilder, network_path: Any, peer_cid: bytes, now: float
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        # Every packet of the flush leaves on this path with the path's codepoint, which
+        # changes only when an ACK is processed, never during a flush (named lazily: most
+        # flushes send nothing).
+        self._ecn_sending_addr = network_path.addr
+        self._ecn_sending_path = None
+        result: list[tuple[bytes, NetworkAddress]] = super()._flush_builder(
+            builder, network_path, peer_cid, now
+        )
+        return result
+
+    def _write_ack_frame(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, now: float
+    ) -> None:
+        counts = self.ecn.counts_to_report(self._ecn_space_of(space))
+        if counts is None:
+            super()._write_ack_frame(builder, space, now)
+            return
+        # RFC 9000 §19.3: an ACK frame of type 0x03 carries the ECT(0), ECT(1) and CE counts
+        # after the ranges. aioquic writes only type 0x02; this is its writer plus the counts.
+        delay = now - (space.largest_received_time or now)
+        delay_encoded = int(delay * 1000000) >> self._local_ack_delay_exponent
+        buf = builder.start_frame(
+            QuicFrameType.ACK_ECN,
+            capacity=_ACK_ECN_FRAME_CAPACITY,
+            handler=self._on_ack_delivery,
+            handler_args=(space, space.largest_received_packet),
+        )
+        ranges = push_ack_frame(
+            buf,
+            space.ack_queue,
+            delay_encoded,
+            builder.remaining_buffer_space - _ECN_COUNTS_CAPACITY,
+        )
+        buf.push_uint_var(counts.ect0)
+        buf.push_uint_var(counts.ect1)
+        buf.push_uint_var(counts.ce)
+        space.ack_at = None
+        frames = builder.quic_logger_frames
+        if self._quic_logger is not None and frames is not None:
+            frames.append(
+                self._quic_logger.encode_ack_frame(
+                    ranges=list(space.ack_queue)[-ranges:], delay=delay
+                )
+            )
+        if ranges > 1 and builder.packet_number % 8 == 0:
+            self._write_ping_frame(builder, comment="ACK-of-ACK trigger")
+
+    def _handle_ack_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        start = buf.tell()
+        largest, counts = _peek_ack(buf, frame_type == QuicFrameType.ACK_ECN)
+        buf.seek(start)
+        epoch = context.epoch
+        space = self._spaces[epoch]
+        in_flight = list(space.sent_packets)
+        super()._handle_ack_frame(context, frame_type, buf)
+        if largest < 0:
+            return  # malformed: aioquic has closed the connection
+        # What aioquic no longer holds was acknowledged now, or declared lost meanwhile (the
+        # tracker has forgotten those already, through on_packets_lost).
+        remaining = space.sent_packets
+        acked = [number for number in in_flight if number not in remaining]
+        ecn_space = _ecn_space(epoch)
+        self.ecn.on_ack_received(
+            ecn_space, acked, largest, counts, application=ecn_space == _ECN_APPLICATION_SPACE
+        )
+        oldest_unacked = next(iter(remaining), None)
+        if oldest_unacked is not None:
+            self.ecn.forget_before(ecn_space, oldest_unacked)
+
+    def _ecn_space_of(self, space: QuicPacketSpace) -> int:
+        if space.is_application_data:
+            return _ECN_APPLICATION_SPACE
+        for epoch, candidate in self._spaces.items():
+            if candidate is space:
+                return _ecn_space(epoch)
+        return _ECN_APPLICATION_SPACE
 
     def close_after_delivery(
         self, *, error_code: int, reason_phrase: str, stream_ids: tuple[int, ...]
@@ -292,6 +463,51 @@ class VoiceQuicConnection(QuicConnection):
         if self._datagrams_pending:
             return True
         return any(not stream.sender.buffer_is_empty for stream in self._streams.values())
+
+
+#: Peer addresses whose path names are kept (formatted once, not per datagram).
+_MAX_PATH_NAMES = 32
+#: An ACK_ECN frame's three counts take at most three 8-octet varints.
+_ECN_COUNTS_CAPACITY = 3 * 8
+#: aioquic's ACK capacity (type and four varints) plus the counts.
+_ACK_ECN_FRAME_CAPACITY = 1 + 4 * 8 + _ECN_COUNTS_CAPACITY
+#: ECN counts are kept per packet number space; 0-RTT packets belong to the application's.
+_ECN_APPLICATION_SPACE = int(tls.Epoch.ONE_RTT.value)
+
+
+_ZERO_RTT = tls.Epoch.ZERO_RTT
+
+
+def _ecn_space(epoch: tls.Epoch) -> int:
+    # Per packet: identity and the member's raw value, not Enum's (slower) property.
+    return _ECN_APPLICATION_SPACE if epoch is _ZERO_RTT else int(epoch._value_)
+
+
+def _peek_ack(buf: Buffer, with_counts: bool) -> tuple[int, EcnCounts | None]:
+    """The Largest Acknowledged of the ACK frame at ``buf`` and, for type 0x03, its ECN
+    counts (RFC 9000 §19.3), reading no more than the frame; (-1, None) when malformed."""
+    try:
+        largest = int(buf.pull_uint_var())
+        if not with_counts:
+            return largest, None
+        buf.pull_uint_var()  # ACK Delay
+        ranges = buf.pull_uint_var()
+        if ranges > (buf.capacity - buf.tell()) // 2:
+            return -1, None  # more ranges than octets left: aioquic will refuse the frame
+        buf.pull_uint_var()  # First ACK Range
+        for _ in range(ranges):
+            buf.pull_uint_var()  # Gap
+            buf.pull_uint_var()  # ACK Range Length
+        return largest, EcnCounts(
+            ect0=buf.pull_uint_var(), ect1=buf.pull_uint_var(), ce=buf.pull_uint_var()
+        )
+    except Exception:  # a truncated frame: aioquic reports it
+        return -1, None
+
+
+def _address_name(addr: NetworkAddress) -> str:
+    host, port = str(addr[0]), int(addr[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class QuicLbConnection(VoiceQuicConnection):

@@ -30,6 +30,7 @@ BACKEND_KEYS = frozenset(
         "store",
         "app",
         "auth",
+        "ecn",
     }
 )
 FORWARDER_KEYS = frozenset(

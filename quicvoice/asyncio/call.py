@@ -14,6 +14,7 @@ import numpy as np
 from ..audio.codecs import make_codec
 from ..audio.frames import AudioFrame, Pcm
 from ..audio.resample import Resampler
+from ..ecn import session_report
 from ..errors import CallEndedError, ConfigurationError, InvalidStateError, UplinkEndedError
 from ..session.codes import ErrorCode
 from ..session.events import SessionClosed, TurnCancelled, TurnEnded
@@ -50,6 +51,8 @@ class CallOptions:
     verify: bool = True
     timeout: float = 5.0
     reply_timeout: float = 10.0
+    #: ECN marking: ``"l4s"`` (ECT(1)), ``"classic"`` (ECT(0)) or ``"off"`` (specs/ecn.md).
+    ecn: str = "l4s"
 
 
 def tone(rate: int, seconds: float) -> Pcm:
@@ -134,6 +137,7 @@ async def run_call(options: CallOptions) -> dict[str, Any]:
         server_name=options.server_name,
         verify=options.verify,
         timeout=options.timeout,
+        ecn=options.ecn,
     ) as client:
         session = client.session
         assert session is not None
@@ -241,6 +245,7 @@ def _report(client: VoiceClient, frames_sent: int, seconds: float) -> dict[str, 
         "jitter_ms": None,
         "bytes_sent": None,
         "bytes_received": None,
+        "ecn": None,
     }
     try:
         stats = client.stats()
@@ -260,6 +265,7 @@ def _report(client: VoiceClient, frames_sent: int, seconds: float) -> dict[str, 
         jitter_ms=round(stats.jitter_ms, 3),
         bytes_sent=stats.bytes_sent,
         bytes_received=stats.bytes_received,
+        ecn=session_report(stats.ecn_mode, stats.ecn),
     )
     return report
 

@@ -30,6 +30,7 @@ from aioquic.tls import SessionTicket
 from ..audio.frames import Pcm
 from ..audio.pcm import PcmEncoder, PcmFrame, check_app_rate
 from ..audio.turn_pcm import TurnPcmDecoder
+from ..ecn import EcnMode
 from ..errors import (
     CallEndedError,
     CallReconnectingError,
@@ -109,7 +110,13 @@ from .dial import (
     usable_addresses,
 )
 from .timer import ConnectionTimer
-from .udp import RECEIVE_SIZE, bind_udp_socket
+from .udp import (
+    ANCILLARY_SIZE,
+    RECEIVE_SIZE,
+    bind_udp_socket,
+    received_tos,
+    set_ecn_marking,
+)
 
 __all__ = [
     "Resumption",
@@ -133,12 +140,16 @@ class _ClientSocket:
     reader callback and written directly: a failed send is reported at once, so a vanished
     network is noticed on the first frame sent from it."""
 
-    def __init__(self, link: _Link, path: PathId, sock: socket.socket) -> None:
+    def __init__(self, link: _Link, path: PathId, sock: socket.socket, ecn: int) -> None:
         self._link = link
         self.path = path
         self._sock = sock
         host, port = sock.getsockname()[:2]
         self.local_address: Address = (host, port)
+        #: The ECN path name of this socket (one socket is one path of the connection).
+        self.ecn_path = format_address(self.local_address)
+        #: The ECN codepoint the socket marks with now.
+        self.ecn = ecn
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._read_ready)
         self.closed = False
@@ -148,7 +159,7 @@ class _ClientSocket:
             if self.closed:
                 return
             try:
-                data, addr = self._sock.recvfrom(RECEIVE_SIZE)
+                data, ancdata, _flags, addr = self._sock.recvmsg(RECEIVE_SIZE, ANCILLARY_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -156,7 +167,14 @@ class _ClientSocket:
             # An IPv6 socket reports (host, port, flowinfo, scope_id); aioquic compares the
             # peer's address with the one it connected to, (host, port), so a 4-tuple would
             # look like a packet from another path and the handshake would never finish.
-            self._link.datagram_received(self, data, (addr[0], addr[1]))
+            tos = received_tos(ancdata) if ancdata else None
+            self._link.datagram_received(self, data, (addr[0], addr[1]), tos)
+
+    def mark(self, codepoint: int) -> None:
+        """Mark what this socket sends with ECN ``codepoint`` from now on."""
+        if codepoint != self.ecn and not self.closed:
+            set_ecn_marking(self._sock, codepoint)
+            self.ecn = codepoint
 
     def send(self, data: bytes, addr: Any) -> None:
         """Send one datagram; a full buffer loses it (QUIC recovers), a gone network is
@@ -193,13 +211,15 @@ class _Link:
         hello: Hello,
         limits: SessionLimits | None,
         on_ticket: Callable[[SessionTicket], None],
+        ecn: EcnMode = EcnMode.L4S,
     ) -> None:
         self.id = link_id
+        self.ecn = ecn
         #: The call's machine, told what happens here; ``drain`` runs its actions after.
         self._machine = machine
         self._drain = drain
         self.quic = VoiceQuicConnection(
-            configuration=configuration, session_ticket_handler=on_ticket
+            configuration=configuration, session_ticket_handler=on_ticket, ecn=ecn
         )
         transport: VoiceTransport = (
             WebTransportTransport(self.quic, path=path, authority=authority)
@@ -219,7 +239,8 @@ class _Link:
 
     def bind(self, path: PathId, address: Address) -> _ClientSocket:
         """A new socket on ``address`` (raises ``OSError`` when it cannot be bound)."""
-        sock = _ClientSocket(self, path, bind_udp_socket(address))
+        codepoint = int(self.ecn.codepoint)
+        sock = _ClientSocket(self, path, bind_udp_socket(address, codepoint), codepoint)
         self.sockets[path] = sock
         return sock
 
@@ -230,7 +251,9 @@ class _Link:
         if can_send_early_data(self.quic):
             self.voice.start_early()
 
-    def datagram_received(self, sock: _ClientSocket, data: bytes, addr: Any) -> None:
+    def datagram_received(
+        self, sock: _ClientSocket, data: bytes, addr: Any, tos: int | None = None
+    ) -> None:
         if self.closed:
             return
         now = self._loop.time()
@@ -239,7 +262,8 @@ class _Link:
             self._machine.handle_stateless_reset(self.id, now)
             self._drain()
             return
-        self.quic.receive_datagram(data, addr, now)
+        self.quic.ecn_local_path = sock.ecn_path
+        self.quic.receive_datagram_ecn(data, addr, now, tos)
         stream_id = self.voice.uplink_stream_id
         rtt = rtt_seconds(self.quic)
         self._machine.handle_datagram_received(
@@ -293,7 +317,11 @@ class _Link:
             return
         now = self._loop.time()
         sent = 0
-        for data, addr in self.quic.datagrams_to_send(now=now):
+        quic = self.quic
+        quic.ecn_local_path = active.ecn_path
+        # One socket is one path: its marking follows the path's validation (specs/ecn.md).
+        active.mark(int(quic.ecn.send_codepoint(active.ecn_path)))
+        for data, addr in quic.datagrams_to_send(now=now):
             sent += 1
             active.send(data, addr)
         if sent:
@@ -361,8 +389,10 @@ class VoiceClient:
         path: str = WEBTRANSPORT_PATH,
         audio_events: bool = True,
         sample_rate: int | None = None,
+        ecn: EcnMode = EcnMode.L4S,
     ) -> None:
         self._server = server
+        self._ecn = ecn
         self._sample_rate = None if sample_rate is None else check_app_rate(sample_rate)
         self._configuration = configuration
         self._webtransport = webtransport
@@ -550,6 +580,7 @@ class VoiceClient:
                 hello=action.hello,
                 limits=self._limits,
                 on_ticket=self._on_ticket,
+                ecn=self._ecn,
             )
             self._links[action.link] = link
             if action.dcid is not None:
@@ -1008,6 +1039,8 @@ class VoiceClient:
             packets_sent=self._packets_sent + sum(other.packets_sent for other in open_links),
             packets_received=self._packets_received
             + sum(other.packets_received for other in open_links),
+            ecn=link.quic.ecn.path_stats(),
+            ecn_mode=link.quic.ecn.mode.value,
         )
 
 
@@ -1038,6 +1071,7 @@ async def connect(
     reconnect_timeout: float = 10.0,
     attempt_delay: float = ATTEMPT_DELAY,
     sample_rate: int | None = None,
+    ecn: EcnMode | str = EcnMode.L4S,
 ) -> AsyncIterator[VoiceClient]:
     """Open a voice call and close it on exit.
 
@@ -1069,6 +1103,9 @@ async def connect(
     them, and the playout buffer and ``AudioReceived.pcm`` hold them. Without it the app
     sends and plays codec payloads (``send_audio()``, ``playout.pull()``).
 
+    ``ecn`` marks every datagram (specs/ecn.md): ``"l4s"`` ECT(1), the default; ``"classic"``
+    ECT(0); ``"off"`` not-ECT. A path that bleaches or mangles the marks gets not-ECT.
+
     Raises ``SessionRefusedError`` when the server closes before welcoming the session, with
     the close's ``error_code`` (``RESUME_REFUSED`` for a bad or stale ``resume_token``,
     ``UNSUPPORTED`` for no common codec, ``VERSION_UNSUPPORTED`` for a protocol version the
@@ -1077,6 +1114,7 @@ async def connect(
     session is up within ``timeout`` (resolution included).
     """
     check_aioquic_version()
+    ecn_mode = EcnMode.parse(ecn)
     if sample_rate is not None:
         check_app_rate(sample_rate)
     if ca_file is not None and cafile is not None:
@@ -1125,6 +1163,7 @@ async def connect(
             liveness_timeout=liveness_timeout,
             reconnect_timeout=reconnect_timeout,
             sample_rate=sample_rate,
+            ecn=ecn_mode,
         )
         local = chosen_local or ("::" if ":" in server[0] else "0.0.0.0", 0)
         # The race's deadline bounds the attempt; open()'s own timeout only backs it up.

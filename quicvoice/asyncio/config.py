@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..auth.config import AuthConfig
+from ..ecn import EcnMode
 from ..errors import ConfigurationError
 from ..quiclb import LoadBalancerConfig
 from ..settings import FORWARDER_KEYS, Address, format_address, parse_address, parse_hex
@@ -61,6 +62,7 @@ BACKEND_KEYS = frozenset(
         "app",
         "auth",
         "metrics",
+        "ecn",
     }
 )
 SESSION_KEYS = frozenset({"resume_key", "resume_key_id", "state_ttl", "token_ttl"})
@@ -116,6 +118,9 @@ class BackendConfig:
     #: TCP address serving Prometheus text metrics at ``/metrics`` (port 0: any free port);
     #: ``None``: no metrics endpoint.
     metrics: Address | None = None
+    #: ECN marking of what the backend sends (specs/ecn.md): ``l4s`` ECT(1), ``classic``
+    #: ECT(0), ``off`` not-ECT; a path whose validation fails gets not-ECT anyway.
+    ecn: EcnMode = EcnMode.L4S
 
     @property
     def effective_resume_key(self) -> bytes:
@@ -150,6 +155,8 @@ class BackendConfig:
             check_import_string(self.app)
         if not isinstance(self.auth, AuthConfig):
             raise ConfigurationError("auth: must be an AuthConfig")
+        if not isinstance(self.ecn, EcnMode):
+            raise ConfigurationError("ecn: must be an EcnMode ('l4s', 'classic' or 'off')")
         if (self.certificate is None) != (self.private_key is None):
             raise ConfigurationError(
                 "certificate: give both certificate and private_key, or neither"
@@ -232,6 +239,11 @@ class BackendConfig:
                 arguments[name] = value
         if "auth" in table:
             arguments["auth"] = AuthConfig.from_mapping(table["auth"], base)
+        if "ecn" in table:
+            try:
+                arguments["ecn"] = EcnMode.parse(table["ecn"])
+            except ValueError as error:
+                raise ConfigurationError(str(error)) from None
         for name in ("certificate", "private_key"):
             if name in table:
                 if not isinstance(table[name], str):

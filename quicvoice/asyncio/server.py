@@ -87,7 +87,7 @@ from ..version import __version__
 from .accept import run_accept_hook
 from .config import BackendConfig
 from .timer import ConnectionTimer
-from .udp import open_udp_endpoint
+from .udp import UdpEndpoint, open_udp_endpoint
 
 logger = logging.getLogger("quicvoice.server")
 
@@ -334,10 +334,17 @@ class _ServerConnection:
             raise InvalidStateError("no voice session on this connection yet")
         return self._voice
 
-    def receive(self, data: bytes, address: Address, via_forwarder: bool, now: float) -> None:
+    def receive(
+        self,
+        data: bytes,
+        address: Address,
+        via_forwarder: bool,
+        now: float,
+        tos: int | None = None,
+    ) -> None:
         self.via_forwarder = via_forwarder
         self._packets_received += 1
-        self.quic.receive_datagram(data, address, now)
+        self.quic.receive_datagram_ecn(data, address, now, tos)
         peer = self.quic.get_peer_address()
         if peer is not None:
             peer = (peer[0], peer[1])
@@ -591,6 +598,8 @@ class _ServerConnection:
             migrations=tuple(self._migrations),
             packets_sent=self._packets_sent,
             packets_received=self._packets_received,
+            ecn=self.quic.ecn.path_stats(),
+            ecn_mode=self.quic.ecn.mode.value,
         )
 
     def transmit_soon(self) -> None:
@@ -602,12 +611,19 @@ class _ServerConnection:
         loop = asyncio.get_running_loop()
         send = self.server.send
         forwarder = self.server.config.forwarder if self.via_forwarder else None
-        for data, address in self.quic.datagrams_to_send(now=loop.time()):
+        quic = self.quic
+        server = self.server
+        for data, address in quic.datagrams_to_send(now=loop.time()):
             self._packets_sent += 1
+            # A path whose ECN validation failed gets not-ECT on this datagram only; the
+            # forwarder copies the encapsulated datagram's ECN bits onto what it relays.
+            codepoint = quic.ecn_codepoint(address)
             if forwarder is not None:
-                send(wrap((address[0], address[1]), data), forwarder)
-            else:
+                data, address = wrap((address[0], address[1]), data), forwarder
+            if codepoint == server.ecn_codepoint:
                 send(data, (address[0], address[1]))
+            else:
+                server.send_marked(data, (address[0], address[1]), codepoint)
         self._timer.update()
 
     def _on_timer(self, now: float) -> None:
@@ -660,7 +676,9 @@ class VoiceServer:
         self.tickets = TicketCache(self.store)
         #: Tells the sessions' checkpointers when the store recovers or lost its records.
         self.store_monitor = StoreMonitor(self.store)
-        self._pending_initials: dict[tuple[bytes, bytes], list[tuple[bytes, Address, bool]]] = {}
+        self._pending_initials: dict[
+            tuple[bytes, bytes], list[tuple[bytes, Address, bool, int | None]]
+        ] = {}
         #: Connections by their client's first Initial (DCID, SCID): resume attempts all send
         #: their first flight to the session's home CID, each from its own SCID.
         self._origins: dict[tuple[bytes, bytes], _ServerConnection] = {}
@@ -686,7 +704,10 @@ class VoiceServer:
             self.quic_configuration.private_key = development.private_key
             self.certificate_sha256 = development.sha256
         self._connections: dict[bytes, _ServerConnection] = {}
-        self._transport: asyncio.DatagramTransport | None = None
+        self._transport: UdpEndpoint | None = None
+        #: The ECN codepoint the socket marks every datagram with (``config.ecn``); a path
+        #: whose validation failed gets not-ECT datagram by datagram (specs/ecn.md).
+        self.ecn_codepoint = int(config.ecn.codepoint)
         self._reset_budget = float(RESETS_PER_SECOND)
         self._reset_budget_at = 0.0
         self._probe_verifier = ProbeVerifier(config.reset_key)
@@ -716,13 +737,14 @@ class VoiceServer:
         """The bound UDP address."""
         if self._transport is None:
             raise InvalidStateError("the server is not started")
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return host, port
+        return self._transport.local_address
 
     async def start(self) -> None:
         """Bind the UDP socket and start serving (and ``/metrics`` when configured)."""
         await self.telemetry.start(self.config.metrics)
-        self._transport = await open_udp_endpoint(self.config.listen, self._on_datagram)
+        self._transport = await open_udp_endpoint(
+            self.config.listen, self._on_datagram, ecn=self.config.ecn.codepoint
+        )
         self.store_monitor.start()
         self._warn_if_open()
 
@@ -820,10 +842,16 @@ class VoiceServer:
         return [s for s in found.values() if s is not None]
 
     def send(self, data: bytes, address: Address) -> None:
-        """Send one datagram from the server's socket."""
+        """Send one datagram from the server's socket (marked as ``ecn_codepoint`` says)."""
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.sendto(data, address)
+
+    def send_marked(self, data: bytes, address: Address, codepoint: int) -> None:
+        """Send one datagram with ECN ``codepoint`` instead of the socket's marking."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.send_marked(data, address, codepoint)
 
     def register(self, cid: bytes, connection: _ServerConnection) -> None:
         """Route datagrams for ``cid`` to ``connection``."""
@@ -853,7 +881,7 @@ class VoiceServer:
             del self._origins[connection.origin]
         connection.cancel_timers()
 
-    def _on_datagram(self, data: bytes, address: Address) -> None:
+    def _on_datagram(self, data: bytes, address: Address, tos: int | None = None) -> None:
         self.counters["datagrams"] += 1
         via_forwarder = False
         if self.config.forwarder is not None and address == self.config.forwarder:
@@ -889,15 +917,21 @@ class VoiceServer:
             # session's home CID): its own connection, or a new one.
             connection = self._origins.get((header.destination_cid, header.source_cid))
         if connection is not None:
-            connection.receive(data, address, via_forwarder, loop.time())
+            connection.receive(data, address, via_forwarder, loop.time(), tos)
             return
         if header.version is not None:
-            self._on_unknown_long_header(data, header, address, via_forwarder, loop.time())
+            self._on_unknown_long_header(data, header, address, via_forwarder, loop.time(), tos)
         else:
             self._maybe_reset(data, header.destination_cid, address, via_forwarder, loop.time())
 
     def _on_unknown_long_header(
-        self, data: bytes, header: QuicHeader, address: Address, via_forwarder: bool, now: float
+        self,
+        data: bytes,
+        header: QuicHeader,
+        address: Address,
+        via_forwarder: bool,
+        now: float,
+        tos: int | None = None,
     ) -> None:
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
             return
@@ -920,7 +954,7 @@ class VoiceServer:
         pending = self._pending_initials.get(origin)
         if pending is not None:
             if len(pending) < MAX_PENDING_DATAGRAMS:
-                pending.append((data, address, via_forwarder))
+                pending.append((data, address, via_forwarder, tos))
             return
         label = peek_psk_identity(data, self.cid_generator.cid_length)
         if label is not None and not self.tickets.has(label):
@@ -929,10 +963,10 @@ class VoiceServer:
                 return
             # The client resumes with a ticket another backend issued: fetch it from the store
             # first (aioquic asks for it synchronously, inside the handshake).
-            self._pending_initials[origin] = [(data, address, via_forwarder)]
+            self._pending_initials[origin] = [(data, address, via_forwarder, tos)]
             asyncio.get_running_loop().create_task(self._prefetch(origin, label))
             return
-        self._accept_connection(origin, data, address, via_forwarder, now)
+        self._accept_connection(origin, data, address, via_forwarder, now, tos)
 
     async def _prefetch(self, origin: tuple[bytes, bytes], label: bytes) -> None:
         try:
@@ -940,12 +974,12 @@ class VoiceServer:
         finally:
             datagrams = self._pending_initials.pop(origin, [])
         now = asyncio.get_running_loop().time()
-        for index, (data, address, via_forwarder) in enumerate(datagrams):
+        for index, (data, address, via_forwarder, tos) in enumerate(datagrams):
             connection = self._origins.get(origin)
             if index == 0 or connection is None:
-                self._accept_connection(origin, data, address, via_forwarder, now)
+                self._accept_connection(origin, data, address, via_forwarder, now, tos)
             else:
-                connection.receive(data, address, via_forwarder, now)
+                connection.receive(data, address, via_forwarder, now, tos)
 
     def _accept_connection(
         self,
@@ -954,6 +988,7 @@ class VoiceServer:
         address: Address,
         via_forwarder: bool,
         now: float,
+        tos: int | None = None,
     ) -> None:
         dcid = origin[0]
         quic = QuicLbConnection(
@@ -962,13 +997,14 @@ class VoiceServer:
             original_destination_connection_id=dcid,
             session_ticket_fetcher=self.tickets.fetch,
             session_ticket_handler=self.tickets.handle,
+            ecn=self.config.ecn,
         )
         connection = _ServerConnection(self, quic, dcid, origin[1])
         for cid in connection.cids:
             self.register(cid, connection)
         self._origins[origin] = connection
         self.counters["new_connections"] += 1
-        connection.receive(data, address, via_forwarder, now)
+        connection.receive(data, address, via_forwarder, now, tos)
 
     def _maybe_reset(
         self, data: bytes, dcid: bytes, address: Address, via_forwarder: bool, now: float

@@ -101,6 +101,12 @@ class SessionCounters:
     turns_cancelled: int = 0
     #: Changes of the client's address (migrations, NAT rebindings).
     migrations: int = 0
+    #: Datagrams received, by ECN codepoint (specs/ecn.md); unknown: no readable TOS.
+    ecn_not_ect: int = 0
+    ecn_ect0: int = 0
+    ecn_ect1: int = 0
+    ecn_ce: int = 0
+    ecn_unknown: int = 0
 
     def __add__(self, other: SessionCounters) -> SessionCounters:
         return SessionCounters.total((self, other))
@@ -145,6 +151,18 @@ _SESSION_COUNTERS: dict[str, tuple[str, str]] = {
     "turns_cancelled": ("turns_cancelled_total", "Response turns cancelled (barge-in)."),
     "migrations": ("migrations_total", "Client address changes (migrations, NAT rebindings)."),
 }
+#: The ECN counters of ``SessionCounters``, rendered as one family by codepoint.
+_ECN_CODEPOINTS = {
+    "ecn_not_ect": "not_ect",
+    "ecn_ect0": "ect0",
+    "ecn_ect1": "ect1",
+    "ecn_ce": "ce",
+    "ecn_unknown": "unknown",
+}
+#: ECN validation outcomes a session can close with (a peer cannot add labels).
+ECN_OUTCOMES = frozenset(
+    {"testing", "capable", "bleached", "mangled", "lost", "disabled", "none"}
+)
 
 
 class BackendMetrics:
@@ -158,6 +176,7 @@ class BackendMetrics:
         self._resumptions: Counter[str] = Counter()
         self._store_errors: Counter[str] = Counter()
         self._handler_errors = 0
+        self._ecn_outcomes: Counter[tuple[str, bool]] = Counter()
         self._closed_totals = SessionCounters()
         #: Smoothed RTT of the open sessions, sampled, milliseconds.
         self.rtt_ms = Histogram(RTT_BUCKETS_MS)
@@ -186,6 +205,12 @@ class BackendMetrics:
     def handler_failed(self) -> None:
         """The server application raised."""
         self._handler_errors += 1
+
+    def ecn_closed(self, validation: str, *, l4s_bottleneck_seen: bool) -> None:
+        """A session closed with ECN ``validation`` on its last path (a ``Validation`` value,
+        or ``"none"``), having seen CE while marking ECT(1) or not."""
+        outcome = validation if validation in ECN_OUTCOMES else "none"
+        self._ecn_outcomes[(outcome, l4s_bottleneck_seen)] += 1
 
     def store_failed(self, operation: str) -> None:
         """The session store failed during ``operation`` (``checkpoint``, ``resume``)."""
@@ -244,6 +269,27 @@ class BackendMetrics:
         totals = self._closed_totals + live
         for key, (name, text) in _SESSION_COUNTERS.items():
             out.append(_counter(name, text, {(): getattr(totals, key)}))
+        out.append(
+            _counter(
+                "ecn_datagrams_received_total",
+                "Datagrams received in sessions, by ECN codepoint (unknown: no readable TOS).",
+                {
+                    (("codepoint", label),): getattr(totals, key)
+                    for key, label in _ECN_CODEPOINTS.items()
+                },
+            )
+        )
+        out.append(
+            _counter(
+                "sessions_ecn_total",
+                "Closed sessions by the ECN validation of their last path, and whether CE "
+                "arrived while they marked ECT(1) (an L4S bottleneck on the path).",
+                {
+                    (("validation", outcome), ("l4s_bottleneck", str(seen).lower())): count
+                    for (outcome, seen), count in self._ecn_outcomes.items()
+                },
+            )
+        )
         out.append(
             MetricFamily(
                 name=f"{PREFIX}session_rtt_milliseconds",

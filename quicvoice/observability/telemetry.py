@@ -263,6 +263,11 @@ class _LiveSession(SessionTelemetry):
             turns_started=stats.turns,
             turns_cancelled=stats.turns_cancelled,
             migrations=len(stats.migrations),
+            ecn_not_ect=sum(path.received_not_ect for path in stats.ecn),
+            ecn_ect0=sum(path.received_ect0 for path in stats.ecn),
+            ecn_ect1=sum(path.received_ect1 for path in stats.ecn),
+            ecn_ce=sum(path.received_ce for path in stats.ecn),
+            ecn_unknown=sum(path.received_unknown for path in stats.ecn),
         )
 
     def sample(self, stats: SessionStats | None = None) -> None:
@@ -296,8 +301,14 @@ class _LiveSession(SessionTelemetry):
         code_name = close_code_name(error_code, frame_type, reason)
         stats = self._session.stats()
         self.sample(stats)
-        self._backend.session_ended(self, code_name, self.counters(stats))
+        counters = self.counters(stats)
+        self._backend.session_ended(self, code_name, counters)
+        validation = stats.ecn[-1].validation.value if stats.ecn else "none"
+        bottleneck = any(path.l4s_bottleneck_seen for path in stats.ecn)
+        self._backend.metrics.ecn_closed(validation, l4s_bottleneck_seen=bottleneck)
         if self._spans is not None:
+            received = counters.ecn_not_ect + counters.ecn_ect0 + counters.ecn_ect1
+            received += counters.ecn_ce
             self._spans.closed(
                 error_code,
                 code_name,
@@ -308,6 +319,11 @@ class _LiveSession(SessionTelemetry):
                     "quicvoice.migrations": len(stats.migrations),
                     "quicvoice.turns": stats.turns,
                     "quicvoice.turns_cancelled": stats.turns_cancelled,
+                    # Session tags to compare L4S and classic paths (specs/ecn.md).
+                    "quicvoice.ecn.mode": stats.ecn_mode or "none",
+                    "quicvoice.ecn.validation": validation,
+                    "quicvoice.ecn.ce_ratio": counters.ecn_ce / received if received else 0.0,
+                    "quicvoice.ecn.l4s_bottleneck_seen": bottleneck,
                 },
             )
 

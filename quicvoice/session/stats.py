@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..ecn import PathEcnStats
+
 U32 = 1 << 32
 
 
@@ -127,3 +129,8 @@ class SessionStats:
     #: UDP datagrams sent and received on this connection (filled in by the I/O shell).
     packets_sent: int = 0
     packets_received: int = 0
+    #: ECN per network path, the current one last (specs/ecn.md): datagrams received by codepoint,
+    #: the CE ratio, the validation outcome and whether an L4S bottleneck was seen.
+    ecn: tuple[PathEcnStats, ...] = field(default=())
+    #: What this side marks: ``"l4s"``, ``"classic"`` or ``"off"`` (filled in by the shell).
+    ecn_mode: str = ""

@@ -83,9 +83,9 @@ async def tls_server(
     server = VoiceServer(config, recording)
     original = server._on_datagram
 
-    def on_datagram(data: bytes, address: Address) -> None:
+    def on_datagram(data: bytes, address: Address, tos: int | None = None) -> None:
         seen.datagrams.append(data)
-        original(data, address)
+        original(data, address, tos)
 
     server._on_datagram = on_datagram  # type: ignore[method-assign]
     await server.start()

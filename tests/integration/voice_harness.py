@@ -41,11 +41,11 @@ async def running_server(
     if on_datagram is not None or accept_datagram is not None:
         original = server._on_datagram
 
-        def recording(data: bytes, address: tuple[str, int]) -> None:
+        def recording(data: bytes, address: tuple[str, int], tos: int | None = None) -> None:
             if on_datagram is not None:
                 on_datagram(data, address)
             if accept_datagram is None or accept_datagram(data, address):
-                original(data, address)
+                original(data, address, tos)
 
         server._on_datagram = recording  # type: ignore[method-assign]
     await server.start()

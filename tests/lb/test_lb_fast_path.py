@@ -153,9 +153,19 @@ class FakeSocket:
             raise Stopped
         return self.incoming.pop(0)
 
+    def recvmsg(self, size: int, ancillary: int = 0) -> tuple[bytes, list[object], int, object]:
+        data, address = self.recvfrom(size)
+        return data, [], 0, address
+
     def sendto(self, data: bytes, address: object) -> int:
         self.sent.append((self.name, bytes(data), address))
         return len(data)
+
+    def sendmsg(self, buffers: list[bytes], ancdata: object, flags: int, address: object) -> int:
+        return self.sendto(b"".join(buffers), address)
+
+    def setsockopt(self, *args: object) -> None:
+        pass
 
 
 BACKEND_ADDRESSES = [("127.0.0.1", 4501), ("127.0.0.1", 4502), ("127.0.0.1", 4503)]
