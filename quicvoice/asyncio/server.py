@@ -898,7 +898,8 @@ class VoiceServer:
         if len(data) > cid_length and data[0] & 0xC0 == 0x40:
             connection = self._connections.get(data[1 : 1 + cid_length])
             if connection is not None:
-                connection.receive(data, address, via_forwarder, asyncio.get_running_loop().time())
+                now = asyncio.get_running_loop().time()
+                connection.receive(data, address, via_forwarder, now, tos)
                 return
         try:
             header = parse_header(data, cid_length)
