@@ -56,6 +56,11 @@ class Ngtcp2Server:
         """Hand one datagram to the endpoint and send what it answers."""
         self._send(self.endpoint.datagram_received(data, addr, time.monotonic_ns()))
 
+    def send(self, datagrams: Datagrams) -> None:
+        """Send ``datagrams`` (the endpoint's answer to something outside a datagram's
+        handling) and re-arm the timer."""
+        self._send(datagrams)
+
     def _send(self, datagrams: Datagrams) -> None:
         transport = self._transport
         if transport is not None:
