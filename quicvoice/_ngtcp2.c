@@ -139,6 +139,7 @@ typedef struct {
     int fin;              /* the application ended the stream */
     int fin_sent;
     int blocked;          /* flow control or shut: skip for the rest of this flush */
+    int reset;            /* this side reset it (reset_stream) */
 } SendStream;
 
 static void stream_free_chunks(SendStream *s) {
@@ -374,13 +375,6 @@ static int stream_reset_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t final_
     return add_abort(user_data, stream_id, app_error_code, 1);
 }
 
-static int stream_stop_sending_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t app_error_code,
-                                  void *user_data, void *stream_user_data) {
-    (void)conn;
-    (void)stream_user_data;
-    return add_abort(user_data, stream_id, app_error_code, 0);
-}
-
 static int acked_stream_data_offset_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t offset,
                                        uint64_t datalen, void *user_data,
                                        void *stream_user_data) {
@@ -395,10 +389,18 @@ static int acked_stream_data_offset_cb(ngtcp2_conn *conn, int64_t stream_id, uin
 
 static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
                            uint64_t app_error_code, void *user_data, void *stream_user_data) {
-    (void)flags;
-    (void)app_error_code;
     (void)stream_user_data;
     SendStream *s = find_stream(user_data, stream_id);
+    /* ngtcp2 0.12 has no callback for a received STOP_SENDING: it answers with RESET_STREAM
+     * itself and closes the stream with the peer's code once that is acknowledged. A stream
+     * of ours that closes with an error code this side did not set was stopped by the peer. */
+    if (ngtcp2_conn_is_local_stream(conn, stream_id) && (stream_id & 0x2) &&
+        (flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET) && (s == NULL || !s->reset)) {
+        int rv = add_abort(user_data, stream_id, app_error_code, 0);
+        if (rv != 0) {
+            return rv;
+        }
+    }
     if (s != NULL) {
         stream_free_chunks(s);
         s->id = -1;
@@ -480,7 +482,6 @@ static int connection_init(ConnectionObject *self, PyObject *args, PyObject *kwa
     callbacks.acked_stream_data_offset = acked_stream_data_offset_cb;
     callbacks.stream_close = stream_close_cb;
     callbacks.stream_reset = stream_reset_cb;
-    callbacks.stream_stop_sending = stream_stop_sending_cb;
 
     ngtcp2_settings settings;
     ngtcp2_settings_default(&settings);
@@ -1036,7 +1037,6 @@ static PyObject *module_client(PyObject *module, PyObject *args, PyObject *kwarg
     callbacks.acked_stream_data_offset = acked_stream_data_offset_cb;
     callbacks.stream_close = stream_close_cb;
     callbacks.stream_reset = stream_reset_cb;
-    callbacks.stream_stop_sending = stream_stop_sending_cb;
 
     ngtcp2_settings settings;
     ngtcp2_settings_default(&settings);
@@ -1138,6 +1138,7 @@ static PyObject *connection_reset_stream(ConnectionObject *self, PyObject *args)
         s->cursor = NULL;
         s->cursor_done = 0;
         s->fin = s->fin_sent = 1;
+        s->reset = 1;
     }
     return PyBool_FromLong(ngtcp2_conn_shutdown_stream_write(self->conn, stream_id, code) == 0);
 }
@@ -1175,7 +1176,9 @@ static PyObject *connection_send_offsets(ConnectionObject *self, PyObject *args)
 
 PyDoc_STRVAR(take_aborts_doc,
              "take_aborts() -> list of (stream_id, error_code, reset)\n\n"
-             "The peer's RESET_STREAM (reset True) and STOP_SENDING (False) since the last call.");
+             "The peer's RESET_STREAM (reset True) and STOP_SENDING (False) since the last call.\n"
+             "A STOP_SENDING is reported for this side's unidirectional streams only, once\n"
+             "ngtcp2's answering RESET_STREAM is acknowledged (ngtcp2 0.12 reports no more).");
 
 static PyObject *connection_take_aborts(ConnectionObject *self, PyObject *unused) {
     (void)unused;
