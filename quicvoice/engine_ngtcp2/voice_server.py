@@ -66,6 +66,8 @@ class Ngtcp2Call:
         self._task: asyncio.Task[None] | None = None
         self._transmit_handle: asyncio.Handle | None = None
         self._packets_received = 0
+        #: Inside ``receive_events``: the endpoint flushes right after, no transmit needed.
+        self._receiving = False
 
     @property
     def migrations(self) -> tuple[Migration, ...]:
@@ -99,13 +101,17 @@ class Ngtcp2Call:
         self._last_receive = now
         seconds = now / NS
         native = self.transport.native
-        for quic_event in quic_events(native, events, self._handshake_seen):
-            for voice_event in self.voice.handle_event(quic_event, seconds):
-                self._on_voice_event(voice_event)
-        self._handshake_seen = self._handshake_seen or native.handshake_completed
-        session = self.session
-        if session is not None and session.on_progress is not None:
-            session.on_progress()
+        self._receiving = True
+        try:
+            for quic_event in quic_events(native, events, self._handshake_seen):
+                for voice_event in self.voice.handle_event(quic_event, seconds):
+                    self._on_voice_event(voice_event)
+            self._handshake_seen = self._handshake_seen or native.handshake_completed
+            session = self.session
+            if session is not None and session.on_progress is not None:
+                session.on_progress()
+        finally:
+            self._receiving = False
 
     def close_request(self, now: int) -> tuple[int, str] | None:
         """The close the voice layer asked for, once its last words are delivered."""
@@ -170,8 +176,9 @@ class Ngtcp2Call:
     # -- driven by ServerSession -------------------------------------------------------------
 
     def transmit_soon(self) -> None:
-        """Send what the app wrote at the end of this event-loop iteration."""
-        if self._transmit_handle is None:
+        """Send what the app wrote at the end of this event-loop iteration (at once, when
+        written while a datagram is handled: the endpoint flushes then)."""
+        if self._transmit_handle is None and not self._receiving:
             loop = asyncio.get_running_loop()
             self._transmit_handle = loop.call_soon(self._transmit)
 
