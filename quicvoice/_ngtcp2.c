@@ -1214,8 +1214,11 @@ static PyObject *connection_peer_close(ConnectionObject *self, void *closure) {
     }
     ngtcp2_connection_close_error ccerr;
     ngtcp2_conn_get_connection_close_error(self->conn, &ccerr);
+    /* "y#" makes None of a NULL pointer: no reason phrase is an empty one. */
+    const uint8_t *reason = ccerr.reason != NULL ? ccerr.reason : (const uint8_t *)"";
+    Py_ssize_t reasonlen = ccerr.reason != NULL ? (Py_ssize_t)ccerr.reasonlen : 0;
     return Py_BuildValue(
-        "(Ky#O)", (unsigned long long)ccerr.error_code, ccerr.reason, (Py_ssize_t)ccerr.reasonlen,
+        "(Ky#O)", (unsigned long long)ccerr.error_code, reason, reasonlen,
         ccerr.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION ? Py_True : Py_False);
 }
 

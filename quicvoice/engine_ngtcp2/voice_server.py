@@ -8,9 +8,10 @@ server.close()
 Each connection gets an ``Ngtcp2Transport`` and a ``VoiceConnection`` (the same sans-I/O voice
 layer aioquic backends run); a ``hello`` is answered with ``welcome`` and the handler runs with
 the same ``ServerSession`` ``VoiceServer`` gives it, so ``quicvoice.app`` apps
-(``session_handler(app)``) run unchanged. What this shell does not do yet (specs/engine-ngtcp2.md):
-credentials and the accept hook, resume tokens and the session store (a ``hello`` carrying a
-resume token is refused with ``RESUME_REFUSED``), telemetry, WebTransport, 0-RTT.
+(``session_handler(app)``) run unchanged; callers' tokens are checked and the accept hook asked
+as ``VoiceServer`` does. What this shell does not do yet (specs/engine-ngtcp2.md): resume tokens
+and the session store (a ``hello`` carrying a resume token is refused with ``RESUME_REFUSED``),
+telemetry and metrics, the forwarder's encapsulation, WebTransport, 0-RTT.
 """
 
 from __future__ import annotations
@@ -23,8 +24,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
+from ..asyncio.accept import run_accept_hook
 from ..asyncio.server import ServerSession
 from ..audio.codecs import DEFAULT_CODECS, CodecSpec, negotiate
+from ..auth import (
+    AcceptHook,
+    AuthConfig,
+    Caller,
+    CallRequest,
+    CredentialRefused,
+    TokenVerifier,
+)
 from ..observability.telemetry import NO_SESSION, SessionTelemetry
 from ..session.codes import ErrorCode
 from ..session.connection import SessionLimits, State, VoiceConnection
@@ -150,9 +160,43 @@ class Ngtcp2Call:
             return
         codec = negotiate(_offered(hello), self.server.codecs)
         assert codec is not None  # _refusal checked it
+        session_id = secrets.token_hex(8)
+        server = self.server
+        try:
+            caller = server.credentials.authenticate(hello.token, time.time())
+        except CredentialRefused as refused:
+            voice.reject(refused.error_code, refused.reason)
+            self.transmit_soon()
+            return
+        if server.accept is not None:
+            request = CallRequest(
+                caller=caller,
+                metadata=hello.metadata,
+                peer_address=self.peer_address,
+                session_id=session_id,
+                codec=str(codec),
+            )
+            timeout = server.credentials.config.accept_timeout
+            decision = await run_accept_hook(server.accept, request, timeout)
+            if voice.state is not State.NEGOTIATING:
+                return  # the connection closed while the hook decided
+            if decision.refusal_code is not None:
+                voice.reject(decision.refusal_code, decision.reason)
+                self.transmit_soon()
+                return
+        self._start(hello, str(codec), session_id, caller)
+        assert self.session is not None
+        try:
+            await server.handler(self.session)
+        except Exception:
+            logger.exception("session %s: handler failed", session_id)
+            self.session.close(ErrorCode.INTERNAL_ERROR, "the server application failed")
+
+    def _start(self, hello: Hello, codec: str, session_id: str, caller: Caller | None) -> None:
+        voice = self.voice
         welcome = Welcome(
-            session_id=secrets.token_hex(8),
-            codec=str(codec),
+            session_id=session_id,
+            codec=codec,
             frame_ms=hello.frame_ms,
             uplink=hello.uplink,
             server_id=self.server.config.server_id.hex(),
@@ -162,16 +206,10 @@ class Ngtcp2Call:
         # ServerSession needs of its connection only what this class has (voice_connection,
         # telemetry, transmit_soon, peer_address, migrations, stats): it is typed with the
         # aioquic shell's private class, so the type checker is told so here.
-        session = ServerSession(cast(Any, self), hello, started, self.events)
-        self.session = session
+        self.session = ServerSession(cast(Any, self), hello, started, self.events, caller=caller)
         for early in voice.take_early_events():
             self._on_voice_event(early)
         self.transmit_soon()
-        try:
-            await self.server.handler(session)
-        except Exception:
-            logger.exception("session %s: handler failed", session.session_id)
-            session.close(ErrorCode.INTERNAL_ERROR, "the server application failed")
 
     # -- driven by ServerSession -------------------------------------------------------------
 
@@ -238,10 +276,16 @@ class Ngtcp2VoiceServer:
         handler: SessionHandler,
         *,
         limits: SessionLimits | None = None,
+        accept: AcceptHook | None = None,
+        credentials: TokenVerifier | None = None,
     ) -> None:
+        """``accept``: the accept hook, asked about every call before it starts;
+        ``credentials``: verifies callers' tokens (default: an open backend, no keys)."""
         self.config = config
         self.handler = handler
         self.limits = limits or SessionLimits()
+        self.accept = accept
+        self.credentials = credentials or TokenVerifier(AuthConfig())
         self.codecs = DEFAULT_CODECS
         self._calls: set[Ngtcp2Call] = set()
         #: The sans-I/O endpoint (its ``stats``, ``generator`` and CIDs are public).

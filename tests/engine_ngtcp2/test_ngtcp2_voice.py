@@ -44,12 +44,18 @@ TIMEOUT = 10.0
 @asynccontextmanager
 async def running_voice(app: App = apps.app) -> AsyncIterator[tuple[Ngtcp2VoiceServer, Address]]:
     """An App (the echo by default) on an ngtcp2 voice backend on a free loopback port."""
+    loop = asyncio.get_running_loop()
+    failures: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: failures.append(context))
     server = Ngtcp2VoiceServer(engine_config(), session_handler(app))
     address = await server.start()
     try:
         yield server, address
     finally:
         server.close()
+        loop.set_exception_handler(None)
+    # Nothing the endpoint or the voice layer raised went unseen into the event loop.
+    assert not failures, failures
 
 
 async def _utterance_and_reply(call: VoiceClient, frames: int) -> list[AudioReceived]:
