@@ -312,8 +312,10 @@ static int add_event(ConnectionObject *self, int64_t stream_id, const uint8_t *d
     if (self->events == NULL) {
         return 0;
     }
-    PyObject *event = Py_BuildValue("(Ly#O)", (long long)stream_id, data, (Py_ssize_t)len,
-                                    fin ? Py_True : Py_False);
+    /* A FIN alone comes with data NULL, which "y#" would make None. */
+    PyObject *event = Py_BuildValue("(Ly#O)", (long long)stream_id,
+                                    data != NULL ? data : (const uint8_t *)"",
+                                    data != NULL ? (Py_ssize_t)len : 0, fin ? Py_True : Py_False);
     if (event == NULL || PyList_Append(self->events, event) < 0) {
         Py_XDECREF(event);
         self->callback_failed = 1;

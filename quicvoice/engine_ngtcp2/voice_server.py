@@ -146,9 +146,20 @@ class Ngtcp2Call:
         session = self.session
         if session is None:
             return
-        if isinstance(event, AudioReceived) and session.on_audio is not None:
-            session.on_audio(event.frame)
-            return
+        if isinstance(event, AudioReceived):
+            jitter = session.jitter_buffer
+            if jitter is not None:  # realtime uplink: the app plays it out of the buffer
+                frame = event.frame
+                now = asyncio.get_running_loop().time()
+                jitter.put(
+                    sequence=frame.seq & 0xFFFF,
+                    timestamp=frame.timestamp,
+                    payload=frame.payload,
+                    now=now,
+                )
+            if session.on_audio is not None:
+                session.on_audio(event.frame)
+                return
         session.deliver(event)
 
     async def _accept(self, hello: Hello) -> None:

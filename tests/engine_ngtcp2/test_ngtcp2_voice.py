@@ -16,14 +16,16 @@ from msgpack import packb
 
 from quicvoice.app import App, Session, session_handler
 from quicvoice.asyncio.client import VoiceClient, connect
+from quicvoice.audio.pcm import PcmEncoder
 from quicvoice.engine_ngtcp2 import AVAILABLE, UNAVAILABLE
 from quicvoice.errors import SessionRefusedError
 from quicvoice.session.codes import ErrorCode
 from quicvoice.session.events import AudioReceived, EventReceived, TurnEnded
-from quicvoice.session.messages import Cancel, Hello
+from quicvoice.session.messages import Cancel, Hello, UplinkMode
 from quicvoice.session.wire import StreamKind, encode_stream_header
 
 from ..app import apps
+from ..app.apps import tone
 from ..security.raw import FRAME, RawPeer
 
 pytestmark = [
@@ -58,9 +60,12 @@ async def running_voice(app: App = apps.app) -> AsyncIterator[tuple[Ngtcp2VoiceS
     assert not failures, failures
 
 
-async def _utterance_and_reply(call: VoiceClient, frames: int) -> list[AudioReceived]:
-    """Say ``frames`` frames, end the uplink, and return the reply turn's frames."""
-    for index in range(frames):
+async def _utterance_and_reply(
+    call: VoiceClient, frames: int, first: int = 0
+) -> list[AudioReceived]:
+    """Say frames ``first`` to ``frames - 1``, end the uplink, and return the reply turn's
+    frames (the app's ``heard`` event must count ``frames``)."""
+    for index in range(first, frames):
         call.send_audio(FRAME, index * 320)
     call.end_audio()
     reply: list[AudioReceived] = []
@@ -187,3 +192,51 @@ async def test_a_barge_in_resets_the_turn_and_interrupts_the_app(how: str) -> No
             assert loop.time() < deadline - 3, "the app wrote its whole turn"
         finally:
             peer.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("after", [20, 0], ids=["frames_after", "fin_alone_after"])
+async def test_a_call_migrates_127_0_0_2_to_127_0_0_3_and_the_app_hears_every_frame(
+    after: int,
+) -> None:
+    """Frames before and after the move all reach the app; with none after, the uplink's end
+    travels as a STREAM frame with FIN and no data."""
+    apps.HEARD.clear()
+    async with running_voice() as (server, address):
+        async with connect(
+            *address, verify=False, reconnect=False, local_address="127.0.0.2"
+        ) as call:
+            for index in range(20):
+                call.send_audio(FRAME, index * 320)
+            await call.migrate("127.0.0.3")
+            reply = await _utterance_and_reply(call, 20 + after, first=20)
+            assert await call.bye(timeout=TIMEOUT) == 20 + after
+        (session,) = server.sessions()
+        (migration,) = session.migrations
+    assert migration.from_address.startswith("127.0.0.2:")
+    assert migration.to_address.startswith("127.0.0.3:")
+    assert apps.HEARD[0]["frames"] == 20 + after and len(reply) == 20 + after
+
+
+@pytest.mark.asyncio
+async def test_the_realtime_uplink_reaches_the_app_through_the_jitter_buffer() -> None:
+    frames: list[tuple[int, int, bool]] = []
+
+    async def ear(session: Session) -> None:
+        async for frame in session.audio():
+            frames.append((frame.sample_rate, len(frame), frame.concealed))
+            if len(frames) == 40:
+                session.send_event("heard", len(frames))
+
+    hello = Hello(codecs=("opus/48000",), uplink=UplinkMode.REALTIME)
+    async with running_voice(App(ear, sample_rate=16000)) as (_, address):
+        async with connect(*address, hello=hello, verify=False, reconnect=False) as call:
+            encoder = PcmEncoder("opus/48000", 48000)
+            for frame in encoder.write(tone(440.0, 48000, 1.2)):
+                call.send_audio(frame.payload, frame.timestamp)
+                await asyncio.sleep(0.02)  # a live microphone
+            heard = await asyncio.wait_for(call.wait_event("heard"), TIMEOUT)
+    assert heard.data == 40
+    assert {(rate, size) for rate, size, _ in frames} == {(16000, 320)}
+    # As in tests/app: on a loaded machine some of it is concealed; most is the caller's.
+    assert sum(not concealed for _, _, concealed in frames) >= 0.75 * len(frames)
