@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 from aioquic.quic.events import ConnectionTerminated, StreamReset
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from msgpack import packb
 
 from quicvoice.app import App, Session, session_handler
@@ -240,3 +242,41 @@ async def test_the_realtime_uplink_reaches_the_app_through_the_jitter_buffer() -
     assert {(rate, size) for rate, size, _ in frames} == {(16000, 320)}
     # As in tests/app: on a loaded machine some of it is concealed; most is the caller's.
     assert sum(not concealed for _, _, concealed in frames) >= 0.75 * len(frames)
+
+
+async def _garbage_call(where: str, garbage: bytes) -> None:
+    async with running_voice() as (server, address):
+        async with connect(*address, verify=False, reconnect=False) as good:
+            bad = RawPeer(address)
+            try:
+                await bad.start_session()
+                if where == "control":
+                    bad.send(0, garbage)
+                else:
+                    uplink = bad.quic.get_next_available_stream_id(is_unidirectional=True)
+                    bad.send(uplink, encode_stream_header(StreamKind.UPLINK) + garbage)
+                await bad.run(0.5, ConnectionTerminated)
+                code = bad.close_code()
+            finally:
+                bad.close()
+            # Whatever the bytes did to that call, this one goes on to the end.
+            reply = await _utterance_and_reply(good, 5)
+            assert len(reply) == 5 and await good.bye(timeout=TIMEOUT) == 5
+    protocol_codes = {int(c) for c in ErrorCode} - {ErrorCode.INTERNAL_ERROR}
+    assert code is None or code in protocol_codes, hex(code)
+    assert server.endpoint.stats.accepted == 2
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    where=st.sampled_from(["control", "uplink"]),
+    garbage=st.one_of(
+        st.binary(min_size=1, max_size=300),
+        # A frame header announcing more than the protocol allows, or a truncated message.
+        st.binary(min_size=1, max_size=40).map(lambda tail: b"\x7f\xff" + tail),
+    ),
+)
+def test_any_bytes_a_caller_sends_close_at_most_that_call_with_a_protocol_code(
+    where: str, garbage: bytes
+) -> None:
+    asyncio.run(_garbage_call(where, garbage))
