@@ -11,7 +11,8 @@ import signal
 from cryptography.hazmat.primitives import serialization
 
 from ..asyncio.config import BackendConfig
-from ..auth import AcceptHook, TokenVerifier
+from ..asyncio.server import VoiceServer
+from ..auth import AcceptHook
 from ..certificates import generate_certificate
 from ..errors import ConfigurationError
 from . import require
@@ -79,12 +80,13 @@ def check_webtransport(requested: bool) -> None:
 def voice_server(
     config: BackendConfig, handler: SessionHandler, *, accept: AcceptHook | None = None
 ) -> tuple[Ngtcp2VoiceServer, bytes | None]:
-    """An ngtcp2 voice backend for ``config`` running ``handler``, with its credentials and
-    accept hook, and the development certificate's SHA-256 (``None``: configured)."""
+    """An ngtcp2 voice backend for ``config`` running ``handler``, with its credentials, accept
+    hook and session store (those of a ``VoiceServer`` for ``config`` that is never started:
+    release them with its ``aclose()``, the backend's ``services``), and the development
+    certificate's SHA-256 (``None``: configured)."""
     engine, fingerprint = engine_config(config)
-    server = Ngtcp2VoiceServer(
-        engine, handler, accept=accept, credentials=TokenVerifier(config.auth)
-    )
+    services = VoiceServer(config, handler, accept=accept)
+    server = Ngtcp2VoiceServer(engine, handler, accept=accept, services=services)
     return server, fingerprint
 
 
@@ -119,6 +121,8 @@ def serve(
             await stop.wait()
         finally:
             server.close()
+            if server.services is not None:
+                await server.services.aclose()
 
     asyncio.run(run())
     return 0

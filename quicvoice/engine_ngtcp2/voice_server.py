@@ -9,9 +9,12 @@ Each connection gets an ``Ngtcp2Transport`` and a ``VoiceConnection`` (the same 
 layer aioquic backends run); a ``hello`` is answered with ``welcome`` and the handler runs with
 the same ``ServerSession`` ``VoiceServer`` gives it, so ``quicvoice.app`` apps
 (``session_handler(app)``) run unchanged; callers' tokens are checked and the accept hook asked
-as ``VoiceServer`` does. What this shell does not do yet (specs/engine-ngtcp2.md): resume tokens
-and the session store (a ``hello`` carrying a resume token is refused with ``RESUME_REFUSED``),
-telemetry and metrics, the forwarder's encapsulation, WebTransport, 0-RTT.
+as ``VoiceServer`` does. Given ``services`` (a ``VoiceServer`` that is never started: its session
+store, resume tokens, credentials and ``resume()``, which are engine-independent), sessions are
+checkpointed, ``welcome`` carries a resume token and a ``hello`` with one resumes the stored
+state; without it such a ``hello`` is refused with ``RESUME_REFUSED``. Not done yet
+(specs/engine-ngtcp2.md): telemetry and metrics, the forwarder's encapsulation, ``home_cid``,
+WebTransport, 0-RTT.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from ..asyncio.accept import run_accept_hook
-from ..asyncio.server import ServerSession
+from ..asyncio.server import ServerSession, VoiceServer
 from ..audio.codecs import DEFAULT_CODECS, CodecSpec, negotiate
 from ..auth import (
     AcceptHook,
@@ -34,6 +37,8 @@ from ..auth import (
     CallRequest,
     CredentialRefused,
     TokenVerifier,
+    decode_caller,
+    encode_caller,
 )
 from ..observability.telemetry import NO_SESSION, SessionTelemetry
 from ..session.codes import ErrorCode
@@ -42,6 +47,16 @@ from ..session.events import AudioReceived, HelloReceived, VoiceEvent
 from ..session.messages import PROTOCOL_VERSION, Hello, Welcome
 from ..session.stats import Migration, SessionStats
 from ..settings import format_address
+from ..store import (
+    AsyncCheckpointer,
+    CheckpointConflicted,
+    Checkpointer,
+    CheckpointEvent,
+    CheckpointFailed,
+    RefusalReason,
+    ResumeRefused,
+    SessionRecord,
+)
 from .endpoint import Address, EngineConfig, Ngtcp2Endpoint
 from .server import Ngtcp2Server
 from .transport import NS, Ngtcp2Transport, quic_events, terminated
@@ -52,6 +67,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SessionHandler = Callable[[ServerSession], Awaitable[None]]
+
+
+class _HookRefused(Exception):
+    """Inside ``_accept``: the accept hook refused the call."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class Ngtcp2Call:
@@ -164,63 +188,148 @@ class Ngtcp2Call:
 
     async def _accept(self, hello: Hello) -> None:
         voice = self.voice
-        refusal = _refusal(hello)
-        if refusal is not None:
-            voice.reject(*refusal)
-            self.transmit_soon()
-            return
-        codec = negotiate(_offered(hello), self.server.codecs)
-        assert codec is not None  # _refusal checked it
-        session_id = secrets.token_hex(8)
         server = self.server
-        try:
-            caller = server.credentials.authenticate(hello.token, time.time())
-        except CredentialRefused as refused:
-            voice.reject(refused.error_code, refused.reason)
-            self.transmit_soon()
+        services = server.services
+        refusal = _refusal(hello, resumable=services is not None)
+        if refusal is not None:
+            self._refuse(*refusal)
             return
-        if server.accept is not None:
-            request = CallRequest(
-                caller=caller,
-                metadata=hello.metadata,
-                peer_address=self.peer_address,
-                session_id=session_id,
-                codec=str(codec),
-            )
-            timeout = server.credentials.config.accept_timeout
-            decision = await run_accept_hook(server.accept, request, timeout)
-            if voice.state is not State.NEGOTIATING:
-                return  # the connection closed while the hook decided
-            if decision.refusal_code is not None:
-                voice.reject(decision.refusal_code, decision.reason)
-                self.transmit_soon()
-                return
-        self._start(hello, str(codec), session_id, caller)
-        assert self.session is not None
+        codec = negotiate(_offered(hello), server.codecs)
+        assert codec is not None  # _refusal checked it
+        owner = f"{server.config.server_id.hex()}/{id(self):x}"
+        record: SessionRecord | None = None
+        state: dict[str, Any] = {}
+        caller: Caller | None = None
         try:
-            await server.handler(self.session)
-        except Exception:
-            logger.exception("session %s: handler failed", session_id)
-            self.session.close(ErrorCode.INTERNAL_ERROR, "the server application failed")
+            if hello.resume_token is not None:
+                assert services is not None  # _refusal checked it
 
-    def _start(self, hello: Hello, codec: str, session_id: str, caller: Caller | None) -> None:
-        voice = self.voice
+                async def authorize(stored: SessionRecord) -> bytes | None:
+                    nonlocal caller
+                    caller = await self._authorize_resume(hello, str(codec), stored)
+                    blob = encode_caller(caller) if caller is not None else b""
+                    return None if blob == stored.caller else blob
+
+                session_id, record, state = await services.resume(
+                    hello.resume_token,
+                    owner,
+                    claim_if=lambda: voice.state is State.NEGOTIATING,
+                    authorize=authorize,
+                )
+            else:
+                session_id = secrets.token_hex(8)
+                caller = server.credentials.authenticate(hello.token, time.time())
+                await self._ask_hook(hello, str(codec), session_id, caller, resumed=False)
+        except ResumeRefused as refused:
+            # A store that cannot answer now is no verdict on the session: the client retries.
+            unavailable = refused.reason is RefusalReason.STATE_UNAVAILABLE
+            code = ErrorCode.STATE_UNAVAILABLE if unavailable else ErrorCode.RESUME_REFUSED
+            self._refuse(code, str(refused))
+            return
+        except CredentialRefused as refused:
+            self._refuse(refused.error_code, refused.reason)
+            return
+        except _HookRefused as refused:
+            self._refuse(refused.code, refused.reason)
+            return
+        if voice.state is not State.NEGOTIATING:
+            return  # the connection closed while the store or the hook was asked
+        checkpointer = None
+        if services is not None:
+            checkpointer = AsyncCheckpointer(
+                services.store,
+                Checkpointer(
+                    session_id,
+                    ttl=services.config.state_ttl,
+                    base=record,
+                    owner=owner,
+                    caller=encode_caller(caller) if caller is not None else b"",
+                ),
+                on_event=self._on_checkpoint,
+            )
+            services.store_monitor.watch(checkpointer)
         welcome = Welcome(
             session_id=session_id,
-            codec=codec,
+            codec=str(codec),
             frame_ms=hello.frame_ms,
             uplink=hello.uplink,
-            server_id=self.server.config.server_id.hex(),
+            server_id=server.config.server_id.hex(),
+            resumed=record is not None,
+            resume_token=(
+                services.resume_tokens.issue(session_id, time.time())
+                if services is not None
+                else None
+            ),
             played_reports=True,
         )
         started = voice.accept(welcome)
         # ServerSession needs of its connection only what this class has (voice_connection,
         # telemetry, transmit_soon, peer_address, migrations, stats): it is typed with the
         # aioquic shell's private class, so the type checker is told so here.
-        self.session = ServerSession(cast(Any, self), hello, started, self.events, caller=caller)
+        session = ServerSession(
+            cast(Any, self), hello, started, self.events, state, checkpointer, caller=caller
+        )
+        self.session = session
+        if checkpointer is not None and record is None:
+            session.checkpoint()  # stored at once: resumable even before its first event
         for early in voice.take_early_events():
             self._on_voice_event(early)
         self.transmit_soon()
+        try:
+            await server.handler(session)
+        except Exception:
+            logger.exception("session %s: handler failed", session_id)
+            session.close(ErrorCode.INTERNAL_ERROR, "the server application failed")
+        finally:
+            await session.finish_checkpoints()
+
+    async def _authorize_resume(
+        self, hello: Hello, codec: str, stored: SessionRecord
+    ) -> Caller | None:
+        """The caller of a session being resumed (its stored caller, re-checked)."""
+        stored_caller: Caller | None = None
+        if stored.caller:
+            try:
+                stored_caller = decode_caller(stored.caller)
+            except ValueError as error:
+                raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, str(error)) from None
+        credentials = self.server.credentials
+        caller = credentials.authenticate_resume(hello.token, time.time(), stored_caller)
+        await self._ask_hook(hello, codec, stored.session_id, caller, resumed=True)
+        return caller
+
+    async def _ask_hook(
+        self, hello: Hello, codec: str, session_id: str, caller: Caller | None, *, resumed: bool
+    ) -> None:
+        """Ask the accept hook, if any; ``_HookRefused`` when it refuses."""
+        server = self.server
+        if server.accept is None:
+            return
+        request = CallRequest(
+            caller=caller,
+            metadata=hello.metadata,
+            peer_address=self.peer_address,
+            resumed=resumed,
+            session_id=session_id,
+            codec=codec,
+        )
+        timeout = server.credentials.config.accept_timeout
+        decision = await run_accept_hook(server.accept, request, timeout)
+        if decision.refusal_code is not None:
+            raise _HookRefused(decision.refusal_code, decision.reason)
+
+    def _refuse(self, code: int, reason: str) -> None:
+        if self.voice.state is State.NEGOTIATING:
+            self.voice.reject(code, reason)
+            self.transmit_soon()
+
+    def _on_checkpoint(self, event: CheckpointEvent) -> None:
+        session = self.session
+        if isinstance(event, CheckpointConflicted) and session is not None:
+            # The session was resumed on another connection (or backend): this one is stale.
+            session.close(ErrorCode.NO_ERROR, "session resumed elsewhere")
+        elif isinstance(event, CheckpointFailed):
+            logger.warning("session checkpoint failed: %s", event.error)
 
     # -- driven by ServerSession -------------------------------------------------------------
 
@@ -259,7 +368,7 @@ def _offered(hello: Hello) -> list[CodecSpec]:
     return offered
 
 
-def _refusal(hello: Hello) -> tuple[int, str] | None:
+def _refusal(hello: Hello, *, resumable: bool) -> tuple[int, str] | None:
     """Why this shell refuses ``hello`` (code, message), or None."""
     if hello.version != PROTOCOL_VERSION:
         return (
@@ -270,10 +379,10 @@ def _refusal(hello: Hello) -> tuple[int, str] | None:
     if negotiate(_offered(hello), DEFAULT_CODECS) is None:
         names = ", ".join(str(spec) for spec in DEFAULT_CODECS)
         return ErrorCode.UNSUPPORTED, f"no common codec; supported codecs: {names}"
-    if hello.resume_token is not None:
+    if hello.resume_token is not None and not resumable:
         return (
             ErrorCode.RESUME_REFUSED,
-            "this backend (engine ngtcp2) does not resume sessions yet",
+            "this backend (engine ngtcp2) has no session store: it cannot resume sessions",
         )
     return None
 
@@ -289,13 +398,19 @@ class Ngtcp2VoiceServer:
         limits: SessionLimits | None = None,
         accept: AcceptHook | None = None,
         credentials: TokenVerifier | None = None,
+        services: VoiceServer | None = None,
     ) -> None:
         """``accept``: the accept hook, asked about every call before it starts;
-        ``credentials``: verifies callers' tokens (default: an open backend, no keys)."""
+        ``credentials``: verifies callers' tokens (default: ``services``' or an open
+        backend's); ``services``: an unstarted ``VoiceServer`` whose session store, resume
+        tokens and ``resume()`` this backend uses (``None``: no store, no resume)."""
         self.config = config
         self.handler = handler
         self.limits = limits or SessionLimits()
         self.accept = accept
+        self.services = services
+        if credentials is None and services is not None:
+            credentials = services.credentials
         self.credentials = credentials or TokenVerifier(AuthConfig())
         self.codecs = DEFAULT_CODECS
         self._calls: set[Ngtcp2Call] = set()
@@ -323,6 +438,18 @@ class Ngtcp2VoiceServer:
     def forget(self, call: Ngtcp2Call) -> None:
         """``call``'s connection has ended."""
         self._calls.discard(call)
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket is closed (after ``close`` or ``abort``): its port is free."""
+        await self._io.socket_closed.wait()
+
+    def abort(self) -> None:
+        """Stop as a crash would: the socket closes and no peer is told (the apps' tasks are
+        cancelled). What was checkpointed stays in the store for a resume elsewhere."""
+        calls = list(self._calls)
+        self._io.abort()
+        for call in calls:
+            call.cancel()
 
     def close(self) -> None:
         """Close every connection and the socket; the apps see ``SessionClosed``."""

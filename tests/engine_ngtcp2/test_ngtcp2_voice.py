@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgpack import packb
 
-from quicvoice.app import App, Session, session_handler
+from quicvoice.app import App, Session, SessionEnded, session_handler
 from quicvoice.asyncio.client import VoiceClient, connect
+from quicvoice.asyncio.config import BackendConfig
+from quicvoice.asyncio.server import VoiceServer
 from quicvoice.audio.pcm import PcmEncoder
 from quicvoice.engine_ngtcp2 import AVAILABLE, UNAVAILABLE
 from quicvoice.errors import SessionRefusedError
@@ -39,7 +41,7 @@ if AVAILABLE:
     from quicvoice.engine_ngtcp2.endpoint import Address
     from quicvoice.engine_ngtcp2.voice_server import Ngtcp2VoiceServer
 
-    from .harness import LB_CONFIG, SERVER_ID, UdpRelay, engine_config
+    from .harness import LB_CONFIG, RESET_KEY, SERVER_ID, UdpRelay, engine_config
 
 CID_LEN = 17
 TIMEOUT = 10.0
@@ -280,3 +282,56 @@ def test_any_bytes_a_caller_sends_close_at_most_that_call_with_a_protocol_code(
     where: str, garbage: bytes
 ) -> None:
     asyncio.run(_garbage_call(where, garbage))
+
+
+async def _count_calls(session: Session) -> None:
+    """Count this session's connections in its state, say the count, then listen."""
+    calls = int(session.state.get("calls", 0)) + 1
+    session.state["calls"] = calls
+    session.save()
+    session.send_event("calls", calls)
+    async for event in session.events():
+        if isinstance(event, SessionEnded):
+            break
+
+
+@pytest.mark.asyncio
+async def test_a_call_resumes_its_state_on_a_restarted_ngtcp2_backend() -> None:
+    """The backend dies without a word; its successor (same address, server ID, keys and
+    store) resets the old connection and the client resumes there with its token."""
+    handler = session_handler(App(_count_calls, sample_rate=16000))
+    services = VoiceServer(
+        BackendConfig(server_id=SERVER_ID, configs=(LB_CONFIG,), reset_key=RESET_KEY), handler
+    )
+    first = Ngtcp2VoiceServer(engine_config(), handler, services=services)
+    address = await first.start()
+    second: Ngtcp2VoiceServer | None = None
+    try:
+        async with connect(*address, verify=False, liveness_timeout=0.3) as call:
+            assert (await call.wait_event("calls")).data == 1
+            assert call.session is not None and not call.session.resumed
+            first.abort()
+            await asyncio.wait_for(first.wait_closed(), TIMEOUT)
+            second = Ngtcp2VoiceServer(engine_config(local=address), handler, services=services)
+            await second.start()
+
+            async def speak() -> None:
+                for index in range(500):
+                    if not call.reconnecting:
+                        call.send_audio(FRAME, index * 320)
+                    await asyncio.sleep(0.02)
+
+            speaking = asyncio.get_running_loop().create_task(speak())
+            try:
+                resumed = await call.wait_resumed(timeout=TIMEOUT)
+                counted = await call.wait_event("calls")
+            finally:
+                speaking.cancel()
+            assert resumed.server_id == SERVER_ID.hex()
+            assert counted.data == 2  # the state of the first connection came back
+            assert second.endpoint.stats.resets_sent >= 1
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        await services.aclose()
