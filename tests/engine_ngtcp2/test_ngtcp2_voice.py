@@ -151,7 +151,7 @@ async def test_a_malformed_frame_closes_only_that_call_with_frame_error() -> Non
 
 
 @pytest.mark.asyncio
-async def test_a_resume_is_refused_clearly_until_the_store_is_wired() -> None:
+async def test_without_a_session_store_a_resume_is_refused_clearly() -> None:
     async with running_voice() as (_, address):
         hello = Hello(resume_token=b"\x01" * 40)
         with pytest.raises(SessionRefusedError) as refused:
