@@ -8,6 +8,10 @@ server echoes it at once: 50 frames/s each way per call.
 - ``ngtcp2``: ``quicvoice.engine_ngtcp2`` (ngtcp2 + gnutls in C, the endpoint and the echo in
   Python, stock asyncio), raw QUIC ALPN ``quicvoice/1``: hello, welcome, the reliable uplink
   stream echoed on one turn stream, QUIC-LB CIDs.
+- ``voice``: the same engine with the project's real voice layer
+  (``quicvoice.engine_ngtcp2.voice_server``: ``Ngtcp2Transport``, ``VoiceConnection``,
+  ``ServerSession``) running the echo handler ``bench_calls.py``'s quicvoice row runs
+  (``start_turn``, every uplink frame sent on the turn from ``on_audio``); same load as ngtcp2.
 - ``websocket``: a ``websockets`` echo server (binary messages, no compression), stock asyncio.
 Each server runs alone in a subprocess and prints, once a second, its echo count and its own
 CPU time (getrusage); CPU per frame = CPU delta / echo delta over the steady window (the first
@@ -36,6 +40,7 @@ from typing import Any
 
 FRAME_PAYLOAD = bytes(640)
 RATE = 50.0
+BACKENDS = ("ngtcp2", "voice", "websocket")
 
 
 # -- servers (subprocess) ---------------------------------------------------------------------
@@ -84,6 +89,51 @@ async def serve_ngtcp2(port: int) -> None:
     await server.start()
     print("ready", flush=True)
     await report_forever(lambda: sum(session.echoed for session in sessions))
+
+
+async def serve_voice(port: int) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from quicvoice.asyncio.server import ServerSession
+    from quicvoice.certificates import generate_certificate
+    from quicvoice.engine_ngtcp2.endpoint import EngineConfig
+    from quicvoice.engine_ngtcp2.voice_server import Ngtcp2VoiceServer
+    from quicvoice.quiclb import LoadBalancerConfig
+    from quicvoice.session.events import SessionClosed
+    from quicvoice.session.wire import MediaFrame
+
+    count = 0
+
+    async def echo(session: ServerSession) -> None:
+        turn = session.start_turn()
+
+        def on_audio(frame: MediaFrame) -> None:
+            nonlocal count
+            if session.send_turn_audio(turn, frame.payload, frame.timestamp):
+                count += 1
+
+        session.on_audio = on_audio
+        async for event in session:
+            if isinstance(event, SessionClosed):
+                return
+
+    certificate = generate_certificate()
+    config = EngineConfig(
+        local=("127.0.0.1", port),
+        server_id=bytes.fromhex("0a0b0c0d"),
+        lb_config=LoadBalancerConfig(0, 4, 12, os.urandom(16)),
+        reset_key=os.urandom(32),
+        certificate=certificate.certificate.public_bytes(serialization.Encoding.PEM),
+        private_key=certificate.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    server = Ngtcp2VoiceServer(config, echo)
+    await server.start()
+    print("ready", flush=True)
+    await report_forever(lambda: count)
 
 
 async def serve_websocket(port: int) -> None:
@@ -324,7 +374,8 @@ async def load_websocket(port: int, calls: int, stop_at: float) -> int:
 
 def run_level(
     backend: str, calls: int, seconds: float, processes: int, port: int, quic_load: str
-) -> str:
+) -> tuple[str, float]:
+    """Run one backend at ``calls``; return its result line and its CPU µs per frame."""
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", backend, "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -387,7 +438,7 @@ def run_level(
         f"us_per_frame={us:6.1f} (user {1e6 * (u1 - u0) / frames:.1f}, "
         f"sys {1e6 * (s1 - s0) / frames:.1f}) calls_per_core={1e6 / (RATE * us):5.0f} "
         f"client_received={received}"
-    )
+    ), us
 
 
 def main() -> None:
@@ -396,8 +447,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--load-processes", type=int, default=2)
     parser.add_argument("--port", type=int, default=24433)
-    parser.add_argument("--serve", choices=["ngtcp2", "websocket"])
-    parser.add_argument("--load", choices=["ngtcp2", "websocket"])
+    parser.add_argument("--serve", choices=BACKENDS)
+    parser.add_argument("--load", choices=BACKENDS)
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"which of {', '.join(BACKENDS)} to run, in this order (default: all)",
+    )
     parser.add_argument(
         "--quic-load",
         choices=["ngtcp2", "aioquic"],
@@ -410,6 +466,9 @@ def main() -> None:
     if args.serve == "ngtcp2":
         asyncio.run(serve_ngtcp2(args.port))
         return
+    if args.serve == "voice":
+        asyncio.run(serve_voice(args.port))
+        return
     if args.serve == "websocket":
         asyncio.run(serve_websocket(args.port))
         return
@@ -421,19 +480,29 @@ def main() -> None:
         print(asyncio.run(load(args.port, args.calls, args.stop_at)), flush=True)
         return
     print(f"load average before: {os.getloadavg()} (QUIC load: {args.quic_load})", flush=True)
+    backends = args.backends.split(",")
+    if not set(backends) <= set(BACKENDS):
+        parser.error(f"--backends: choose among {', '.join(BACKENDS)}")
     for level in (int(x) for x in args.levels.split(",")):
-        for index, backend in enumerate(("ngtcp2", "websocket")):
-            print(
-                run_level(
-                    backend,
-                    level,
-                    args.seconds,
-                    args.load_processes,
-                    args.port + index,
-                    args.quic_load,
-                ),
-                flush=True,
+        results: dict[str, float] = {}
+        for index, backend in enumerate(backends):
+            line, us = run_level(
+                backend,
+                level,
+                args.seconds,
+                args.load_processes,
+                args.port + index,
+                args.quic_load,
             )
+            results[backend] = us
+            print(line, flush=True)
+        if "websocket" in results:
+            ratios = ", ".join(
+                f"{name} {results['websocket'] / us:.2f}x"
+                for name, us in results.items()
+                if name != "websocket"
+            )
+            print(f"calls per core as a ratio to websocket at {level} calls: {ratios}", flush=True)
     print(f"load average after: {os.getloadavg()}", flush=True)
 
 

@@ -34,7 +34,7 @@
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 
 /* Bumped whenever quicvoice/engine_ngtcp2 must change with this file. */
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 #define MAX_SEND_STREAMS 8
 #define MAX_VECS 16
 /* Bounds one flush(): a voice connection writes a few packets per call. */
@@ -135,9 +135,11 @@ typedef struct {
     Chunk *cursor;        /* first chunk with octets not yet given to ngtcp2 */
     size_t cursor_done;   /* octets of *cursor already given */
     uint64_t end;         /* stream offset after the last queued octet */
+    uint64_t acked;       /* stream offset up to which the peer acknowledged everything */
     int fin;              /* the application ended the stream */
     int fin_sent;
     int blocked;          /* flow control or shut: skip for the rest of this flush */
+    int reset;            /* this side reset it (reset_stream) */
 } SendStream;
 
 static void stream_free_chunks(SendStream *s) {
@@ -169,6 +171,9 @@ static void stream_advance(SendStream *s, size_t n) {
 }
 
 static void stream_acked(SendStream *s, uint64_t acked_end) {
+    if (acked_end > s->acked) {
+        s->acked = acked_end;
+    }
     while (s->head != NULL && s->head->offset + s->head->len <= acked_end &&
            s->head != s->cursor) {
         Chunk *next = s->head->next;
@@ -199,6 +204,7 @@ typedef struct {
     PyObject *cid_factory;
     PyObject *cid_retired;
     PyObject *events; /* the list receive() returns, while it runs */
+    PyObject *aborts; /* (stream_id, error_code, reset) the peer sent, until take_aborts() */
     int callback_failed;
     SendStream streams[MAX_SEND_STREAMS];
     uint8_t out[NGTCP2_MAX_UDP_PAYLOAD_SIZE > 1452 ? NGTCP2_MAX_UDP_PAYLOAD_SIZE : 1452];
@@ -306,8 +312,10 @@ static int add_event(ConnectionObject *self, int64_t stream_id, const uint8_t *d
     if (self->events == NULL) {
         return 0;
     }
-    PyObject *event = Py_BuildValue("(Ly#O)", (long long)stream_id, data, (Py_ssize_t)len,
-                                    fin ? Py_True : Py_False);
+    /* A FIN alone comes with data NULL, which "y#" would make None. */
+    PyObject *event = Py_BuildValue("(Ly#O)", (long long)stream_id,
+                                    data != NULL ? data : (const uint8_t *)"",
+                                    data != NULL ? (Py_ssize_t)len : 0, fin ? Py_True : Py_False);
     if (event == NULL || PyList_Append(self->events, event) < 0) {
         Py_XDECREF(event);
         self->callback_failed = 1;
@@ -344,6 +352,31 @@ static SendStream *find_stream(ConnectionObject *self, int64_t stream_id) {
     return NULL;
 }
 
+/* The peer's RESET_STREAM (reset 1) or STOP_SENDING (reset 0), kept for take_aborts(). */
+static int add_abort(ConnectionObject *self, int64_t stream_id, uint64_t code, int reset) {
+    if (self->aborts == NULL && (self->aborts = PyList_New(0)) == NULL) {
+        self->callback_failed = 1;
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    PyObject *abort = Py_BuildValue("(LKO)", (long long)stream_id, (unsigned long long)code,
+                                    reset ? Py_True : Py_False);
+    if (abort == NULL || PyList_Append(self->aborts, abort) < 0) {
+        Py_XDECREF(abort);
+        self->callback_failed = 1;
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    Py_DECREF(abort);
+    return 0;
+}
+
+static int stream_reset_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t final_size,
+                           uint64_t app_error_code, void *user_data, void *stream_user_data) {
+    (void)conn;
+    (void)final_size;
+    (void)stream_user_data;
+    return add_abort(user_data, stream_id, app_error_code, 1);
+}
+
 static int acked_stream_data_offset_cb(ngtcp2_conn *conn, int64_t stream_id, uint64_t offset,
                                        uint64_t datalen, void *user_data,
                                        void *stream_user_data) {
@@ -358,10 +391,18 @@ static int acked_stream_data_offset_cb(ngtcp2_conn *conn, int64_t stream_id, uin
 
 static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
                            uint64_t app_error_code, void *user_data, void *stream_user_data) {
-    (void)flags;
-    (void)app_error_code;
     (void)stream_user_data;
     SendStream *s = find_stream(user_data, stream_id);
+    /* ngtcp2 0.12 has no callback for a received STOP_SENDING: it answers with RESET_STREAM
+     * itself and closes the stream with the peer's code once that is acknowledged. A stream
+     * of ours that closes with an error code this side did not set was stopped by the peer. */
+    if (ngtcp2_conn_is_local_stream(conn, stream_id) && (stream_id & 0x2) &&
+        (flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET) && (s == NULL || !s->reset)) {
+        int rv = add_abort(user_data, stream_id, app_error_code, 0);
+        if (rv != 0) {
+            return rv;
+        }
+    }
     if (s != NULL) {
         stream_free_chunks(s);
         s->id = -1;
@@ -442,6 +483,7 @@ static int connection_init(ConnectionObject *self, PyObject *args, PyObject *kwa
     callbacks.recv_datagram = recv_datagram_cb;
     callbacks.acked_stream_data_offset = acked_stream_data_offset_cb;
     callbacks.stream_close = stream_close_cb;
+    callbacks.stream_reset = stream_reset_cb;
 
     ngtcp2_settings settings;
     ngtcp2_settings_default(&settings);
@@ -530,6 +572,7 @@ static void connection_dealloc(ConnectionObject *self) {
     Py_XDECREF(self->cid_factory);
     Py_XDECREF(self->cid_retired);
     Py_XDECREF(self->events);
+    Py_XDECREF(self->aborts);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -823,37 +866,50 @@ static PyObject *connection_send_stream(ConnectionObject *self, PyObject *args,
 }
 
 PyDoc_STRVAR(close_doc,
-             "close(now, error_code=None) -> list of (datagram, (host, port))\n\n"
-             "The CONNECTION_CLOSE to send: with error_code an application close, else the\n"
+             "close(now, error_code=None, reason=b'') -> list of (datagram, (host, port))\n\n"
+             "The CONNECTION_CLOSE to send: with error_code an application close (with the\n"
+             "reason phrase), else the\n"
              "transport error that ended the connection (NO_ERROR if none). Empty when the\n"
              "connection is already closing or draining.");
 
 static PyObject *connection_close(ConnectionObject *self, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"now", "error_code", NULL};
+    static char *names[] = {"now", "error_code", "reason", NULL};
     unsigned long long now;
     PyObject *code = Py_None;
+    Py_buffer reason = {0};
     if (check_ready(self) < 0 ||
-        !PyArg_ParseTupleAndKeywords(args, kwargs, "K|O", names, &now, &code)) {
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "K|Oy*", names, &now, &code, &reason)) {
         return NULL;
     }
     PyObject *out = PyList_New(0);
     if (out == NULL || ngtcp2_conn_is_in_closing_period(self->conn) ||
         ngtcp2_conn_is_in_draining_period(self->conn)) {
+        PyBuffer_Release(&reason);
         return out;
     }
     if (code != Py_None) {
         unsigned long long value = PyLong_AsUnsignedLongLong(code);
         if (PyErr_Occurred()) {
+            PyBuffer_Release(&reason);
             Py_DECREF(out);
             return NULL;
         }
-        ngtcp2_connection_close_error_set_application_error(&self->ccerr, value, NULL, 0);
+        /* ngtcp2 keeps the pointer until the packet is written, below. */
+        size_t reason_len = reason.buf != NULL ? (size_t)reason.len : 0;
+        if (reason_len > 1024) {
+            reason_len = 1024;
+        }
+        ngtcp2_connection_close_error_set_application_error(
+            &self->ccerr, value, reason_len ? reason.buf : NULL, reason_len);
     }
     ngtcp2_path_storage ps;
     ngtcp2_path_storage_zero(&ps);
     ngtcp2_pkt_info pi;
     ngtcp2_ssize n = ngtcp2_conn_write_connection_close(
         self->conn, &ps.path, &pi, self->out, sizeof(self->out), &self->ccerr, (ngtcp2_tstamp)now);
+    self->ccerr.reason = NULL;
+    self->ccerr.reasonlen = 0;
+    PyBuffer_Release(&reason);
     if (n > 0 && append_packet(self, out, &ps.path, (size_t)n) < 0) {
         Py_DECREF(out);
         return NULL;
@@ -982,6 +1038,7 @@ static PyObject *module_client(PyObject *module, PyObject *args, PyObject *kwarg
     callbacks.recv_datagram = recv_datagram_cb;
     callbacks.acked_stream_data_offset = acked_stream_data_offset_cb;
     callbacks.stream_close = stream_close_cb;
+    callbacks.stream_reset = stream_reset_cb;
 
     ngtcp2_settings settings;
     ngtcp2_settings_default(&settings);
@@ -1065,7 +1122,113 @@ static PyObject *connection_open_bidi(ConnectionObject *self, PyObject *unused) 
     return PyLong_FromLongLong(stream_id);
 }
 
+PyDoc_STRVAR(reset_stream_doc,
+             "reset_stream(stream_id, error_code) -> bool\n\n"
+             "Abort sending on a stream (RESET_STREAM) and drop what is queued on it; False\n"
+             "when ngtcp2 knows no such stream (already closed).");
+
+static PyObject *connection_reset_stream(ConnectionObject *self, PyObject *args) {
+    long long stream_id;
+    unsigned long long code;
+    if (check_ready(self) < 0 || !PyArg_ParseTuple(args, "LK", &stream_id, &code)) {
+        return NULL;
+    }
+    SendStream *s = find_stream(self, stream_id);
+    if (s != NULL) {
+        /* Nothing more goes out on it: what ngtcp2 still holds pointers to stays until the
+         * stream closes (stream_close frees it). */
+        s->cursor = NULL;
+        s->cursor_done = 0;
+        s->fin = s->fin_sent = 1;
+        s->reset = 1;
+    }
+    return PyBool_FromLong(ngtcp2_conn_shutdown_stream_write(self->conn, stream_id, code) == 0);
+}
+
+PyDoc_STRVAR(stop_sending_doc,
+             "stop_sending(stream_id, error_code) -> bool\n\n"
+             "Ask the peer to stop sending on a stream (STOP_SENDING); False when ngtcp2 knows\n"
+             "no such stream.");
+
+static PyObject *connection_stop_sending(ConnectionObject *self, PyObject *args) {
+    long long stream_id;
+    unsigned long long code;
+    if (check_ready(self) < 0 || !PyArg_ParseTuple(args, "LK", &stream_id, &code)) {
+        return NULL;
+    }
+    return PyBool_FromLong(ngtcp2_conn_shutdown_stream_read(self->conn, stream_id, code) == 0);
+}
+
+PyDoc_STRVAR(send_offsets_doc,
+             "send_offsets(stream_id) -> (acknowledged, written)\n\n"
+             "Stream offsets of what this side sent: everything before the first is\n"
+             "acknowledged; (0, 0) for a stream closed or never written.");
+
+static PyObject *connection_send_offsets(ConnectionObject *self, PyObject *args) {
+    long long stream_id;
+    if (check_ready(self) < 0 || !PyArg_ParseTuple(args, "L", &stream_id)) {
+        return NULL;
+    }
+    SendStream *s = stream_id >= 0 ? find_stream(self, stream_id) : NULL;
+    if (s == NULL) {
+        return Py_BuildValue("(ii)", 0, 0);
+    }
+    return Py_BuildValue("(KK)", (unsigned long long)s->acked, (unsigned long long)s->end);
+}
+
+PyDoc_STRVAR(take_aborts_doc,
+             "take_aborts() -> list of (stream_id, error_code, reset)\n\n"
+             "The peer's RESET_STREAM (reset True) and STOP_SENDING (False) since the last call.\n"
+             "A STOP_SENDING is reported for this side's unidirectional streams only, once\n"
+             "ngtcp2's answering RESET_STREAM is acknowledged (ngtcp2 0.12 reports no more).");
+
+static PyObject *connection_take_aborts(ConnectionObject *self, PyObject *unused) {
+    (void)unused;
+    PyObject *aborts = self->aborts;
+    if (aborts == NULL) {
+        return PyList_New(0);
+    }
+    self->aborts = NULL;
+    return aborts;
+}
+
+static PyObject *connection_rtt(ConnectionObject *self, void *closure) {
+    (void)closure;
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    ngtcp2_conn_stat stat;
+    ngtcp2_conn_get_conn_stat(self->conn, &stat);
+    if (stat.latest_rtt == 0) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(KKK)", (unsigned long long)stat.latest_rtt,
+                         (unsigned long long)stat.smoothed_rtt, (unsigned long long)stat.min_rtt);
+}
+
+static PyObject *connection_peer_close(ConnectionObject *self, void *closure) {
+    (void)closure;
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    if (!ngtcp2_conn_is_in_draining_period(self->conn)) {
+        Py_RETURN_NONE;
+    }
+    ngtcp2_connection_close_error ccerr;
+    ngtcp2_conn_get_connection_close_error(self->conn, &ccerr);
+    /* "y#" makes None of a NULL pointer: no reason phrase is an empty one. */
+    const uint8_t *reason = ccerr.reason != NULL ? ccerr.reason : (const uint8_t *)"";
+    Py_ssize_t reasonlen = ccerr.reason != NULL ? (Py_ssize_t)ccerr.reasonlen : 0;
+    return Py_BuildValue(
+        "(Ky#O)", (unsigned long long)ccerr.error_code, reason, reasonlen,
+        ccerr.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION ? Py_True : Py_False);
+}
+
 static PyMethodDef connection_methods[] = {
+    {"reset_stream", (PyCFunction)connection_reset_stream, METH_VARARGS, reset_stream_doc},
+    {"stop_sending", (PyCFunction)connection_stop_sending, METH_VARARGS, stop_sending_doc},
+    {"send_offsets", (PyCFunction)connection_send_offsets, METH_VARARGS, send_offsets_doc},
+    {"take_aborts", (PyCFunction)connection_take_aborts, METH_NOARGS, take_aborts_doc},
     {"receive", (PyCFunction)connection_receive, METH_VARARGS, receive_doc},
     {"flush", (PyCFunction)connection_flush, METH_VARARGS, flush_doc},
     {"handle_expiry", (PyCFunction)connection_handle_expiry, METH_VARARGS, handle_expiry_doc},
@@ -1084,6 +1247,11 @@ static PyGetSetDef connection_getset[] = {
     {"handshake_completed", (getter)connection_handshake_completed, NULL,
      "Whether the TLS handshake completed.", NULL},
     {"closed", (getter)connection_closed, NULL, "In the closing or draining period.", NULL},
+    {"rtt", (getter)connection_rtt, NULL,
+     "(latest, smoothed, minimum) RTT in ns, or None before the first sample.", NULL},
+    {"peer_close", (getter)connection_peer_close, NULL,
+     "(error_code, reason, is_application) of the peer's CONNECTION_CLOSE (draining), or None.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

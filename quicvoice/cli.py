@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ECN marking: l4s = ECT(1), classic = ECT(0), off = not-ECT (overrides the config;"
         " default l4s)",
     )
+    serve.add_argument(
+        "--engine",
+        choices=("aioquic", "ngtcp2"),
+        help="QUIC engine, overrides the config's engine (ngtcp2: raw QUIC only)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
     call = commands.add_parser("call", help="place a call: stream audio, print a JSON report")
@@ -329,6 +334,18 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigurationError("--record-uplink: only the demo agent records its uplink")
     else:
         app = load_app(app_spec, what=what)
+    if args.engine is not None:
+        config = replace(config, engine=args.engine)
+    if config.engine == "ngtcp2":
+        from .engine_ngtcp2.backend import serve as serve_ngtcp2
+
+        return serve_ngtcp2(
+            config,
+            session_handler(app),
+            accept=app.accept,
+            app_spec=app_spec,
+            webtransport=args.web is not None,
+        )
 
     async def serve() -> None:
         server = VoiceServer(config, session_handler(app), accept=app.accept)

@@ -63,8 +63,12 @@ BACKEND_KEYS = frozenset(
         "auth",
         "metrics",
         "ecn",
+        "engine",
     }
 )
+#: The QUIC engines a backend can run on (specs/engine-ngtcp2.md): aioquic (the default:
+#: raw QUIC and WebTransport) or ngtcp2 (raw QUIC only; needs the optional extension).
+ENGINES = ("aioquic", "ngtcp2")
 SESSION_KEYS = frozenset({"resume_key", "resume_key_id", "state_ttl", "token_ttl"})
 #: Derives the resume-token key from the shared reset key when none is configured, so a
 #: deployment that shares ``reset_key`` resumes across backends with no extra setting.
@@ -121,6 +125,8 @@ class BackendConfig:
     #: ECN marking of what the backend sends (specs/ecn.md): ``l4s`` ECT(1), ``classic``
     #: ECT(0), ``off`` not-ECT; a path whose validation fails gets not-ECT anyway.
     ecn: EcnMode = EcnMode.L4S
+    #: The QUIC engine, one of ``ENGINES``.
+    engine: str = "aioquic"
 
     @property
     def effective_resume_key(self) -> bytes:
@@ -157,6 +163,10 @@ class BackendConfig:
             raise ConfigurationError("auth: must be an AuthConfig")
         if not isinstance(self.ecn, EcnMode):
             raise ConfigurationError("ecn: must be an EcnMode ('l4s', 'classic' or 'off')")
+        if self.engine not in ENGINES:
+            raise ConfigurationError(
+                f"engine: must be one of {', '.join(map(repr, ENGINES))}, not {self.engine!r}"
+            )
         if (self.certificate is None) != (self.private_key is None):
             raise ConfigurationError(
                 "certificate: give both certificate and private_key, or neither"
@@ -212,6 +222,8 @@ class BackendConfig:
             arguments["forwarder"] = parse_address(table["forwarder"], "forwarder")
         if "app" in table:
             arguments["app"] = check_import_string(table["app"])
+        if "engine" in table:
+            arguments["engine"] = table["engine"]
         if "metrics" in table and not shared:  # a shared file's ``metrics`` is the forwarder's
             arguments["metrics"] = parse_address(table["metrics"], "metrics", allow_port_zero=True)
         if "session_store" in table:

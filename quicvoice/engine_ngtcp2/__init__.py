@@ -13,7 +13,7 @@ from types import ModuleType
 from ..errors import ConfigurationError
 
 #: The ``quicvoice._ngtcp2`` this code was written for (its ``ABI_VERSION``).
-ABI_VERSION = 1
+ABI_VERSION = 2
 #: The Debian packages the extension is built against.
 DEBIAN_PACKAGES = ("libngtcp2-dev", "libngtcp2-crypto-gnutls-dev")
 

@@ -18,7 +18,7 @@ import functools
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import ConfigurationError, ProtocolError
 from ..quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
@@ -46,6 +46,27 @@ class Application(Protocol):
 
     def stream_data(self, stream_id: int, data: bytes, fin: bool) -> None:
         """Take data of one stream (-1: a DATAGRAM); raise ``ProtocolError`` to close."""
+        ...
+
+
+@runtime_checkable
+class SessionApplication(Protocol):
+    """An application that follows its whole connection, not only its stream data (the
+    voice layer, ``voice_server.py``); the endpoint then calls these instead of
+    ``stream_data``."""
+
+    def receive_events(
+        self, events: list[tuple[int, bytes, bool]], remote: Address, now: int
+    ) -> None:
+        """Take what one datagram from ``remote`` brought (possibly nothing but ACKs)."""
+        ...
+
+    def close_request(self, now: int) -> tuple[int, str] | None:
+        """Before each flush: an application close (code, reason) to send now, or None."""
+        ...
+
+    def connection_closed(self, error_code: int, reason: str) -> None:
+        """The connection ended (closed by either side, failed, or timed out); called once."""
         ...
 
 
@@ -94,6 +115,8 @@ class _Conn:
     key: int
     native: _ngtcp2.Connection | None = None
     application: Application | None = None
+    #: The application, when it follows the whole connection.
+    session: SessionApplication | None = None
     cids: set[bytes] = field(default_factory=set)
     #: The time its timer entry in the heap is for (None: no timer).
     expiry: int | None = None
@@ -127,6 +150,7 @@ class Ngtcp2Endpoint:
             raise ConfigurationError(str(error)) from None
         self._by_cid: dict[bytes, _Conn] = {}
         self._conns: dict[int, _Conn] = {}
+        self._by_application: dict[int, _Conn] = {}
         self._next_key = 0
         self._timers: list[tuple[int, int, _Conn]] = []
         self._timer_seq = 0
@@ -175,6 +199,10 @@ class Ngtcp2Endpoint:
         status, events = native.receive(data, remote, now)
         if status != 0:
             return self._failed(conn, status, now)
+        session = conn.session
+        if session is not None:
+            session.receive_events(events, remote, now)
+            return self._flush(conn, now)
         application = conn.application
         if events and application is not None:
             try:
@@ -213,7 +241,11 @@ class Ngtcp2Endpoint:
             self.stats.dropped += 1
             return []
         conn.native = native
-        conn.application = self._application(native, self._server_id_hex)
+        application = self._application(native, self._server_id_hex)
+        conn.application = application
+        if isinstance(application, SessionApplication):
+            conn.session = application
+            self._by_application[id(application)] = conn
         self._conns[key] = conn
         # The client's own DCID reaches the connection until it switches to ours.
         for cid in (scid, client_dcid):
@@ -251,24 +283,56 @@ class Ngtcp2Endpoint:
 
     # -- sending, closing, timers ---------------------------------------------------------
 
+    def transmit(self, application: Application, now: int) -> Datagrams:
+        """What ``application``'s connection has to send now (it wrote outside a datagram's
+        handling: an application task); nothing when the connection is gone or closing."""
+        conn = self._by_application.get(id(application))
+        if conn is None or conn.native is None or conn.linger_until is not None:
+            return []
+        return self._flush(conn, now)
+
     def _flush(self, conn: _Conn, now: int) -> Datagrams:
         assert conn.native is not None
+        session = conn.session
+        if session is not None:
+            close = session.close_request(now)
+            if close is not None:
+                # What was written before the close goes out first, in the same flush.
+                status, out = conn.native.flush(now)
+                return out + self._close(conn, close[0], now, close[1], failed=False)
         status, out = conn.native.flush(now)
         if status != 0:
             return out + self._failed(conn, status, now)
         self._arm(conn, conn.native.expiry)
         return out
 
-    def _close(self, conn: _Conn, error_code: int, now: int) -> Datagrams:
+    def _close(
+        self, conn: _Conn, error_code: int, now: int, reason: str = "", *, failed: bool = True
+    ) -> Datagrams:
         assert conn.native is not None
-        out = conn.native.close(now, error_code)
-        self.stats.failed += 1
+        out = conn.native.close(now, error_code, reason.encode()[:1024])
+        self.stats.failed += failed
+        self._closed(conn, error_code, reason)
         self._linger(conn, now)
         return out
+
+    def _closed(self, conn: _Conn, error_code: int, reason: str) -> None:
+        """Tell a session application, once, that its connection ended."""
+        session = conn.session
+        if session is not None:
+            conn.session = None
+            self._by_application.pop(id(session), None)
+            session.connection_closed(error_code, reason)
 
     def _failed(self, conn: _Conn, status: int, now: int) -> Datagrams:
         assert conn.native is not None
         native = self._native
+        if conn.session is not None:
+            peer = conn.native.peer_close
+            if peer is not None:
+                self._closed(conn, peer[0], peer[1].decode(errors="replace"))
+            else:
+                self._closed(conn, 0, f"connection failed: {native.strerror(status)}")
         if status in (native.ERR_DROP_CONN, native.ERR_IDLE_CLOSE):
             self._forget(conn)
             return []
@@ -282,6 +346,7 @@ class Ngtcp2Endpoint:
         self._arm(conn, conn.linger_until)
 
     def _forget(self, conn: _Conn) -> None:
+        self._closed(conn, 0, "connection forgotten")
         self._conns.pop(conn.key, None)
         for cid in conn.cids:
             if self._by_cid.get(cid) is conn:
@@ -334,7 +399,8 @@ class Ngtcp2Endpoint:
         out: Datagrams = []
         for conn in list(self._conns.values()):
             if conn.native is not None and conn.linger_until is None:
-                out += conn.native.close(now, 0)
+                out += conn.native.close(now, 0, b"server shutting down")
+            self._closed(conn, 0, "server shutting down")
             self._forget(conn)
         self._timers.clear()
         return out

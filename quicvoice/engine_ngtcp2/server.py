@@ -28,6 +28,9 @@ class _Protocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         """An ICMP error for an earlier send: QUIC's loss recovery deals with it."""
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.socket_closed.set()
+
 
 class Ngtcp2Server:
     """Serves ``config.alpn`` with the ngtcp2 prototype endpoint on ``config.local``."""
@@ -39,6 +42,8 @@ class Ngtcp2Server:
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
+        #: Set once the socket is closed (it closes on the loop's next turn after ``close``).
+        self.socket_closed = asyncio.Event()
 
     async def start(self) -> Address:
         """Bind ``config.local`` and serve; return the bound address."""
@@ -55,6 +60,11 @@ class Ngtcp2Server:
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Hand one datagram to the endpoint and send what it answers."""
         self._send(self.endpoint.datagram_received(data, addr, time.monotonic_ns()))
+
+    def send(self, datagrams: Datagrams) -> None:
+        """Send ``datagrams`` (the endpoint's answer to something outside a datagram's
+        handling) and re-arm the timer."""
+        self._send(datagrams)
 
     def _send(self, datagrams: Datagrams) -> None:
         transport = self._transport
@@ -77,6 +87,16 @@ class Ngtcp2Server:
         self._timer = None
         self._timer_at = None
         self._send(self.endpoint.handle_timers(time.monotonic_ns()))
+
+    def abort(self) -> None:
+        """Close the socket without a word to any peer, as a crash would (failover drills)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self.endpoint.close_all(time.monotonic_ns())  # frees the connections; sends nothing
 
     def close(self) -> None:
         """Close every connection and the socket."""

@@ -27,7 +27,6 @@ from typing import Any
 
 from aioquic.quic.events import QuicEvent
 
-from .. import quic as glue
 from ..errors import InvalidStateError, ProtocolError
 from .codes import ErrorCode
 from .events import (
@@ -512,16 +511,16 @@ class VoiceConnection:
         return frame.seq
 
     def _bound_datagram_queue(self, now: float) -> None:
-        quic = self._transport.quic
+        transport = self._transport
         times = self._datagram_times
-        while len(times) > glue.pending_datagrams(quic):
+        while len(times) > transport.pending_datagrams():
             times.popleft()  # those were sent
         stale = 0
         while stale < len(times) and now - times[stale] > self.limits.datagram_deadline:
             stale += 1
         excess = max(stale, len(times) + 1 - self.limits.max_datagram_queue)
         if excess > 0:
-            dropped = glue.drop_oldest_datagrams(quic, excess)
+            dropped = transport.drop_oldest_datagrams(excess)
             for _ in range(dropped):
                 times.popleft()
             self._stats["uplink_frames_dropped"] += dropped
@@ -625,7 +624,7 @@ class VoiceConnection:
         stream_id = self._turn_streams.get(turn_id)
         if stream_id is None or self.is_client:
             return None
-        return glue.stream_send_offsets(self._transport.quic, stream_id)
+        return self._transport.send_offsets(stream_id)
 
     def send_event(self, name: str, data: Any = None) -> None:
         """Send an application event on the control stream."""
@@ -654,10 +653,10 @@ class VoiceConnection:
 
     def _backlog_exceeded(self) -> bool:
         """Close the session when the peer leaves too much of what we sent unacknowledged."""
-        quic = self._transport.quic
+        transport = self._transport
         backlog = 0
         for turn_id, stream_id in list(self._turn_streams.items()):
-            unacked = glue.unacked_stream_bytes(quic, stream_id)
+            unacked = transport.unacked_bytes(stream_id)
             if unacked == 0 and turn_id in self._turns_ended:
                 # Finished and delivered: forget it, so this sum (run per frame sent) covers
                 # only the turns still in flight however long the call.
@@ -701,7 +700,7 @@ class VoiceConnection:
 
     def stats(self) -> SessionStats:
         """Return a snapshot of this session's counters (migrations are the shell's)."""
-        rtt = glue.rtt_seconds(self._transport.quic)
+        rtt = self._transport.rtt()
         arrivals = self._arrivals
         return SessionStats(
             rtt_latest_ms=rtt[0] * 1000 if rtt else None,
@@ -720,4 +719,3 @@ class VoiceConnection:
             bytes_sent=self._stats["bytes_sent"],
             bytes_received=self._stats["bytes_received"],
         )
-

@@ -112,9 +112,7 @@ class Closed(TransportEvent):
 
 
 class VoiceTransport(Protocol):
-    """Streams and datagrams of one voice session."""
-
-    quic: QuicConnection
+    """Streams and datagrams of one voice session, on whichever QUIC engine carries it."""
 
     @property
     def is_client(self) -> bool:
@@ -158,6 +156,26 @@ class VoiceTransport(Protocol):
         """Close the connection; a server sends what was written on ``deliver`` first."""
         ...
 
+    def unacked_bytes(self, stream_id: int) -> int:
+        """Octets written to ``stream_id`` that the peer has not acknowledged yet."""
+        ...
+
+    def send_offsets(self, stream_id: int) -> tuple[int, int]:
+        """(acknowledged, written) offsets of what this side sent on ``stream_id``."""
+        ...
+
+    def rtt(self) -> tuple[float, float, float] | None:
+        """(latest, smoothed, minimum) RTT in seconds, or ``None`` before the first sample."""
+        ...
+
+    def pending_datagrams(self) -> int:
+        """Datagrams queued and not sent yet."""
+        ...
+
+    def drop_oldest_datagrams(self, count: int) -> int:
+        """Drop up to ``count`` of the oldest queued datagrams; return how many."""
+        ...
+
 
 def _is_bidi(stream_id: int) -> bool:
     return not stream_id & 2
@@ -184,6 +202,26 @@ class _QuicStreams:
     def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Queue ``data`` on a stream."""
         self.quic.send_stream_data(stream_id, data, end_stream)
+
+    def unacked_bytes(self, stream_id: int) -> int:
+        """Octets written to ``stream_id`` that the peer has not acknowledged yet."""
+        return glue.unacked_stream_bytes(self.quic, stream_id)
+
+    def send_offsets(self, stream_id: int) -> tuple[int, int]:
+        """(acknowledged, written) offsets of what this side sent on ``stream_id``."""
+        return glue.stream_send_offsets(self.quic, stream_id)
+
+    def rtt(self) -> tuple[float, float, float] | None:
+        """(latest, smoothed, minimum) RTT in seconds, or ``None`` before the first sample."""
+        return glue.rtt_seconds(self.quic)
+
+    def pending_datagrams(self) -> int:
+        """DATAGRAM frames in aioquic's send queue."""
+        return glue.pending_datagrams(self.quic)
+
+    def drop_oldest_datagrams(self, count: int) -> int:
+        """Drop up to ``count`` of the oldest queued DATAGRAM frames; return how many."""
+        return glue.drop_oldest_datagrams(self.quic, count)
 
     def reset(self, stream_id: int, error_code: int) -> None:
         """Abort sending on a stream; a stream already finished or reset is left alone."""
