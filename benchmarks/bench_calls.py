@@ -24,6 +24,8 @@ Backends, all measured the same way in the same run:
 - ``quicvoice``: ``VoiceServer`` (own endpoint, QUIC-LB CIDs, ACKs bundled into audio
   packets), raw QUIC (ALPN ``quicvoice/1``);
 - ``webtransport``: the same ``VoiceServer``, reached over WebTransport (HTTP/3);
+- ``quicvoice-ngtcp2``: the same echo handler and voice layer on the ngtcp2 engine
+  (``engine = "ngtcp2"``, ``quicvoice.engine_ngtcp2``; raw QUIC), where the extension is built;
 - ``quicvoice-aioquic-acks``: ``VoiceServer`` with aioquic's own ACK policy (ACK-only packet
   1 ms after each frame) - the ACK lever switched off, for the before/after;
 - ``quicvoice-baseline``: the ``quicvoice`` backend run from another copy of the package
@@ -58,7 +60,13 @@ FRAME_SECONDS = 0.020
 LATE_THRESHOLD = 0.020
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BACKENDS = ("websocket", "stock", "quicvoice", "webtransport")
-ALL_BACKENDS = (*BACKENDS, "quicvoice-aioquic-acks", "quicvoice-baseline", "serve-workers")
+ALL_BACKENDS = (
+    *BACKENDS,
+    "quicvoice-ngtcp2",
+    "quicvoice-aioquic-acks",
+    "quicvoice-baseline",
+    "serve-workers",
+)
 QUIC_BACKENDS = frozenset(ALL_BACKENDS) - {"websocket"}
 LB_KEY = "8f95f09245765f80256934e50c66207f"
 
@@ -106,6 +114,23 @@ async def serve_quicvoice(
         metrics=None if metrics_port is None else ("127.0.0.1", metrics_port),
     )
     server = VoiceServer(config, echo)
+    await server.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def serve_ngtcp2(port: int) -> None:
+    from quicvoice.asyncio.config import BackendConfig
+    from quicvoice.engine_ngtcp2.backend import voice_server
+    from quicvoice.quiclb import LoadBalancerConfig
+
+    config = BackendConfig(
+        listen=("127.0.0.1", port),
+        configs=(LoadBalancerConfig(0, 4, 12, os.urandom(16)),),
+        reset_key=os.urandom(32),
+        engine="ngtcp2",
+    )
+    server, _ = voice_server(config, echo)
     await server.start()
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -616,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", metavar="DIR", help="the quicvoice-baseline backend's copy of quicvoice"
     )
     parser.add_argument("--serve", choices=["quicvoice", "stock", "websocket",
-                        "quicvoice-aioquic-acks"], help=argparse.SUPPRESS)  # fmt: skip
+                        "quicvoice-aioquic-acks", "quicvoice-ngtcp2"],
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -632,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             serving = serve_quicvoice(args.port, aioquic_acks=True)
         elif args.serve == "websocket":
             serving = serve_websocket(args.port)
+        elif args.serve == "quicvoice-ngtcp2":
+            serving = serve_ngtcp2(args.port)
         else:
             serving = serve_stock(args.port)
         run_on(loops[0], serving)
