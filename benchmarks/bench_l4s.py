@@ -546,6 +546,11 @@ def run_call_scenario(
             if ecn == "l4s"
             else f"{line.aqm.classic_sojourn_mean_ms:.2f}/{line.aqm.classic_sojourn_max_ms:.2f}"
         ),
+        "aqm_queue_p50_p99_ms": (
+            f"{line.aqm.l4s_sojourn_p50_ms:.1f}/{line.aqm.l4s_sojourn_p99_ms:.1f}"
+            if ecn == "l4s"
+            else f"{line.aqm.classic_sojourn_p50_ms:.1f}/{line.aqm.classic_sojourn_p99_ms:.1f}"
+        ),
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -671,6 +676,7 @@ CALL_COLUMNS = (
     ("PESQ wb", "pesq_wb"),
     ("Opus kbit/s mean/min", "bitrate"),
     ("AQM sojourn of its queue mean/max ms", "voice_queue_sojourn_ms"),
+    ("AQM sojourn of its queue p50/p99 ms", "aqm_queue_p50_p99_ms"),
     ("line late p99 ms", "line_late_p99_ms"),
 )
 

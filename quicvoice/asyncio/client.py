@@ -73,7 +73,7 @@ from ..session.call import (
     SendPlayed,
 )
 from ..session.codes import ErrorCode
-from ..session.congestion import CongestionResponse
+from ..session.congestion import CongestionConfig, CongestionResponse
 from ..session.congestion_feed import CongestionFeed
 from ..session.connection import SessionLimits, VoiceConnection
 from ..session.events import (
@@ -437,7 +437,7 @@ class VoiceClient:
         self._pcm_encoder: PcmEncoder | None = None
         #: The uplink's congestion response (specs/l4s.md): feed it the peer's ECN feedback
         #: and losses; ``send_pcm`` encodes Opus at its ``target_bitrate``.
-        self.congestion = CongestionResponse()
+        self.congestion = CongestionResponse(CongestionConfig(mode=ecn.value))
         #: Every link's ECN feedback and losses go to ``congestion`` (its mode follows the
         #: path's validation).
         self._congestion_feed = CongestionFeed(self.congestion, ecn)

@@ -46,7 +46,7 @@ from ..observability.telemetry import NO_SESSION, BackendTelemetry, SessionTelem
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header, peek_psk_identity
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
 from ..session.codes import ErrorCode
-from ..session.congestion import CongestionResponse
+from ..session.congestion import CongestionConfig, CongestionResponse
 from ..session.congestion_feed import CongestionFeed
 from ..session.connection import SessionLimits, State, VoiceConnection
 from ..session.events import (
@@ -334,7 +334,7 @@ class _ServerConnection:
         self.events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
         #: The downlink's congestion response, fed by this connection's ECN feedback and
         #: losses (specs/l4s.md); ``ServerSession.congestion``.
-        self.congestion = CongestionResponse()
+        self.congestion = CongestionResponse(CongestionConfig(mode=quic.ecn.mode.value))
         feed_congestion(
             quic, CongestionFeed(self.congestion, quic.ecn.mode), asyncio.get_running_loop().time
         )
