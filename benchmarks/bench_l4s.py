@@ -1,7 +1,8 @@
 """A voice flow across the lab's L4S bottleneck, three ways side by side (root).
 
-    sudo python benchmarks/bench_l4s.py [--rate-kbps 2000] [--cross-size 250] [--delay-ms 10]
-        [--scenarios l4s,classic,off,idle] [--warmup 3] [--json]
+    sudo python benchmarks/bench_l4s.py [--voice calls|simulated|both] [--ecn l4s,classic,off]
+        [--no-idle] [--rate-kbps 2000] [--cross-size 250] [--delay-ms 10]
+        [--scenarios l4s,classic,off,idle] [--warmup 3] [--l16-seconds 8] [--json]
 
 Topology: ``quicvoice.netlab``'s client/router/server namespaces; the cellular uplink goes
 through the delay line with a bottleneck of ``--rate-kbps`` and a DualQ Coupled AQM (RFC 9332:
@@ -9,7 +10,22 @@ L4S step threshold 1 ms, classic PI2 target 15 ms, k = 2), plus ``--delay-ms`` e
 loss-based AIMD sender (``quicvoice.netlab.crosstraffic``, not-ECT, 250-octet packets) fills the
 link for the whole run, so the classic queue stands near its target.
 
-The voice flow: speech (espeak-ng, 16 kHz) encoded live as Opus 48 kHz with in-band FEC, one
+The voice flow (``--voice calls``, the default): real quicvoice calls. ``quicvoice serve``
+(the demo agent, recording the realtime uplink as its jitter buffer played it) in the server
+namespace, ``benchmarks/l4s_caller.py`` from the client's cellular address, both marking per
+the scenario (``--ecn``: ``l4s`` ECT(1), ``classic`` ECT(0), ``off`` not-ECT; plus ``idle``,
+``l4s`` without cross traffic, unless ``--no-idle``). The caller says ~10 s of speech through
+``send_pcm`` in real time (realtime uplink, Opus 20 ms), each frame encoded at the bitrate of
+the uplink's ``CongestionResponse``, fed by the ACK_ECN counts of the backend and by QUIC's
+losses. Queueing delay is from timestamps: the agent's arrival time of each frame
+(``session.arrivals``) minus the caller's send time (same host clock), minus the run's
+minimum; it includes both ends' Python processing, so the AQM's own sojourn p50/p99 of the
+queue the voice used (cross traffic included for ``classic``/``off``) is shown beside it.
+Concealment is the agent's playout report, PESQ is of its recording; the ECN validation is
+the caller's.
+
+The simulated flow (``--voice simulated``; ``both`` runs the calls, then this): speech
+(espeak-ng, 16 kHz) encoded live as Opus 48 kHz with in-band FEC, one
 20 ms frame per UDP datagram from the client's cellular address to the server namespace. Its
 sender sets the ECN codepoint on its own socket (IP_TOS) and its Opus bitrate follows a
 ``quicvoice.session.congestion.CongestionResponse`` fed by the receiver's per-packet feedback
@@ -20,7 +36,7 @@ sender sets the ECN codepoint on its own socket (IP_TOS) and its Opus bitrate fo
 * ``off``: not-ECT, responds only to losses (the AQM drops it in the classic queue);
 * ``idle``: ``l4s`` with no cross traffic (the reference for the concealment ratio).
 
-What is simulated (branch ``ecn`` will replace it): the flow is not a quicvoice QUIC call; the
+What is simulated in this flow: it is not a quicvoice QUIC call; the
 marking is set on the benchmark's own socket and the CE feedback is the receiver's per-packet
 report, standing in for QUIC's ACK_ECN counts. What is real: the kernel's namespaces and
 routing, the delay line and its AQM (a userspace process rewriting the IP ECN bits), the AIMD
