@@ -60,7 +60,7 @@ def test_a_migration_onto_a_bleaching_path_turns_ce_off_and_back_keeps_the_bitra
     feed.on_feedback(feedback("cell", Validation.TESTING), now=now, rtt=RTT)
     assert response.mode == "l4s" and feed.path == "cell"
     feed.on_feedback(feedback("cell", Validation.BLEACHED), now=now + 0.001, rtt=RTT)
-    assert response.mode == "off"
+    assert response.statistics().mode == "off"
     assert response.target_bitrate == low
     reductions = response.statistics().ce_reductions
     for _ in range(5):
