@@ -1,7 +1,8 @@
 """A voice flow across the lab's L4S bottleneck, three ways side by side (root).
 
-    sudo python benchmarks/bench_l4s.py [--rate-kbps 2000] [--cross-size 250] [--delay-ms 10]
-        [--scenarios l4s,classic,off,idle] [--warmup 3] [--json]
+    sudo python benchmarks/bench_l4s.py [--voice calls|simulated|both] [--ecn l4s,classic,off]
+        [--no-idle] [--rate-kbps 2000] [--cross-size 250] [--delay-ms 10]
+        [--scenarios l4s,classic,off,idle] [--warmup 3] [--l16-seconds 8] [--json]
 
 Topology: ``quicvoice.netlab``'s client/router/server namespaces; the cellular uplink goes
 through the delay line with a bottleneck of ``--rate-kbps`` and a DualQ Coupled AQM (RFC 9332:
@@ -9,7 +10,22 @@ L4S step threshold 1 ms, classic PI2 target 15 ms, k = 2), plus ``--delay-ms`` e
 loss-based AIMD sender (``quicvoice.netlab.crosstraffic``, not-ECT, 250-octet packets) fills the
 link for the whole run, so the classic queue stands near its target.
 
-The voice flow: speech (espeak-ng, 16 kHz) encoded live as Opus 48 kHz with in-band FEC, one
+The voice flow (``--voice calls``, the default): real quicvoice calls. ``quicvoice serve``
+(the demo agent, recording the realtime uplink as its jitter buffer played it) in the server
+namespace, ``benchmarks/l4s_caller.py`` from the client's cellular address, both marking per
+the scenario (``--ecn``: ``l4s`` ECT(1), ``classic`` ECT(0), ``off`` not-ECT; plus ``idle``,
+``l4s`` without cross traffic, unless ``--no-idle``). The caller says ~10 s of speech through
+``send_pcm`` in real time (realtime uplink, Opus 20 ms), each frame encoded at the bitrate of
+the uplink's ``CongestionResponse``, fed by the ACK_ECN counts of the backend and by QUIC's
+losses. Queueing delay is from timestamps: the agent's arrival time of each frame
+(``session.arrivals``) minus the caller's send time (same host clock), minus the run's
+minimum; it includes both ends' Python processing, so the AQM's own sojourn p50/p99 of the
+queue the voice used (cross traffic included for ``classic``/``off``) is shown beside it.
+Concealment is the agent's playout report, PESQ is of its recording; the ECN validation is
+the caller's.
+
+The simulated flow (``--voice simulated``; ``both`` runs the calls, then this): speech
+(espeak-ng, 16 kHz) encoded live as Opus 48 kHz with in-band FEC, one
 20 ms frame per UDP datagram from the client's cellular address to the server namespace. Its
 sender sets the ECN codepoint on its own socket (IP_TOS) and its Opus bitrate follows a
 ``quicvoice.session.congestion.CongestionResponse`` fed by the receiver's per-packet feedback
@@ -20,7 +36,7 @@ sender sets the ECN codepoint on its own socket (IP_TOS) and its Opus bitrate fo
 * ``off``: not-ECT, responds only to losses (the AQM drops it in the classic queue);
 * ``idle``: ``l4s`` with no cross traffic (the reference for the concealment ratio).
 
-What is simulated (branch ``ecn`` will replace it): the flow is not a quicvoice QUIC call; the
+What is simulated in this flow: it is not a quicvoice QUIC call; the
 marking is set on the benchmark's own socket and the CE feedback is the receiver's per-packet
 report, standing in for QUIC's ACK_ECN counts. What is real: the kernel's namespaces and
 routing, the delay line and its AQM (a userspace process rewriting the IP ECN bits), the AIMD
@@ -30,8 +46,9 @@ on the real arrival times) and PESQ.
 Then (``--l16-seconds``, 8 by default; 0 skips it) a real quicvoice call across the same
 bottleneck and cross traffic: ``quicvoice serve`` in the server namespace, ``quicvoice call``
 (reliable L16/16000, 256 kbit/s on one QUIC stream) from the client's cellular address; its
-packets are not-ECT (the library marks nothing yet), so this shows what the reliable stream
-does in the classic queue: frames delivered of those sent, the call's length, the RTT.
+packets are ECT(1) (the library's default marking) and its sender does not answer CE (no
+bitrate to lower; aioquic's NewReno does not see CE), so this shows whether the reliable
+stream holds up in the L4S queue: frames delivered of those sent, the call's length, the RTT.
 
 Reported per scenario: the voice packets' one-way queueing delay (kernel receive timestamp
 minus send time, minus the run's minimum: base delay and serialisation) p50/p99, the RFC 3550
@@ -426,11 +443,152 @@ def _stats_dict(response: CongestionResponse) -> dict[str, Any]:
     return stats
 
 
+CALL_SCENARIOS: dict[str, tuple[str, bool]] = {
+    # name: (``--ecn`` of both ends, cross traffic)
+    "l4s": ("l4s", True),
+    "classic": ("classic", True),
+    "off": ("off", True),
+    "idle": ("l4s", False),
+}
+CALL_PORT = 4434
+CALLER = Path(__file__).with_name("l4s_caller.py")
+
+
+def bottleneck_topology(args: argparse.Namespace) -> VoiceTopologyConfig:
+    """The cellular uplink through the DualQ bottleneck, the downlink only delayed."""
+    return VoiceTopologyConfig(
+        cell_uplink=LineConfig(
+            delay_ms=args.delay_ms,
+            rate_kbps=args.rate_kbps,
+            l4s_threshold_ms=1.0,
+            classic_target_ms=15.0,
+        ),
+        cell_downlink=LineConfig(delay_ms=args.delay_ms),
+        seed=args.seed,
+        realtime=args.realtime,
+    )
+
+
+def run_call_scenario(
+    name: str, reference16: Pcm, wav: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A real quicvoice call as the voice flow: ``quicvoice serve`` (the demo agent, its
+    realtime uplink played by its jitter buffer and recorded) in the server namespace and
+    ``l4s_caller.py`` from the client's cellular address, both marking per ``--ecn``; the
+    caller's Opus uplink follows its congestion response, fed by the ACK_ECN counts."""
+    ecn, cross = CALL_SCENARIOS[name]
+    speech_seconds = len(reference16) / SPEECH_RATE
+    if args.warmup + speech_seconds + 20 > MAX_RUN_SECONDS:
+        raise SystemExit(f"a call scenario would last more than {MAX_RUN_SECONDS} s")
+    started = time.monotonic()
+    with Lab() as lab, tempfile.TemporaryDirectory() as recordings:
+        os.chmod(recordings, 0o755)
+        topology = build_voice_topology(lab, bottleneck_topology(args))
+        server = lab.spawn(
+            topology.server,
+            [sys.executable, "-m", "quicvoice.cli", "serve", "--listen",
+             f"{topology.server_ip}:{CALL_PORT}", "--ecn", ecn, "--record-uplink", recordings],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert server.stdout is not None
+        listening = json.loads(server.stdout.readline())
+        traffic = None
+        if cross:
+            traffic = start_cross_traffic(
+                lab, topology, args.warmup + speech_seconds + 25.0, args.cross_size
+            )
+            time.sleep(args.warmup)  # let the AIMD sender fill the link (wall time on purpose)
+        caller = lab.spawn(
+            topology.client,
+            [sys.executable, str(CALLER), f"{topology.server_ip}:{CALL_PORT}",
+             "--certificate-hash", listening["certificate_sha256"],
+             "--local-address", topology.cell_ip, "--wav", str(wav), "--ecn", ecn],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out, err = caller.communicate(timeout=MAX_RUN_SECONDS + 10)
+        line = topology.delay_line.stop()["dl-up"]
+        if traffic is not None:
+            traffic.kill()
+        try:
+            report = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            report = {"error": (err or out).strip()[-300:]}
+        if "error" in report:
+            return {"scenario": name, "voice": "quicvoice call", "error": report["error"]}
+        playout = report["playout"]
+        audio = read_recording(playout.get("recording"))
+    sent_ns: list[int] = report["sent_ns"]
+    arrivals = [
+        Arrival(sequence, sent_ns[sequence], round(at * 1e9), -1, b"")
+        for sequence, at in zip(report["arrivals"]["seq"], report["arrivals"]["at"], strict=True)
+        if 0 <= sequence < len(sent_ns)
+    ]
+    one_way = [(a.received_ns - a.sent_ns) / 1e6 for a in arrivals]
+    base = min(one_way) if one_way else float("nan")
+    queueing = [value - base for value in one_way]
+    received = len({a.sequence for a in arrivals})
+    bitrates: list[int] = report["bitrates"]
+    congestion = report["congestion"]
+    return {
+        "scenario": name,
+        "voice": "quicvoice call",
+        "ecn_codepoint": {"l4s": "ECT(1)", "classic": "ECT(0)", "off": "not-ECT"}[ecn],
+        "response": ecn,
+        "cross_traffic": cross,
+        "frames_sent": report["frames"],
+        "frames_received": received,
+        "frames_lost": report["frames"] - received,
+        "ce_marked": congestion["ce"],
+        "base_one_way_ms": round(base, 3),
+        "queue_p50_ms": round(percentile(queueing, 50), 3),
+        "queue_p99_ms": round(percentile(queueing, 99), 3),
+        "queue_max_ms": round(max(queueing, default=float("nan")), 3),
+        "jitter_ms": round(interarrival_jitter_ms(arrivals), 3),
+        "bitrate_mean_kbps": round(sum(bitrates) / max(1, len(bitrates)) / 1000, 2),
+        "bitrate_min_kbps": round(min(bitrates, default=0) / 1000, 2),
+        "concealment_ratio": playout.get("concealment_ratio"),
+        "plc_frames": playout.get("plc_frames"),
+        "fec_frames": playout.get("fec_frames"),
+        "expand_frames": playout.get("expand_frames"),
+        "pesq_wb": pesq_wb(reference16, audio, playout.get("first_sequence")),
+        "ecn_validation": report["ecn"]["validation"],
+        "l4s_bottleneck_seen": report["ecn"]["l4s_bottleneck_seen"],
+        "congestion": congestion,
+        "rtt_ms": report.get("rtt_ms"),
+        "aqm": asdict(line.aqm),
+        "line_late_p99_ms": line.late_p99_ms,
+        "voice_queue_sojourn_ms": (
+            f"{line.aqm.l4s_sojourn_mean_ms:.2f}/{line.aqm.l4s_sojourn_max_ms:.2f}"
+            if ecn == "l4s"
+            else f"{line.aqm.classic_sojourn_mean_ms:.2f}/{line.aqm.classic_sojourn_max_ms:.2f}"
+        ),
+        "aqm_queue_p50_p99_ms": (
+            f"{line.aqm.l4s_sojourn_p50_ms:.1f}/{line.aqm.l4s_sojourn_p99_ms:.1f}"
+            if ecn == "l4s"
+            else f"{line.aqm.classic_sojourn_p50_ms:.1f}/{line.aqm.classic_sojourn_p99_ms:.1f}"
+        ),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def read_recording(path: object) -> Pcm:
+    """The agent's played-out uplink (48 kHz for Opus), or nothing."""
+    if not isinstance(path, str):
+        return np.zeros(0, np.int16)
+    try:
+        with wave.open(path, "rb") as reader:
+            samples = np.frombuffer(reader.readframes(reader.getnframes()), "<i2")
+            rate = reader.getframerate()
+    except (OSError, wave.Error, EOFError):
+        return np.zeros(0, np.int16)
+    return samples if rate == OPUS_RATE else resample_signal(samples, rate, OPUS_RATE)
+
+
 def run_l16_call(args: argparse.Namespace) -> dict[str, Any]:
     """A real quicvoice call (``quicvoice call``, reliable L16/16000 on one QUIC stream, 256
     kbit/s) from the client's cellular address to ``quicvoice serve`` across the bottleneck,
-    with the cross traffic: does the reliable stream hold up? Its packets are not-ECT (the
-    library marks nothing until branch ``ecn``), so it shares the classic queue."""
+    with the cross traffic: does the reliable stream hold up? Its packets are ECT(1) (the
+    default), so it sits in the L4S queue, and nothing answers its CE marks."""
     uplink = LineConfig(delay_ms=args.delay_ms, rate_kbps=args.rate_kbps)
     config = VoiceTopologyConfig(
         cell_uplink=uplink,
@@ -521,14 +679,35 @@ COLUMNS = (
 )
 
 
-def table(results: list[dict[str, Any]]) -> str:
+CALL_COLUMNS = (
+    ("scenario", "scenario"),
+    ("ECN", "ecn_codepoint"),
+    ("validation", "ecn_validation"),
+    ("queue p50 ms", "queue_p50_ms"),
+    ("queue p99 ms", "queue_p99_ms"),
+    ("jitter ms", "jitter_ms"),
+    ("frames lost", "frames_lost"),
+    ("CE (peer's counts)", "ce_marked"),
+    ("concealment", "concealment_ratio"),
+    ("PESQ wb", "pesq_wb"),
+    ("Opus kbit/s mean/min", "bitrate"),
+    ("AQM sojourn of its queue mean/max ms", "voice_queue_sojourn_ms"),
+    ("AQM sojourn of its queue p50/p99 ms", "aqm_queue_p50_p99_ms"),
+    ("line late p99 ms", "line_late_p99_ms"),
+)
+
+
+def table(results: list[dict[str, Any]], columns: tuple[tuple[str, str], ...] = COLUMNS) -> str:
     lines = [
-        "| " + " | ".join(title for title, _ in COLUMNS) + " |",
-        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|",
+        "| " + " | ".join(title for title, _ in columns) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|",
     ]
     for result in results:
+        if "error" in result:
+            lines.append(f"| {result['scenario']} | error: {result['error']} |")
+            continue
         cells = []
-        for _, key in COLUMNS:
+        for _, key in columns:
             if key == "bitrate":
                 cells.append(f"{result['bitrate_mean_kbps']}/{result['bitrate_min_kbps']}")
             elif key == "frames_lost":
@@ -545,7 +724,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cross-size", type=int, default=250, help="cross-traffic IP octets")
     parser.add_argument("--delay-ms", type=float, default=10.0, help="one-way, each direction")
     parser.add_argument("--warmup", type=float, default=3.0, help="cross traffic alone, s")
-    parser.add_argument("--scenarios", default="l4s,classic,off,idle")
+    parser.add_argument(
+        "--voice",
+        choices=["calls", "simulated", "both"],
+        default="calls",
+        help="the voice flow: real quicvoice calls (default), the plain-UDP simulation, both",
+    )
+    parser.add_argument(
+        "--ecn",
+        default="l4s,classic,off",
+        help="marking of the real calls' scenarios (both ends): l4s, classic, off",
+    )
+    parser.add_argument(
+        "--idle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also a real l4s call with no cross traffic (the concealment reference)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default="l4s,classic,off,idle",
+        help="scenarios of the simulated flow (--voice simulated/both)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--l16-seconds",
@@ -566,6 +766,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown or not names:
         parser.error(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
+    calls = [n.strip() for n in args.ecn.split(",") if n.strip()]
+    if not set(calls) <= {"l4s", "classic", "off"} or len(set(calls)) != len(calls):
+        parser.error("--ecn: a comma-separated list of l4s, classic, off")
+    if args.idle:
+        calls.append("idle")
+    if not calls and args.voice != "simulated":
+        parser.error("no call scenario: give --ecn or --idle")
     if not 100 <= args.rate_kbps <= 100_000:
         parser.error("--rate-kbps must be within 100..100000")
     if not 0 <= args.l16_seconds <= 30:
@@ -578,8 +785,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_l4s needs root (network namespaces): {error}", file=sys.stderr)
         return 2
     cleanup_stale()
-    with tempfile.TemporaryDirectory() as directory:
-        reference = speech(Path(directory))
+    speech_directory = tempfile.TemporaryDirectory()
+    os.chmod(speech_directory.name, 0o755)
+    reference = speech(Path(speech_directory.name))
+    wav = Path(speech_directory.name) / "sentence16k.wav"
+    with wave.open(str(wav), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(SPEECH_RATE)
+        writer.writeframes(reference.astype("<i2").tobytes())
     print(
         f"bottleneck {args.rate_kbps:g} kbit/s, DualQ (L4S step 1 ms, classic PI2 target 15 ms,"
         f" k=2), {args.delay_ms:g} ms each way; cross traffic: AIMD not-ECT "
@@ -588,27 +802,55 @@ def main(argv: list[str] | None = None) -> int:
         f"PESQ of the codec alone (32 kbit/s): {codec_only_pesq(reference)}",
         flush=True,
     )
-    results = []
-    for name in names:
-        result = run_scenario(name, reference, args)
-        results.append(result)
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    results: list[dict[str, Any]] = []
+    if args.voice in ("calls", "both"):
+        call_results = []
+        for name in calls:
+            result = run_call_scenario(name, reference, wav, args)
+            call_results.append(result)
+            print(
+                f"  call {name}: {result.get('seconds')} s; AQM {result.get('aqm')}; "
+                f"congestion {result.get('congestion')}",
+                flush=True,
+            )
         print(
-            f"  {name}: {result['seconds']} s; AQM {result['aqm']}; cross {result['cross']}",
-            flush=True,
+            "Voice flow: real quicvoice calls (realtime Opus 20 ms uplink, bitrate following "
+            "the ACK_ECN feedback); queueing from timestamps (the agent's arrival time minus "
+            "the caller's send time, minus the run's minimum)"
         )
-    print(table(results))
+        print(table(call_results, CALL_COLUMNS))
+        results.extend(call_results)
+    if args.voice in ("simulated", "both"):
+        simulated = []
+        for name in names:
+            result = run_scenario(name, reference, args)
+            simulated.append(result)
+            print(
+                f"  simulated {name}: {result['seconds']} s; AQM {result['aqm']}; "
+                f"cross {result['cross']}",
+                flush=True,
+            )
+        print(
+            "Voice flow SIMULATED: plain UDP Opus, the receiver's per-packet report standing "
+            "in for ACK_ECN"
+        )
+        print(table(simulated))
+        results.extend({**result, "voice": "simulated"} for result in simulated)
     if args.l16_seconds > 0:
         l16 = run_l16_call(args)
         results.append(l16)
         print(
-            f"reliable L16 over QUIC across the same bottleneck (not ECN-marked): "
+            f"reliable L16 over QUIC across the same bottleneck (ECT(1), CE unanswered): "
             f"{l16.get('frames_delivered')} of {l16.get('frames_sent')} frames delivered, call "
             f"{l16.get('call_seconds')} s for {l16.get('audio_seconds')} s of audio, RTT "
             f"{l16.get('rtt_ms')} ms (min {l16.get('rtt_min_ms')}); AQM {l16.get('aqm')}"
             + (f"; error: {l16['error']}" if l16.get("error") else "")
         )
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
+    speech_directory.cleanup()
     return 0
 
 

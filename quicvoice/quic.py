@@ -214,6 +214,9 @@ class VoiceQuicConnection(QuicConnection):
         self._delivery_close: _DeliveryClose | None = None
         #: ECN of this connection (specs/ecn.md): marks, counts, validation per path.
         self.ecn = EcnTracker(ecn)
+        #: Called with the number of application packets each time loss detection (RFC 9002)
+        #: declares some lost, for a congestion response (specs/l4s.md); ``None``: nobody.
+        self.loss_listener: Callable[[int], None] | None = None
         #: The path name of the local socket sending now (a client names its sockets; a server
         #: leaves it ``None`` and its paths are named by the peer's address).
         self.ecn_local_path: str | None = None
@@ -242,9 +245,11 @@ class VoiceQuicConnection(QuicConnection):
                 packets = list(packets)  # aioquic may hand over a one-pass iterable
             recovery_on_packets_lost(packets=packets, space=space, **kwargs)
             if packets:
-                self.ecn.on_packets_lost(
-                    _ecn_space(packets[0].epoch), [packet.packet_number for packet in packets]
-                )
+                ecn_space = _ecn_space(packets[0].epoch)
+                self.ecn.on_packets_lost(ecn_space, [packet.packet_number for packet in packets])
+                listener = self.loss_listener
+                if listener is not None and ecn_space == _ECN_APPLICATION_SPACE:
+                    listener(len(packets))
 
         self._loss._on_packets_lost = on_packets_lost  # type: ignore[method-assign]
 

@@ -280,9 +280,9 @@ class Session:
         self.audio_frames_dropped = 0
         #: Uplink payloads that did not decode (skipped; the stream goes on).
         self.audio_decode_errors = 0
-        #: The downlink's congestion response (specs/l4s.md): feed it the client's ECN
+        #: The downlink's congestion response (specs/l4s.md), fed by the connection's ECN
         #: feedback and losses; turns encode Opus at its ``target_bitrate``.
-        self.congestion = CongestionResponse()
+        self.congestion: CongestionResponse = lower.congestion
 
     # -- what the session is ---------------------------------------------------------
 

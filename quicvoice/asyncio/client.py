@@ -73,7 +73,8 @@ from ..session.call import (
     SendPlayed,
 )
 from ..session.codes import ErrorCode
-from ..session.congestion import CongestionResponse
+from ..session.congestion import CongestionConfig, CongestionResponse
+from ..session.congestion_feed import CongestionFeed
 from ..session.connection import SessionLimits, VoiceConnection
 from ..session.events import (
     AudioReceived,
@@ -101,6 +102,7 @@ from ..session.transport import (
 )
 from ..settings import Address, format_address
 from ..urls import dial_target
+from .congestion import feed_congestion
 from .dial import (
     client_configuration,
     race,
@@ -435,7 +437,10 @@ class VoiceClient:
         self._pcm_encoder: PcmEncoder | None = None
         #: The uplink's congestion response (specs/l4s.md): feed it the peer's ECN feedback
         #: and losses; ``send_pcm`` encodes Opus at its ``target_bitrate``.
-        self.congestion = CongestionResponse()
+        self.congestion = CongestionResponse(CongestionConfig(mode=ecn.value))
+        #: Every link's ECN feedback and losses go to ``congestion`` (its mode follows the
+        #: path's validation).
+        self._congestion_feed = CongestionFeed(self.congestion, ecn)
         self._turn_pcm: TurnPcmDecoder | None = None
         self._played_samples = 0
         self._playing_turn: int | None = None
@@ -583,6 +588,7 @@ class VoiceClient:
                 ecn=self._ecn,
             )
             self._links[action.link] = link
+            feed_congestion(link.quic, self._congestion_feed, self._loop.time)
             if action.dcid is not None:
                 use_initial_destination_cid(link.quic, action.dcid)
         try:

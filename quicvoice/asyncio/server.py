@@ -46,6 +46,8 @@ from ..observability.telemetry import NO_SESSION, BackendTelemetry, SessionTelem
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header, peek_psk_identity
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
 from ..session.codes import ErrorCode
+from ..session.congestion import CongestionConfig, CongestionResponse
+from ..session.congestion_feed import CongestionFeed
 from ..session.connection import SessionLimits, State, VoiceConnection
 from ..session.events import (
     AudioReceived,
@@ -86,6 +88,7 @@ from ..store.tickets import TicketCache
 from ..version import __version__
 from .accept import run_accept_hook
 from .config import BackendConfig
+from .congestion import feed_congestion
 from .timer import ConnectionTimer
 from .udp import UdpEndpoint, open_udp_endpoint
 
@@ -173,6 +176,12 @@ class ServerSession:
     def peer_address(self) -> Address | None:
         """The client's current address (changes when it migrates)."""
         return self._connection.peer_address
+
+    @property
+    def congestion(self) -> CongestionResponse:
+        """The downlink's congestion response (specs/l4s.md): it follows the client's ECN
+        feedback and QUIC's losses; Opus turns encode at its ``target_bitrate``."""
+        return self._connection.congestion
 
     @property
     def migrations(self) -> tuple[Migration, ...]:
@@ -323,6 +332,12 @@ class _ServerConnection:
         self._task: asyncio.Task[None] | None = None
         #: Voice events for the session's handler.
         self.events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
+        #: The downlink's congestion response, fed by this connection's ECN feedback and
+        #: losses (specs/l4s.md); ``ServerSession.congestion``.
+        self.congestion = CongestionResponse(CongestionConfig(mode=quic.ecn.mode.value))
+        feed_congestion(
+            quic, CongestionFeed(self.congestion, quic.ecn.mode), asyncio.get_running_loop().time
+        )
 
     @property
     def migrations(self) -> tuple[Migration, ...]:

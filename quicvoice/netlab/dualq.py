@@ -95,8 +95,18 @@ class DualQStats:
     l4s_sojourn_max_ms: float = 0.0
     classic_sojourn_mean_ms: float = 0.0
     classic_sojourn_max_ms: float = 0.0
+    #: Percentiles of the same, per queue, ms (to the histogram's 0.1 ms bins).
+    l4s_sojourn_p50_ms: float = 0.0
+    l4s_sojourn_p99_ms: float = 0.0
+    classic_sojourn_p50_ms: float = 0.0
+    classic_sojourn_p99_ms: float = 0.0
     #: The PI2 base probability p' now.
     base_probability: float = 0.0
+
+
+#: Sojourn histogram: 0.1 ms bins up to 500 ms.
+SOJOURN_BIN = 0.0001
+SOJOURN_BINS = 5000
 
 
 @dataclass(slots=True)
@@ -114,6 +124,20 @@ class _QueueCounters:
     sojourn_sum: float = 0.0
     sojourn_max: float = 0.0
     items: deque[_Queued] = field(default_factory=deque)
+    #: Sojourns sent, in bins of SOJOURN_BIN s (the last bin holds everything longer).
+    histogram: list[int] = field(default_factory=lambda: [0] * SOJOURN_BINS)
+
+    def percentile_ms(self, q: float) -> float:
+        """The ``q``-th percentile of the sojourns sent (upper edge of its bin), ms."""
+        if not self.sent:
+            return 0.0
+        rank = q / 100 * self.sent
+        seen = 0
+        for index, count in enumerate(self.histogram):
+            seen += count
+            if seen >= rank:
+                return round((index + 1) * SOJOURN_BIN * 1000, 4)
+        return round(SOJOURN_BINS * SOJOURN_BIN * 1000, 4)
 
 
 class DualQ:
@@ -188,6 +212,7 @@ class DualQ:
             queue.sent += 1
             queue.sojourn_sum += sojourn
             queue.sojourn_max = max(queue.sojourn_max, sojourn)
+            queue.histogram[min(SOJOURN_BINS - 1, max(0, int(sojourn / SOJOURN_BIN)))] += 1
             self._free_at = start + self.config.serialisation(len(packet))
             sent.append((packet, self._free_at))
         return sent
@@ -269,5 +294,9 @@ class DualQ:
                 round(1000 * classic.sojourn_sum / classic.sent, 4) if classic.sent else 0.0
             ),
             classic_sojourn_max_ms=round(1000 * classic.sojourn_max, 4),
+            l4s_sojourn_p50_ms=l4s.percentile_ms(50),
+            l4s_sojourn_p99_ms=l4s.percentile_ms(99),
+            classic_sojourn_p50_ms=classic.percentile_ms(50),
+            classic_sojourn_p99_ms=classic.percentile_ms(99),
             base_probability=round(self._base, 6),
         )

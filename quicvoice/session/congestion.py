@@ -24,7 +24,7 @@ The bitrate never leaves ``[min_bitrate, max_bitrate]`` (Opus speech: 6-64 kbit/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 #: What this sender marks its packets with (``ecn`` setting of issue 17).
@@ -81,6 +81,8 @@ class CongestionStats:
     loss_reductions: int
     #: Lowest bitrate reached, bit/s.
     min_target_bitrate: int
+    #: Times ``set_mode`` changed the mode (validation or a migration changed the path).
+    mode_changes: int = 0
 
 
 def _count(name: str, value: int) -> int:
@@ -104,6 +106,7 @@ class CongestionResponse:
         self._acked = self._ce = self._lost = 0
         self._ce_reductions = self._loss_reductions = 0
         self._min_rate = self.config.start_bitrate
+        self._mode_changes = 0
 
     @property
     def target_bitrate(self) -> int:
@@ -114,6 +117,26 @@ class CongestionResponse:
     def alpha(self) -> float:
         """The EWMA of the fraction of packets marked CE (L4S mode)."""
         return self._alpha
+
+    @property
+    def mode(self) -> EcnMode:
+        """The ECN mode the response answers as (what this path's packets carry)."""
+        return self.config.mode
+
+    def set_mode(self, mode: EcnMode) -> None:
+        """Answer as ``mode`` from now on: the path's marking or its validation changed (a
+        migration, a path found bleaching). The bitrate and the counters carry over; the
+        round and ``alpha`` start afresh, since marks on the old path say nothing of the new.
+        Raises ValueError for an unknown mode."""
+        if mode not in ECN_MODES:
+            raise ValueError(f"mode must be one of {ECN_MODES}, not {mode!r}")
+        if mode == self.config.mode:
+            return
+        self.config = replace(self.config, mode=mode)
+        self._alpha = 0.0
+        self._round_start = None
+        self._round_acked = self._round_ce = 0
+        self._mode_changes += 1
 
     def on_ecn_feedback(self, *, now: float, acked: int, ce: int, rtt: float | None = None) -> int:
         """The peer acknowledged ``acked`` more packets, ``ce`` more of them marked CE.
@@ -156,6 +179,7 @@ class CongestionResponse:
             ce_reductions=self._ce_reductions,
             loss_reductions=self._loss_reductions,
             min_target_bitrate=self._min_rate,
+            mode_changes=self._mode_changes,
         )
 
     def _observe_rtt(self, rtt: float | None) -> None:

@@ -106,6 +106,20 @@ def test_an_idle_link_sends_at_once_and_serialises_at_its_rate() -> None:
     assert [round(d - 10.0, 6) for _, d in sent] == [0.002, 0.003, 0.004]
 
 
+def test_sojourn_percentiles_per_queue() -> None:
+    queue = aqm()
+    out: list[bytes] = []
+    for _ in range(5):  # 1 ms of serialisation each: sojourns 0, 1, ..., 4 ms
+        push(queue, ipv4(Ecn.ECT0, 125), 10.0, out)
+    out.extend(packet for packet, _ in queue.advance(11.0))
+    assert len(out) == 5
+    stats = queue.statistics()
+    # The upper edge of each 0.1 ms bin: the 3rd of 5 (2 ms), the 5th (4 ms).
+    assert stats.classic_sojourn_p50_ms == pytest.approx(2.05, abs=0.1)
+    assert stats.classic_sojourn_p99_ms == pytest.approx(4.05, abs=0.1)
+    assert stats.l4s_sojourn_p50_ms == stats.l4s_sojourn_p99_ms == 0.0
+
+
 def test_l4s_packets_are_marked_beyond_the_shallow_threshold_and_not_before() -> None:
     """A burst of ECT(1) packets: the first two wait < 1 ms and pass; every later one has
     waited ≥ 1 ms at the start of its transmission and is marked CE (step)."""
