@@ -20,12 +20,19 @@ a new path inheriting the previous path's outcome instead of being tested afresh
 from __future__ import annotations
 
 import asyncio
+import json
+import select
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -44,7 +51,8 @@ from quicvoice.quiclb import LoadBalancerConfig
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("root"), pytest.mark.timeout(60)]
 
 PORT = 4433
-LB_CONFIG = LoadBalancerConfig(0, 4, 12, bytes(range(16)))
+LB_KEY = bytes(range(16))
+LB_CONFIG = LoadBalancerConfig(0, 4, 12, LB_KEY)
 SERVER_ID = bytes.fromhex("0a0b0c0d")
 FRAME = bytes(640)  # 20 ms of L16/16000
 #: Frames streamed at most while waiting for a validation outcome (50 per second).
@@ -53,15 +61,22 @@ MAX_FRAMES = 200
 FRAMES_AFTER = 25
 STARTUP_TIMEOUT = 10.0
 EcnLineMode = Literal["keep", "bleach", "mangle"]
+Via = Literal["direct", "forwarder"]
+#: Behind the forwarder (server namespace loopback): the backend, and where it sends replies.
+BEHIND_FORWARDER = ("127.0.0.1", 4501)
+FORWARDER_BACKEND_SIDE = ("127.0.0.1", 4434)
+#: Every call directly to the backend and through the QUIC-LB forwarder, which must keep the
+#: ECN bits both ways (the backend's per-path marking rides on its encapsulated replies).
+VIA = pytest.mark.parametrize("via", ["direct", "forwarder"])
 
 
 class LabBackend:
     """A ``VoiceServer`` with the demo agent, on its own event loop in a thread inside the
     server namespace (its socket is made there); ``ask()`` reads its sessions from that loop."""
 
-    def __init__(self, namespace: Namespace, host: str) -> None:
+    def __init__(self, namespace: Namespace, config: BackendConfig) -> None:
         self.namespace = namespace
-        self.host = host
+        self.config = config
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: VoiceServer | None = None
         self._ready = threading.Event()
@@ -78,8 +93,7 @@ class LabBackend:
             self._ready.set()
 
     async def _serve(self) -> None:
-        config = BackendConfig(listen=(self.host, PORT), server_id=SERVER_ID, configs=(LB_CONFIG,))
-        server = VoiceServer(config, demo_agent)
+        server = VoiceServer(self.config, demo_agent)
         await server.start()
         self.loop, self.server, self._stop = asyncio.get_running_loop(), server, asyncio.Event()
         self._ready.set()
@@ -147,17 +161,71 @@ def marked(line: LineStats) -> int:
     return line.arrived_ect1 + line.arrived_ect0 + line.arrived_ce
 
 
+def start_forwarder(lab: Lab, topology: VoiceTopology, directory: Path) -> None:
+    """``python -m lb`` in the server namespace, its VIP on the server's address; returns once
+    it logged that it forwards."""
+    config = directory / "lb.toml"
+    config.write_text(
+        "\n".join(
+            [
+                f'listen = "{topology.server_ip}:{PORT}"',
+                f'backend_listen = "{FORWARDER_BACKEND_SIDE[0]}:{FORWARDER_BACKEND_SIDE[1]}"',
+                'log_level = "info"',
+                "[[configs]]",
+                f"id = {LB_CONFIG.config_id}",
+                f"server_id_len = {LB_CONFIG.server_id_len}",
+                f"nonce_len = {LB_CONFIG.nonce_len}",
+                f'key = "{LB_KEY.hex()}"',
+                "[[backends]]",
+                f'server_id = "{SERVER_ID.hex()}"',
+                f'address = "{BEHIND_FORWARDER[0]}:{BEHIND_FORWARDER[1]}"',
+            ]
+        )
+        + "\n"
+    )
+    # Unbuffered (bufsize=0): a line read is a line select() saw, none waits in a buffer.
+    process = lab.spawn(
+        topology.server, [sys.executable, "-m", "lb", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, bufsize=0,
+    )  # fmt: skip
+    stderr = process.stderr
+    assert stderr is not None
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not select.select([stderr], [], [], remaining)[0]:
+            break
+        line = stderr.readline()
+        if not line:
+            break
+        if json.loads(line).get("event") == "forwarding":
+            # Keep its log pipe drained for the rest of the test (the lab stops it).
+            threading.Thread(target=stderr.read, daemon=True).start()
+            return
+    raise AssertionError(f"the forwarder did not start (exit status {process.poll()})")
+
+
 @contextmanager
 def lab_call(
-    lab: Lab, up: EcnLineMode, down: EcnLineMode
+    lab: Lab, up: EcnLineMode, down: EcnLineMode, via: Via
 ) -> Iterator[tuple[VoiceTopology, LabBackend]]:
+    """The lab with the cellular line's ECN modes per direction and a backend reached
+    directly on the server's address or through the QUIC-LB forwarder there."""
     config = VoiceTopologyConfig(
         cell_uplink=LineConfig(delay_ms=5.0, ecn=up),
         cell_downlink=LineConfig(delay_ms=5.0, ecn=down),
     )
     topology = build(lab, config)
-    with LabBackend(topology.server, topology.server_ip) as backend:
-        yield topology, backend
+    backend_config = BackendConfig(
+        listen=(topology.server_ip, PORT), server_id=SERVER_ID, configs=(LB_CONFIG,)
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        if via == "forwarder":
+            start_forwarder(lab, topology, Path(directory))
+            backend_config = replace(
+                backend_config, listen=BEHIND_FORWARDER, forwarder=FORWARDER_BACKEND_SIDE
+            )
+        with LabBackend(topology.server, backend_config) as backend:
+            yield topology, backend
 
 
 def in_client(topology: VoiceTopology, scenario: Callable[[], Awaitable[None]]) -> None:
@@ -240,8 +308,9 @@ def assert_marking_stopped(outcome: Outcome, device: str) -> None:
     assert after.arrived_not_ect - before.arrived_not_ect >= FRAMES_AFTER
 
 
-def test_a_call_over_a_keeping_path_validates_capable_both_ways(lab: Lab) -> None:
-    with lab_call(lab, "keep", "keep") as (topology, backend):
+@VIA
+def test_a_call_over_a_keeping_path_validates_capable_both_ways(lab: Lab, via: Via) -> None:
+    with lab_call(lab, "keep", "keep", via) as (topology, backend):
         outcome = call_until(topology, backend, [(topology.cell_ip, Validation.CAPABLE)])
     mine, theirs = outcome.client[topology.cell_ip], outcome.backend[topology.cell_ip]
     assert outcome.delivered == outcome.sent
@@ -256,8 +325,11 @@ def test_a_call_over_a_keeping_path_validates_capable_both_ways(lab: Lab) -> Non
     assert outcome.after["dl-up"].arrived_ect1 >= outcome.sent
 
 
-def test_a_bleaching_path_is_detected_and_then_sent_unmarked_without_loss(lab: Lab) -> None:
-    with lab_call(lab, "bleach", "bleach") as (topology, backend):
+@VIA
+def test_a_bleaching_path_is_detected_and_then_sent_unmarked_without_loss(
+    lab: Lab, via: Via
+) -> None:
+    with lab_call(lab, "bleach", "bleach", via) as (topology, backend):
         outcome = call_until(topology, backend, [(topology.cell_ip, Validation.BLEACHED)])
     mine, theirs = outcome.client[topology.cell_ip], outcome.backend[topology.cell_ip]
     assert outcome.delivered == outcome.sent
@@ -269,8 +341,9 @@ def test_a_bleaching_path_is_detected_and_then_sent_unmarked_without_loss(lab: L
     assert_marking_stopped(outcome, "dl-down")  # the backend's marking off
 
 
-def test_a_mangling_path_is_detected_and_marking_turned_off(lab: Lab) -> None:
-    with lab_call(lab, "mangle", "mangle") as (topology, backend):
+@VIA
+def test_a_mangling_path_is_detected_and_marking_turned_off(lab: Lab, via: Via) -> None:
+    with lab_call(lab, "mangle", "mangle", via) as (topology, backend):
         outcome = call_until(topology, backend, [(topology.cell_ip, Validation.MANGLED)])
     mine, theirs = outcome.client[topology.cell_ip], outcome.backend[topology.cell_ip]
     assert outcome.delivered == outcome.sent
@@ -283,8 +356,9 @@ def test_a_mangling_path_is_detected_and_marking_turned_off(lab: Lab) -> None:
     assert_marking_stopped(outcome, "dl-down")
 
 
-def test_a_migration_onto_a_bleaching_path_revalidates_there_only(lab: Lab) -> None:
-    with lab_call(lab, "bleach", "bleach") as (topology, backend):
+@VIA
+def test_a_migration_onto_a_bleaching_path_revalidates_there_only(lab: Lab, via: Via) -> None:
+    with lab_call(lab, "bleach", "bleach", via) as (topology, backend):
         wifi, cell = topology.wifi_ip, topology.cell_ip
         legs = [(wifi, Validation.CAPABLE), (cell, Validation.BLEACHED)]
         outcome = call_until(topology, backend, legs)
@@ -304,10 +378,11 @@ def test_a_migration_onto_a_bleaching_path_revalidates_there_only(lab: Lab) -> N
     assert_marking_stopped(outcome, "dl-down")
 
 
-def test_a_migration_off_a_bleaching_path_marks_again_on_the_new_one(lab: Lab) -> None:
+@VIA
+def test_a_migration_off_a_bleaching_path_marks_again_on_the_new_one(lab: Lab, via: Via) -> None:
     """The other way round: a failure is final for its path only, so the Wi-Fi path the call
     moves to is tested afresh and found capable (marking back on), both ways."""
-    with lab_call(lab, "bleach", "bleach") as (topology, backend):
+    with lab_call(lab, "bleach", "bleach", via) as (topology, backend):
         wifi, cell = topology.wifi_ip, topology.cell_ip
         legs = [(cell, Validation.BLEACHED), (wifi, Validation.CAPABLE)]
         outcome = call_until(topology, backend, legs)
