@@ -15,6 +15,8 @@ counters in the bleach, mangle and migration tests (marked arrivals after the ou
 ``EcnTracker.send_codepoint`` ignoring failures fails them on ``sent_unmarked``; one
 validation record per connection instead of per path fails both migration tests, and so does
 a new path inheriting the previous path's outcome instead of being tested afresh.
+A forwarder that bleaches (its Python path's ``ecn_of`` returning 0) fails every
+``forwarder`` variant.
 """
 
 from __future__ import annotations
