@@ -74,7 +74,7 @@ VIA = pytest.mark.parametrize("via", ["direct", "forwarder"])
 
 class LabBackend:
     """A ``VoiceServer`` with the demo agent, on its own event loop in a thread inside the
-    server namespace (its socket is made there); ``ask()`` reads its sessions from that loop."""
+    server namespace (its socket is made there); ``paths()`` reads its session from that loop."""
 
     def __init__(self, namespace: Namespace, config: BackendConfig) -> None:
         self.namespace = namespace
@@ -89,7 +89,7 @@ class LabBackend:
     def _run(self) -> None:
         try:
             self.namespace.run(lambda: asyncio.run(self._serve()))
-        except BaseException as error:  # reported by __exit__ / start()
+        except BaseException as error:  # raised again by __enter__ or __exit__
             self._error = error
         finally:
             self._ready.set()
