@@ -484,10 +484,19 @@ class Ngtcp2Endpoint:
         """Run every timer due at ``now``; return the datagrams to send."""
         out: Datagrams = []
         timers = self._timers
+        ran: set[int] = set()
+        again: list[tuple[int, int, _Conn]] = []
         while timers and timers[0][0] <= now:
-            when, _, conn = heapq.heappop(timers)
+            entry = heapq.heappop(timers)
+            when, _, conn = entry
             if conn.expiry != when or conn.key not in self._conns or conn.native is None:
                 continue
+            if conn.key in ran:
+                # Re-armed at or before ``now`` by its own run: due again, but in the next
+                # call (ngtcp2 may need the clock to move; a loop here would never end).
+                again.append(entry)
+                continue
+            ran.add(conn.key)
             conn.expiry = None
             if conn.linger_until is not None:
                 self._forget(conn)
@@ -497,6 +506,8 @@ class Ngtcp2Endpoint:
                 out += self._routed(conn, self._failed(conn, status, now))
             else:
                 out += self._routed(conn, self._flush(conn, now))
+        for entry in again:
+            heapq.heappush(timers, entry)
         return out
 
     def close_all(self, now: int) -> Datagrams:
