@@ -88,9 +88,7 @@ class MemoryNetwork:
     def __init__(
         self, endpoint: Ngtcp2Endpoint | None = None, *, forwarder: Address | None = None
     ) -> None:
-        self.endpoint = endpoint or Ngtcp2Endpoint(
-            engine_config(local=SERVER, forwarder=forwarder)
-        )
+        self.endpoint = endpoint or Ngtcp2Endpoint(engine_config(local=SERVER, forwarder=forwarder))
         self.forwarder = forwarder
         self.now = 1000.0
         self.clients: list[Client] = []

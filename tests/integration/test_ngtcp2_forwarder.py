@@ -1,0 +1,284 @@
+"""ngtcp2 backends behind a real forwarder: a call through the VIP, the health gauge, a killed
+backend's call resuming on the other one with its state, garbage through the VIP, and a fleet
+mixing the engines.
+
+Everything is a real process on loopback: the forwarder (``python -m lb``), each backend
+(``quicvoice serve --engine ...``, its own process), Redis (the tests' ``redis-server``). The
+client is the project's raw-QUIC client in this event loop. Skipped, with the reason, where
+quicvoice._ngtcp2 was not built (no libngtcp2-dev).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quicvoice.asyncio.client import VoiceClient, connect
+from quicvoice.engine_ngtcp2 import AVAILABLE, UNAVAILABLE
+from quicvoice.session.events import AudioReceived, EventReceived, SessionResumed, TurnEnded
+
+from ..conftest import RedisServer
+from ..security.raw import FRAME
+from .deployment import Deployment
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not AVAILABLE, reason=f"ngtcp2 engine not built: {UNAVAILABLE}"),
+]
+
+A, B = "0a000001", "0a000002"
+ECHO_APP = "tests.app.apps:app"
+TIMEOUT = 10.0
+CID_LEN = 17
+
+
+@contextmanager
+def serve(
+    deployment: Deployment, sid: str, *, engine: str = "ngtcp2", app: str | None = ECHO_APP
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``quicvoice serve`` process for backend ``sid`` of the deployment's file on
+    ``engine`` (``app``: ``None`` is the demo agent), killed at the end."""
+    log = deployment.path.with_name(f"serve-{sid}.log")
+    command = [
+        sys.executable, "-m", "quicvoice.cli", "serve", "--config", str(deployment.path),
+        "--server-id", sid, "--engine", engine,
+    ]  # fmt: skip
+    if app is not None:
+        command += ["--app", app]
+    with open(log, "wb") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline(), f"the backend did not start: {log.read_text()}"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        # A backend that raised anything (into its event loop, or out) logged it here.
+        assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def gauge(deployment: Deployment, sid: str) -> float:
+    """The forwarder's health gauge for backend ``sid`` (-1: not shown)."""
+    key = f'quicvoice_lb_backend_up{{server_id="{sid}"}}'
+    for line in deployment.wait_for_metrics().splitlines():
+        if line.startswith(key + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return -1.0
+
+
+def went_down(deployment: Deployment, sid: str) -> float:
+    key = f'quicvoice_lb_backend_transitions_total{{server_id="{sid}",to="down"}}'
+    for line in deployment.wait_for_metrics().splitlines():
+        if line.startswith(key + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def until(check: object, timeout: float) -> None:
+    """Poll the forwarder's metrics (another process: nothing to await) until ``check()``."""
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def echoed_utterance(call: VoiceClient, frames: int) -> int:
+    """Say ``frames`` frames, end the uplink, and return how many came back in the app's turn
+    (its ``heard`` event must count them all: they reached the app)."""
+    for index in range(frames):
+        call.send_audio(FRAME, index * 320)
+        await asyncio.sleep(0.005)
+    call.end_audio()
+    back = 0
+
+    async def until_turn_ends() -> None:
+        nonlocal back
+        while True:
+            event = await call.receive()
+            if isinstance(event, AudioReceived):
+                back += 1
+            elif isinstance(event, EventReceived) and event.name == "heard":
+                assert event.data["frames"] == frames
+            elif isinstance(event, TurnEnded):
+                return
+
+    await asyncio.wait_for(until_turn_ends(), TIMEOUT)
+    return back
+
+
+def test_a_call_through_the_vip_on_ngtcp2_backends_and_their_health(tmp_path: Path) -> None:
+    deployment = Deployment(tmp_path, server_ids=[A, B], session_store="memory://")
+    deployment.start_forwarder()
+
+    async def scenario() -> None:
+        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
+        downs = {sid: went_down(deployment, sid) for sid in (A, B)}
+        homes = set()
+        for _ in range(4):
+            async with connect(*deployment.vip, verify=False, reconnect=False) as call:
+                assert call.session is not None and call.session.home_cid is not None
+                homes.add(call.session.server_id)
+                # The home CID is a fresh CID of the backend that welcomed the call.
+                assert len(call.session.home_cid) == CID_LEN
+                assert await echoed_utterance(call, 40) == 40
+                assert await call.bye(timeout=TIMEOUT) == 40
+        assert homes <= {A, B}
+        # Probes kept being answered all along (health_interval 0.2 s): no backend went down.
+        await asyncio.sleep(1.0)
+        assert gauge(deployment, A) == gauge(deployment, B) == 1.0
+        assert {sid: went_down(deployment, sid) for sid in (A, B)} == downs
+
+    try:
+        with serve(deployment, A), serve(deployment, B):
+            asyncio.run(scenario())
+    finally:
+        deployment.stop()
+
+
+def test_a_killed_ngtcp2_backend_s_call_resumes_on_the_other_with_its_state(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The demo agent keeps an order in the session's state (Redis); SIGKILL on the call's
+    backend: the forwarder finds it by ICMP, resets the call's CID, and the client resumes
+    through the VIP on the other backend, which finds the order."""
+    deployment = Deployment(
+        tmp_path, server_ids=[A, B], session_store=redis_server.unique_url(), health_interval=0.2
+    )
+    deployment.start_forwarder()
+
+    async def scenario(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
+        async with connect(*deployment.vip, verify=False, liveness_timeout=5.0) as call:
+            assert call.session is not None
+            home = call.session.server_id
+            other = B if home == A else A
+            call.send_event("order.add", {"item": "tea"})
+            await asyncio.wait_for(call.wait_event("order.cart"), TIMEOUT)
+            downs = went_down(deployment, home)
+            killed_at = asyncio.get_running_loop().time()
+            processes[home].send_signal(signal.SIGKILL)
+            processes[home].wait(5)
+            for _ in range(50):  # the uplink goes on: the forwarder's ICMP path sees the death
+                call.send_audio(FRAME)
+                if call.resumptions:
+                    break
+                await asyncio.sleep(0.02)
+            resumed = await call.wait_resumed(timeout=TIMEOUT)
+            assert isinstance(resumed, SessionResumed) and resumed.server_id == other
+            resumption = call.resumptions[0]
+            assert resumption.reason.startswith("stateless reset"), resumption
+            detection = resumption.declared_dead_at - killed_at
+            assert detection < 0.6, f"found after {detection:.3f} s: the probe timeout is 1 s"
+            call.send_event("order.list")
+            cart = await asyncio.wait_for(call.wait_event("order.cart"), TIMEOUT)
+            assert cart.data == {"items": [{"item": "tea"}]}
+        await until(lambda: went_down(deployment, home) == downs + 1, 2)
+        assert gauge(deployment, other) == 1.0
+
+    try:
+        with serve(deployment, A, app=None) as process_a, serve(deployment, B, app=None) as b:
+            asyncio.run(scenario({A: process_a, B: b}))
+    finally:
+        deployment.stop()
+
+
+def _garbage(cid: bytes) -> st.SearchStrategy[bytes]:
+    """Datagrams of every shape sent to the VIP: the forwarder encapsulates each one to the
+    backend it routes to (the live call's CID routes to the call's backend)."""
+    tail = st.binary(max_size=1200)
+    long_type = st.integers(0, 3).map(lambda t: 0xC0 | (t << 4))
+    return st.one_of(
+        st.binary(min_size=1, max_size=1300),
+        tail.map(lambda rest: b"\x40" + cid + rest),
+        st.tuples(long_type, st.sampled_from([1, 0, 0x1A2A3A4A]), tail).map(
+            lambda p: bytes([p[0]]) + struct.pack("!I", p[1]) + bytes([len(cid)]) + cid + p[2]
+        ),
+        st.tuples(st.binary(min_size=8, max_size=20), st.binary(min_size=1200, max_size=1250)).map(
+            lambda p: b"\xc0\x00\x00\x00\x01" + bytes([len(p[0])]) + p[0] + b"\x00" + p[1]
+        ),
+    )
+
+
+def test_garbage_through_the_vip_never_crashes_an_ngtcp2_backend_nor_the_live_call(
+    tmp_path: Path,
+) -> None:
+    deployment = Deployment(tmp_path, server_ids=[A, B], session_store="memory://")
+    deployment.start_forwarder()
+
+    async def scenario(processes: list[subprocess.Popen[bytes]]) -> None:
+        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
+        async with connect(*deployment.vip, verify=False, reconnect=False) as call:
+            assert call.session is not None
+            live = bytes(call._link.quic._peer_cid.cid)
+            assert len(live) == CID_LEN
+            garbage: list[bytes] = []
+
+            @settings(
+                max_examples=30,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(batch=st.lists(_garbage(live), min_size=1, max_size=10))
+            def collect(batch: list[bytes]) -> None:
+                garbage.extend(batch)
+
+            collect()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                for index, datagram in enumerate(garbage):
+                    sock.sendto(datagram, deployment.vip)
+                    if index % 20 == 19:
+                        await asyncio.sleep(0.01)
+            assert await echoed_utterance(call, 20) == 20
+            assert await call.bye(timeout=TIMEOUT) == 20
+        assert all(process.poll() is None for process in processes)
+        assert gauge(deployment, A) == gauge(deployment, B) == 1.0
+
+    try:
+        with serve(deployment, A) as a, serve(deployment, B) as b:
+            asyncio.run(scenario([a, b]))
+    finally:
+        deployment.stop()
+
+
+def test_a_mixed_fleet_behind_one_forwarder_takes_calls_on_both_engines(tmp_path: Path) -> None:
+    deployment = Deployment(tmp_path, server_ids=[A, B], session_store="memory://")
+    deployment.start_forwarder()
+
+    async def scenario() -> None:
+        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
+        homes: dict[str, int] = {}
+        for _ in range(20):
+            async with connect(*deployment.vip, verify=False, reconnect=False) as call:
+                assert call.session is not None
+                home = call.session.server_id
+                homes[home] = homes.get(home, 0) + 1
+                assert await echoed_utterance(call, 10) == 10
+                assert await call.bye(timeout=TIMEOUT) == 10
+            if len(homes) == 2 and min(homes.values()) >= 2:
+                break
+        assert set(homes) == {A, B}, homes
+        assert gauge(deployment, A) == gauge(deployment, B) == 1.0
+
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(serve(deployment, A, engine="aioquic"))
+            stack.enter_context(serve(deployment, B, engine="ngtcp2"))
+            asyncio.run(scenario())
+    finally:
+        deployment.stop()
