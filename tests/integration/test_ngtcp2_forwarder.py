@@ -1,6 +1,6 @@
 """ngtcp2 backends behind a real forwarder: a call through the VIP, the health gauge, a killed
-backend's call resuming on the other one with its state, garbage through the VIP, and a fleet
-mixing the engines.
+backend's call resuming on the other one with its state, a flood that cannot starve the probes,
+garbage through the VIP, and a fleet mixing the engines.
 
 Everything is a real process on loopback: the forwarder (``python -m lb``), each backend
 (``quicvoice serve --engine ...``, its own process), Redis (the tests' ``redis-server``). The
@@ -11,6 +11,7 @@ quicvoice._ngtcp2 was not built (no libngtcp2-dev).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import struct
@@ -31,7 +32,8 @@ from quicvoice.session.events import AudioReceived, EventReceived, SessionResume
 
 from ..conftest import RedisServer
 from ..security.raw import FRAME
-from .deployment import Deployment
+from .deployment import LB_CONFIG, Deployment
+from .test_lb_health import FLOOD, FLOOD_RATE, FLOOD_SECONDS
 
 pytestmark = [
     pytest.mark.integration,
@@ -192,6 +194,46 @@ def test_a_killed_ngtcp2_backend_s_call_resumes_on_the_other_with_its_state(
     try:
         with serve(deployment, A, app=None) as process_a, serve(deployment, B, app=None) as b:
             asyncio.run(scenario({A: process_a, B: b}))
+    finally:
+        deployment.stop()
+
+
+def test_a_flood_of_unknown_short_headers_cannot_starve_an_ngtcp2_backend_s_probes(
+    tmp_path: Path,
+) -> None:
+    """Strangers' short headers for CIDs of this backend, 4000 a second straight at it, share
+    100 resets a second; the forwarder's probes have their own allowance: never marked down."""
+    deployment = Deployment(tmp_path, server_ids=[A], health_interval=0.1)
+    deployment.start_forwarder()
+    cids = ",".join(LB_CONFIG.encode(bytes.fromhex(A), os.urandom(12)).hex() for _ in range(64))
+
+    async def scenario() -> None:
+        await until(lambda: gauge(deployment, A) == 1.0, 5)
+        host, port = deployment.backends[A]
+        flood = subprocess.Popen(
+            [sys.executable, "-c", FLOOD, host, str(port), str(FLOOD_RATE),
+             str(FLOOD_SECONDS), cids],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await asyncio.sleep(FLOOD_SECONDS / 2)
+            # A new call during the flood lands on the only backend and completes.
+            async with connect(*deployment.vip, verify=False, reconnect=False) as call:
+                assert await echoed_utterance(call, 10) == 10
+                assert await call.bye(timeout=TIMEOUT) == 10
+            assert await asyncio.to_thread(flood.wait, FLOOD_SECONDS + 10) == 0
+        finally:
+            if flood.poll() is None:
+                flood.kill()
+                flood.wait()
+        assert flood.stdout is not None
+        assert int(flood.stdout.read()) >= FLOOD_RATE * FLOOD_SECONDS * 0.95
+        assert went_down(deployment, A) == 0.0
+        assert gauge(deployment, A) == 1.0
+
+    try:
+        with serve(deployment, A):
+            asyncio.run(scenario())
     finally:
         deployment.stop()
 
