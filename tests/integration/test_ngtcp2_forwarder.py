@@ -1,5 +1,6 @@
 """ngtcp2 backends behind a real forwarder: a call through the VIP, the health gauge, a killed
-backend's call resuming on the other one with its state, a flood that cannot starve the probes,
+backend's call resuming on the other one with its state, calls resuming at home (their
+``home_cid``) after a blackout, a flood that cannot starve the probes,
 garbage through the VIP, and a fleet mixing the engines.
 
 Everything is a real process on loopback: the forwarder (``python -m lb``), each backend
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,12 @@ from hypothesis import strategies as st
 
 from quicvoice.asyncio.client import VoiceClient, connect
 from quicvoice.engine_ngtcp2 import AVAILABLE, UNAVAILABLE
+from quicvoice.netlab.blackout import BlackoutRelay
 from quicvoice.session.events import AudioReceived, EventReceived, SessionResumed, TurnEnded
 
 from ..conftest import RedisServer
 from ..security.raw import FRAME
-from .deployment import LB_CONFIG, Deployment
+from .deployment import LB_CONFIG, SERVER_IDS, Deployment
 from .test_lb_health import FLOOD, FLOOD_RATE, FLOOD_SECONDS
 
 pytestmark = [
@@ -194,6 +196,65 @@ def test_a_killed_ngtcp2_backend_s_call_resumes_on_the_other_with_its_state(
     try:
         with serve(deployment, A, app=None) as process_a, serve(deployment, B, app=None) as b:
             asyncio.run(scenario({A: process_a, B: b}))
+    finally:
+        deployment.stop()
+
+
+def test_after_a_blackout_calls_resume_at_home_on_ngtcp2_through_their_home_cid(
+    tmp_path: Path,
+) -> None:
+    """Three ngtcp2 backends, ``memory://``: only the backend that holds a session can resume
+    it. A blackout longer than the liveness timeout (0.5 s) but short enough that every
+    attempt after it falls in the client's home-only second: each resumed connection was
+    opened to its ``welcome``'s home CID, the forwarder routed it home, and the ngtcp2 backend
+    accepted that Initial and resumed the session with its state."""
+    deployment = Deployment(tmp_path, session_store="memory://")
+    deployment.start_forwarder()
+
+    async def scenario() -> None:
+        await until(lambda: all(gauge(deployment, sid) == 1.0 for sid in SERVER_IDS), 5)
+        relay = BlackoutRelay(deployment.vip)
+        entry = await relay.start()
+        try:
+            async with AsyncExitStack() as stack:
+                calls = [
+                    await stack.enter_async_context(
+                        connect(*entry, verify=False, liveness_timeout=0.5)
+                    )
+                    for _ in range(3)
+                ]
+                homes, home_cids = {}, {}
+                for index, call in enumerate(calls):
+                    assert call.session is not None and call.session.home_cid is not None
+                    homes[call.session.session_id] = call.session.server_id
+                    home_cids[call.session.session_id] = call.session.home_cid
+                    assert LB_CONFIG.decode(call.session.home_cid) == bytes.fromhex(
+                        call.session.server_id
+                    )
+                    call.send_event("order.add", {"item": f"tea {index}"})
+                    await asyncio.wait_for(call.wait_event("order.cart"), TIMEOUT)
+                relay.black_out(1.0)
+                for call in calls:
+                    call.send_audio(FRAME)  # sending into the dark: the silence is noticed
+                resumed = await asyncio.gather(
+                    *(call.wait_resumed(timeout=TIMEOUT) for call in calls)
+                )
+                for index, (call, event) in enumerate(zip(calls, resumed, strict=True)):
+                    assert isinstance(event, SessionResumed)
+                    assert event.server_id == homes[event.session_id]
+                    quic = call._link.quic
+                    assert quic._original_destination_connection_id == home_cids[event.session_id]
+                    call.send_event("order.list")
+                    cart = await asyncio.wait_for(call.wait_event("order.cart"), TIMEOUT)
+                    assert cart.data == {"items": [{"item": f"tea {index}"}]}
+        finally:
+            relay.close()
+
+    try:
+        with ExitStack() as stack:
+            for sid in SERVER_IDS:
+                stack.enter_context(serve(deployment, sid, app=None))
+            asyncio.run(scenario())
     finally:
         deployment.stop()
 
