@@ -31,6 +31,7 @@ from quicvoice.asyncio.client import VoiceClient, connect
 from quicvoice.engine_ngtcp2 import AVAILABLE, UNAVAILABLE
 from quicvoice.netlab.blackout import BlackoutRelay
 from quicvoice.session.events import AudioReceived, EventReceived, SessionResumed, TurnEnded
+from quicvoice.store import open_store, unpack_state
 
 from ..conftest import RedisServer
 from ..security.raw import FRAME
@@ -159,10 +160,24 @@ def test_a_killed_ngtcp2_backend_s_call_resumes_on_the_other_with_its_state(
     """The demo agent keeps an order in the session's state (Redis); SIGKILL on the call's
     backend: the forwarder finds it by ICMP, resets the call's CID, and the client resumes
     through the VIP on the other backend, which finds the order."""
-    deployment = Deployment(
-        tmp_path, server_ids=[A, B], session_store=redis_server.unique_url(), health_interval=0.2
-    )
+    url = redis_server.unique_url()
+    deployment = Deployment(tmp_path, server_ids=[A, B], session_store=url, health_interval=0.2)
     deployment.start_forwarder()
+
+    async def checkpointed(session_id: str) -> None:
+        """Until the backend's checkpoint of the order is in Redis (it is written after the
+        agent answered): a kill before that would lose it, whatever the engine."""
+        store = open_store(url)
+        try:
+            deadline = time.monotonic() + 5
+            while True:
+                record = await store.load(session_id)
+                if record is not None and unpack_state(record.state).get("cart"):
+                    return
+                assert time.monotonic() < deadline, "the order was never checkpointed"
+                await asyncio.sleep(0.02)
+        finally:
+            await store.aclose()
 
     async def scenario(processes: dict[str, subprocess.Popen[bytes]]) -> None:
         await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
@@ -172,6 +187,7 @@ def test_a_killed_ngtcp2_backend_s_call_resumes_on_the_other_with_its_state(
             other = B if home == A else A
             call.send_event("order.add", {"item": "tea"})
             await asyncio.wait_for(call.wait_event("order.cart"), TIMEOUT)
+            await checkpointed(call.session.session_id)
             downs = went_down(deployment, home)
             killed_at = asyncio.get_running_loop().time()
             processes[home].send_signal(signal.SIGKILL)
