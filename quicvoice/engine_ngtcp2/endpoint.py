@@ -212,7 +212,8 @@ class Ngtcp2Endpoint:
         wall clock in seconds, to check the forwarder's health probes (``None``: none is
         answered)."""
         forwarder = self._config.forwarder
-        if forwarder is not None and remote == forwarder:
+        # (An IPv6 socket reports 4-tuples: host and port are what name the forwarder.)
+        if forwarder is not None and remote[1] == forwarder[1] and remote[0] == forwarder[0]:
             try:
                 client, inner = unwrap(data)
             except EncapsulationError:

@@ -183,3 +183,13 @@ def test_garbage_from_the_forwarder_never_crashes_the_endpoint_nor_hurts_a_live_
     network.run()
     assert client.echoed == [_frame(0), _frame(1)]
     assert client.terminated is None
+
+
+def test_an_ipv6_forwarder_is_recognised_by_its_socket_s_four_tuple() -> None:
+    """An IPv6 socket reports (host, port, flowinfo, scope_id): still the forwarder."""
+    network = MemoryNetwork(forwarder=("::1", 4000))
+    endpoint = network.endpoint
+    probe, _ = _probe(network, time.time())
+    out = endpoint.datagram_received(probe, ("::1", 4000, 0, 0), network.ns, time.time())  # type: ignore[arg-type]
+    assert len(out) == 1 and unwrap(out[0][0])[0] == PROBE_CLIENT
+    assert endpoint.stats.probes_answered == 1
