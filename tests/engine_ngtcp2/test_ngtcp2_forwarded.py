@@ -86,6 +86,8 @@ def test_a_new_client_address_behind_the_forwarder_is_a_new_path() -> None:
         network.run()
     assert client.echoed == [_frame(seq) for seq in range(6)]
     assert client.terminated is None
+    # Everything to the new address went through the forwarder too.
+    assert network.sent_direct == 0
 
 
 def test_probes_are_answered_from_their_own_allowance_and_strangers_are_limited() -> None:

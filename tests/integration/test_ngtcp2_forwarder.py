@@ -101,27 +101,32 @@ async def until(check: object, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def echoed_utterance(call: VoiceClient, frames: int) -> int:
-    """Say ``frames`` frames, end the uplink, and return how many came back in the app's turn
-    (its ``heard`` event must count them all: they reached the app)."""
+async def echoed_utterance(call: VoiceClient, frames: int, *, heard: int | None = None) -> int:
+    """Say ``frames`` more frames, end the uplink, and return how many came back in the app's
+    turn (its ``heard`` event must count ``heard``, by default ``frames``: they reached the
+    app)."""
     for index in range(frames):
         call.send_audio(FRAME, index * 320)
         await asyncio.sleep(0.005)
     call.end_audio()
     back = 0
+    heard = frames if heard is None else heard
+    told = False
 
     async def until_turn_ends() -> None:
-        nonlocal back
+        nonlocal back, told
         while True:
             event = await call.receive()
             if isinstance(event, AudioReceived):
                 back += 1
             elif isinstance(event, EventReceived) and event.name == "heard":
-                assert event.data["frames"] == frames
+                assert event.data["frames"] == heard
+                told = True
             elif isinstance(event, TurnEnded):
                 return
 
     await asyncio.wait_for(until_turn_ends(), TIMEOUT)
+    assert told, "the app's heard event never came"
     return back
 
 
@@ -146,6 +151,40 @@ def test_a_call_through_the_vip_on_ngtcp2_backends_and_their_health(tmp_path: Pa
         await asyncio.sleep(1.0)
         assert gauge(deployment, A) == gauge(deployment, B) == 1.0
         assert {sid: went_down(deployment, sid) for sid in (A, B)} == downs
+
+    try:
+        with serve(deployment, A), serve(deployment, B):
+            asyncio.run(scenario())
+    finally:
+        deployment.stop()
+
+
+def test_a_call_migrates_through_the_forwarder_127_0_0_2_to_127_0_0_3_on_ngtcp2(
+    tmp_path: Path,
+) -> None:
+    """The client moves (new socket, new address, new CID): the forwarder routes the new CID
+    to the same backend, encapsulating the new address, which ngtcp2 validates as a new path;
+    the app hears every frame from before and after the move."""
+    deployment = Deployment(tmp_path, server_ids=[A, B], session_store="memory://")
+    deployment.start_forwarder()
+
+    async def scenario() -> None:
+        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
+        async with connect(
+            *deployment.vip, verify=False, reconnect=False, local_address="127.0.0.2"
+        ) as call:
+            assert call.session is not None
+            home = call.session.server_id
+            for index in range(20):
+                call.send_audio(FRAME, index * 320)
+            await call.migrate("127.0.0.3")
+            # The rest of the utterance goes from the new address; the app must hear all 40.
+            for index in range(20, 40):
+                call.send_audio(FRAME, index * 320)
+            assert await echoed_utterance(call, 0, heard=40) == 40
+            assert await call.bye(timeout=TIMEOUT) == 40
+            assert not call.resumptions  # the same connection, on the same backend
+            assert call.session.server_id == home
 
     try:
         with serve(deployment, A), serve(deployment, B):
