@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lb.packet import MIN_SHORT_HEADER_LEN
 from quicvoice.asyncio.client import VoiceClient, connect
 from quicvoice.engine_ngtcp2 import AVAILABLE, UNAVAILABLE
 from quicvoice.netlab.blackout import BlackoutRelay
@@ -91,6 +92,16 @@ def went_down(deployment: Deployment, sid: str) -> float:
         if line.startswith(key + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def uplink_packets(deployment: Deployment, sid: str) -> float:
+    """Datagrams the forwarder has sent to backend ``sid`` (its metrics)."""
+    total = 0.0
+    prefix = f'quicvoice_lb_backend_packets_total{{backend="{sid}"'
+    for line in deployment.wait_for_metrics().splitlines():
+        if line.startswith(prefix) and 'direction="uplink"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 async def until(check: object, timeout: float) -> None:
@@ -383,6 +394,7 @@ def test_garbage_through_the_vip_never_crashes_an_ngtcp2_backend_nor_the_live_ca
             assert call.session is not None
             live = bytes(call._link.quic._peer_cid.cid)
             assert len(live) == CID_LEN
+            home = call.session.server_id
             garbage: list[bytes] = []
 
             @settings(
@@ -396,12 +408,23 @@ def test_garbage_through_the_vip_never_crashes_an_ngtcp2_backend_nor_the_live_ca
                 garbage.extend(batch)
 
             collect()
+            # What the forwarder passes on to the call's backend: short headers to the live CID
+            # that are long enough to be QUIC packets (it drops shorter ones itself).
+            aimed = sum(
+                1
+                for datagram in garbage
+                if datagram.startswith(b"\x40" + live) and len(datagram) >= MIN_SHORT_HEADER_LEN
+            )
+            assert aimed > 0
+            before = uplink_packets(deployment, home)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.bind(("127.0.0.1", 0))
                 for index, datagram in enumerate(garbage):
                     sock.sendto(datagram, deployment.vip)
                     if index % 20 == 19:
                         await asyncio.sleep(0.01)
+            # The forwarder carried the garbage aimed at the live CID to the call's backend.
+            await until(lambda: uplink_packets(deployment, home) >= before + aimed, 5)
             assert await echoed_utterance(call, 20) == 20
             assert await call.bye(timeout=TIMEOUT) == 20
         assert all(process.poll() is None for process in processes)
