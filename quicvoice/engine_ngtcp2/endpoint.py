@@ -56,6 +56,9 @@ MIN_RESET_LEN = 21
 MAX_RESET_LEN = 41
 #: A long header's DCID length octet sits after the first octet and the version.
 LONG_DCID_LEN_OFFSET = 5
+#: Client addresses behind the forwarder a connection remembers (its paths: ngtcp2 validates
+#: a new one and keeps few, so more than this are forged or long gone).
+MAX_FORWARDED_REMOTES = 8
 
 
 class Application(Protocol):
@@ -150,8 +153,9 @@ class _Conn:
     linger_until: int | None = None
     #: The first Initial's (DCID, SCID): tells apart attempts to the same client-chosen DCID.
     origin: tuple[bytes, bytes] = (b"", b"")
-    #: Remote addresses heard through the forwarder: what goes to them is wrapped to it.
-    forwarded: set[Address] = field(default_factory=set)
+    #: Remote addresses heard through the forwarder, least recently heard first (an ordered
+    #: set of at most ``MAX_FORWARDED_REMOTES``): what goes to them is wrapped to it.
+    forwarded: dict[Address, None] = field(default_factory=dict)
 
 
 class Ngtcp2Endpoint:
@@ -258,7 +262,13 @@ class Ngtcp2Endpoint:
         if native is None or conn.linger_until is not None:
             return []
         if forwarded:
-            conn.forwarded.add(remote)
+            # Most recently heard last. Anyone can send packets with a live CID from any
+            # address: the oldest beyond the bound is forgotten.
+            remotes = conn.forwarded
+            remotes.pop(remote, None)
+            remotes[remote] = None
+            if len(remotes) > MAX_FORWARDED_REMOTES:
+                del remotes[next(iter(remotes))]
         status, events = native.receive(data, remote, now)
         if status != 0:
             return self._routed(conn, self._failed(conn, status, now))

@@ -28,6 +28,8 @@ from .harness import RESET_KEY
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"ngtcp2 engine not built: {UNAVAILABLE}")
 
 if AVAILABLE:
+    from quicvoice.engine_ngtcp2.endpoint import MAX_FORWARDED_REMOTES
+
     from .memory import MemoryNetwork
 
 FORWARDER = ("127.0.0.1", 4000)
@@ -195,3 +197,21 @@ def test_an_ipv6_forwarder_is_recognised_by_its_socket_s_four_tuple() -> None:
     out = endpoint.datagram_received(probe, ("::1", 4000, 0, 0), network.ns, time.time())  # type: ignore[arg-type]
     assert len(out) == 1 and unwrap(out[0][0])[0] == PROBE_CLIENT
     assert endpoint.stats.probes_answered == 1
+
+
+def test_forged_client_addresses_behind_the_forwarder_are_bounded_per_connection() -> None:
+    """Packets with the live CID naming 200 addresses (anyone can send them to the VIP): the
+    connection remembers at most ``MAX_FORWARDED_REMOTES`` and the call goes on wrapped."""
+    network, cid = _forwarded_call()
+    endpoint = network.endpoint
+    for index in range(200):
+        forged = wrap((f"203.0.113.{index % 250 + 1}", 1000 + index), b"\x40" + cid + bytes(40))
+        network.deliver(endpoint.datagram_received(forged, FORWARDER, network.ns, time.time()))
+    (conn,) = endpoint._conns.values()
+    assert len(conn.forwarded) <= MAX_FORWARDED_REMOTES
+    client = network.clients[0]
+    direct = network.sent_direct
+    client.send_frame(_frame(1))
+    network.run()
+    assert client.echoed == [_frame(0), _frame(1)]
+    assert network.sent_direct == direct
