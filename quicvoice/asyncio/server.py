@@ -41,10 +41,11 @@ from ..auth import (
 from ..certificates import generate_certificate
 from ..encapsulation import unwrap, wrap
 from ..errors import InvalidStateError, StoreError
-from ..healthprobe import PROBE_CLIENT, ProbeVerifier
+from ..healthprobe import PROBE_CLIENT
 from ..observability.telemetry import NO_SESSION, BackendTelemetry, SessionTelemetry
 from ..quic import QuicLbConnection, check_aioquic_version, parse_header, peek_psk_identity
 from ..quiclb import LoadBalancerDecoder, QuicLbConnectionIdGenerator, stateless_reset_token
+from ..reset_allowance import ResetAllowance
 from ..session.codes import ErrorCode
 from ..session.congestion import CongestionConfig, CongestionResponse
 from ..session.congestion_feed import CongestionFeed
@@ -101,11 +102,6 @@ MIN_INITIAL_SIZE = 1200
 #: RFC 9000 §10.3: a stateless reset is at least 21 octets, and smaller than what caused it.
 MIN_STATELESS_RESET = 21
 MAX_STATELESS_RESET = 43
-#: Stateless resets per second this endpoint sends at most (RFC 9000 §10.3 asks for a bound).
-RESETS_PER_SECOND = 100
-#: Answers per second to the forwarder's authenticated health probes (quicvoice/healthprobe.py),
-#: an allowance of their own that strangers' unknown short headers cannot use up.
-PROBE_ANSWERS_PER_SECOND = 100
 QUIC_VERSION_1 = 0x00000001
 #: New connections waiting for their TLS ticket from the store, and datagrams held for each.
 MAX_PENDING_CONNECTIONS = 256
@@ -723,11 +719,8 @@ class VoiceServer:
         #: The ECN codepoint the socket marks every datagram with (``config.ecn``); a path
         #: whose validation failed gets not-ECT datagram by datagram (specs/ecn.md).
         self.ecn_codepoint = int(config.ecn.codepoint)
-        self._reset_budget = float(RESETS_PER_SECOND)
-        self._reset_budget_at = 0.0
-        self._probe_verifier = ProbeVerifier(config.reset_key)
-        self._probe_budget = float(PROBE_ANSWERS_PER_SECOND)
-        self._probe_budget_at = 0.0
+        #: Which unknown-CID short headers get a stateless reset (strangers', probes').
+        self._resets = ResetAllowance(config.reset_key)
         #: Datagrams by what happened to them.
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -1036,29 +1029,13 @@ class VoiceServer:
             self._send_reset(dcid, size, address, via_forwarder)
             return
         self.counters["dropped_unknown_cid"] += 1
-        self._reset_budget = min(
-            float(RESETS_PER_SECOND),
-            self._reset_budget + (now - self._reset_budget_at) * RESETS_PER_SECOND,
-        )
-        self._reset_budget_at = now
-        if self._reset_budget < 1:
+        if not self._resets.allow_stranger(now):
             return
-        self._reset_budget -= 1
         self._send_reset(dcid, size, address, via_forwarder)
 
     def _answer_probe(self, data: bytes, dcid: bytes, now: float) -> bool:
         """Whether an authentic, fresh health probe may be answered (from its own allowance)."""
-        if not self._probe_verifier.verify(data, len(dcid), time.time()):
-            return False
-        self._probe_budget = min(
-            float(PROBE_ANSWERS_PER_SECOND),
-            self._probe_budget + (now - self._probe_budget_at) * PROBE_ANSWERS_PER_SECOND,
-        )
-        self._probe_budget_at = now
-        if self._probe_budget < 1:
-            return False
-        self._probe_budget -= 1
-        return True
+        return self._resets.answer_probe(data, len(dcid), now, time.time())
 
     def _send_reset(self, dcid: bytes, size: int, address: Address, via_forwarder: bool) -> None:
         token = stateless_reset_token(self.config.reset_key, dcid)

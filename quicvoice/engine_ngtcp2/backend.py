@@ -23,18 +23,14 @@ from .voice_server import Ngtcp2VoiceServer, SessionHandler
 def engine_config(config: BackendConfig) -> tuple[EngineConfig, bytes | None]:
     """The engine's configuration for ``config`` and the SHA-256 of the development
     certificate made when none is configured; ``ConfigurationError`` for what it cannot serve
-    (the extension not built, a forwarder's encapsulated traffic, metrics, no QUIC-LB
-    configuration)."""
+    (the extension not built, metrics, no QUIC-LB configuration). Behind a forwarder
+    (``config.forwarder``) the engine unwraps its encapsulated datagrams and answers its
+    health probes."""
     require()
     if not config.configs:
         raise ConfigurationError(
             "engine 'ngtcp2': needs a [[configs]] QUIC-LB configuration (every CID it issues "
             "must encode the server ID)"
-        )
-    if config.forwarder is not None:
-        raise ConfigurationError(
-            "engine 'ngtcp2': forwarder: encapsulated traffic is not supported on this engine "
-            'yet; use engine = "aioquic"'
         )
     if config.metrics is not None:
         raise ConfigurationError(
@@ -64,6 +60,7 @@ def engine_config(config: BackendConfig) -> tuple[EngineConfig, bytes | None]:
         reset_key=config.reset_key,
         certificate=certificate,
         private_key=private_key,
+        forwarder=config.forwarder,
     )
     return engine, fingerprint
 

@@ -8,8 +8,22 @@ SCID here, each NEW_CONNECTION_ID through ngtcp2's ``get_new_connection_id`` cal
 stateless-reset token is the shared reset key's HMAC of its CID, so any backend or forwarder
 holding the key can reset the connection.
 
+Behind the forwarder (``EngineConfig.forwarder``), datagrams from its address are
+encapsulated (``quicvoice.encapsulation``): the endpoint unwraps them (bad encapsulation is
+dropped and counted), ngtcp2 sees the client's address inside as the path's remote (a new
+client address is a new path: migration through the forwarder), and what goes to such a path
+is wrapped and sent to the forwarder. The forwarder's authenticated health probes are answered
+with a stateless reset from an allowance of their own; strangers' resets share
+``RESETS_PER_SECOND`` (``quicvoice.reset_allowance``, as on the aioquic backend).
+
+A client's Initial to a CID that decodes to this backend but that no connection holds (a
+``welcome``'s ``home_cid``) is accepted like any client-chosen DCID; connections are told
+apart by their first Initial's (DCID, SCID), so a second attempt to the same home CID from
+another SCID is a connection of its own.
+
 Each connection runs an application made by ``application`` (``EchoSession`` by default).
-Times are integer nanoseconds of a monotonic clock.
+Times are integer nanoseconds of a monotonic clock; the wall clock (probes' timestamps) is
+passed beside it.
 """
 
 from __future__ import annotations
@@ -20,8 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from ..encapsulation import EncapsulationError, unwrap, wrap
 from ..errors import ConfigurationError, ProtocolError
+from ..healthprobe import PROBE_CLIENT
 from ..quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
+from ..reset_allowance import ResetAllowance
 from ..session.transport import ALPN_VOICE
 from . import require
 from .echo import EchoSession, StreamSink
@@ -39,6 +56,9 @@ MIN_RESET_LEN = 21
 MAX_RESET_LEN = 41
 #: A long header's DCID length octet sits after the first octet and the version.
 LONG_DCID_LEN_OFFSET = 5
+#: Client addresses behind the forwarder a connection remembers (its paths: ngtcp2 validates
+#: a new one and keeps few, so more than this are forged or long gone).
+MAX_FORWARDED_REMOTES = 8
 
 
 class Application(Protocol):
@@ -92,6 +112,9 @@ class EngineConfig:
     max_connections: int = 4096
     #: How long a closing or draining connection keeps its CIDs before it is forgotten.
     close_linger: float = 1.0
+    #: The forwarder's address: datagrams from it are encapsulated, answers to its clients go
+    #: back to it wrapped (``None``: no forwarder, every datagram is the peer's own).
+    forwarder: Address | None = None
 
     def __post_init__(self) -> None:
         if self.idle_timeout <= 0 or self.close_linger < 0 or self.max_connections < 1:
@@ -108,6 +131,12 @@ class EndpointStats:
     resets_sent: int = 0
     #: Connections closed because ngtcp2 or the application failed them.
     failed: int = 0
+    #: Datagrams from the forwarder whose encapsulation header was invalid (also dropped).
+    bad_encapsulation: int = 0
+    #: The forwarder's authentic health probes answered with a stateless reset.
+    probes_answered: int = 0
+    #: Strangers' short headers for our CIDs not answered: over ``RESETS_PER_SECOND``.
+    resets_limited: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -122,6 +151,11 @@ class _Conn:
     expiry: int | None = None
     #: Set once it is closing or draining: forget it at this time.
     linger_until: int | None = None
+    #: The first Initial's (DCID, SCID): tells apart attempts to the same client-chosen DCID.
+    origin: tuple[bytes, bytes] = (b"", b"")
+    #: Remote addresses heard through the forwarder, least recently heard first (an ordered
+    #: set of at most ``MAX_FORWARDED_REMOTES``): what goes to them is wrapped to it.
+    forwarded: dict[Address, None] = field(default_factory=dict)
 
 
 class Ngtcp2Endpoint:
@@ -149,6 +183,8 @@ class Ngtcp2Endpoint:
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
         self._by_cid: dict[bytes, _Conn] = {}
+        self._by_origin: dict[tuple[bytes, bytes], _Conn] = {}
+        self._resets = ResetAllowance(config.reset_key)
         self._conns: dict[int, _Conn] = {}
         self._by_application: dict[int, _Conn] = {}
         self._next_key = 0
@@ -173,12 +209,32 @@ class Ngtcp2Endpoint:
 
     # -- datagrams ------------------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, remote: Address, now: int) -> Datagrams:
-        """Process one datagram from ``remote``; return the datagrams to send."""
+    def datagram_received(
+        self, data: bytes, remote: Address, now: int, wall: float | None = None
+    ) -> Datagrams:
+        """Process one datagram from ``remote``; return the datagrams to send. ``wall``: the
+        wall clock in seconds, to check the forwarder's health probes (``None``: none is
+        answered)."""
+        forwarder = self._config.forwarder
+        # (An IPv6 socket reports 4-tuples: host and port are what name the forwarder.)
+        if forwarder is not None and remote[1] == forwarder[1] and remote[0] == forwarder[0]:
+            try:
+                client, inner = unwrap(data)
+            except EncapsulationError:
+                self.stats.bad_encapsulation += 1
+                self.stats.dropped += 1
+                return []
+            return self._receive(inner, client, now, wall, forwarded=True)
+        return self._receive(data, remote, now, wall, forwarded=False)
+
+    def _receive(
+        self, data: bytes, remote: Address, now: int, wall: float | None, *, forwarded: bool
+    ) -> Datagrams:
         size = len(data)
         if size == 0:
             self.stats.dropped += 1
             return []
+        scid = b""
         if data[0] & 0x80:
             if size <= LONG_DCID_LEN_OFFSET:
                 self.stats.dropped += 1
@@ -186,41 +242,69 @@ class Ngtcp2Endpoint:
             dcid_len = data[LONG_DCID_LEN_OFFSET]
             start = LONG_DCID_LEN_OFFSET + 1
             dcid = data[start : start + dcid_len]
+            scid_at = start + dcid_len
+            if scid_at < size:
+                scid = data[scid_at + 1 : scid_at + 1 + data[scid_at]]
         else:
             dcid = data[1 : 1 + self._cid_len]
         conn = self._by_cid.get(dcid)
+        if conn is not None and scid and conn.origin[0] == dcid and conn.origin[1] != scid:
+            # Another attempt to the same client-chosen DCID (a session's home CID).
+            conn = self._by_origin.get((dcid, scid))
         if conn is None:
             if data[0] & 0x80:
-                return self._accept(data, remote, now)
-            return self._reset(dcid, size, remote)
+                conn = self._accept(data, remote, now)
+                if conn is None:
+                    return []
+            else:
+                return self._reset(data, dcid, remote, now, wall, forwarded=forwarded)
         native = conn.native
         if native is None or conn.linger_until is not None:
             return []
+        if forwarded:
+            # Most recently heard last. Anyone can send packets with a live CID from any
+            # address: the oldest beyond the bound is forgotten.
+            remotes = conn.forwarded
+            remotes.pop(remote, None)
+            remotes[remote] = None
+            if len(remotes) > MAX_FORWARDED_REMOTES:
+                del remotes[next(iter(remotes))]
         status, events = native.receive(data, remote, now)
         if status != 0:
-            return self._failed(conn, status, now)
+            return self._routed(conn, self._failed(conn, status, now))
         session = conn.session
         if session is not None:
             session.receive_events(events, remote, now)
-            return self._flush(conn, now)
+            return self._routed(conn, self._flush(conn, now))
         application = conn.application
         if events and application is not None:
             try:
                 for stream_id, payload, fin in events:
                     application.stream_data(stream_id, payload, fin)
             except ProtocolError as error:
-                return self._close(conn, error.error_code, now)
-        return self._flush(conn, now)
+                return self._routed(conn, self._close(conn, error.error_code, now))
+        return self._routed(conn, self._flush(conn, now))
 
-    def _accept(self, data: bytes, remote: Address, now: int) -> Datagrams:
+    def _routed(self, conn: _Conn, out: Datagrams) -> Datagrams:
+        """``out`` with what goes to a client heard through the forwarder wrapped to it."""
+        forwarded = conn.forwarded
+        forwarder = self._config.forwarder
+        if not forwarded or forwarder is None:
+            return out
+        return [
+            (wrap(remote, datagram), forwarder) if remote in forwarded else (datagram, remote)
+            for datagram, remote in out
+        ]
+
+    def _accept(self, data: bytes, remote: Address, now: int) -> _Conn | None:
         header = self._native.accept(data)
         if header is None or len(self._conns) >= self._config.max_connections:
             self.stats.dropped += 1
-            return []
+            return None
         version, client_dcid, client_scid = header
         key = self._next_key
         self._next_key += 1
-        conn = _Conn(key)
+        conn = _Conn(key, origin=(client_dcid, client_scid))
         scid = self._generator.generate()
         try:
             native = self._native.Connection(
@@ -239,7 +323,7 @@ class Ngtcp2Endpoint:
             )
         except ValueError:
             self.stats.dropped += 1
-            return []
+            return None
         conn.native = native
         application = self._application(native, self._server_id_hex)
         conn.application = application
@@ -247,20 +331,50 @@ class Ngtcp2Endpoint:
             conn.session = application
             self._by_application[id(application)] = conn
         self._conns[key] = conn
-        # The client's own DCID reaches the connection until it switches to ours.
-        for cid in (scid, client_dcid):
-            self._by_cid[cid] = conn
-            conn.cids.add(cid)
+        self._by_origin[conn.origin] = conn
+        # The client's own DCID reaches the connection until it switches to ours; an earlier
+        # attempt to the same DCID keeps it (later attempts are found by their origin).
+        self._by_cid[scid] = conn
+        conn.cids.add(scid)
+        if client_dcid not in self._by_cid:
+            self._by_cid[client_dcid] = conn
+            conn.cids.add(client_dcid)
         self.stats.accepted += 1
-        return self.datagram_received(data, remote, now)
+        return conn
 
-    def _reset(self, dcid: bytes, size: int, remote: Address) -> Datagrams:
+    def _reset(
+        self,
+        data: bytes,
+        dcid: bytes,
+        remote: Address,
+        now: int,
+        wall: float | None,
+        *,
+        forwarded: bool,
+    ) -> Datagrams:
+        size = len(data)
         if size <= MIN_RESET_LEN or not self._generator.validate(dcid):
+            self.stats.dropped += 1
+            return []
+        seconds = now / NS
+        if (
+            forwarded
+            and wall is not None
+            and remote == PROBE_CLIENT
+            and self._resets.answer_probe(data, len(dcid), seconds, wall)
+        ):
+            self.stats.probes_answered += 1
+        elif not self._resets.allow_stranger(seconds):
+            self.stats.resets_limited += 1
             self.stats.dropped += 1
             return []
         token = self._generator.stateless_reset_token(dcid)
         self.stats.resets_sent += 1
-        return [(self._native.stateless_reset(token, min(size - 1, MAX_RESET_LEN)), remote)]
+        reset = self._native.stateless_reset(token, min(size - 1, MAX_RESET_LEN))
+        forwarder = self._config.forwarder
+        if forwarded and forwarder is not None:
+            return [(wrap(remote, reset), forwarder)]
+        return [(reset, remote)]
 
     # -- CIDs (called by ngtcp2 through the extension) -----------------------------------
 
@@ -289,7 +403,7 @@ class Ngtcp2Endpoint:
         conn = self._by_application.get(id(application))
         if conn is None or conn.native is None or conn.linger_until is not None:
             return []
-        return self._flush(conn, now)
+        return self._routed(conn, self._flush(conn, now))
 
     def _flush(self, conn: _Conn, now: int) -> Datagrams:
         assert conn.native is not None
@@ -348,6 +462,8 @@ class Ngtcp2Endpoint:
     def _forget(self, conn: _Conn) -> None:
         self._closed(conn, 0, "connection forgotten")
         self._conns.pop(conn.key, None)
+        if self._by_origin.get(conn.origin) is conn:
+            del self._by_origin[conn.origin]
         for cid in conn.cids:
             if self._by_cid.get(cid) is conn:
                 del self._by_cid[cid]
@@ -379,19 +495,30 @@ class Ngtcp2Endpoint:
         """Run every timer due at ``now``; return the datagrams to send."""
         out: Datagrams = []
         timers = self._timers
+        ran: set[int] = set()
+        again: list[tuple[int, int, _Conn]] = []
         while timers and timers[0][0] <= now:
-            when, _, conn = heapq.heappop(timers)
+            entry = heapq.heappop(timers)
+            when, _, conn = entry
             if conn.expiry != when or conn.key not in self._conns or conn.native is None:
                 continue
+            if conn.key in ran:
+                # Re-armed at or before ``now`` by its own run: due again, but in the next
+                # call (ngtcp2 may need the clock to move; a loop here would never end).
+                again.append(entry)
+                continue
+            ran.add(conn.key)
             conn.expiry = None
             if conn.linger_until is not None:
                 self._forget(conn)
                 continue
             status = conn.native.handle_expiry(now)
             if status != 0:
-                out += self._failed(conn, status, now)
+                out += self._routed(conn, self._failed(conn, status, now))
             else:
-                out += self._flush(conn, now)
+                out += self._routed(conn, self._flush(conn, now))
+        for entry in again:
+            heapq.heappush(timers, entry)
         return out
 
     def close_all(self, now: int) -> Datagrams:
@@ -399,7 +526,7 @@ class Ngtcp2Endpoint:
         out: Datagrams = []
         for conn in list(self._conns.values()):
             if conn.native is not None and conn.linger_until is None:
-                out += conn.native.close(now, 0, b"server shutting down")
+                out += self._routed(conn, conn.native.close(now, 0, b"server shutting down"))
             self._closed(conn, 0, "server shutting down")
             self._forget(conn)
         self._timers.clear()

@@ -59,7 +59,7 @@ class Ngtcp2Server:
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Hand one datagram to the endpoint and send what it answers."""
-        self._send(self.endpoint.datagram_received(data, addr, time.monotonic_ns()))
+        self._send(self.endpoint.datagram_received(data, addr, time.monotonic_ns(), time.time()))
 
     def send(self, datagrams: Datagrams) -> None:
         """Send ``datagrams`` (the endpoint's answer to something outside a datagram's

@@ -12,9 +12,10 @@ the same ``ServerSession`` ``VoiceServer`` gives it, so ``quicvoice.app`` apps
 as ``VoiceServer`` does. Given ``services`` (a ``VoiceServer`` that is never started: its session
 store, resume tokens, credentials and ``resume()``, which are engine-independent), sessions are
 checkpointed, ``welcome`` carries a resume token and a ``hello`` with one resumes the stored
-state; without it such a ``hello`` is refused with ``RESUME_REFUSED``. Not done yet
-(specs/engine-ngtcp2.md): telemetry and metrics, the forwarder's encapsulation, ``home_cid``,
-WebTransport, 0-RTT.
+state; without it such a ``hello`` is refused with ``RESUME_REFUSED``. ``welcome``
+carries a ``home_cid`` (a fresh CID of this backend, given to no connection) for resume
+attempts; behind a forwarder the endpoint unwraps and wraps its datagrams. Not done yet
+(specs/engine-ngtcp2.md): telemetry and metrics, WebTransport, 0-RTT.
 """
 
 from __future__ import annotations
@@ -261,6 +262,7 @@ class Ngtcp2Call:
                 else None
             ),
             played_reports=True,
+            home_cid=server.endpoint.generator.generate(),
         )
         started = voice.accept(welcome)
         # ServerSession needs of its connection only what this class has (voice_connection,

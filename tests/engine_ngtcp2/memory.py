@@ -1,15 +1,20 @@
 """aioquic clients talking to an ``Ngtcp2Endpoint`` in memory: the real QUIC stacks on both
-sides, datagrams handed across by the test, the time advanced by the test."""
+sides, datagrams handed across by the test, the time advanced by the test. Given a forwarder
+address, the network plays the forwarder: clients' datagrams reach the endpoint encapsulated
+from it, and what the endpoint sends to it is unwrapped for the client it names."""
 
 from __future__ import annotations
 
 import ssl
+import time
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 
+from quicvoice.encapsulation import unwrap, wrap
 from quicvoice.engine_ngtcp2.endpoint import Address, Ngtcp2Endpoint
+from quicvoice.quic import use_initial_destination_cid
 from quicvoice.session.messages import Hello, encode_message
 from quicvoice.session.transport import ALPN_VOICE
 from quicvoice.session.wire import (
@@ -37,12 +42,14 @@ TRANSIT = 0.0005
 class Client:
     """One aioquic client connection of the voice protocol, raw QUIC, reliable uplink."""
 
-    def __init__(self, address: Address, now: float) -> None:
+    def __init__(self, address: Address, now: float, dcid: bytes | None = None) -> None:
         self.address = address
         configuration = QuicConfiguration(
             is_client=True, alpn_protocols=[ALPN_VOICE], verify_mode=ssl.CERT_NONE
         )
         self.quic = QuicConnection(configuration=configuration)
+        if dcid is not None:
+            use_initial_destination_cid(self.quic, dcid)
         self.quic.connect(SERVER, now)
         self.quic.send_stream_data(0, encode_message(Hello()))
         self.uplink: int | None = None
@@ -50,6 +57,8 @@ class Client:
         self.frames = FrameReader()
         self.echoed: list[MediaFrame] = []
         self.terminated: ConnectionTerminated | None = None
+        #: Sends straight to the endpoint even when the network has a forwarder.
+        self.direct = False
 
     def take(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived) and event.stream_id % 4 == 3:
@@ -76,19 +85,44 @@ class Client:
 class MemoryNetwork:
     """An endpoint and its clients; ``run()`` moves datagrams until everyone is quiet."""
 
-    def __init__(self, endpoint: Ngtcp2Endpoint | None = None) -> None:
-        self.endpoint = endpoint or Ngtcp2Endpoint(engine_config(local=SERVER))
+    def __init__(
+        self, endpoint: Ngtcp2Endpoint | None = None, *, forwarder: Address | None = None
+    ) -> None:
+        self.endpoint = endpoint or Ngtcp2Endpoint(engine_config(local=SERVER, forwarder=forwarder))
+        self.forwarder = forwarder
         self.now = 1000.0
         self.clients: list[Client] = []
+        #: Datagrams the endpoint sent straight to a client, and wrapped to the forwarder.
+        self.sent_direct = 0
+        self.sent_wrapped = 0
 
-    def add_client(self, address: Address) -> Client:
-        client = Client(address, self.now)
+    def add_client(
+        self, address: Address, dcid: bytes | None = None, *, direct: bool = False
+    ) -> Client:
+        """A new client at ``address`` (its first Initial to ``dcid``; ``direct``: not
+        through the forwarder)."""
+        client = Client(address, self.now, dcid)
+        client.direct = direct
         self.clients.append(client)
         return client
+
+    def send(
+        self, data: bytes, address: Address, *, direct: bool = False
+    ) -> list[tuple[bytes, Address]]:
+        """A datagram of the client at ``address`` reaches the endpoint (through the
+        forwarder, if there is one, unless ``direct``)."""
+        if self.forwarder is not None and not direct:
+            data, address = wrap(address, data), self.forwarder
+        return self.endpoint.datagram_received(data, address, self.ns, time.time())
 
     def deliver(self, datagrams: list[tuple[bytes, Address]]) -> int:
         """Hand the endpoint's datagrams to the clients they are addressed to."""
         for data, address in datagrams:
+            if self.forwarder is not None and address == self.forwarder:
+                address, data = unwrap(data)
+                self.sent_wrapped += 1
+            else:
+                self.sent_direct += 1
             for client in self.clients:
                 if client.address == address:
                     client.quic.receive_datagram(data, SERVER, self.now)
@@ -102,7 +136,7 @@ class MemoryNetwork:
             for client in self.clients:
                 for data, _ in client.quic.datagrams_to_send(self.now):
                     moved += 1
-                    out = self.endpoint.datagram_received(data, client.address, self.ns)
+                    out = self.send(data, client.address, direct=client.direct)
                     moved += self.deliver(out)
                 while (event := client.quic.next_event()) is not None:
                     client.take(event)

@@ -75,14 +75,14 @@ def test_without_the_extension_the_error_names_the_debian_packages() -> None:
 
 
 @needs_ngtcp2
-def test_what_the_ngtcp2_engine_cannot_serve_is_refused_at_start() -> None:
+def test_what_the_ngtcp2_engine_cannot_serve_is_refused_at_start_and_a_forwarder_is_taken() -> None:
     from quicvoice.engine_ngtcp2.backend import check_webtransport, engine_config
 
     with pytest.raises(ConfigurationError, match=r"WebTransport .* engine = \"aioquic\""):
         check_webtransport(True)
     check_webtransport(False)
-    with pytest.raises(ConfigurationError, match="forwarder: encapsulated traffic"):
-        engine_config(_backend(engine="ngtcp2", forwarder="127.0.0.1:4000"))
+    behind, _ = engine_config(_backend(engine="ngtcp2", forwarder="127.0.0.1:4000"))
+    assert behind.forwarder == ("127.0.0.1", 4000)
     with pytest.raises(ConfigurationError, match=r"needs a \[\[configs\]\]"):
         engine_config(BackendConfig(engine="ngtcp2", configs=()))
     engine, fingerprint = engine_config(_backend(engine="ngtcp2"))
