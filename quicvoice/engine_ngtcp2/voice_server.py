@@ -43,6 +43,7 @@ from ..auth import (
 )
 from ..observability.telemetry import NO_SESSION, SessionTelemetry
 from ..session.codes import ErrorCode
+from ..session.congestion import CongestionConfig, CongestionResponse
 from ..session.connection import SessionLimits, State, VoiceConnection
 from ..session.events import AudioReceived, HelloReceived, VoiceEvent
 from ..session.messages import PROTOCOL_VERSION, Hello, Welcome
@@ -95,6 +96,9 @@ class Ngtcp2Call:
         self.telemetry: SessionTelemetry = NO_SESSION
         self.peer_address: Address | None = None
         self.events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
+        #: The downlink's congestion response (``ServerSession.congestion``). This engine
+        #: neither marks ECN nor reports losses yet, so it keeps the encoder's bitrate.
+        self.congestion = CongestionResponse(CongestionConfig(mode="off"))
         self._migrations: list[Migration] = []
         self._last_receive = 0
         self._handshake_seen = False
