@@ -6,6 +6,7 @@
 - ``quicvoice._ngtcp2``: the ngtcp2 engine prototype (specs/engine-ngtcp2.md), built only where
   Debian's ``libngtcp2-dev`` and ``libngtcp2-crypto-gnutls-dev`` headers are installed; without
   it ``quicvoice.engine_ngtcp2.AVAILABLE`` is false and the default engine (aioquic) is used.
+- ``quicvoice._udpbatch``: recvmmsg/sendmmsg for that engine's socket loop (Linux), built with it.
 """
 
 import os
@@ -29,6 +30,14 @@ if all(os.path.exists(header) for header in NGTCP2_HEADERS):
             "quicvoice._ngtcp2",
             sources=["quicvoice/_ngtcp2.c"],
             libraries=["ngtcp2_crypto_gnutls", "ngtcp2", "gnutls"],
+            extra_compile_args=["-O2", "-std=gnu11", *WARNINGS],
+            optional=True,
+        )
+    )
+    extensions.append(
+        Extension(
+            "quicvoice._udpbatch",
+            sources=["quicvoice/_udpbatch.c"],
             extra_compile_args=["-O2", "-std=gnu11", *WARNINGS],
             optional=True,
         )

@@ -42,7 +42,7 @@ qv_install_venv() {
     # The build inputs: dependencies, and the C extensions (built by pip install; the ngtcp2
     # one only where its Debian headers are installed, so they count too).
     want="$(cat "$QV_ROOT/pyproject.toml" "$QV_ROOT/setup.py" "$QV_ROOT/lb/_native.c" \
-        "$QV_ROOT/quicvoice/_ngtcp2.c" | sha256sum | cut -d' ' -f1) [$extras]"
+        "$QV_ROOT/quicvoice/_ngtcp2.c" "$QV_ROOT/quicvoice/_udpbatch.c" | sha256sum | cut -d' ' -f1) [$extras]"
     [ -e /usr/include/ngtcp2/ngtcp2_crypto_gnutls.h ] && want="$want +ngtcp2"
     if [ -f "$stamp" ] && grep -qxF "$want" "$stamp"; then
         return 0

@@ -24,7 +24,7 @@ pytestmark = [
 ]
 
 if AVAILABLE:
-    from quicvoice.engine_ngtcp2.endpoint import EngineConfig
+    from quicvoice.engine_ngtcp2.endpoint import EngineConfig, Ngtcp2Endpoint
     from quicvoice.engine_ngtcp2.server import Ngtcp2Server
 
     from .harness import (
@@ -134,19 +134,23 @@ async def test_a_restarted_backend_resets_with_the_token_the_client_holds() -> N
 
 @pytest.mark.asyncio
 async def test_a_call_migrates_127_0_0_2_to_127_0_0_3_without_losing_a_frame() -> None:
-    class _RecordingServer(Ngtcp2Server):
-        """The prototype server, noting every client address it hears from."""
+    class _RecordingEndpoint(Ngtcp2Endpoint):
+        """The engine's endpoint, noting every client address it hears from."""
 
         def __init__(self, config: EngineConfig) -> None:
             super().__init__(config)
             self.clients: list[Any] = []
 
-        def datagram_received(self, data: bytes, addr: Any) -> None:
-            if addr not in self.clients:
-                self.clients.append(addr)
-            super().datagram_received(data, addr)
+        def datagram_received(
+            self, data: bytes, remote: Any, now: int, wall: float | None = None
+        ) -> Any:
+            if remote not in self.clients:
+                self.clients.append(remote)
+            return super().datagram_received(data, remote, now, wall)
 
-    server = _RecordingServer(engine_config())
+    config = engine_config()
+    endpoint = _RecordingEndpoint(config)
+    server = Ngtcp2Server(config, endpoint)
     address = await server.start()
     try:
         async with connect(
@@ -159,7 +163,7 @@ async def test_a_call_migrates_127_0_0_2_to_127_0_0_3_without_losing_a_frame() -
         server.close()
     frames = [(e.frame.timestamp, e.frame.payload) for e in before + after]
     assert frames == [(index * 320, _payload(index)) for index in range(20)]
-    assert [host for host, _ in server.clients] == ["127.0.0.2", "127.0.0.3"]
+    assert [host for host, _ in endpoint.clients] == ["127.0.0.2", "127.0.0.3"]
     assert server.endpoint.stats.failed == 0
 
 
