@@ -16,6 +16,8 @@
  *   client(...) -> a client Connection that accepts any certificate: the benchmark's cheap load
  *                  generator (benchmarks/bench_ngtcp2.py), not a client engine.
  *   stateless_reset(token, size) -> a stateless reset packet of about size octets.
+ *   dispatch(datagrams, routes, cid_len, now, forwarder) -> each short-header datagram whose
+ *                  DCID routes to a Connection handed to it in C (the engine's fast path).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -34,7 +36,7 @@
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 
 /* Bumped whenever quicvoice/engine_ngtcp2 must change with this file. */
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 #define MAX_SEND_STREAMS 8
 #define MAX_VECS 16
 /* Bounds one flush(): a voice connection writes a few packets per call. */
@@ -601,13 +603,9 @@ PyDoc_STRVAR(receive_doc,
              "ngtcp2's (negative) error code; events is a list of (stream_id, data, fin), a\n"
              "stream_id of -1 for a DATAGRAM frame.");
 
-static PyObject *connection_receive(ConnectionObject *self, PyObject *args) {
-    Py_buffer data;
-    PyObject *remote;
-    unsigned long long now;
-    if (check_ready(self) < 0 || !PyArg_ParseTuple(args, "y*OK", &data, &remote, &now)) {
-        return NULL;
-    }
+/* receive() for data from remote: the (status, events) tuple, or NULL with a Python error. */
+static PyObject *receive_datagram(ConnectionObject *self, const uint8_t *data, size_t len,
+                                  PyObject *remote, unsigned long long now) {
     struct sockaddr_storage ss;
     socklen_t ss_len;
     const struct sockaddr_storage *from = &self->remote;
@@ -615,12 +613,10 @@ static PyObject *connection_receive(ConnectionObject *self, PyObject *args) {
     if (remote != self->remote_obj) {
         int same = PyObject_RichCompareBool(remote, self->remote_obj, Py_EQ);
         if (same < 0) {
-            PyBuffer_Release(&data);
             return NULL;
         }
         if (!same) {
             if (parse_address(remote, &ss, &ss_len) < 0) {
-                PyBuffer_Release(&data);
                 return NULL;
             }
             from = &ss;
@@ -635,14 +631,11 @@ static PyObject *connection_receive(ConnectionObject *self, PyObject *args) {
     ngtcp2_pkt_info pi = {0};
     PyObject *events = PyList_New(0);
     if (events == NULL) {
-        PyBuffer_Release(&data);
         return NULL;
     }
     self->events = events;
-    int rv = ngtcp2_conn_read_pkt(self->conn, &path, &pi, data.buf, (size_t)data.len,
-                                  (ngtcp2_tstamp)now);
+    int rv = ngtcp2_conn_read_pkt(self->conn, &path, &pi, data, len, (ngtcp2_tstamp)now);
     self->events = NULL;
-    PyBuffer_Release(&data);
     if (from != &self->remote && rv == 0) {
         /* The peer is now here (migration or NAT rebinding): cache its address. */
         memcpy(&self->remote, from, from_len);
@@ -660,6 +653,18 @@ static PyObject *connection_receive(ConnectionObject *self, PyObject *args) {
         return NULL;
     }
     return Py_BuildValue("(NN)", status, events);
+}
+
+static PyObject *connection_receive(ConnectionObject *self, PyObject *args) {
+    Py_buffer data;
+    PyObject *remote;
+    unsigned long long now;
+    if (check_ready(self) < 0 || !PyArg_ParseTuple(args, "y*OK", &data, &remote, &now)) {
+        return NULL;
+    }
+    PyObject *result = receive_datagram(self, data.buf, (size_t)data.len, remote, now);
+    PyBuffer_Release(&data);
+    return result;
 }
 
 static PyObject *remote_of(ConnectionObject *self, const ngtcp2_path *path) {
@@ -1329,10 +1334,118 @@ static PyObject *module_strerror(PyObject *module, PyObject *args) {
     return PyUnicode_FromString(ngtcp2_strerror(code));
 }
 
+PyDoc_STRVAR(dispatch_doc,
+             "dispatch(datagrams, routes, cid_len, now, forwarder) -> (delivered, others)\n\n"
+             "Hand each (datagram, remote) of datagrams that is a short-header packet whose\n"
+             "cid_len-octet DCID routes maps to a Connection to that connection, as its\n"
+             "receive(datagram, remote, now) would: delivered lists (connection, (status, events),\n"
+             "remote) in order. Everything else (long headers, unknown CIDs, datagrams from the\n"
+             "forwarder's (host, port), which are encapsulated) is left in others, in order, for\n"
+             "the caller's general path. A Python error inside a connection's callbacks is reported\n"
+             "as unraisable and fails that connection (status ERR_CALLBACK_FAILURE).");
+
+static PyObject *module_dispatch(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *datagrams, *routes, *forwarder;
+    Py_ssize_t cid_len;
+    unsigned long long now;
+    if (!PyArg_ParseTuple(args, "O!O!nKO", &PyList_Type, &datagrams, &PyDict_Type, &routes,
+                          &cid_len, &now, &forwarder)) {
+        return NULL;
+    }
+    if (cid_len < 1 || cid_len > NGTCP2_MAX_CIDLEN) {
+        PyErr_SetString(PyExc_ValueError, "cid_len must be 1..20");
+        return NULL;
+    }
+    PyObject *forwarder_host = NULL, *forwarder_port = NULL;
+    if (forwarder != Py_None) {
+        if (!PyTuple_Check(forwarder) || PyTuple_GET_SIZE(forwarder) < 2) {
+            PyErr_SetString(PyExc_TypeError, "forwarder is a (host, port) tuple or None");
+            return NULL;
+        }
+        forwarder_host = PyTuple_GET_ITEM(forwarder, 0);
+        forwarder_port = PyTuple_GET_ITEM(forwarder, 1);
+    }
+    PyObject *delivered = PyList_New(0);
+    PyObject *others = PyList_New(0);
+    if (delivered == NULL || others == NULL) {
+        goto fail;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(datagrams);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(datagrams, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(item, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(item, 1)) ||
+            PyTuple_GET_SIZE(PyTuple_GET_ITEM(item, 1)) < 2) {
+            PyErr_SetString(PyExc_TypeError, "datagrams is a list of (bytes, (host, port))");
+            goto fail;
+        }
+        PyObject *data = PyTuple_GET_ITEM(item, 0);
+        PyObject *remote = PyTuple_GET_ITEM(item, 1);
+        const uint8_t *octets = (const uint8_t *)PyBytes_AS_STRING(data);
+        Py_ssize_t size = PyBytes_GET_SIZE(data);
+        ConnectionObject *conn = NULL;
+        int from_forwarder = 0;
+        if (forwarder_host != NULL) {
+            int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(remote, 1), forwarder_port, Py_EQ);
+            if (same > 0) {
+                same = PyObject_RichCompareBool(PyTuple_GET_ITEM(remote, 0), forwarder_host, Py_EQ);
+            }
+            if (same < 0) {
+                goto fail;
+            }
+            from_forwarder = same;
+        }
+        if (!from_forwarder && size > cid_len && (octets[0] & 0x80) == 0) {
+            PyObject *cid = PyBytes_FromStringAndSize((const char *)octets + 1, cid_len);
+            if (cid == NULL) {
+                goto fail;
+            }
+            PyObject *found = PyDict_GetItemWithError(routes, cid); /* borrowed */
+            Py_DECREF(cid);
+            if (found == NULL && PyErr_Occurred()) {
+                goto fail;
+            }
+            if (found != NULL && Py_IS_TYPE(found, &ConnectionType) &&
+                ((ConnectionObject *)found)->conn != NULL) {
+                conn = (ConnectionObject *)found;
+            }
+        }
+        if (conn == NULL) {
+            if (PyList_Append(others, item) < 0) {
+                goto fail;
+            }
+            continue;
+        }
+        Py_INCREF(conn); /* a callback may drop the routes' reference */
+        PyObject *result = receive_datagram(conn, octets, (size_t)size, remote, now);
+        if (result == NULL) {
+            PyErr_WriteUnraisable((PyObject *)conn);
+            result = Py_BuildValue("(iN)", NGTCP2_ERR_CALLBACK_FAILURE, PyList_New(0));
+            if (result == NULL) {
+                Py_DECREF(conn);
+                goto fail;
+            }
+        }
+        PyObject *entry = Py_BuildValue("(NNO)", (PyObject *)conn, result, remote);
+        if (entry == NULL || PyList_Append(delivered, entry) < 0) {
+            Py_XDECREF(entry);
+            goto fail;
+        }
+        Py_DECREF(entry);
+    }
+    return Py_BuildValue("(NN)", delivered, others);
+fail:
+    Py_XDECREF(delivered);
+    Py_XDECREF(others);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
     {"accept", module_accept, METH_VARARGS, accept_doc},
     {"stateless_reset", module_stateless_reset, METH_VARARGS, stateless_reset_doc},
     {"strerror", module_strerror, METH_VARARGS, "ngtcp2's text for an error code."},
+    {"dispatch", module_dispatch, METH_VARARGS, dispatch_doc},
     {"client", (PyCFunction)(void (*)(void))module_client, METH_VARARGS | METH_KEYWORDS,
      client_doc},
     {NULL, NULL, 0, NULL},
@@ -1363,6 +1476,7 @@ PyMODINIT_FUNC PyInit__ngtcp2(void) {
         PyModule_AddIntConstant(module, "ERR_CLOSING", NGTCP2_ERR_CLOSING) < 0 ||
         PyModule_AddIntConstant(module, "ERR_DROP_CONN", NGTCP2_ERR_DROP_CONN) < 0 ||
         PyModule_AddIntConstant(module, "ERR_IDLE_CLOSE", NGTCP2_ERR_IDLE_CLOSE) < 0 ||
+        PyModule_AddIntConstant(module, "ERR_CALLBACK_FAILURE", NGTCP2_ERR_CALLBACK_FAILURE) < 0 ||
         PyModule_AddStringConstant(module, "NGTCP2_VERSION", NGTCP2_VERSION) < 0) {
         Py_DECREF(module);
         return NULL;

@@ -152,9 +152,7 @@ class Turn:
         if session.closed:
             self.interrupted = True
             return self
-        self._encoder = PcmEncoder(
-            session.codec, session.sample_rate, frame_ms=session.frame_ms
-        )
+        self._encoder = PcmEncoder(session.codec, session.sample_rate, frame_ms=session.frame_ms)
         self.turn_id = session.lower.start_turn()
         session.track_turn(self)
         return self

@@ -728,9 +728,7 @@ class VoiceClient:
     def _report_played(self, played: PlayedTurn) -> None:
         """Tell the server how much of a turn the caller heard (cancelled or played out);
         the machine knows which connection and which of the server's turn IDs it was."""
-        if self._machine.report_played(
-            played.turn_id, played.played_ms, complete=played.complete
-        ):
+        if self._machine.report_played(played.turn_id, played.played_ms, complete=played.complete):
             self._drain()
 
     def _deliver(self, event: ClientEvent) -> None:
@@ -742,9 +740,7 @@ class VoiceClient:
                 # holds PCM, and the event carries it too, at no further cost.
                 event = replace(event, pcm=turn_pcm.decode(event.turn_id, event.frame.payload))
             if playout is not None and event.turn_id is not None:
-                playout.push(
-                    event.turn_id, event.frame.payload if event.pcm is None else event.pcm
-                )
+                playout.push(event.turn_id, event.frame.payload if event.pcm is None else event.pcm)
         elif isinstance(event, TurnStarted):
             if playout is not None:
                 playout.start_turn(event.turn_id)

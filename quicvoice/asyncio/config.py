@@ -290,7 +290,6 @@ def check_import_string(spec: object, what: str = "app") -> str:
     return spec
 
 
-
 def _own_address(table: Mapping[str, Any], server_id: bytes | None) -> Address:
     """This backend's address from the ``[[backends]]`` entry with its server ID."""
     if server_id is None:

@@ -14,7 +14,7 @@ from types import ModuleType
 from ..errors import ConfigurationError
 
 #: The ``quicvoice._ngtcp2`` this code was written for (its ``ABI_VERSION``).
-ABI_VERSION = 2
+ABI_VERSION = 3
 #: The ``quicvoice._udpbatch`` this code was written for (its ``ABI_VERSION``).
 UDPBATCH_ABI_VERSION = 1
 #: The Debian packages the extension is built against.

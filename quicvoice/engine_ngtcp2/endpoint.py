@@ -137,6 +137,8 @@ class EndpointStats:
     probes_answered: int = 0
     #: Strangers' short headers for our CIDs not answered: over ``RESETS_PER_SECOND``.
     resets_limited: int = 0
+    #: Datagrams handed to their connection in C by ``receive_batch`` (the fast path).
+    dispatched: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -156,6 +158,9 @@ class _Conn:
     #: Remote addresses heard through the forwarder, least recently heard first (an ordered
     #: set of at most ``MAX_FORWARDED_REMOTES``): what goes to them is wrapped to it.
     forwarded: dict[Address, None] = field(default_factory=dict)
+    #: Its CIDs are in the fast path's routes (``receive_batch``): a session application past
+    #: the handshake, not closing, heard directly (never through the forwarder).
+    fast: bool = False
 
 
 class Ngtcp2Endpoint:
@@ -183,6 +188,9 @@ class Ngtcp2Endpoint:
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
         self._by_cid: dict[bytes, _Conn] = {}
+        #: The fast path's routes: CID -> native connection, for ``fast`` connections only.
+        self._fast_routes: dict[bytes, _ngtcp2.Connection] = {}
+        self._by_native: dict[_ngtcp2.Connection, _Conn] = {}
         self._by_origin: dict[tuple[bytes, bytes], _Conn] = {}
         self._resets = ResetAllowance(config.reset_key)
         self._conns: dict[int, _Conn] = {}
@@ -208,6 +216,49 @@ class Ngtcp2Endpoint:
         return {cid for conn in self._conns.values() for cid in conn.cids}
 
     # -- datagrams ------------------------------------------------------------------------
+
+    def receive_batch(
+        self, datagrams: list[tuple[bytes, Address]], now: int, wall: float | None = None
+    ) -> Datagrams:
+        """Process datagrams read together at ``now``; return the datagrams to send.
+
+        Short-header packets of established calls are handed to their connections in C
+        (``_ngtcp2.dispatch``), every connection that received is flushed once after all its
+        datagrams, so one packet can acknowledge several; the rest goes through
+        ``datagram_received`` in order.
+        """
+        delivered, others = self._native.dispatch(
+            datagrams, self._fast_routes, self._cid_len, now, self._config.forwarder
+        )
+        out: Datagrams = []
+        touched: dict[int, _Conn] = {}
+        by_native = self._by_native
+        self.stats.dispatched += len(delivered)
+        for native, (status, events), remote in delivered:
+            conn = by_native.get(native)
+            if conn is None or conn.linger_until is not None:
+                continue  # closed by what an earlier datagram of this batch brought
+            if status != 0:
+                touched.pop(conn.key, None)
+                out += self._routed(conn, self._failed(conn, status, now))
+                continue
+            touched[conn.key] = conn
+            session = conn.session
+            if session is not None:
+                session.receive_events(events, remote, now)
+            elif events and conn.application is not None:
+                try:
+                    for stream_id, payload, fin in events:
+                        conn.application.stream_data(stream_id, payload, fin)
+                except ProtocolError as error:
+                    touched.pop(conn.key, None)
+                    out += self._routed(conn, self._close(conn, error.error_code, now))
+        for conn in touched.values():
+            if conn.native is not None and conn.linger_until is None:
+                out += self._routed(conn, self._flush(conn, now))
+        for data, remote in others:
+            out += self.datagram_received(data, remote, now, wall)
+        return out
 
     def datagram_received(
         self, data: bytes, remote: Address, now: int, wall: float | None = None
@@ -262,6 +313,7 @@ class Ngtcp2Endpoint:
         if native is None or conn.linger_until is not None:
             return []
         if forwarded:
+            self._demote(conn)
             # Most recently heard last. Anyone can send packets with a live CID from any
             # address: the oldest beyond the bound is forgotten.
             remotes = conn.forwarded
@@ -272,6 +324,8 @@ class Ngtcp2Endpoint:
         status, events = native.receive(data, remote, now)
         if status != 0:
             return self._routed(conn, self._failed(conn, status, now))
+        if not conn.fast and not conn.forwarded and native.handshake_completed:
+            self._promote(conn, native)
         session = conn.session
         if session is not None:
             session.receive_events(events, remote, now)
@@ -284,6 +338,28 @@ class Ngtcp2Endpoint:
             except ProtocolError as error:
                 return self._routed(conn, self._close(conn, error.error_code, now))
         return self._routed(conn, self._flush(conn, now))
+
+    def _promote(self, conn: _Conn, native: _ngtcp2.Connection) -> None:
+        """Put ``conn``'s CIDs into the fast path's routes."""
+        conn.fast = True
+        self._by_native[native] = conn
+        routes = self._fast_routes
+        for cid in conn.cids:
+            if self._by_cid.get(cid) is conn:
+                routes[cid] = native
+
+    def _demote(self, conn: _Conn) -> None:
+        """Take ``conn`` out of the fast path (closing, or heard through the forwarder)."""
+        if not conn.fast:
+            return
+        conn.fast = False
+        native = conn.native
+        routes = self._fast_routes
+        for cid in conn.cids:
+            if native is not None and routes.get(cid) is native:
+                del routes[cid]
+        if native is not None:
+            self._by_native.pop(native, None)
 
     def _routed(self, conn: _Conn, out: Datagrams) -> Datagrams:
         """``out`` with what goes to a client heard through the forwarder wrapped to it."""
@@ -386,6 +462,8 @@ class Ngtcp2Endpoint:
         if conn is not None:
             self._by_cid[cid] = conn
             conn.cids.add(cid)
+            if conn.fast and conn.native is not None:
+                self._fast_routes[cid] = conn.native
         return cid, self._generator.stateless_reset_token(cid)
 
     def _retire_cid(self, key: int, cid: bytes) -> None:
@@ -394,6 +472,8 @@ class Ngtcp2Endpoint:
             conn.cids.discard(cid)
             if self._by_cid.get(cid) is conn:
                 del self._by_cid[cid]
+            if conn.native is not None and self._fast_routes.get(cid) is conn.native:
+                del self._fast_routes[cid]
 
     # -- sending, closing, timers ---------------------------------------------------------
 
@@ -456,10 +536,12 @@ class Ngtcp2Endpoint:
         return out
 
     def _linger(self, conn: _Conn, now: int) -> None:
+        self._demote(conn)
         conn.linger_until = now + int(self._config.close_linger * NS)
         self._arm(conn, conn.linger_until)
 
     def _forget(self, conn: _Conn) -> None:
+        self._demote(conn)
         self._closed(conn, 0, "connection forgotten")
         self._conns.pop(conn.key, None)
         if self._by_origin.get(conn.origin) is conn:

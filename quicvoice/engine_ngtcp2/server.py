@@ -45,6 +45,9 @@ class Ngtcp2Server:
         self._timer_at: int | None = None
         #: Datagrams the kernel refused to send (full socket buffer, a peer's ICMP error).
         self.send_failures = 0
+        #: Batches read (``recvmmsg`` calls that returned datagrams), and the datagrams in them.
+        self.reads = 0
+        self.datagrams_received = 0
         #: Set once the socket is closed (``close`` or ``abort``): its port is free.
         self.socket_closed = asyncio.Event()
 
@@ -75,7 +78,7 @@ class Ngtcp2Server:
             return
         fd = sock.fileno()
         receive = self._batch.receive
-        handle = self.endpoint.datagram_received
+        endpoint = self.endpoint
         for _ in range(ROUNDS):
             try:
                 batch = receive(fd, BATCH)
@@ -86,11 +89,9 @@ class Ngtcp2Server:
                 continue
             if not batch:
                 break
-            now, wall = time.monotonic_ns(), time.time()
-            out: Datagrams = []
-            for data, remote in batch:
-                out += handle(data, remote, now, wall)
-            self._send(out)
+            self.reads += 1
+            self.datagrams_received += len(batch)
+            self._send(endpoint.receive_batch(batch, time.monotonic_ns(), time.time()))
             if len(batch) < BATCH:
                 break
 

@@ -160,9 +160,7 @@ _ECN_CODEPOINTS = {
     "ecn_unknown": "unknown",
 }
 #: ECN validation outcomes a session can close with (a peer cannot add labels).
-ECN_OUTCOMES = frozenset(
-    {"testing", "capable", "bleached", "mangled", "lost", "disabled", "none"}
-)
+ECN_OUTCOMES = frozenset({"testing", "capable", "bleached", "mangled", "lost", "disabled", "none"})
 
 
 class BackendMetrics:

@@ -422,9 +422,7 @@ class CallMachine:
         """Whether a reliable uplink was finished (``end_audio`` or ``bye``): more audio is
         ``UplinkEndedError``. A realtime uplink never ends."""
         session = self._session
-        return (
-            self._audio_ended and session is not None and session.uplink is UplinkMode.RELIABLE
-        )
+        return self._audio_ended and session is not None and session.uplink is UplinkMode.RELIABLE
 
     @property
     def frames_dropped(self) -> int:

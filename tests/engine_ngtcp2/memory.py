@@ -111,9 +111,20 @@ class MemoryNetwork:
     ) -> list[tuple[bytes, Address]]:
         """A datagram of the client at ``address`` reaches the endpoint (through the
         forwarder, if there is one, unless ``direct``)."""
+        return self.send_batch([self.on_the_wire(data, address, direct=direct)])
+
+    def on_the_wire(
+        self, data: bytes, address: Address, *, direct: bool = False
+    ) -> tuple[bytes, Address]:
+        """What reaches the endpoint's socket when the client at ``address`` sends ``data``."""
         if self.forwarder is not None and not direct:
-            data, address = wrap(address, data), self.forwarder
-        return self.endpoint.datagram_received(data, address, self.ns, time.time())
+            return wrap(address, data), self.forwarder
+        return data, address
+
+    def send_batch(self, datagrams: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
+        """Datagrams as the endpoint's socket holds them, read in one batch (as the server
+        reads them: ``receive_batch``)."""
+        return self.endpoint.receive_batch(datagrams, self.ns, time.time())
 
     def deliver(self, datagrams: list[tuple[bytes, Address]]) -> int:
         """Hand the endpoint's datagrams to the clients they are addressed to."""
@@ -132,12 +143,16 @@ class MemoryNetwork:
         """Move datagrams both ways, and run the timers due within ``SOON`` (pacing, delayed
         ACKs), until nothing is due that soon; each round takes ``TRANSIT`` seconds."""
         for _ in range(MAX_ROUNDS):
-            moved = 0
+            # Every client's datagrams of this round reach the socket together: one batch.
+            batch = [
+                self.on_the_wire(data, client.address, direct=client.direct)
+                for client in self.clients
+                for data, _ in client.quic.datagrams_to_send(self.now)
+            ]
+            moved = len(batch)
+            if batch:
+                moved += self.deliver(self.send_batch(batch))
             for client in self.clients:
-                for data, _ in client.quic.datagrams_to_send(self.now):
-                    moved += 1
-                    out = self.send(data, client.address, direct=client.direct)
-                    moved += self.deliver(out)
                 while (event := client.quic.next_event()) is not None:
                     client.take(event)
             self.now += TRANSIT

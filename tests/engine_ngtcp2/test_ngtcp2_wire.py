@@ -141,12 +141,13 @@ async def test_a_call_migrates_127_0_0_2_to_127_0_0_3_without_losing_a_frame() -
             super().__init__(config)
             self.clients: list[Any] = []
 
-        def datagram_received(
-            self, data: bytes, remote: Any, now: int, wall: float | None = None
+        def receive_batch(
+            self, datagrams: list[tuple[bytes, Any]], now: int, wall: float | None = None
         ) -> Any:
-            if remote not in self.clients:
-                self.clients.append(remote)
-            return super().datagram_received(data, remote, now, wall)
+            for _, remote in datagrams:
+                if remote not in self.clients:
+                    self.clients.append(remote)
+            return super().receive_batch(datagrams, now, wall)
 
     config = engine_config()
     endpoint = _RecordingEndpoint(config)
