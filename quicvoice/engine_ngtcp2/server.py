@@ -19,6 +19,7 @@ import logging
 import socket
 import time
 
+from ..asyncio.udp import SOCKET_BUFFER
 from ..errors import InvalidStateError
 from . import require_udpbatch
 from .endpoint import Address, Datagrams, EngineConfig, Ngtcp2Endpoint
@@ -61,6 +62,13 @@ class Ngtcp2Server:
         family, kind, protocol, _, address = infos[0]
         sock = socket.socket(family, kind, protocol)
         try:
+            # The default buffers (208 KiB here) overflow when a burst of calls meets a loop
+            # that was busy for a few milliseconds: ask for what the aioquic engine asks for.
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+                except OSError:
+                    pass
             sock.setblocking(False)
             sock.bind(address)
         except OSError:

@@ -325,23 +325,22 @@ def test_after_a_blackout_calls_resume_at_home_on_ngtcp2_through_their_home_cid(
         deployment.stop()
 
 
-@pytest.mark.xfail(
-    reason="open defect of the ngtcp2 engine (issue 14): under a 4,000/s flood straight at the "
-    "backend, with other work on the machine, the forwarder marked it down once (went_down 1); "
-    "it passed when the machine was otherwise idle. The aioquic backend's flood test is strict.",
-    strict=False,
-)
 def test_a_flood_of_unknown_short_headers_cannot_starve_an_ngtcp2_backend_s_probes(
     tmp_path: Path,
 ) -> None:
     """Strangers' short headers for CIDs of this backend, 4000 a second straight at it, share
-    100 resets a second; the forwarder's probes have their own allowance: never marked down."""
+    100 resets a second; the forwarder's probes have their own allowance: never marked down.
+
+    The backend is a process that takes about a second to start, which the forwarder, started
+    first, may count as a down transition before the backend first answers: only transitions
+    after it is up are the flood's."""
     deployment = Deployment(tmp_path, server_ids=[A], health_interval=0.1)
     deployment.start_forwarder()
     cids = ",".join(LB_CONFIG.encode(bytes.fromhex(A), os.urandom(12)).hex() for _ in range(64))
 
     async def scenario() -> None:
         await until(lambda: gauge(deployment, A) == 1.0, 5)
+        down_before = went_down(deployment, A)
         host, port = deployment.backends[A]
         flood = subprocess.Popen(
             [sys.executable, "-c", FLOOD, host, str(port), str(FLOOD_RATE),
@@ -361,7 +360,7 @@ def test_a_flood_of_unknown_short_headers_cannot_starve_an_ngtcp2_backend_s_prob
                 flood.wait()
         assert flood.stdout is not None
         assert int(flood.stdout.read()) >= FLOOD_RATE * FLOOD_SECONDS * 0.95
-        assert went_down(deployment, A) == 0.0
+        assert went_down(deployment, A) == down_before
         assert gauge(deployment, A) == 1.0
 
     try:
