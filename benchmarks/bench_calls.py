@@ -155,7 +155,8 @@ async def serve_ngtcp2(port: int) -> None:
 
 
 async def serve_stock(port: int) -> None:
-    from aioquic.asyncio import QuicConnectionProtocol, serve
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.asyncio.server import serve
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.events import QuicEvent, StreamDataReceived
 
