@@ -19,7 +19,8 @@ processes on Linux), measures CPU and aggregates. Which callers ran is printed a
   (``quicvoice.asyncio.client.connect``), which on 2 cores cannot sustain 40+ calls beside a
   backend (its rows then measure a cost, not a sustained load);
 - ``webtransport``: always the project's client over WebTransport.
-The "load generator CPU" column is all load processes' CPU over the window. For each
+The "load generator CPU" column is all load processes' CPU over the window, "frames sent / due"
+the frames the calls sent in it over the frames due (below 100 %: the load fell behind). For each
 level the report gives the backend's CPU use, its CPU per echoed frame, the calls one fully
 used core would carry at that cost (calls / CPU fraction), that figure as a ratio to the
 WebSocket row of the same level and loop, the share of echoed frames whose round trip
@@ -266,6 +267,12 @@ class Level:
     def calls_per_core(self) -> float:
         """Calls of 50 frames/s one fully used core carries at this CPU per frame."""
         return 1e6 * FRAME_SECONDS / self.cpu_us_per_frame
+
+    @property
+    def sent_ratio(self) -> float:
+        """Frames the calls sent in the window over the frames due (below 1: the load fell
+        behind its schedule or calls were lost)."""
+        return self.frames_sent * FRAME_SECONDS / (self.calls * self.seconds)
 
     @property
     def late_ratio(self) -> float:
@@ -525,9 +532,10 @@ def print_table(results: list[Level], seconds: float) -> None:
     print()
     print(
         "| backend | loop | calls | backend CPU | µs per frame | calls per core | x WebSocket | "
-        "late > 20 ms | RTT p50 / p99 ms | packets in / out per frame | load generator CPU |"
+        "late > 20 ms | RTT p50 / p99 ms | packets in / out per frame | load generator CPU | "
+        "frames sent / due |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     websocket = {(r.loop, r.calls): r for r in results if r.backend == "websocket"}
     for r in results:
         anchor = websocket.get((r.loop, r.calls))
@@ -541,7 +549,7 @@ def print_table(results: list[Level], seconds: float) -> None:
             f"| {r.name} | {r.loop} | {r.established}/{r.calls} | {100 * r.server_cpu:.0f} % | "
             f"{r.cpu_us_per_frame:.0f} | {r.calls_per_core:.0f} | {ratio} | "
             f"{100 * r.late_ratio:.2f} % | {r.p50_ms:.1f} / {r.p99_ms:.1f} | {packets} | "
-            f"{100 * r.client_cpu:.0f} % |"
+            f"{100 * r.client_cpu:.0f} % | {100 * r.sent_ratio:.0f} % |"
         )
 
 
