@@ -2,13 +2,25 @@
 
     python benchmarks/bench_calls.py [--quick] [--levels 20,40,60] [--seconds 5]
         [--loop asyncio|uvloop|asyncio,uvloop] [--backends websocket,stock,quicvoice,webtransport]
-        [--workers 1,2] [--metrics]
+        [--workers 1,2] [--metrics] [--load-processes 2] [--quic-load native|client]
 
 Each call sends one 20 ms frame (640 octets, L16 16 kHz) every 20 ms on the reliable uplink and
 the backend echoes every frame at once, so audio flows 50 frames/s each way. The calls' sending
 times are spread evenly over the 20 ms period (call i sends at phase i/calls of it), as
 independent callers' would be. The backend runs alone in a subprocess (one process = one
-core); the load generator is this process, on the same event loop kind as the backend. For each
+core); the calls run in ``--load-processes`` other processes (default 2, every N-th call in
+each; ``benchmarks/load/echo_calls.py``), on the same event loop kind as the backend, and this
+process only decides the schedule (absolute ``time.monotonic()`` instants, shared by all
+processes on Linux), measures CPU and aggregates. Which callers ran is printed above the table:
+- ``websocket``: ``websockets`` clients;
+- the raw-QUIC rows (``--quic-load``): ``native``, ngtcp2 client connections
+  (``quicvoice._ngtcp2``; the default where it is built), one packet per frame each way as the
+  project's client, at a fraction of its CPU; or ``client``, the project's client
+  (``quicvoice.asyncio.client.connect``), which on 2 cores cannot sustain 40+ calls beside a
+  backend (its rows then measure a cost, not a sustained load);
+- ``webtransport``: always the project's client over WebTransport.
+The "load generator CPU" column is all load processes' CPU over the window, "frames sent / due"
+the frames the calls sent in it over the frames due (below 100 %: the load fell behind). For each
 level the report gives the backend's CPU use, its CPU per echoed frame, the calls one fully
 used core would carry at that cost (calls / CPU fraction), that figure as a ratio to the
 WebSocket row of the same level and loop, the share of echoed frames whose round trip
@@ -45,20 +57,27 @@ import os
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FRAME = bytes(640)
-FRAME_SECONDS = 0.020
-LATE_THRESHOLD = 0.020
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Appended, not inserted: the quicvoice-baseline backend's PYTHONPATH copy must stay first.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.load.echo_calls import (  # noqa: E402
+    FRAME_SECONDS,
+    LATE_THRESHOLD,
+    LoadProcesses,
+    Schedule,
+    cpu_seconds,
+    sleep_until,
+)
+
 BACKENDS = ("websocket", "stock", "quicvoice", "webtransport")
 ALL_BACKENDS = (
     *BACKENDS,
@@ -67,7 +86,7 @@ ALL_BACKENDS = (
     "quicvoice-baseline",
     "serve-workers",
 )
-QUIC_BACKENDS = frozenset(ALL_BACKENDS) - {"websocket"}
+QUIC_LOADS = ("native", "client")
 LB_KEY = "8f95f09245765f80256934e50c66207f"
 
 
@@ -137,7 +156,8 @@ async def serve_ngtcp2(port: int) -> None:
 
 
 async def serve_stock(port: int) -> None:
-    from aioquic.asyncio import QuicConnectionProtocol, serve
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.asyncio.server import serve
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.events import QuicEvent, StreamDataReceived
 
@@ -213,17 +233,7 @@ async def serve_websocket(port: int) -> None:
         await asyncio.Event().wait()
 
 
-# -- the load generator --------------------------------------------------------------------
-
-
-@dataclass
-class CallRecord:
-    """One call's frames in flight, round trips and QUIC packet counts in the window."""
-
-    sent_at: dict[int, float] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
-    frames_sent: int = 0
-    packets: tuple[int, int] | None = None  # (out, in) during the window
+# -- the measurement ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -243,6 +253,8 @@ class Level:
     frames_sent: int
     seconds: float
     workers: int = 1
+    load: str = "client"
+    load_processes: int = 1
 
     @property
     def cpu_us_per_frame(self) -> float:
@@ -257,6 +269,12 @@ class Level:
         return 1e6 * FRAME_SECONDS / self.cpu_us_per_frame
 
     @property
+    def sent_ratio(self) -> float:
+        """Frames the calls sent in the window over the frames due (below 1: the load fell
+        behind its schedule or calls were lost)."""
+        return self.frames_sent * FRAME_SECONDS / (self.calls * self.seconds)
+
+    @property
     def late_ratio(self) -> float:
         return self.late / self.frames if self.frames else 1.0
 
@@ -265,12 +283,6 @@ class Level:
         if self.backend == "serve-workers":
             return f"serve --workers {self.workers}"
         return self.backend
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -310,120 +322,18 @@ def free_ports(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports")
 
 
-def first_send(start: float, phase: float, now: float) -> float:
-    """The first instant >= ``now`` that is ``phase`` seconds into a 20 ms period from
-    ``start``: every call keeps its own phase, so the calls' frames are spread evenly."""
-    periods = max(0, -(-(now - start - phase) // FRAME_SECONDS))
-    return start + phase + periods * FRAME_SECONDS
-
-
-async def quic_call(
-    port: int,
-    record: CallRecord,
-    start: float,
-    phase: float,
-    stop: float,
-    measure_from: float,
-    webtransport: bool,
-) -> bool:
-    from quicvoice.asyncio.client import connect
-    from quicvoice.session.events import AudioReceived
-
-    loop = asyncio.get_running_loop()
-    await asyncio.sleep(max(0.0, start - loop.time()))
-    try:
-        async with connect(
-            "127.0.0.1", port, verify=False, timeout=10, webtransport=webtransport
-        ) as client:
-
-            async def receive() -> None:
-                while True:
-                    event = await client.receive()
-                    if isinstance(event, AudioReceived):
-                        sent = record.sent_at.pop(event.frame.timestamp, None)
-                        if sent is not None and sent >= measure_from:
-                            record.latencies.append(loop.time() - sent)
-
-            receiver = loop.create_task(receive())
-            seq = 0
-            first = first_send(start - phase, phase, loop.time())
-            before: tuple[int, int] | None = None
-            while loop.time() < stop:
-                now = loop.time()
-                if before is None and now >= measure_from:
-                    stats = client.stats()
-                    before = (stats.packets_sent, stats.packets_received)
-                record.sent_at[seq * 320] = now
-                client.send_audio(FRAME, seq * 320)
-                if now >= measure_from:
-                    record.frames_sent += 1
-                seq += 1
-                await asyncio.sleep(max(0.0, first + seq * FRAME_SECONDS - loop.time()))
-            stats = client.stats()
-            if before is not None:
-                record.packets = (
-                    stats.packets_sent - before[0],
-                    stats.packets_received - before[1],
-                )
-            await asyncio.sleep(0.2)
-            receiver.cancel()
-        return True
-    except (ConnectionError, TimeoutError):
-        return False
-
-
-async def websocket_call(
-    port: int, record: CallRecord, start: float, phase: float, stop: float, measure_from: float
-) -> bool:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import WebSocketException
-
-    loop = asyncio.get_running_loop()
-    await asyncio.sleep(max(0.0, start - loop.time()))
-    try:
-        async with connect(f"ws://127.0.0.1:{port}", compression=None, open_timeout=10) as ws:
-
-            async def receive() -> None:
-                async for message in ws:
-                    assert isinstance(message, bytes)
-                    (seq,) = struct.unpack_from("!Q", message)
-                    sent = record.sent_at.pop(seq, None)
-                    if sent is not None and sent >= measure_from:
-                        record.latencies.append(loop.time() - sent)
-
-            receiver = loop.create_task(receive())
-            seq = 0
-            first = first_send(start - phase, phase, loop.time())
-            message = bytearray(FRAME)
-            while loop.time() < stop:
-                now = loop.time()
-                record.sent_at[seq] = now
-                struct.pack_into("!Q", message, 0, seq)
-                await ws.send(bytes(message))
-                if now >= measure_from:
-                    record.frames_sent += 1
-                seq += 1
-                await asyncio.sleep(max(0.0, first + seq * FRAME_SECONDS - loop.time()))
-            await asyncio.sleep(0.2)
-            receiver.cancel()
-        return True
-    except (OSError, TimeoutError, WebSocketException):
-        return False
-
-
 async def scrape_every_second(port: int, stop: float, durations: list[float]) -> None:
     """GET /metrics once a second until ``stop``; record each scrape's wall time."""
-    loop = asyncio.get_running_loop()
-    while loop.time() < stop:
-        begin = loop.time()
+    while time.monotonic() < stop:
+        begin = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
         body = await reader.read()
         writer.close()
         if not body.startswith(b"HTTP/1.1 200"):
             raise RuntimeError("the metrics scrape failed")
-        durations.append(loop.time() - begin)
-        await asyncio.sleep(max(0.0, begin + 1.0 - loop.time()))
+        durations.append(time.monotonic() - begin)
+        await sleep_until(begin + 1.0)
 
 
 def workers_config(directory: Path, port: int) -> Path:
@@ -487,6 +397,16 @@ def wait_ready(process: subprocess.Popen[str], backend: str, workers: int) -> No
     raise RuntimeError(f"{backend} backend did not start")
 
 
+def load_kind(backend: str, quic_load: str) -> str:
+    """The callers a backend's row runs: WebSocket clients, the project's client over
+    WebTransport, or ``quic_load`` (``native`` or ``client``) for the raw-QUIC rows."""
+    if backend == "websocket":
+        return "websocket"
+    if backend == "webtransport":
+        return "webtransport"
+    return quic_load
+
+
 async def run_level(
     backend: str,
     loop_kind: str,
@@ -495,58 +415,49 @@ async def run_level(
     metrics: bool = False,
     workers: int = 1,
     baseline: str | None = None,
+    quic_load: str = "client",
+    load_processes: int = 2,
 ) -> tuple[Level, list[float]]:
     count = workers if backend == "serve-workers" else 1
     port = free_ports(count)
     metrics_port = free_port() if metrics and backend == "quicvoice" else None
     scrapes: list[float] = []
+    kind = load_kind(backend, quic_load)
     with tempfile.TemporaryDirectory() as scratch:
         process = start_backend(
             backend, loop_kind, port, metrics_port, count, Path(scratch), baseline
         )
+        load: LoadProcesses | None = None
         try:
             wait_ready(process, backend, count)
-            loop = asyncio.get_running_loop()
-            ramp = min(2.0, 0.02 * calls)
-            begin = loop.time() + 0.1
-            measure_from = begin + ramp + 1.0
-            stop = measure_from + seconds
-            records = [CallRecord() for _ in range(calls)]
-            calls_started: list[Coroutine[Any, Any, bool]] = []
-            for i in range(calls):
-                start = begin + ramp * i / calls
-                phase = FRAME_SECONDS * i / calls
-                target = port + i % count
-                if backend == "websocket":
-                    calls_started.append(
-                        websocket_call(target, records[i], start, phase, stop, measure_from)
-                    )
-                else:
-                    calls_started.append(
-                        quic_call(
-                            target, records[i], start, phase, stop, measure_from,
-                            webtransport=backend == "webtransport",
-                        )  # fmt: skip
-                    )
-            tasks = [loop.create_task(call) for call in calls_started]
-            await asyncio.sleep(max(0.0, measure_from - loop.time()))
+            ports = [port + i for i in range(count)]
+            load = LoadProcesses(kind, ports, calls, load_processes, loop_kind)
+            load.wait_ready()
+            schedule = Schedule.starting_now(calls, seconds)
+            load.start(schedule)
+            await sleep_until(schedule.measure_from)
             scraper = None
             if metrics_port is not None:
-                scraper = loop.create_task(scrape_every_second(metrics_port, stop, scrapes))
-            server_before, client_before = tree_cpu_seconds(process.pid), time.process_time()
-            await asyncio.sleep(max(0.0, stop - loop.time()))
+                scraper = asyncio.get_running_loop().create_task(
+                    scrape_every_second(metrics_port, schedule.stop, scrapes)
+                )
+            server_before, load_before = tree_cpu_seconds(process.pid), load.cpu_seconds()
+            await sleep_until(schedule.stop)
             server_cpu = (tree_cpu_seconds(process.pid) - server_before) / seconds
-            client_cpu = (time.process_time() - client_before) / seconds
-            established = sum(await asyncio.gather(*tasks))
+            client_cpu = (load.cpu_seconds() - load_before) / seconds
             if scraper is not None:
                 await scraper
+            records = load.records(timeout=30.0)
         finally:
+            if load is not None:
+                load.kill()
             process.send_signal(signal.SIGTERM if backend == "serve-workers" else signal.SIGKILL)
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+    established = sum(record.established for record in records)
     late = frames = 0
     all_latencies: list[float] = []
     packets_out = packets_in = counted_sent = 0
@@ -576,7 +487,7 @@ async def run_level(
     level = Level(
         backend, loop_kind, calls, established, server_cpu, client_cpu, frames, late, p50, p99,
         out_per_frame, in_per_frame, sum(record.frames_sent for record in records), seconds,
-        count,
+        count, kind, len(load.procs),
     )  # fmt: skip
     return level, scrapes
 
@@ -592,6 +503,14 @@ def run_on(loop_kind: str, main: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(main)
 
 
+LOAD_NAMES = {
+    "websocket": "websockets clients",
+    "client": "the project's client (quicvoice.asyncio.client)",
+    "webtransport": "the project's client over WebTransport",
+    "native": "ngtcp2 client connections (quicvoice._ngtcp2)",
+}
+
+
 def print_table(results: list[Level], seconds: float) -> None:
     load = os.getloadavg()
     print(
@@ -599,11 +518,24 @@ def print_table(results: list[Level], seconds: float) -> None:
         f"{sys.version.split()[0]}, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
     )
     print()
+    processes = sorted({r.load_processes for r in results})
+    loads = {r.load: None for r in results}
+    print(
+        f"Load: {' or '.join(map(str, processes))} load process(es) per row, beside the backend; "
+        + "; ".join(
+            f"{', '.join(dict.fromkeys(r.name for r in results if r.load == kind))}: "
+            f"{LOAD_NAMES[kind]}"
+            for kind in loads
+        )
+        + " (WebTransport rows always run the project's client)."
+    )
+    print()
     print(
         "| backend | loop | calls | backend CPU | µs per frame | calls per core | x WebSocket | "
-        "late > 20 ms | RTT p50 / p99 ms | packets in / out per frame | load generator CPU |"
+        "late > 20 ms | RTT p50 / p99 ms | packets in / out per frame | load generator CPU | "
+        "frames sent / due |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     websocket = {(r.loop, r.calls): r for r in results if r.backend == "websocket"}
     for r in results:
         anchor = websocket.get((r.loop, r.calls))
@@ -617,8 +549,15 @@ def print_table(results: list[Level], seconds: float) -> None:
             f"| {r.name} | {r.loop} | {r.established}/{r.calls} | {100 * r.server_cpu:.0f} % | "
             f"{r.cpu_us_per_frame:.0f} | {r.calls_per_core:.0f} | {ratio} | "
             f"{100 * r.late_ratio:.2f} % | {r.p50_ms:.1f} / {r.p99_ms:.1f} | {packets} | "
-            f"{100 * r.client_cpu:.0f} % |"
+            f"{100 * r.client_cpu:.0f} % | {100 * r.sent_ratio:.0f} % |"
         )
+
+
+def default_quic_load() -> str:
+    """``native`` where the ngtcp2 extension is built, else ``client``."""
+    from quicvoice.engine_ngtcp2 import AVAILABLE
+
+    return "native" if AVAILABLE else "client"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -639,6 +578,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--baseline", metavar="DIR", help="the quicvoice-baseline backend's copy of quicvoice"
+    )
+    parser.add_argument(
+        "--load-processes",
+        type=int,
+        default=2,
+        help="processes the calls of each row are split between (default 2)",
+    )
+    parser.add_argument(
+        "--quic-load",
+        choices=QUIC_LOADS,
+        default=default_quic_load(),
+        help="the raw-QUIC rows' callers: native (ngtcp2 client connections, the default where "
+        "quicvoice._ngtcp2 is built) or client (the project's client)",
     )
     parser.add_argument("--serve", choices=["quicvoice", "stock", "websocket",
                         "quicvoice-aioquic-acks", "quicvoice-ngtcp2"],
@@ -672,6 +624,13 @@ def main(argv: list[str] | None = None) -> int:
             check_loop(kind, "--loop")
         except ConfigurationError as error:
             parser.error(str(error))
+    if args.load_processes < 1:
+        parser.error("--load-processes: at least 1")
+    if args.quic_load == "native":
+        from quicvoice.engine_ngtcp2 import AVAILABLE, UNAVAILABLE
+
+        if not AVAILABLE:
+            parser.error(f"--quic-load native: {UNAVAILABLE}")
     backends = args.backends.split(",")
     for backend in backends:
         if backend not in ALL_BACKENDS:
@@ -688,8 +647,16 @@ def main(argv: list[str] | None = None) -> int:
                     level, durations = run_on(
                         kind,
                         run_level(
-                            backend, kind, calls, seconds, args.metrics, workers, args.baseline
-                        ),
+                            backend,
+                            kind,
+                            calls,
+                            seconds,
+                            args.metrics,
+                            workers,
+                            args.baseline,
+                            args.quic_load,
+                            args.load_processes,
+                        ),  # fmt: skip
                     )
                     results.append(level)
                     scrapes += durations

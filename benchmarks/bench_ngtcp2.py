@@ -1,7 +1,7 @@
 """Server CPU per echoed voice frame: the ngtcp2 engine prototype beside a WebSocket echo, one run.
 
     python benchmarks/bench_ngtcp2.py [--levels 60,100] [--seconds 10] [--load-processes 2]
-                                      [--quic-load ngtcp2|aioquic]
+                                      [--quic-load native|client]
 
 Each call sends one 640-octet frame every 20 ms (sending times spread over the 20 ms) and the
 server echoes it at once: 50 frames/s each way per call.
@@ -13,17 +13,17 @@ server echoes it at once: 50 frames/s each way per call.
   ``ServerSession``) running the echo handler ``bench_calls.py``'s quicvoice row runs
   (``start_turn``, every uplink frame sent on the turn from ``on_audio``); same load as ngtcp2.
 - ``websocket``: a ``websockets`` echo server (binary messages, no compression), stock asyncio.
-Each server runs alone in a subprocess and prints, once a second, its echo count and its own
-CPU time (getrusage); CPU per frame = CPU delta / echo delta over the steady window (the first
-2 s skipped). The load runs in ``--load-processes`` other processes: for WebSocket,
-``websockets`` clients; for QUIC (``--quic-load``), by default ngtcp2 client connections
-(``quicvoice._ngtcp2.client``, cheap enough to leave the cores to the server), each echo read
-just before the next frame so that its ACK rides in that frame's packet: one packet per frame
-each way, as the project's client sends; or ``aioquic``: the client's
-``quicvoice.quic.VoiceQuicConnection`` (the same one-packet pattern) without the call machine,
-which on a shared 2-core machine cannot keep 60 calls at 50 frames/s (see
-specs/engine-ngtcp2.md).
-Calls per core = 1 s / (50 × CPU per frame). The load average is printed before and after.
+Each server runs alone in a subprocess and prints, once a second, its echo count and its own CPU
+time (getrusage); CPU per frame = CPU delta / echo delta over the window after the calls' ramp and a
+settling second. The load runs in ``--load-processes`` other processes
+(``benchmarks/load/echo_calls.py``, shared with ``bench_calls.py``): for WebSocket, ``websockets``
+clients; for QUIC (``--quic-load``), by default ngtcp2 client connections (``native``:
+``quicvoice._ngtcp2.client``, cheap enough to leave the cores to the server), each echo fed to
+ngtcp2 just before the next frame so that its ACK rides in that frame's packet: one packet per frame
+each way, as the project's client sends; or ``client``, the project's client
+(``quicvoice.asyncio.client.connect``), which on a shared 2-core machine cannot keep 60 calls at 50
+frames/s (see specs/engine-ngtcp2.md). Calls per core = 1 s / (50 × CPU per frame). The load average
+is printed before and after.
 """
 
 from __future__ import annotations
@@ -32,13 +32,16 @@ import argparse
 import asyncio
 import os
 import resource
-import ssl
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-FRAME_PAYLOAD = bytes(640)
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.load.echo_calls import LoadProcesses, Schedule  # noqa: E402
+
 RATE = 50.0
 BACKENDS = ("ngtcp2", "voice", "websocket")
 
@@ -156,219 +159,6 @@ async def serve_websocket(port: int) -> None:
         await report_forever(lambda: count)
 
 
-# -- load (subprocess) -------------------------------------------------------------------------
-
-
-async def load_quic(port: int, calls: int, stop_at: float) -> int:
-    from aioquic.quic.configuration import QuicConfiguration
-    from aioquic.quic.events import StreamDataReceived
-
-    from quicvoice.quic import VoiceQuicConnection
-    from quicvoice.session.messages import Hello, encode_message
-    from quicvoice.session.wire import MediaFrame, StreamKind, encode_frame, encode_stream_header
-
-    loop = asyncio.get_running_loop()
-    server = ("127.0.0.1", port)
-    received = 0
-
-    class Call(asyncio.DatagramProtocol):
-        def __init__(self) -> None:
-            configuration = QuicConfiguration(
-                is_client=True, alpn_protocols=["quicvoice/1"], verify_mode=ssl.CERT_NONE
-            )
-            self.quic = VoiceQuicConnection(configuration=configuration)
-            self.transport: Any = None
-            self.timer: asyncio.TimerHandle | None = None
-            self.welcomed = asyncio.Event()
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            self.quic.connect(server, loop.time())
-            self.quic.send_stream_data(0, encode_message(Hello()))
-            self.transmit()
-
-        def datagram_received(self, data: bytes, addr: Any) -> None:
-            nonlocal received
-            self.quic.receive_datagram(data, addr, loop.time())
-            while (event := self.quic.next_event()) is not None:
-                if isinstance(event, StreamDataReceived):
-                    if event.stream_id == 0:
-                        self.welcomed.set()
-                    elif event.stream_id % 4 == 3:
-                        # Turn header (2 octets) first, then 2 + 8 + 640 octets a frame.
-                        received += len(event.data) // 650
-            self.transmit()
-
-        def transmit(self) -> None:
-            for data, addr in self.quic.datagrams_to_send(loop.time()):
-                self.transport.sendto(data, addr)
-            when = self.quic.get_timer()
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = loop.call_at(when, self.on_timer) if when is not None else None
-
-        def on_timer(self) -> None:
-            self.timer = None
-            self.quic.handle_timer(loop.time())
-            self.transmit()
-
-    async def one(index: int) -> None:
-        _, call = await loop.create_datagram_endpoint(Call, remote_addr=server)
-        await asyncio.wait_for(call.welcomed.wait(), 10)
-        uplink = call.quic.get_next_available_stream_id(is_unidirectional=True)
-        call.quic.send_stream_data(uplink, encode_stream_header(StreamKind.UPLINK))
-        period = 1.0 / RATE
-        t = loop.time() + (index % 50) * period / 50
-        seq = 0
-        while time.monotonic() < stop_at:
-            await asyncio.sleep(max(0.0, t - loop.time()))
-            call.quic.send_stream_data(
-                uplink, encode_frame(MediaFrame(seq, seq * 320, FRAME_PAYLOAD))
-            )
-            call.transmit()
-            seq += 1
-            t += period
-        await asyncio.sleep(0.3)
-        call.transport.close()
-
-    await asyncio.gather(*(one(i) for i in range(calls)))
-    return received
-
-
-async def load_quic_native(port: int, calls: int, stop_at: float) -> int:
-    """Calls on ngtcp2 client connections (quicvoice._ngtcp2.client): a cheap load. Echoes are
-    fed to ngtcp2 just before the next frame is written, so the ACK rides in that frame's
-    packet: one packet per frame each way, as the project's client does."""
-    from quicvoice import _ngtcp2 as native
-    from quicvoice.session.messages import Hello, encode_message
-    from quicvoice.session.wire import MediaFrame, StreamKind, encode_frame, encode_stream_header
-
-    loop = asyncio.get_running_loop()
-    server = ("127.0.0.1", port)
-    turn_octets = 0
-
-    def new_cid(length: int) -> tuple[bytes, bytes]:
-        return os.urandom(length), os.urandom(16)
-
-    class Call(asyncio.DatagramProtocol):
-        def __init__(self) -> None:
-            self.conn: Any = None
-            self.transport: Any = None
-            self.timer: asyncio.TimerHandle | None = None
-            self.inbox: list[bytes] = []
-            self.control = -1
-            self.welcomed = asyncio.Event()
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            local = transport.get_extra_info("sockname")[:2]
-            self.conn = native.client(
-                b"quicvoice/1",
-                "localhost",
-                local,
-                server,
-                time.monotonic_ns(),
-                new_cid,
-                lambda cid: None,
-                30_000,
-            )
-            self.flush()
-
-        def datagram_received(self, data: bytes, addr: Any) -> None:
-            if self.welcomed.is_set():
-                self.inbox.append(data)
-                return
-            self.take(data)
-            self.flush()
-
-        def take(self, data: bytes) -> None:
-            nonlocal turn_octets
-            _, events = self.conn.receive(data, server, time.monotonic_ns())
-            for stream_id, payload, _fin in events:
-                if stream_id == self.control:
-                    self.welcomed.set()
-                elif stream_id % 4 == 3:
-                    turn_octets += len(payload)
-            if self.control < 0 and self.conn.handshake_completed:
-                self.control = self.conn.open_bidi_stream()
-                self.conn.send_stream(self.control, encode_message(Hello()))
-
-        def flush(self) -> None:
-            _, out = self.conn.flush(time.monotonic_ns())
-            for data, _ in out:
-                self.transport.sendto(data)
-            expiry = self.conn.expiry
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            if expiry is not None:
-                delay = max(0.0, (expiry - time.monotonic_ns()) / 1e9)
-                self.timer = loop.call_later(delay, self.on_timer)
-
-        def on_timer(self) -> None:
-            self.timer = None
-            self.conn.handle_expiry(time.monotonic_ns())
-            self.flush()
-
-        def send(self, stream_id: int, data: bytes) -> None:
-            for datagram in self.inbox:
-                self.take(datagram)
-            self.inbox.clear()
-            self.conn.send_stream(stream_id, data)
-            self.flush()
-
-    async def one(index: int) -> None:
-        _, call = await loop.create_datagram_endpoint(Call, remote_addr=server)
-        await asyncio.wait_for(call.welcomed.wait(), 10)
-        uplink = call.conn.open_uni_stream()
-        call.conn.send_stream(uplink, encode_stream_header(StreamKind.UPLINK))
-        period = 1.0 / RATE
-        t = loop.time() + (index % 50) * period / 50
-        seq = 0
-        while time.monotonic() < stop_at:
-            await asyncio.sleep(max(0.0, t - loop.time()))
-            call.send(uplink, encode_frame(MediaFrame(seq, seq * 320, FRAME_PAYLOAD)))
-            seq += 1
-            t += period
-        await asyncio.sleep(0.3)
-        call.send(uplink, b"")
-        if call.timer is not None:
-            call.timer.cancel()
-        call.transport.close()
-
-    await asyncio.gather(*(one(i) for i in range(calls)))
-    return turn_octets // (2 + 8 + len(FRAME_PAYLOAD))
-
-
-async def load_websocket(port: int, calls: int, stop_at: float) -> int:
-    from websockets.asyncio.client import connect
-
-    received = 0
-    loop = asyncio.get_running_loop()
-
-    async def one(index: int) -> None:
-        nonlocal received
-        async with connect(f"ws://127.0.0.1:{port}", compression=None, max_queue=64) as ws:
-
-            async def reader() -> None:
-                nonlocal received
-                async for _ in ws:
-                    received += 1
-
-            reading = asyncio.create_task(reader())
-            period = 1.0 / RATE
-            t = loop.time() + (index % 50) * period / 50
-            while time.monotonic() < stop_at:
-                await asyncio.sleep(max(0.0, t - loop.time()))
-                await ws.send(FRAME_PAYLOAD)
-                t += period
-            await asyncio.sleep(0.3)
-            reading.cancel()
-
-    await asyncio.gather(*(one(i) for i in range(calls)))
-    return received
-
-
 # -- driver ----------------------------------------------------------------------------------
 
 
@@ -381,53 +171,32 @@ def run_level(
         stdout=subprocess.PIPE,
         text=True,
     )
-    loads: list[subprocess.Popen[str]] = []
+    load: LoadProcesses | None = None
     try:
         assert server.stdout is not None
         if server.stdout.readline().strip() != "ready":
             raise SystemExit(f"{backend} server did not start")
-        stop_at = time.monotonic() + seconds + 3.0
-        shares = [calls // processes + (i < calls % processes) for i in range(processes)]
-        for share in shares:
-            loads.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--load",
-                        backend,
-                        "--port",
-                        str(port),
-                        "--calls",
-                        str(share),
-                        "--stop-at",
-                        str(stop_at),
-                        "--quic-load",
-                        quic_load,
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
+        kind = "websocket" if backend == "websocket" else quic_load
+        load = LoadProcesses(kind, [port], calls, processes, "asyncio")
+        load.wait_ready()
+        schedule = Schedule.starting_now(calls, seconds)
+        load.start(schedule)
         stats: list[tuple[float, int, float, float]] = []
-        while time.monotonic() < stop_at + 1.5:
+        while time.monotonic() < schedule.stop + 1.5:
             line = server.stdout.readline()
             if not line:
                 break
             _, t, n, user, system = line.split()
             stats.append((float(t), int(n), float(user), float(system)))
-        received = 0
-        for load in loads:
-            out, _ = load.communicate(timeout=30)
-            received += int(out.strip().splitlines()[-1])
+        received = sum(record.echoed for record in load.records(timeout=30.0))
     finally:
         server.kill()
         server.wait()
-        for load in loads:
-            if load.poll() is None:
-                load.kill()
-                load.wait()
-    window = [s for s in stats if s[1] > 0 and s[0] < stop_at - 0.5][2:]
+        if load is not None:
+            load.kill()
+    window = [s for s in stats if schedule.measure_from <= s[0] <= schedule.stop]
+    if len(window) < 2:
+        raise SystemExit(f"{backend}: no steady window (--seconds of at least 2)")
     (t0, n0, u0, s0), (t1, n1, u1, s1) = window[0], window[-1]
     frames = n1 - n0
     cpu = (u1 - u0) + (s1 - s0)
@@ -448,7 +217,6 @@ def main() -> None:
     parser.add_argument("--load-processes", type=int, default=2)
     parser.add_argument("--port", type=int, default=24433)
     parser.add_argument("--serve", choices=BACKENDS)
-    parser.add_argument("--load", choices=BACKENDS)
     parser.add_argument(
         "--backends",
         default=",".join(BACKENDS),
@@ -456,12 +224,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--quic-load",
-        choices=["ngtcp2", "aioquic"],
-        default="ngtcp2",
-        help="QUIC load clients: ngtcp2 (cheap, default) or aioquic (VoiceQuicConnection)",
+        choices=["native", "client"],
+        default="native",
+        help="QUIC load callers: native (ngtcp2 client connections, cheap, default) or client "
+        "(the project's client)",
     )
-    parser.add_argument("--calls", type=int, default=0)
-    parser.add_argument("--stop-at", type=float, default=0.0)
     args = parser.parse_args()
     if args.serve == "ngtcp2":
         asyncio.run(serve_ngtcp2(args.port))
@@ -471,13 +238,6 @@ def main() -> None:
         return
     if args.serve == "websocket":
         asyncio.run(serve_websocket(args.port))
-        return
-    if args.load is not None:
-        if args.load == "websocket":
-            load = load_websocket
-        else:
-            load = load_quic_native if args.quic_load == "ngtcp2" else load_quic
-        print(asyncio.run(load(args.port, args.calls, args.stop_at)), flush=True)
         return
     print(f"load average before: {os.getloadavg()} (QUIC load: {args.quic_load})", flush=True)
     backends = args.backends.split(",")

@@ -4,5 +4,7 @@
 - ``deploy``: redis-server, ``quicvoice-lb`` and ``quicvoice serve`` processes from one TOML file;
 - ``calls``: one real call on the public client API and what the server says it received;
 - ``worker`` / ``generator``: calls spread over K worker processes (planned, or churned);
-- ``procstat``: RSS and CPU of process trees from ``/proc``; ``report``: figures and tables.
+- ``procstat``: RSS and CPU of process trees from ``/proc``; ``report``: figures and tables;
+- ``echo_calls``: the echo calls of ``bench_calls.py`` and ``bench_ngtcp2.py`` (websocket, the
+  project's client, ngtcp2 client connections), run in load processes apart from the backend.
 """
