@@ -455,7 +455,14 @@ def load_process_main(argv: Sequence[str] | None = None) -> int:
     ports = [int(port) for port in args.ports.split(",")]
     indices = share(args.calls, args.processes, args.process)
     records = run(run_calls(args.kind, ports, args.calls, indices, schedule), args.loop)
-    print(json.dumps([record.to_dict() for record in records]), flush=True)
+    # Written by hand: under uvloop, print() of a line longer than the pipe (64 KiB) lost the
+    # rest after a partial write; os.write says how much went.
+    line = memoryview((json.dumps([record.to_dict() for record in records]) + "\n").encode())
+    sys.stdout.flush()
+    for _ in range(len(line)):  # bounded: every round writes at least one octet
+        if not line:
+            break
+        line = line[os.write(sys.stdout.fileno(), line) :]
     return 0
 
 
