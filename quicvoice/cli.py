@@ -345,6 +345,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             accept=app.accept,
             app_spec=app_spec,
             webtransport=args.web is not None,
+            loop=args.loop,
         )
 
     async def serve() -> None:

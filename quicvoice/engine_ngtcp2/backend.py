@@ -11,6 +11,8 @@ import signal
 from cryptography.hazmat.primitives import serialization
 
 from ..asyncio.config import BackendConfig
+from ..asyncio.loops import DEFAULT_LOOP
+from ..asyncio.loops import run as run_on
 from ..asyncio.server import VoiceServer
 from ..auth import AcceptHook
 from ..certificates import generate_certificate
@@ -94,24 +96,26 @@ def serve(
     accept: AcceptHook | None,
     app_spec: str,
     webtransport: bool,
+    loop: str = DEFAULT_LOOP,
 ) -> int:
-    """Run the backend until SIGINT or SIGTERM, printing where it listens (as ``quicvoice
-    serve`` does on aioquic)."""
+    """Run the backend on event loop ``loop`` until SIGINT or SIGTERM, printing where it
+    listens (as ``quicvoice serve`` does on aioquic)."""
     check_webtransport(webtransport)
     server, fingerprint = voice_server(config, handler, accept=accept)
 
     async def run() -> None:
         host, port = await server.start()
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            running.add_signal_handler(signum, stop.set)
         listening = {
             "listening": f"{host}:{port}",
             "server_id": config.server_id.hex(),
             "certificate_sha256": fingerprint.hex() if fingerprint else "-",
             "app": app_spec,
             "engine": "ngtcp2",
+            "loop": loop,
         }
         print(json.dumps(listening), flush=True)
         try:
@@ -121,5 +125,5 @@ def serve(
             if server.services is not None:
                 await server.services.aclose()
 
-    asyncio.run(run())
+    run_on(run(), loop)
     return 0

@@ -118,18 +118,20 @@ def test_serve_with_web_on_ngtcp2_stops_with_a_message() -> None:
 @needs_ngtcp2
 @pytest.mark.integration
 @pytest.mark.asyncio
-async def test_serve_engine_ngtcp2_runs_the_app(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_serve_engine_ngtcp2_runs_the_app(tmp_path: Path, loop: str) -> None:
     config = tmp_path / "backend.toml"
     config.write_text(
         'engine = "ngtcp2"\nserver_id = "0a0b0c0d"\n'
         '[[configs]]\nid = 0\nserver_id_len = 4\nnonce_len = 12\nkey = "' + "00" * 16 + '"\n'
     )
-    process = serve("--config", str(config), "--app", "tests.app.apps:app")
+    process = serve("--config", str(config), "--app", "tests.app.apps:app", "--loop", loop)
     try:
         assert process.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), START_TIMEOUT)
         started = json.loads(line)
         assert started["engine"] == "ngtcp2" and started["server_id"] == "0a0b0c0d"
+        assert started["loop"] == loop
         host, port = started["listening"].rsplit(":", 1)
         async with connect(host, int(port), verify=False, reconnect=False) as client:
             for index in range(10):
