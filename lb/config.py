@@ -52,8 +52,6 @@ DEFAULT_LOG_LEVEL = "info"
 MIN_RESET_KEY_LEN = 16
 
 
-
-
 def _family(address: Address) -> str:
     return "IPv6" if ":" in address[0] else "IPv4"
 

@@ -44,6 +44,25 @@ _ANCILLARY_LEN = socket.CMSG_SPACE(EXTENDED_ERROR.size + 28)
 QUOTE_LEN = 256
 
 
+def sendto_past_icmp(sock: socket.socket, data: bytes, address: tuple[str, int]) -> bool:
+    """Send ``data`` to ``address``; whether it left.
+
+    On a socket with ``IP_RECVERR`` an earlier datagram's ICMP error fails the next send once
+    (the previous probe went to a dead backend): that send is retried once, or a live backend
+    after a dead one would never be reached. Any other failure is a datagram that did not
+    leave (UDP: the caller's timeout deals with it).
+    """
+    for _ in range(2):
+        try:
+            sock.sendto(data, address)
+        except OSError as error:
+            if error.errno in ICMP_ERRNOS:
+                continue
+            return False
+        return True
+    return False
+
+
 def enable(sock: socket.socket) -> bool:
     """Ask the kernel to queue ICMP errors on ``sock``; ``False`` where it cannot."""
     try:

@@ -318,13 +318,8 @@ class Pump:
             address=format_address(address),
         )
         packet = probe_packet(config.configs[-1], backend, self._probe_key, time.time())
-        for _ in range(2):
-            try:
-                self.backend.sendto(packet, backend.address)
-            except OSError as error:
-                if error.errno in errqueue.ICMP_ERRNOS:
-                    continue  # an earlier datagram's ICMP error fails one send: retry it
-            break  # sent, or unanswered: the suspicion stands
+        # Sent, or unanswered: the suspicion stands either way.
+        errqueue.sendto_past_icmp(self.backend, packet, backend.address)
 
     def _refuses_own_probe(self, quoted: bytes) -> bool:
         """Whether an ICMP error quotes one of this deployment's probes, sent just now."""

@@ -134,6 +134,23 @@ def uplink_loop(pump: Pump) -> None:
     decoders = pump.router.fast_decoders
     single_pass = pump.router.fast_single_pass
     live = pump.router.fast_uplink
+
+    def forward(
+        parts: list[bytes], control: list[tuple[int, int, bytes]] | None, address: Address
+    ) -> None:
+        """Send ``parts`` as one datagram to a backend, with the client's ECN ``control``."""
+        try:
+            if control is not None:
+                marked_to_backend(parts, control, 0, address)
+            else:
+                to_backend(b"".join(parts), address)
+        except ConnectionRefusedError:  # an earlier datagram's ICMP error: read it, retry
+            pump.read_error_queue()
+            if control is not None:
+                marked_to_backend(parts, control, 0, address)
+            else:
+                to_backend(b"".join(parts), address)
+
     while True:
         try:
             datagram, ancdata, _, client = recvmsg(RECV_BUFFER_LEN, ecn.ANCILLARY_SIZE)
@@ -177,33 +194,13 @@ def uplink_loop(pump: Pump) -> None:
                     # The client's ECN bits travel on the encapsulated datagram (specs/ecn.md).
                     mark = ecn_of(ancdata) if ancdata else 0
                     control = control_for(backend_ipv6, target.address[0], mark) if mark else None
-                    try:
-                        if control is not None:
-                            marked_to_backend([wrapped, datagram], control, 0, target.address)
-                        else:
-                            to_backend(wrapped + datagram, target.address)
-                    except ConnectionRefusedError:  # an earlier datagram's ICMP error
-                        pump.read_error_queue()
-                        if control is not None:
-                            marked_to_backend([wrapped, datagram], control, 0, target.address)
-                        else:
-                            to_backend(wrapped + datagram, target.address)
+                    forward([wrapped, datagram], control, target.address)
                     continue
             decision = route(datagram, client)
             if type(decision) is Forward:
                 mark = ecn_of(ancdata) if ancdata else 0
                 control = control_for(backend_ipv6, decision[0][0], mark) if mark else None
-                try:
-                    if control is not None:
-                        marked_to_backend([decision[1]], control, 0, decision[0])
-                    else:
-                        to_backend(decision[1], decision[0])
-                except ConnectionRefusedError:  # an earlier datagram's ICMP error
-                    pump.read_error_queue()
-                    if control is not None:
-                        marked_to_backend([decision[1]], control, 0, decision[0])
-                    else:
-                        to_backend(decision[1], decision[0])
+                forward([decision[1]], control, decision[0])
             elif type(decision) is Reply:
                 to_client(decision[1], decision[0])
         except OSError as error:

@@ -330,16 +330,8 @@ class Supervisor:
         config = self.config
         packets = probes(config.configs, config.backends, config.reset_key)
         for backend, packet in zip(config.backends, packets, strict=True):
-            for _ in range(2):
-                try:
-                    backend_socket.sendto(packet, backend.address)
-                except OSError as error:
-                    # An ICMP error of an earlier datagram (the previous probe, to a dead
-                    # backend) fails the next send on the socket once: that send is retried,
-                    # or a live backend after a dead one in the list would never be probed.
-                    if error.errno in errqueue.ICMP_ERRNOS:
-                        continue
-                break  # sent, or a probe that cannot leave is a probe unanswered
+            # A probe that cannot leave is a probe unanswered.
+            errqueue.sendto_past_icmp(backend_socket, packet, backend.address)
 
     def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self._reload_requested = True
