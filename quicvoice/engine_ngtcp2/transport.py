@@ -1,9 +1,12 @@
 """The voice layer's ``VoiceTransport`` over one ngtcp2 server connection (raw QUIC only).
 
-``VoiceConnection`` (quicvoice/session/connection.py) runs unchanged on it: it is fed
-aioquic's event types, which ``quic_events`` makes from what the extension reports (stream
-data, DATAGRAM frames, the peer's RESET_STREAM and STOP_SENDING, the handshake's completion,
-the connection's end), and its stream operations map onto the extension's.
+``VoiceConnection`` (quicvoice/session/connection.py) runs unchanged on it: it is fed the
+voice layer's own ``TransportEvent``s, which ``transport_events`` makes from what the extension
+reports (stream data, DATAGRAM frames, the peer's RESET_STREAM and STOP_SENDING, the
+handshake's completion) and ``terminated`` for the connection's end, through
+``VoiceConnection.handle_transport_event``; its stream operations map onto the extension's.
+``quic_events`` makes aioquic's event types instead, for ``handle_event`` (the same events,
+one translation more).
 
 A server's close with last words (``close(..., deliver=...)``) is held until the ``deliver``
 streams are acknowledged, or ``CLOSE_LINGER_MAX`` has passed, like the aioquic glue does; the
@@ -75,8 +78,36 @@ def quic_events(
     return out
 
 
-def terminated(error_code: int, reason: str) -> ConnectionTerminated:
-    """aioquic's event for the end of the connection."""
+def transport_events(
+    native: _ngtcp2.Connection, events: list[tuple[int, bytes, bool]], handshake_seen: bool
+) -> list[TransportEvent]:
+    """The voice layer's events for what one datagram brought on ``native``: those of
+    ``quic_events``, made directly (``Ready`` for ``HandshakeCompleted``, and so on)."""
+    out: list[TransportEvent]
+    if handshake_seen or not native.handshake_completed:
+        out = [
+            Datagram(data) if stream_id < 0 else StreamData(stream_id, data, fin)
+            for stream_id, data, fin in events
+        ]
+    else:
+        out = [Ready()]
+        out += [
+            Datagram(data) if stream_id < 0 else StreamData(stream_id, data, fin)
+            for stream_id, data, fin in events
+        ]
+    aborts = native.take_aborts()
+    if aborts:
+        out += [StreamAborted(stream_id, code, reset) for stream_id, code, reset in aborts]
+    return out
+
+
+def terminated(error_code: int, reason: str) -> Closed:
+    """The voice layer's event for the end of the connection."""
+    return Closed(error_code, reason)
+
+
+def terminated_quic(error_code: int, reason: str) -> ConnectionTerminated:
+    """aioquic's event for the end of the connection (``handle_event``'s input)."""
     return ConnectionTerminated(error_code=error_code, frame_type=None, reason_phrase=reason)
 
 
@@ -99,7 +130,7 @@ class Ngtcp2Transport:
         return MAX_UDP_PAYLOAD - DATAGRAM_OVERHEAD
 
     def handle_event(self, event: QuicEvent) -> list[TransportEvent]:
-        """Translate one event made by ``quic_events`` or ``terminated``."""
+        """Translate one event made by ``quic_events`` or ``terminated_quic``."""
         if isinstance(event, StreamDataReceived):
             return [StreamData(event.stream_id, event.data, event.end_stream)]
         if isinstance(event, DatagramFrameReceived):

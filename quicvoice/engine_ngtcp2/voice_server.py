@@ -61,7 +61,7 @@ from ..store import (
 )
 from .endpoint import Address, EngineConfig, Ngtcp2Endpoint
 from .server import Ngtcp2Server
-from .transport import NS, Ngtcp2Transport, quic_events, terminated
+from .transport import NS, Ngtcp2Transport, terminated, transport_events
 
 if TYPE_CHECKING:
     from .. import _ngtcp2
@@ -138,14 +138,18 @@ class Ngtcp2Call:
             )
         self.peer_address = remote
         self._last_receive = now
-        seconds = now / NS
         native = self.transport.native
         self._receiving = True
         try:
-            for quic_event in quic_events(native, events, self._handshake_seen):
-                for voice_event in self.voice.handle_event(quic_event, seconds):
-                    self._on_voice_event(voice_event)
-            self._handshake_seen = self._handshake_seen or native.handshake_completed
+            handshake_seen = self._handshake_seen
+            seconds = now / NS
+            handle = self.voice.handle_transport_event
+            on_voice_event = self._on_voice_event
+            for transport_event in transport_events(native, events, handshake_seen):
+                for voice_event in handle(transport_event, seconds):
+                    on_voice_event(voice_event)
+            if not handshake_seen:
+                self._handshake_seen = native.handshake_completed
             session = self.session
             if session is not None and session.on_progress is not None:
                 session.on_progress()
@@ -158,7 +162,7 @@ class Ngtcp2Call:
 
     def connection_closed(self, error_code: int, reason: str) -> None:
         """The connection ended: the voice layer and the app learn it (``SessionClosed``)."""
-        for voice_event in self.voice.handle_event(terminated(error_code, reason), 0.0):
+        for voice_event in self.voice.handle_transport_event(terminated(error_code, reason), 0.0):
             self._on_voice_event(voice_event)
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
