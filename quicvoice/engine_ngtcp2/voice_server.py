@@ -48,6 +48,7 @@ from ..session.connection import SessionLimits, State, VoiceConnection
 from ..session.events import AudioReceived, HelloReceived, VoiceEvent
 from ..session.messages import PROTOCOL_VERSION, Hello, Welcome
 from ..session.stats import Migration, SessionStats
+from ..session.transport import Closed, Datagram, Ready, StreamAborted
 from ..settings import format_address
 from ..store import (
     AsyncCheckpointer,
@@ -61,7 +62,7 @@ from ..store import (
 )
 from .endpoint import Address, EngineConfig, Ngtcp2Endpoint
 from .server import Ngtcp2Server
-from .transport import NS, Ngtcp2Transport, terminated, transport_events
+from .transport import NS, Ngtcp2Transport
 
 if TYPE_CHECKING:
     from .. import _ngtcp2
@@ -141,20 +142,39 @@ class Ngtcp2Call:
         native = self.transport.native
         self._receiving = True
         try:
-            handshake_seen = self._handshake_seen
-            seconds = now / NS
-            handle = self.voice.handle_transport_event
-            on_voice_event = self._on_voice_event
-            for transport_event in transport_events(native, events, handshake_seen):
-                for voice_event in handle(transport_event, seconds):
-                    on_voice_event(voice_event)
-            if not handshake_seen:
-                self._handshake_seen = native.handshake_completed
+            self._feed(native, events, now / NS)
             session = self.session
             if session is not None and session.on_progress is not None:
                 session.on_progress()
         finally:
             self._receiving = False
+
+    def _feed(
+        self, native: _ngtcp2.Connection, events: list[tuple[int, bytes, bool]], seconds: float
+    ) -> None:
+        """Hand the voice layer, in order, the handshake's completion (once), the stream data
+        and DATAGRAM frames, then the peer's stream aborts; act on each one's voice events.
+        The voice layer's transport events are made here, without aioquic's in between, and
+        stream data (once per frame) without an event at all."""
+        voice = self.voice
+        on_voice_event = self._on_voice_event
+        aborts = native.take_aborts()
+        if not self._handshake_seen and native.handshake_completed:
+            self._handshake_seen = True
+            for voice_event in voice.handle_transport_event(Ready(), seconds):
+                on_voice_event(voice_event)
+        handle_stream_data = voice.handle_stream_data
+        for stream_id, data, fin in events:
+            if stream_id >= 0:
+                voice_events = handle_stream_data(stream_id, data, fin, seconds)
+            else:
+                voice_events = voice.handle_transport_event(Datagram(data), seconds)
+            for voice_event in voice_events:
+                on_voice_event(voice_event)
+        for stream_id, code, reset in aborts:
+            aborted = StreamAborted(stream_id, code, reset=reset)
+            for voice_event in voice.handle_transport_event(aborted, seconds):
+                on_voice_event(voice_event)
 
     def close_request(self, now: int) -> tuple[int, str] | None:
         """The close the voice layer asked for, once its last words are delivered."""
@@ -162,7 +182,7 @@ class Ngtcp2Call:
 
     def connection_closed(self, error_code: int, reason: str) -> None:
         """The connection ended: the voice layer and the app learn it (``SessionClosed``)."""
-        for voice_event in self.voice.handle_transport_event(terminated(error_code, reason), 0.0):
+        for voice_event in self.voice.handle_transport_event(Closed(error_code, reason), 0.0):
             self._on_voice_event(voice_event)
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
@@ -172,12 +192,11 @@ class Ngtcp2Call:
     # -- voice events -----------------------------------------------------------------------
 
     def _on_voice_event(self, event: VoiceEvent) -> None:
-        if isinstance(event, HelloReceived):
-            loop = asyncio.get_running_loop()
-            self._task = loop.create_task(self._accept(event.hello))
-            return
         session = self.session
         if session is None:
+            if isinstance(event, HelloReceived):
+                loop = asyncio.get_running_loop()
+                self._task = loop.create_task(self._accept(event.hello))
             return
         if isinstance(event, AudioReceived):
             jitter = session.jitter_buffer

@@ -216,6 +216,20 @@ class VoiceConnection:
         self._handle(event, now, out)
         return out
 
+    def handle_stream_data(
+        self, stream_id: int, data: bytes, end_stream: bool, now: float
+    ) -> list[VoiceEvent]:
+        """``handle_transport_event(StreamData(stream_id, data, end_stream), now)`` without
+        making the event: the per-frame entry of a shell that has the three values at hand."""
+        out: list[VoiceEvent] = []
+        if self.state is State.CLOSED:
+            return out
+        try:
+            self._on_stream_data(stream_id, data, end_stream, now, out)
+        except ProtocolError as error:
+            self._abort(error)
+        return out
+
     def _handle(self, event: TransportEvent, now: float, out: list[VoiceEvent]) -> None:
         if self.state is State.CLOSED and not isinstance(event, Closed):
             return
