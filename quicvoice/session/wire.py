@@ -141,6 +141,12 @@ class FrameReader:
 
     def feed(self, data: bytes, end_stream: bool = False) -> list[MediaFrame]:
         """Return every frame completed by ``data``; check truncation when ``end_stream``."""
+        if not self._buffer and len(data) > _PREFIXED_HEADER.size and data[0] >> 6 == 1:
+            # The usual case, one whole frame with a 2-octet length prefix, without the loop.
+            length = ((data[0] & 0x3F) << 8) | data[1]
+            if length == len(data) - 2 and length <= MAX_FRAME_LEN:
+                seq, timestamp = FRAME_HEADER.unpack_from(data, 2)
+                return [MediaFrame(seq, timestamp, data[_PREFIXED_HEADER.size :])]
         buffer = self._buffer + data if self._buffer else data
         frames = []
         position = 0
