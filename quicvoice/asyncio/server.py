@@ -130,6 +130,8 @@ class ServerSession:
         caller: Caller | None = None,
     ) -> None:
         self._connection = connection
+        # The connection's voice layer is fixed once a session exists (used once per frame).
+        self._voice = connection.voice_connection()
         #: What the client asked for.
         self.hello = hello
         #: The session as accepted (``started.resumed``: it continues an earlier connection).
@@ -200,7 +202,7 @@ class ServerSession:
 
     def turn_send_offsets(self, turn_id: int) -> tuple[int, int] | None:
         """(acknowledged, written) octet offsets of a turn's stream; ``None``: forgotten."""
-        return self._connection.voice_connection().turn_send_offsets(turn_id)
+        return self._voice.turn_send_offsets(turn_id)
 
     async def receive(self) -> VoiceEvent:
         """Wait for the next event; after ``SessionClosed`` it is returned again forever."""
@@ -223,26 +225,26 @@ class ServerSession:
 
     def start_turn(self) -> int:
         """Open a response turn; return its ID."""
-        turn_id = self._connection.voice_connection().start_turn()
+        turn_id = self._voice.start_turn()
         self._connection.telemetry.turn_started(turn_id)
         self._connection.transmit_soon()
         return turn_id
 
     def send_turn_audio(self, turn_id: int, payload: bytes, timestamp: int) -> bool:
         """Queue a frame of a turn; False when the turn was cancelled (stop generating it)."""
-        sent = self._connection.voice_connection().send_turn_audio(turn_id, payload, timestamp)
+        sent = self._voice.send_turn_audio(turn_id, payload, timestamp)
         self._connection.transmit_soon()
         return sent
 
     def end_turn(self, turn_id: int) -> None:
         """Finish a turn."""
-        self._connection.voice_connection().end_turn(turn_id)
+        self._voice.end_turn(turn_id)
         self._connection.telemetry.turn_ended(turn_id)
         self._connection.transmit_soon()
 
     def cancel_turn(self, turn_id: int) -> None:
         """Cancel a turn from the server side (the agent changed its mind)."""
-        for event in self._connection.voice_connection().cancel_turn(turn_id):
+        for event in self._voice.cancel_turn(turn_id):
             if isinstance(event, TurnCancelled):
                 self.deliver(event)
         self._connection.telemetry.turn_ended(turn_id, cancelled_by="server")
@@ -250,17 +252,17 @@ class ServerSession:
 
     def send_event(self, name: str, data: Any = None) -> None:
         """Send an application event to the client."""
-        self._connection.voice_connection().send_event(name, data)
+        self._voice.send_event(name, data)
         self._connection.transmit_soon()
 
     def send_bye(self) -> None:
         """Tell the client how many uplink frames arrived."""
-        self._connection.voice_connection().send_bye()
+        self._voice.send_bye()
         self._connection.transmit_soon()
 
     def close(self, code: ErrorCode | int = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close the session's connection (``code``: an ``ErrorCode`` or an application's)."""
-        self._connection.voice_connection().close(code, reason)
+        self._voice.close(code, reason)
         self._connection.transmit_soon()
 
     def stats(self) -> SessionStats:

@@ -1,9 +1,12 @@
 """The voice layer's ``VoiceTransport`` over one ngtcp2 server connection (raw QUIC only).
 
-``VoiceConnection`` (quicvoice/session/connection.py) runs unchanged on it: it is fed
-aioquic's event types, which ``quic_events`` makes from what the extension reports (stream
-data, DATAGRAM frames, the peer's RESET_STREAM and STOP_SENDING, the handshake's completion,
-the connection's end), and its stream operations map onto the extension's.
+``VoiceConnection`` (quicvoice/session/connection.py) runs unchanged on it. The shell
+(``voice_server.Ngtcp2Call``) feeds it the voice layer's own transport events, made from what
+the extension reports (stream data, DATAGRAM frames, the peer's RESET_STREAM and STOP_SENDING,
+the handshake's completion, the connection's end), through
+``VoiceConnection.handle_transport_event`` and ``handle_stream_data``: no aioquic event is
+made on this engine. ``handle_event`` still translates aioquic's events, as every
+``VoiceTransport`` does. Its stream operations map onto the extension's.
 
 A server's close with last words (``close(..., deliver=...)``) is held until the ``deliver``
 streams are acknowledged, or ``CLOSE_LINGER_MAX`` has passed, like the aioquic glue does; the
@@ -27,7 +30,6 @@ from aioquic.quic.events import (
 
 from ..errors import InvalidStateError
 from ..session.transport import (
-    ALPN_VOICE,
     DATAGRAM_OVERHEAD,
     Closed,
     Datagram,
@@ -45,39 +47,6 @@ NS = 1_000_000_000
 CLOSE_LINGER_MAX = NS
 #: The largest UDP payload the extension writes.
 MAX_UDP_PAYLOAD = 1452
-
-
-def quic_events(
-    native: _ngtcp2.Connection, events: list[tuple[int, bytes, bool]], handshake_seen: bool
-) -> list[QuicEvent]:
-    """aioquic's events for what one datagram brought on ``native``.
-
-    ``HandshakeCompleted`` comes first when the handshake completed and ``handshake_seen`` is
-    false; then stream data and DATAGRAM frames in order; then the peer's stream aborts.
-    """
-    out: list[QuicEvent] = []
-    if not handshake_seen and native.handshake_completed:
-        out.append(
-            HandshakeCompleted(
-                alpn_protocol=ALPN_VOICE, early_data_accepted=False, session_resumed=False
-            )
-        )
-    for stream_id, data, fin in events:
-        if stream_id < 0:
-            out.append(DatagramFrameReceived(data=data))
-        else:
-            out.append(StreamDataReceived(data=data, end_stream=fin, stream_id=stream_id))
-    for stream_id, code, reset in native.take_aborts():
-        if reset:
-            out.append(StreamReset(error_code=code, stream_id=stream_id))
-        else:
-            out.append(StopSendingReceived(error_code=code, stream_id=stream_id))
-    return out
-
-
-def terminated(error_code: int, reason: str) -> ConnectionTerminated:
-    """aioquic's event for the end of the connection."""
-    return ConnectionTerminated(error_code=error_code, frame_type=None, reason_phrase=reason)
 
 
 class Ngtcp2Transport:
@@ -99,7 +68,8 @@ class Ngtcp2Transport:
         return MAX_UDP_PAYLOAD - DATAGRAM_OVERHEAD
 
     def handle_event(self, event: QuicEvent) -> list[TransportEvent]:
-        """Translate one event made by ``quic_events`` or ``terminated``."""
+        """Translate one of aioquic's events (the ``VoiceTransport`` interface; this engine's
+        shell makes transport events itself and never calls it)."""
         if isinstance(event, StreamDataReceived):
             return [StreamData(event.stream_id, event.data, event.end_stream)]
         if isinstance(event, DatagramFrameReceived):

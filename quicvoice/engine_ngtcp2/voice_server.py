@@ -48,6 +48,7 @@ from ..session.connection import SessionLimits, State, VoiceConnection
 from ..session.events import AudioReceived, HelloReceived, VoiceEvent
 from ..session.messages import PROTOCOL_VERSION, Hello, Welcome
 from ..session.stats import Migration, SessionStats
+from ..session.transport import Closed, Datagram, Ready, StreamAborted
 from ..settings import format_address
 from ..store import (
     AsyncCheckpointer,
@@ -61,7 +62,7 @@ from ..store import (
 )
 from .endpoint import Address, EngineConfig, Ngtcp2Endpoint
 from .server import Ngtcp2Server
-from .transport import NS, Ngtcp2Transport, quic_events, terminated
+from .transport import NS, Ngtcp2Transport
 
 if TYPE_CHECKING:
     from .. import _ngtcp2
@@ -138,19 +139,42 @@ class Ngtcp2Call:
             )
         self.peer_address = remote
         self._last_receive = now
-        seconds = now / NS
         native = self.transport.native
         self._receiving = True
         try:
-            for quic_event in quic_events(native, events, self._handshake_seen):
-                for voice_event in self.voice.handle_event(quic_event, seconds):
-                    self._on_voice_event(voice_event)
-            self._handshake_seen = self._handshake_seen or native.handshake_completed
+            self._feed(native, events, now / NS)
             session = self.session
             if session is not None and session.on_progress is not None:
                 session.on_progress()
         finally:
             self._receiving = False
+
+    def _feed(
+        self, native: _ngtcp2.Connection, events: list[tuple[int, bytes, bool]], seconds: float
+    ) -> None:
+        """Hand the voice layer, in order, the handshake's completion (once), the stream data
+        and DATAGRAM frames, then the peer's stream aborts; act on each one's voice events.
+        The voice layer's transport events are made here, without aioquic's in between, and
+        stream data (once per frame) without an event at all."""
+        voice = self.voice
+        on_voice_event = self._on_voice_event
+        aborts = native.take_aborts()
+        if not self._handshake_seen and native.handshake_completed:
+            self._handshake_seen = True
+            for voice_event in voice.handle_transport_event(Ready(), seconds):
+                on_voice_event(voice_event)
+        handle_stream_data = voice.handle_stream_data
+        for stream_id, data, fin in events:
+            if stream_id >= 0:
+                voice_events = handle_stream_data(stream_id, data, fin, seconds)
+            else:
+                voice_events = voice.handle_transport_event(Datagram(data), seconds)
+            for voice_event in voice_events:
+                on_voice_event(voice_event)
+        for stream_id, code, reset in aborts:
+            aborted = StreamAborted(stream_id, code, reset=reset)
+            for voice_event in voice.handle_transport_event(aborted, seconds):
+                on_voice_event(voice_event)
 
     def close_request(self, now: int) -> tuple[int, str] | None:
         """The close the voice layer asked for, once its last words are delivered."""
@@ -158,7 +182,7 @@ class Ngtcp2Call:
 
     def connection_closed(self, error_code: int, reason: str) -> None:
         """The connection ended: the voice layer and the app learn it (``SessionClosed``)."""
-        for voice_event in self.voice.handle_event(terminated(error_code, reason), 0.0):
+        for voice_event in self.voice.handle_transport_event(Closed(error_code, reason), 0.0):
             self._on_voice_event(voice_event)
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
@@ -168,12 +192,11 @@ class Ngtcp2Call:
     # -- voice events -----------------------------------------------------------------------
 
     def _on_voice_event(self, event: VoiceEvent) -> None:
-        if isinstance(event, HelloReceived):
-            loop = asyncio.get_running_loop()
-            self._task = loop.create_task(self._accept(event.hello))
-            return
         session = self.session
         if session is None:
+            if isinstance(event, HelloReceived):
+                loop = asyncio.get_running_loop()
+                self._task = loop.create_task(self._accept(event.hello))
             return
         if isinstance(event, AudioReceived):
             jitter = session.jitter_buffer

@@ -2,7 +2,9 @@
 
 ``VoiceConnection`` wraps a ``VoiceTransport`` the way aioquic's ``H3Connection`` wraps a
 ``QuicConnection``: feed it every QUIC event with ``handle_event(event, now)``, get back voice
-events; call its methods to send, then let the I/O shell transmit what aioquic queued.
+events; call its methods to send, then let the I/O shell transmit what aioquic queued. An
+engine whose shell makes the transport's events itself (ngtcp2) feeds those to
+``handle_transport_event(event, now)`` instead, skipping the aioquic event in between.
 
 Control messages allowed in each state (anything else is a ``ProtocolError``):
 
@@ -77,10 +79,14 @@ from .wire import (
     decode_datagram,
     encode_datagram,
     encode_frame,
+    encode_frame_fields,
     encode_stream_header,
 )
 
 U32 = 1 << 32
+#: What opening a stream may add to its unacknowledged octets besides what this layer writes
+#: (a WebTransport stream's preamble: two varints), for the backlog bound of ``send_turn_audio``.
+STREAM_OPEN_SLACK = 64
 
 
 class State(Enum):
@@ -168,6 +174,9 @@ class VoiceConnection:
         self._turns_playing: dict[int, None] = {}
         self._next_turn_id = 0
         self._next_seq = 0
+        # An upper bound of the octets the turn streams hold unacknowledged: the sum measured
+        # at the last full check, plus what was written to turns since (see _backlog_exceeded).
+        self._backlog_bound = 0
         self._datagram_times: deque[float] = deque()
         self._arrivals: ArrivalStats | None = None
         #: Server: what every uplink payload must look like, once the session has started.
@@ -193,17 +202,45 @@ class VoiceConnection:
         """Handle one QUIC event received at ``now`` (seconds); return the voice events."""
         out: list[VoiceEvent] = []
         for transport_event in self._transport.handle_event(event):
-            if self.state is State.CLOSED and not isinstance(transport_event, Closed):
-                continue
-            try:
-                self._dispatch(transport_event, now, out)
-            except ProtocolError as error:
-                self._abort(error)
+            self._handle(transport_event, now, out)
         return out
+
+    def handle_transport_event(self, event: TransportEvent, now: float) -> list[VoiceEvent]:
+        """Handle one transport event received at ``now`` (seconds); return the voice events.
+
+        For a shell that makes this connection's ``TransportEvent``s itself (the ngtcp2
+        engine): the same as ``handle_event`` of the QUIC event it stands for, without making
+        that. A ``ProtocolError`` in the peer's input closes the session with its code, as there.
+        """
+        out: list[VoiceEvent] = []
+        self._handle(event, now, out)
+        return out
+
+    def handle_stream_data(
+        self, stream_id: int, data: bytes, end_stream: bool, now: float
+    ) -> list[VoiceEvent]:
+        """``handle_transport_event(StreamData(stream_id, data, end_stream), now)`` without
+        making the event: the per-frame entry of a shell that has the three values at hand."""
+        out: list[VoiceEvent] = []
+        if self.state is State.CLOSED:
+            return out
+        try:
+            self._on_stream_data(stream_id, data, end_stream, now, out)
+        except ProtocolError as error:
+            self._abort(error)
+        return out
+
+    def _handle(self, event: TransportEvent, now: float, out: list[VoiceEvent]) -> None:
+        if self.state is State.CLOSED and not isinstance(event, Closed):
+            return
+        try:
+            self._dispatch(event, now, out)
+        except ProtocolError as error:
+            self._abort(error)
 
     def _dispatch(self, event: TransportEvent, now: float, out: list[VoiceEvent]) -> None:
         if isinstance(event, StreamData):
-            self._on_stream_data(event, now, out)
+            self._on_stream_data(event.stream_id, event.data, event.end_stream, now, out)
         elif isinstance(event, Datagram):
             self._on_datagram(event.data, now, out)
         elif isinstance(event, StreamAborted):
@@ -218,64 +255,91 @@ class VoiceConnection:
             self.state = State.CLOSED
             out.append(SessionClosed(error_code=event.error_code, reason=event.reason))
 
-    def _on_stream_data(self, event: StreamData, now: float, out: list[VoiceEvent]) -> None:
-        stream_id = event.stream_id
-        self._stats["bytes_received"] += len(event.data)
+    def _on_stream_data(
+        self, stream_id: int, data: bytes, end_stream: bool, now: float, out: list[VoiceEvent]
+    ) -> None:
+        self._stats["bytes_received"] += len(data)
+        inbound = self._inbound.get(stream_id)
+        if inbound is not None and inbound.kind is StreamKind.UPLINK:
+            # The per-frame case: more of the open uplink (it passed every check below when
+            # it opened, and an uplink is never cancelled).
+            self._on_uplink_data(inbound, data, end_stream, now, out)
+            if end_stream:
+                del self._inbound[stream_id]
+            return
         if stream_id == self._control_stream_id or (
             self._control_stream_id is None
             and not self.is_client
             and self._transport.is_peer_bidi_stream(stream_id)
         ):
             self._control_stream_id = stream_id
-            for message in self._control_reader.feed(event.data, event.end_stream):
+            for message in self._control_reader.feed(data, end_stream):
                 self._on_message(message, out)
             return
         if self._transport.is_peer_bidi_stream(stream_id) or not self._is_peer_uni(stream_id):
             self._refuse_stream(stream_id)
             return
-        inbound = self._inbound.get(stream_id)
         if inbound is None:
             if len(self._inbound) >= self.limits.max_open_peer_streams:
                 raise ProtocolError("too many open streams", ErrorCode.LIMIT_EXCEEDED)
             inbound = self._inbound[stream_id] = _InboundStream(StreamHeaderReader(), FrameReader())
-        data: bytes | None = event.data
+        rest: bytes | None = data
         # Media that arrives before the session has started waits for it (see SessionLimits).
         sink = out if self.state is State.ACTIVE else self._early_events
         if inbound.kind is None:
-            data = inbound.header.feed(event.data)
-            if data is None:
-                if event.end_stream:
+            rest = inbound.header.feed(data)
+            if rest is None:
+                if end_stream:
                     raise ProtocolError("stream ended inside its header", ErrorCode.STREAM_ERROR)
                 return
             self._on_stream_opened(stream_id, inbound, sink)
         if inbound.cancelled:
-            if event.end_stream:
+            if end_stream:
                 del self._inbound[stream_id]
             return
-        frames = inbound.frames.feed(data or b"", event.end_stream)
         if inbound.kind is StreamKind.UPLINK:
-            arrivals = self._arrivals
-            check = self._uplink_check
-            for frame in frames:
-                if check is not None:
-                    check.check(frame.payload)
-                if arrivals is not None:
-                    arrivals.on_frame(frame.seq, frame.timestamp, now)
-                sink.append(AudioReceived(frame=frame))
-            self._stats["uplink_frames_received"] += len(frames)
-            if event.end_stream:
-                sink.append(UplinkEnded())
+            self._on_uplink_data(inbound, rest or b"", end_stream, now, out)
         else:
+            frames = inbound.frames.feed(rest or b"", end_stream)
             turn_id = inbound.turn_id
             sink.extend(AudioReceived(frame=frame, turn_id=turn_id) for frame in frames)
             self._stats["downlink_frames_received"] += len(frames)
-            if event.end_stream:
+            if end_stream:
                 assert turn_id is not None
                 self._turns_ended.add(turn_id)
                 self._playing(turn_id)
                 sink.append(TurnEnded(turn_id=turn_id))
-        if event.end_stream:
+            self._check_early_events()
+        if end_stream:
             del self._inbound[stream_id]
+
+    def _on_uplink_data(
+        self,
+        inbound: _InboundStream,
+        data: bytes,
+        end_stream: bool,
+        now: float,
+        out: list[VoiceEvent],
+    ) -> None:
+        """Frames of the reliable uplink, past its header."""
+        frames = inbound.frames.feed(data, end_stream)
+        # Media that arrives before the session has started waits for it (see SessionLimits).
+        sink = out if self.state is State.ACTIVE else self._early_events
+        arrivals = self._arrivals
+        check = self._uplink_check
+        for frame in frames:
+            if check is not None:
+                check.check(frame.payload)
+            if arrivals is not None:
+                arrivals.on_frame(frame.seq, frame.timestamp, now)
+            sink.append(AudioReceived(frame=frame))
+        self._stats["uplink_frames_received"] += len(frames)
+        if end_stream:
+            sink.append(UplinkEnded())
+        if sink is not out:
+            self._check_early_events()
+
+    def _check_early_events(self) -> None:
         if len(self._early_events) > self.limits.max_early_events:
             raise ProtocolError(
                 "too much media before the session started", ErrorCode.LIMIT_EXCEEDED
@@ -540,7 +604,9 @@ class VoiceConnection:
         stream_id = self._transport.open_stream(unidirectional=True)
         self._turn_streams[turn_id] = stream_id
         self._stats["turns"] += 1
-        self._send(stream_id, encode_stream_header(StreamKind.TURN, turn_id))
+        header = encode_stream_header(StreamKind.TURN, turn_id)
+        self._backlog_bound += STREAM_OPEN_SLACK + len(header)
+        self._send(stream_id, header)
         return turn_id
 
     def send_turn_audio(self, turn_id: int, payload: bytes, timestamp: int) -> bool:
@@ -550,10 +616,14 @@ class VoiceConnection:
             return False
         if self._backlog_exceeded():
             return False
-        frame = MediaFrame(self._next_seq, timestamp % U32, payload)
-        self._next_seq = (self._next_seq + 1) % U32
-        self._send(stream_id, encode_frame(frame))
-        self._stats["downlink_frames_sent"] += 1
+        seq = self._next_seq
+        self._next_seq = (seq + 1) % U32
+        data = encode_frame_fields(seq, timestamp, payload)
+        self._backlog_bound += len(data)
+        stats = self._stats
+        stats["bytes_sent"] += len(data)
+        self._transport.send(stream_id, data, False)
+        stats["downlink_frames_sent"] += 1
         return True
 
     def end_turn(self, turn_id: int) -> None:
@@ -653,6 +723,13 @@ class VoiceConnection:
 
     def _backlog_exceeded(self) -> bool:
         """Close the session when the peer leaves too much of what we sent unacknowledged."""
+        if self._backlog_bound <= self.limits.max_unacked_bytes and self._turns_ended.isdisjoint(
+            self._turn_streams
+        ):
+            # What the turns hold unacknowledged only grows by what is written to them, so
+            # the bound cannot be exceeded yet: no need to ask the transport, per stream, per
+            # frame. (Turns ended and not yet forgotten take the full check below.)
+            return False
         transport = self._transport
         backlog = 0
         for turn_id, stream_id in list(self._turn_streams.items()):
@@ -662,6 +739,7 @@ class VoiceConnection:
                 # only the turns still in flight however long the call.
                 del self._turn_streams[turn_id]
             backlog += unacked
+        self._backlog_bound = backlog
         if backlog <= self.limits.max_unacked_bytes:
             return False
         self._abort(

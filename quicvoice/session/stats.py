@@ -53,27 +53,29 @@ class ArrivalStats:
 
     def on_frame(self, seq: int, timestamp: int, arrival: float) -> None:
         """Account for one frame that arrived at ``arrival`` seconds."""
-        if seq in self._seen_recent:
+        seen = self._seen_recent
+        if seq in seen:
             self.duplicates += 1
             return
-        self._seen_recent.add(seq)
-        if len(self._seen_recent) > 1024:
-            self._seen_recent = {s for s in self._seen_recent if (seq - s) % U32 < 512}
+        seen.add(seq)
+        if len(seen) > 1024:
+            self._seen_recent = {s for s in seen if (seq - s) % U32 < 512}
         self.frames += 1
-        if self._highest_seq is None:
+        highest = self._highest_seq
+        if highest is None:
             self._highest_seq = seq
         else:
-            ahead = (seq - self._highest_seq) % U32
+            ahead = (seq - highest) % U32
             if 0 < ahead < U32 // 2:
                 self.lost += ahead - 1
                 self._highest_seq = seq
             elif self.lost > 0:
                 self.lost -= 1  # a reordered frame fills an earlier gap
         transit = arrival - timestamp / self.clock_rate
-        if self._last_transit is not None:
+        last = self._last_transit
+        if last is not None:
             # RFC 3550 §6.4.1: J += (|D| - J) / 16, D the change in transit time.
-            difference = abs(transit - self._last_transit)
-            self.jitter += (difference - self.jitter) / 16
+            self.jitter += (abs(transit - last) - self.jitter) / 16
         self._last_transit = transit
         if transit < self._min_transit:
             self._min_transit = transit

@@ -21,6 +21,9 @@ FRAME_HEADER_LEN = FRAME_HEADER.size
 MAX_FRAME_PAYLOAD = 4096
 MAX_FRAME_LEN = FRAME_HEADER_LEN + MAX_FRAME_PAYLOAD
 U32 = 1 << 32
+#: A frame's length prefix (a 1- or a 2-octet varint) and its header, packed at once.
+_SHORT_PREFIXED_HEADER = struct.Struct("!BII")
+_PREFIXED_HEADER = struct.Struct("!HII")
 
 
 def read_varint(buffer: bytes, position: int) -> tuple[int, int] | None:
@@ -70,12 +73,19 @@ class MediaFrame:
 
 def encode_frame(frame: MediaFrame) -> bytes:
     """Return ``frame`` with its length prefix, as written on a stream."""
-    if len(frame.payload) > MAX_FRAME_PAYLOAD:
-        raise ValueError(
-            f"frame payload of {len(frame.payload)} octets exceeds {MAX_FRAME_PAYLOAD}"
-        )
-    body = FRAME_HEADER.pack(frame.seq % U32, frame.timestamp % U32) + frame.payload
-    return encode_uint_var(len(body)) + body
+    return encode_frame_fields(frame.seq, frame.timestamp, frame.payload)
+
+
+def encode_frame_fields(seq: int, timestamp: int, payload: bytes) -> bytes:
+    """``encode_frame`` of a frame given by its fields (no ``MediaFrame`` made: the send path
+    runs once per frame)."""
+    length = FRAME_HEADER_LEN + len(payload)
+    if length > MAX_FRAME_LEN:
+        raise ValueError(f"frame payload of {len(payload)} octets exceeds {MAX_FRAME_PAYLOAD}")
+    # RFC 9000 §16: MAX_FRAME_LEN < 2**14, so the length prefix is a 1- or 2-octet varint.
+    if length < 0x40:
+        return _SHORT_PREFIXED_HEADER.pack(length, seq % U32, timestamp % U32) + payload
+    return _PREFIXED_HEADER.pack(0x4000 | length, seq % U32, timestamp % U32) + payload
 
 
 def encode_stream_header(kind: StreamKind, turn_id: int | None = None) -> bytes:
@@ -131,24 +141,35 @@ class FrameReader:
 
     def feed(self, data: bytes, end_stream: bool = False) -> list[MediaFrame]:
         """Return every frame completed by ``data``; check truncation when ``end_stream``."""
+        if not self._buffer and len(data) > _PREFIXED_HEADER.size and data[0] >> 6 == 1:
+            # The usual case, one whole frame with a 2-octet length prefix, without the loop.
+            length = ((data[0] & 0x3F) << 8) | data[1]
+            if length == len(data) - 2 and length <= MAX_FRAME_LEN:
+                seq, timestamp = FRAME_HEADER.unpack_from(data, 2)
+                return [MediaFrame(seq, timestamp, data[_PREFIXED_HEADER.size :])]
         buffer = self._buffer + data if self._buffer else data
         frames = []
         position = 0
         size = len(buffer)
+        unpack_from = FRAME_HEADER.unpack_from
         while position < size:
-            prefix = read_varint(buffer, position)
-            if prefix is None:
+            # read_varint inlined (it runs once per frame): RFC 9000 §16.
+            first = buffer[position]
+            start = position + (1 << (first >> 6))
+            if start > size:
                 break
-            length, start = prefix
+            length = first & 0x3F
+            for index in range(position + 1, start):
+                length = (length << 8) | buffer[index]
             if length < FRAME_HEADER_LEN or length > MAX_FRAME_LEN:
                 raise ProtocolError(f"frame length {length} out of range", ErrorCode.FRAME_ERROR)
             end = start + length
             if end > size:
                 break
-            seq, timestamp = FRAME_HEADER.unpack_from(buffer, start)
+            seq, timestamp = unpack_from(buffer, start)
             frames.append(MediaFrame(seq, timestamp, buffer[start + FRAME_HEADER_LEN : end]))
             position = end
-        self._buffer = buffer[position:]
+        self._buffer = buffer[position:] if position < size else b""
         if end_stream and self._buffer:
             raise ProtocolError("stream ended inside a frame", ErrorCode.FRAME_ERROR)
         return frames
