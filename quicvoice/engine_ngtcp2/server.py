@@ -49,6 +49,8 @@ class Ngtcp2Server:
         #: Batches read (``recvmmsg`` calls that returned datagrams), and the datagrams in them.
         self.reads = 0
         self.datagrams_received = 0
+        #: Datagrams sent.
+        self.datagrams_sent = 0
         #: Set once the socket is closed (``close`` or ``abort``): its port is free.
         self.socket_closed = asyncio.Event()
 
@@ -111,7 +113,8 @@ class Ngtcp2Server:
     def _send(self, datagrams: Datagrams) -> None:
         sock = self._socket
         if sock is not None and datagrams:
-            _, failed = self._batch.send(sock.fileno(), sock.family, datagrams)
+            sent, failed = self._batch.send(sock.fileno(), sock.family, datagrams)
+            self.datagrams_sent += sent
             self.send_failures += failed
         self._arm()
 
