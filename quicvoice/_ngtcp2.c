@@ -501,8 +501,11 @@ static int connection_init(ConnectionObject *self, PyObject *args, PyObject *kwa
     params.initial_max_stream_data_bidi_remote = 256 * 1024;
     params.initial_max_stream_data_uni = 256 * 1024;
     params.initial_max_data = 1024 * 1024;
-    params.initial_max_streams_bidi = 4;
-    params.initial_max_streams_uni = 16;
+    /* As many as aioquic allows (128 each): the voice layer's own limits (SessionLimits:
+     * unexpected streams, open peer streams) then close a peer that opens too many with
+     * LIMIT_EXCEEDED on both engines, instead of this engine holding it back silently. */
+    params.initial_max_streams_bidi = 128;
+    params.initial_max_streams_uni = 128;
     params.max_idle_timeout = (ngtcp2_duration)idle_ms * NGTCP2_MILLISECONDS;
     params.active_connection_id_limit = 8;
     params.max_datagram_frame_size = 65535;

@@ -1,10 +1,15 @@
 """Per-peer resource limits (SessionLimits, specs/protocol.md) on a real loopback server: each
 bad peer hits its documented limit, is closed with the documented code, and a well-behaved
-call on the same server, afterwards, works end to end."""
+call on the same server, afterwards, works end to end. On every engine (issue 14: the same
+answer to the same bad input), except the realtime datagram queue, which only the aioquic
+engine sends."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import msgpack
 import pytest
@@ -13,13 +18,15 @@ from aioquic.quic.events import ConnectionTerminated
 
 from quicvoice.agent import demo_agent
 from quicvoice.asyncio.client import connect
+from quicvoice.asyncio.config import BackendConfig
 from quicvoice.asyncio.server import ServerSession
+from quicvoice.engine_ngtcp2 import AVAILABLE, UNAVAILABLE
 from quicvoice.quic import pending_datagrams
 from quicvoice.session.codes import ErrorCode
 from quicvoice.session.connection import SessionLimits, State
 from quicvoice.session.messages import MAX_MESSAGE_LEN, Hello, UplinkMode
 from quicvoice.session.wire import MediaFrame, StreamKind, encode_frame, encode_stream_header
-from tests.integration.voice_harness import running_server
+from tests.integration.voice_harness import LB_CONFIG, SERVER_ID, running_server
 
 from .raw import FRAME, RawPeer, normal_call
 
@@ -45,6 +52,53 @@ async def handler(session: ServerSession) -> None:
     flooded.append((frames, session._connection.voice_connection().state))
 
 
+ENGINES = [
+    "aioquic",
+    pytest.param(
+        "ngtcp2",
+        marks=pytest.mark.skipif(not AVAILABLE, reason=f"ngtcp2 engine not built: {UNAVAILABLE}"),
+    ),
+]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield request.param
+
+
+class _Backend:
+    """What these tests use of a running backend, whatever its engine."""
+
+    def __init__(self, address: tuple[str, int], server: Any) -> None:
+        self.address = address
+        self._server = server
+
+    def sessions(self) -> list[ServerSession]:
+        return list(self._server.sessions())
+
+
+@asynccontextmanager
+async def running_backend(engine: str) -> AsyncIterator[_Backend]:
+    """A backend on ``engine`` running ``handler`` on a free loopback port."""
+    if engine == "aioquic":
+        async with running_server(handler) as server:
+            yield _Backend(server.address, server)
+        return
+    from quicvoice.engine_ngtcp2.backend import voice_server
+
+    config = BackendConfig(
+        listen=("127.0.0.1", 0), server_id=SERVER_ID, configs=(LB_CONFIG,), engine="ngtcp2"
+    )
+    ngtcp2, _ = voice_server(config, handler)
+    address = await ngtcp2.start()
+    try:
+        yield _Backend(address, ngtcp2)
+    finally:
+        ngtcp2.close()
+        if ngtcp2.services is not None:
+            await ngtcp2.services.aclose()
+
+
 def run(scenario: object) -> None:
     asyncio.run(asyncio.wait_for(scenario, 60))  # type: ignore[arg-type]
 
@@ -54,9 +108,9 @@ async def _bad_peer_closed_with(server_address: tuple[str, int], peer: RawPeer) 
     return peer.close_code()
 
 
-def test_too_many_unexpected_streams() -> None:
+def test_too_many_unexpected_streams(engine: str) -> None:
     async def scenario() -> None:
-        async with running_server(handler) as server:
+        async with running_backend(engine) as server:
             peer = RawPeer(server.address)
             try:
                 await peer.start_session()
@@ -71,9 +125,9 @@ def test_too_many_unexpected_streams() -> None:
     run(scenario())
 
 
-def test_too_many_open_unidirectional_streams() -> None:
+def test_too_many_open_unidirectional_streams(engine: str) -> None:
     async def scenario() -> None:
-        async with running_server(handler) as server:
+        async with running_backend(engine) as server:
             peer = RawPeer(server.address)
             try:
                 await peer.start_session()
@@ -100,11 +154,11 @@ def _event_body(size: int) -> bytes:
         padding += size - len(body)
 
 
-def test_control_message_size() -> None:
+def test_control_message_size(engine: str) -> None:
     """A message of exactly 64 KiB is read; a longer length prefix closes at once."""
 
     async def scenario() -> None:
-        async with running_server(handler) as server:
+        async with running_backend(engine) as server:
             peer = RawPeer(server.address)
             try:
                 await peer.start_session()
@@ -122,11 +176,11 @@ def test_control_message_size() -> None:
     run(scenario())
 
 
-def test_early_media_is_bounded() -> None:
+def test_early_media_is_bounded(engine: str) -> None:
     """Uplink frames before ``hello`` are held up to max_early_events, then the session closes."""
 
     async def scenario() -> None:
-        async with running_server(handler) as server:
+        async with running_backend(engine) as server:
             peer = RawPeer(server.address)
             try:
                 await peer.handshake()
@@ -143,9 +197,9 @@ def test_early_media_is_bounded() -> None:
     run(scenario())
 
 
-def test_early_media_within_the_bound_is_delivered() -> None:
+def test_early_media_within_the_bound_is_delivered(engine: str) -> None:
     async def scenario() -> None:
-        async with running_server(handler) as server:
+        async with running_backend(engine) as server:
             peer = RawPeer(server.address)
             try:
                 await peer.handshake()
@@ -167,13 +221,13 @@ def test_early_media_within_the_bound_is_delivered() -> None:
     run(scenario())
 
 
-def test_peer_that_never_reads_is_cut_off_at_max_unacked_bytes() -> None:
+def test_peer_that_never_reads_is_cut_off_at_max_unacked_bytes(engine: str) -> None:
     """The client stops acknowledging after ``welcome``; the server's turn backlog stops at
     8 MiB (SessionLimits.max_unacked_bytes) and the session closes; others carry on."""
 
     async def scenario() -> None:
         flooded.clear()
-        async with running_server(handler) as server:
+        async with running_backend(engine) as server:
             peer = RawPeer(server.address)
             try:
                 await peer.start_session(Hello(codecs=(FLOOD_CODEC,)))
