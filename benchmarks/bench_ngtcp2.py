@@ -60,7 +60,6 @@ async def report_forever(count: Any) -> None:
 
 
 async def serve_ngtcp2(port: int) -> None:
-    from cryptography.hazmat.primitives import serialization
 
     from quicvoice.certificates import generate_certificate
     from quicvoice.engine_ngtcp2.echo import EchoSession, StreamSink
@@ -81,12 +80,8 @@ async def serve_ngtcp2(port: int) -> None:
         server_id=bytes.fromhex("0a0b0c0d"),
         lb_config=LoadBalancerConfig(0, 4, 12, os.urandom(16)),
         reset_key=os.urandom(32),
-        certificate=certificate.certificate.public_bytes(serialization.Encoding.PEM),
-        private_key=certificate.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+        certificate=certificate.certificate_pem(),
+        private_key=certificate.private_key_pem(),
     )
     server = Ngtcp2Server(config, Ngtcp2Endpoint(config, application=application))
     await server.start()
@@ -95,7 +90,6 @@ async def serve_ngtcp2(port: int) -> None:
 
 
 async def serve_voice(port: int) -> None:
-    from cryptography.hazmat.primitives import serialization
 
     from quicvoice.asyncio.server import ServerSession
     from quicvoice.certificates import generate_certificate
@@ -126,12 +120,8 @@ async def serve_voice(port: int) -> None:
         server_id=bytes.fromhex("0a0b0c0d"),
         lb_config=LoadBalancerConfig(0, 4, 12, os.urandom(16)),
         reset_key=os.urandom(32),
-        certificate=certificate.certificate.public_bytes(serialization.Encoding.PEM),
-        private_key=certificate.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+        certificate=certificate.certificate_pem(),
+        private_key=certificate.private_key_pem(),
     )
     server = Ngtcp2VoiceServer(config, echo)
     await server.start()

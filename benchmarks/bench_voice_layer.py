@@ -45,7 +45,6 @@ NS = 1_000_000_000
 
 
 def _engine_config() -> Any:
-    from cryptography.hazmat.primitives import serialization
 
     from quicvoice.certificates import generate_certificate
     from quicvoice.engine_ngtcp2.endpoint import EngineConfig
@@ -57,12 +56,8 @@ def _engine_config() -> Any:
         server_id=bytes.fromhex("0a0b0c0d"),
         lb_config=LoadBalancerConfig(0, 4, 12, os.urandom(16)),
         reset_key=os.urandom(32),
-        certificate=certificate.certificate.public_bytes(serialization.Encoding.PEM),
-        private_key=certificate.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+        certificate=certificate.certificate_pem(),
+        private_key=certificate.private_key_pem(),
     )
 
 

@@ -8,8 +8,6 @@ import asyncio
 import json
 import signal
 
-from cryptography.hazmat.primitives import serialization
-
 from ..asyncio.config import BackendConfig
 from ..asyncio.loops import DEFAULT_LOOP
 from ..asyncio.loops import run as run_on
@@ -48,12 +46,8 @@ def engine_config(config: BackendConfig) -> tuple[EngineConfig, bytes | None]:
         fingerprint = None
     else:
         development = generate_certificate()
-        certificate = development.certificate.public_bytes(serialization.Encoding.PEM)
-        private_key = development.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        certificate = development.certificate_pem()
+        private_key = development.private_key_pem()
         fingerprint = development.sha256
     engine = EngineConfig(
         local=config.listen,

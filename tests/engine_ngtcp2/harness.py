@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from quicvoice.certificates import generate_certificate
 from quicvoice.engine_ngtcp2.endpoint import Address, EngineConfig
 from quicvoice.engine_ngtcp2.server import Ngtcp2Server
@@ -25,12 +23,8 @@ def certificate_pem() -> tuple[bytes, bytes]:
     """A development certificate and its key, PEM."""
     certificate = generate_certificate()
     return (
-        certificate.certificate.public_bytes(serialization.Encoding.PEM),
-        certificate.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+        certificate.certificate_pem(),
+        certificate.private_key_pem(),
     )
 
 
