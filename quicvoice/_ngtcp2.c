@@ -1337,15 +1337,47 @@ static PyObject *module_strerror(PyObject *module, PyObject *args) {
     return PyUnicode_FromString(ngtcp2_strerror(code));
 }
 
+/* The forwarder's encapsulation (quicvoice/encapsulation.py, specs/forwarder.md): octet 0
+ * 0x71, octet 1 the family (4 or 6), octets 2-3 the client's port (never 0), then its 4- or
+ * 16-octet address. The header's length, or 0 when data does not start with a valid one (the
+ * general path in Python then counts and drops it). */
+#define ENCAPSULATION_MAGIC_VERSION 0x71
+static Py_ssize_t encapsulation_header(const uint8_t *data, Py_ssize_t size) {
+    if (size < 8 || data[0] != ENCAPSULATION_MAGIC_VERSION || (data[2] == 0 && data[3] == 0)) {
+        return 0;
+    }
+    if (data[1] == 4) {
+        return 8;
+    }
+    if (data[1] == 6 && size >= 20) {
+        return 20;
+    }
+    return 0;
+}
+
+/* The (host, port) tuple of the client an encapsulation header (checked) names. */
+static PyObject *encapsulated_client(const uint8_t *data) {
+    char text[INET6_ADDRSTRLEN];
+    int port = data[2] << 8 | data[3];
+    if (data[1] == 4) {
+        inet_ntop(AF_INET, data + 4, text, sizeof(text));
+    } else {
+        inet_ntop(AF_INET6, data + 4, text, sizeof(text));
+    }
+    return Py_BuildValue("(si)", text, port);
+}
+
 PyDoc_STRVAR(dispatch_doc,
              "dispatch(datagrams, routes, cid_len, now, forwarder) -> (delivered, others)\n\n"
              "Hand each (datagram, remote) of datagrams that is a short-header packet whose\n"
              "cid_len-octet DCID routes maps to a Connection to that connection, as its\n"
-             "receive(datagram, remote, now) would: delivered lists (connection, (status, events),\n"
-             "remote) in order. Everything else (long headers, unknown CIDs, datagrams from the\n"
-             "forwarder's (host, port), which are encapsulated) is left in others, in order, for\n"
-             "the caller's general path. A Python error inside a connection's callbacks is reported\n"
-             "as unraisable and fails that connection (status ERR_CALLBACK_FAILURE).");
+             "receive(datagram, remote, now) would. A datagram from the forwarder's (host, port)\n"
+             "is unwrapped first (its encapsulation names the client, the connection's remote).\n"
+             "delivered lists (connection, (status, events), remote, forwarded) in order.\n"
+             "Everything else (long headers, unknown CIDs, invalid encapsulations) is left in\n"
+             "others, in order, for the caller's general path. A Python error inside a\n"
+             "connection's callbacks is reported as unraisable and fails that connection (status\n"
+             "ERR_CALLBACK_FAILURE).");
 
 static PyObject *module_dispatch(PyObject *module, PyObject *args) {
     (void)module;
@@ -1387,7 +1419,6 @@ static PyObject *module_dispatch(PyObject *module, PyObject *args) {
         PyObject *remote = PyTuple_GET_ITEM(item, 1);
         const uint8_t *octets = (const uint8_t *)PyBytes_AS_STRING(data);
         Py_ssize_t size = PyBytes_GET_SIZE(data);
-        ConnectionObject *conn = NULL;
         int from_forwarder = 0;
         if (forwarder_host != NULL) {
             int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(remote, 1), forwarder_port, Py_EQ);
@@ -1399,14 +1430,29 @@ static PyObject *module_dispatch(PyObject *module, PyObject *args) {
             }
             from_forwarder = same;
         }
-        if (!from_forwarder && size > cid_len && (octets[0] & 0x80) == 0) {
+        PyObject *client = NULL; /* new reference: the client named by an encapsulation */
+        if (from_forwarder) {
+            Py_ssize_t header = encapsulation_header(octets, size);
+            if (header > 0) {
+                client = encapsulated_client(octets);
+                if (client == NULL) {
+                    goto fail;
+                }
+                octets += header;
+                size -= header;
+            }
+        }
+        ConnectionObject *conn = NULL;
+        if ((!from_forwarder || client != NULL) && size > cid_len && (octets[0] & 0x80) == 0) {
             PyObject *cid = PyBytes_FromStringAndSize((const char *)octets + 1, cid_len);
             if (cid == NULL) {
+                Py_XDECREF(client);
                 goto fail;
             }
             PyObject *found = PyDict_GetItemWithError(routes, cid); /* borrowed */
             Py_DECREF(cid);
             if (found == NULL && PyErr_Occurred()) {
+                Py_XDECREF(client);
                 goto fail;
             }
             if (found != NULL && Py_IS_TYPE(found, &ConnectionType) &&
@@ -1415,22 +1461,27 @@ static PyObject *module_dispatch(PyObject *module, PyObject *args) {
             }
         }
         if (conn == NULL) {
+            Py_XDECREF(client);
             if (PyList_Append(others, item) < 0) {
                 goto fail;
             }
             continue;
         }
+        PyObject *peer = client != NULL ? client : remote;
         Py_INCREF(conn); /* a callback may drop the routes' reference */
-        PyObject *result = receive_datagram(conn, octets, (size_t)size, remote, now);
+        PyObject *result = receive_datagram(conn, octets, (size_t)size, peer, now);
         if (result == NULL) {
             PyErr_WriteUnraisable((PyObject *)conn);
             result = Py_BuildValue("(iN)", NGTCP2_ERR_CALLBACK_FAILURE, PyList_New(0));
             if (result == NULL) {
                 Py_DECREF(conn);
+                Py_XDECREF(client);
                 goto fail;
             }
         }
-        PyObject *entry = Py_BuildValue("(NNO)", (PyObject *)conn, result, remote);
+        PyObject *entry = Py_BuildValue("(NNOO)", (PyObject *)conn, result, peer,
+                                        client != NULL ? Py_True : Py_False);
+        Py_XDECREF(client);
         if (entry == NULL || PyList_Append(delivered, entry) < 0) {
             Py_XDECREF(entry);
             goto fail;

@@ -158,8 +158,8 @@ class _Conn:
     #: Remote addresses heard through the forwarder, least recently heard first (an ordered
     #: set of at most ``MAX_FORWARDED_REMOTES``): what goes to them is wrapped to it.
     forwarded: dict[Address, None] = field(default_factory=dict)
-    #: Its CIDs are in the fast path's routes (``receive_batch``): a session application past
-    #: the handshake, not closing, heard directly (never through the forwarder).
+    #: Its CIDs are in the fast path's routes (``receive_batch``): past the handshake and not
+    #: closing.
     fast: bool = False
 
 
@@ -222,10 +222,10 @@ class Ngtcp2Endpoint:
     ) -> Datagrams:
         """Process datagrams read together at ``now``; return the datagrams to send.
 
-        Short-header packets of established calls are handed to their connections in C
-        (``_ngtcp2.dispatch``), every connection that received is flushed once after all its
-        datagrams, so one packet can acknowledge several; the rest goes through
-        ``datagram_received`` in order.
+        Short-header packets of established calls, direct or encapsulated by the forwarder,
+        are handed to their connections in C (``_ngtcp2.dispatch``), every connection that
+        received is flushed once after all its datagrams, so one packet can acknowledge
+        several; the rest goes through ``datagram_received`` in order.
         """
         delivered, others = self._native.dispatch(
             datagrams, self._fast_routes, self._cid_len, now, self._config.forwarder
@@ -234,10 +234,12 @@ class Ngtcp2Endpoint:
         touched: dict[int, _Conn] = {}
         by_native = self._by_native
         self.stats.dispatched += len(delivered)
-        for native, (status, events), remote in delivered:
+        for native, (status, events), remote, forwarded in delivered:
             conn = by_native.get(native)
             if conn is None or conn.linger_until is not None:
                 continue  # closed by what an earlier datagram of this batch brought
+            if forwarded:
+                self._heard_through_forwarder(conn, remote)
             if status != 0:
                 touched.pop(conn.key, None)
                 out += self._routed(conn, self._failed(conn, status, now))
@@ -313,18 +315,11 @@ class Ngtcp2Endpoint:
         if native is None or conn.linger_until is not None:
             return []
         if forwarded:
-            self._demote(conn)
-            # Most recently heard last. Anyone can send packets with a live CID from any
-            # address: the oldest beyond the bound is forgotten.
-            remotes = conn.forwarded
-            remotes.pop(remote, None)
-            remotes[remote] = None
-            if len(remotes) > MAX_FORWARDED_REMOTES:
-                del remotes[next(iter(remotes))]
+            self._heard_through_forwarder(conn, remote)
         status, events = native.receive(data, remote, now)
         if status != 0:
             return self._routed(conn, self._failed(conn, status, now))
-        if not conn.fast and not conn.forwarded and native.handshake_completed:
+        if not conn.fast and native.handshake_completed:
             self._promote(conn, native)
         session = conn.session
         if session is not None:
@@ -339,6 +334,17 @@ class Ngtcp2Endpoint:
                 return self._routed(conn, self._close(conn, error.error_code, now))
         return self._routed(conn, self._flush(conn, now))
 
+    @staticmethod
+    def _heard_through_forwarder(conn: _Conn, remote: Address) -> None:
+        """Note that ``remote`` was heard through the forwarder: what goes to it is wrapped.
+        Most recently heard last; anyone can send packets with a live CID from any address,
+        so the oldest beyond ``MAX_FORWARDED_REMOTES`` is forgotten."""
+        remotes = conn.forwarded
+        remotes.pop(remote, None)
+        remotes[remote] = None
+        if len(remotes) > MAX_FORWARDED_REMOTES:
+            del remotes[next(iter(remotes))]
+
     def _promote(self, conn: _Conn, native: _ngtcp2.Connection) -> None:
         """Put ``conn``'s CIDs into the fast path's routes."""
         conn.fast = True
@@ -349,7 +355,7 @@ class Ngtcp2Endpoint:
                 routes[cid] = native
 
     def _demote(self, conn: _Conn) -> None:
-        """Take ``conn`` out of the fast path (closing, or heard through the forwarder)."""
+        """Take ``conn`` out of the fast path (closing or forgotten)."""
         if not conn.fast:
             return
         conn.fast = False

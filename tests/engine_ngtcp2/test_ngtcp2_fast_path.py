@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from quicvoice.encapsulation import wrap
 from quicvoice.engine_ngtcp2 import AVAILABLE, UNAVAILABLE
 from quicvoice.session.codes import ErrorCode
 from quicvoice.session.wire import MediaFrame
@@ -76,33 +77,56 @@ def test_datagrams_of_one_call_in_one_batch_are_answered_by_one_flush() -> None:
     assert client.echoed == [_frame(0), _frame(1), _frame(2)]
 
 
-def test_a_call_through_the_forwarder_never_takes_the_fast_path() -> None:
+def test_calls_through_the_forwarder_take_the_fast_path_and_are_answered_through_it() -> None:
     network = MemoryNetwork(forwarder=FORWARDER)
     forwarded = network.add_client(("192.0.2.7", 40000))
-    network.run()
-    for seq in range(3):
-        forwarded.send_frame(_frame(seq))
-        network.run()
-    assert forwarded.echoed == [_frame(seq) for seq in range(3)]
-    assert network.endpoint.stats.dispatched == 0
-    # A direct call on the same endpoint does; the forwarded one stays wrapped.
     direct = network.add_client(("127.0.0.5", 40005), direct=True)
     network.run()
-    for seq in range(3):
+    for client in (forwarded, direct):
+        client.send_frame(_frame(0))
+    network.run()
+    wrapped, sent_direct = network.sent_wrapped, network.sent_direct
+    before = network.endpoint.stats.dispatched
+    for seq in range(1, 6):
+        forwarded.send_frame(_frame(seq))
         direct.send_frame(_frame(seq))
-        forwarded.send_frame(_frame(3 + seq))
         network.run()
-    assert direct.echoed == [_frame(seq) for seq in range(3)]
-    assert forwarded.echoed == [_frame(seq) for seq in range(6)]
-    assert network.endpoint.stats.dispatched > 0
-    # A forwarded call that sends one datagram directly leaves the fast path for good: what
-    # goes to its (forwarded) address is still wrapped to the forwarder.
+    assert forwarded.echoed == direct.echoed == [_frame(seq) for seq in range(6)]
+    # Both calls' frames were read in C; each call was answered the way it was heard.
+    assert network.endpoint.stats.dispatched - before >= 10
+    assert network.sent_wrapped - wrapped >= 5 and network.sent_direct - sent_direct >= 5
+    # A forwarded call that once sends directly is still answered through the forwarder at
+    # the address it was heard at through it.
     wrapped = network.sent_wrapped
     forwarded.direct = True
     forwarded.send_frame(_frame(6))
     network.run()
     assert forwarded.echoed[-1] == _frame(6)
     assert network.sent_wrapped > wrapped
+
+
+def test_an_encapsulation_the_fast_path_cannot_read_takes_the_general_path() -> None:
+    network = MemoryNetwork(forwarder=FORWARDER)
+    client = network.add_client(("192.0.2.7", 40000))
+    network.run()
+    client.send_frame(_frame(0))
+    network.run()
+    client.send_frame(_frame(1))
+    (datagram,) = [data for data, _ in client.quic.datagrams_to_send(network.now)]
+    bad = network.endpoint.stats.bad_encapsulation
+    broken = [
+        b"\x72" + wrap(client.address, datagram)[1:],  # another version
+        wrap(client.address, datagram)[:1] + b"\x05" + wrap(client.address, datagram)[2:],
+        wrap(client.address, datagram)[:2] + b"\x00\x00" + wrap(client.address, datagram)[4:],
+        wrap(client.address, datagram)[:7],  # truncated
+    ]
+    out = network.send_batch([(data, FORWARDER) for data in broken])
+    assert out == []
+    assert network.endpoint.stats.bad_encapsulation == bad + len(broken)
+    # The call goes on.
+    network.deliver(network.send_batch([(wrap(client.address, datagram), FORWARDER)]))
+    network.run()
+    assert client.echoed == [_frame(0), _frame(1)]
 
 
 def test_a_call_that_breaks_the_protocol_mid_batch_is_closed_alone() -> None:
@@ -140,19 +164,38 @@ def _garbage(cid: bytes) -> st.SearchStrategy[bytes]:
 ADDRESSES = st.sampled_from([("127.0.0.2", 40000), ("127.0.0.9", 40009), ("::1", 40002), FORWARDER])
 
 
+CLIENTS = st.sampled_from([("127.0.0.2", 40000), ("192.0.2.9", 1), ("::1", 40002)])
+
+
+def _garbage_from_the_forwarder(cid: bytes) -> st.SearchStrategy[tuple[bytes, tuple[str, int]]]:
+    """What the forwarder's address may send: garbage, or garbage wrapped for any client."""
+    return st.one_of(
+        st.binary(max_size=1500),
+        st.tuples(CLIENTS, _garbage(cid)).map(lambda p: wrap(p[0], p[1])),
+    ).map(lambda data: (data, FORWARDER))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
+@given(data=st.data(), behind_forwarder=st.booleans())
 def test_garbage_in_the_same_batch_as_live_calls_never_crashes_nor_hurts_them(
-    data: st.DataObject,
+    data: st.DataObject, behind_forwarder: bool
 ) -> None:
-    network = MemoryNetwork()
+    network = MemoryNetwork(forwarder=FORWARDER if behind_forwarder else None)
     clients = _welcomed(network, 2)
     cid = clients[0].quic._peer_cid.cid
-    garbage = data.draw(st.lists(st.tuples(_garbage(cid), ADDRESSES), max_size=12))
+    garbage = data.draw(
+        st.lists(
+            st.one_of(st.tuples(_garbage(cid), ADDRESSES), _garbage_from_the_forwarder(cid)),
+            max_size=12,
+        )
+    )
     live = []
     for client in clients:
         client.send_frame(_frame(1))
-        live += _datagrams(client, network)
+        live += [
+            network.on_the_wire(datagram, client.address)
+            for datagram, _ in client.quic.datagrams_to_send(network.now)
+        ]
     batch = list(garbage)
     for item in live:
         batch.insert(data.draw(st.integers(0, len(batch))), item)
