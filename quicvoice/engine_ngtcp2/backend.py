@@ -17,6 +17,7 @@ from ..asyncio.server import VoiceServer
 from ..auth import AcceptHook
 from ..certificates import generate_certificate
 from ..errors import ConfigurationError
+from ..settings import format_address
 from . import require
 from .endpoint import EngineConfig
 from .voice_server import Ngtcp2VoiceServer, SessionHandler
@@ -25,7 +26,7 @@ from .voice_server import Ngtcp2VoiceServer, SessionHandler
 def engine_config(config: BackendConfig) -> tuple[EngineConfig, bytes | None]:
     """The engine's configuration for ``config`` and the SHA-256 of the development
     certificate made when none is configured; ``ConfigurationError`` for what it cannot serve
-    (the extension not built, metrics, no QUIC-LB configuration). Behind a forwarder
+    (the extension not built, no QUIC-LB configuration). Behind a forwarder
     (``config.forwarder``) the engine unwraps its encapsulated datagrams and answers its
     health probes."""
     require()
@@ -33,11 +34,6 @@ def engine_config(config: BackendConfig) -> tuple[EngineConfig, bytes | None]:
         raise ConfigurationError(
             "engine 'ngtcp2': needs a [[configs]] QUIC-LB configuration (every CID it issues "
             "must encode the server ID)"
-        )
-    if config.metrics is not None:
-        raise ConfigurationError(
-            "engine 'ngtcp2': metrics are not served on this engine yet; remove metrics or "
-            'use engine = "aioquic"'
         )
     if config.certificate is not None and config.private_key is not None:
         try:
@@ -81,11 +77,14 @@ def voice_server(
 ) -> tuple[Ngtcp2VoiceServer, bytes | None]:
     """An ngtcp2 voice backend for ``config`` running ``handler``, with its credentials, accept
     hook and session store (those of a ``VoiceServer`` for ``config`` that is never started:
-    release them with its ``aclose()``, the backend's ``services``), and the development
-    certificate's SHA-256 (``None``: configured)."""
+    release them with its ``aclose()``, the backend's ``services``), ``/metrics`` at
+    ``config.metrics`` once started, and the development certificate's SHA-256 (``None``:
+    configured)."""
     engine, fingerprint = engine_config(config)
     services = VoiceServer(config, handler, accept=accept)
-    server = Ngtcp2VoiceServer(engine, handler, accept=accept, services=services)
+    server = Ngtcp2VoiceServer(
+        engine, handler, accept=accept, services=services, metrics=config.metrics
+    )
     return server, fingerprint
 
 
@@ -99,12 +98,17 @@ def serve(
     loop: str = DEFAULT_LOOP,
 ) -> int:
     """Run the backend on event loop ``loop`` until SIGINT or SIGTERM, printing where it
-    listens (as ``quicvoice serve`` does on aioquic)."""
+    listens and where ``/metrics`` is served (as ``quicvoice serve`` does on aioquic)."""
     check_webtransport(webtransport)
     server, fingerprint = voice_server(config, handler, accept=accept)
 
     async def run() -> None:
-        host, port = await server.start()
+        try:
+            host, port = await server.start()
+        except BaseException:  # (a metrics address in use): release the store too
+            if server.services is not None:
+                await server.services.aclose()
+            raise
         stop = asyncio.Event()
         running = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -118,6 +122,9 @@ def serve(
             "loop": loop,
         }
         print(json.dumps(listening), flush=True)
+        metrics = server.telemetry.metrics_address
+        if metrics is not None:
+            print(json.dumps({"metrics": f"http://{format_address(metrics)}/metrics"}), flush=True)
         try:
             await stop.wait()
         finally:
