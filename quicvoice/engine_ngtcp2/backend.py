@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 
 from cryptography.hazmat.primitives import serialization
 
@@ -88,6 +89,14 @@ def voice_server(
     return server, fingerprint
 
 
+def _say(message: dict[str, str]) -> None:
+    """Print ``message`` as one JSON line in one write: ``--workers`` share stdout, and
+    ``print`` writes the line and its newline apart when unbuffered (``PYTHONUNBUFFERED``),
+    so two workers' lines could run together."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
 def serve(
     config: BackendConfig,
     handler: SessionHandler,
@@ -121,10 +130,10 @@ def serve(
             "engine": "ngtcp2",
             "loop": loop,
         }
-        print(json.dumps(listening), flush=True)
+        _say(listening)
         metrics = server.telemetry.metrics_address
         if metrics is not None:
-            print(json.dumps({"metrics": f"http://{format_address(metrics)}/metrics"}), flush=True)
+            _say({"metrics": f"http://{format_address(metrics)}/metrics"})
         try:
             await stop.wait()
         finally:
