@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -50,7 +51,7 @@ from quicvoice.version import __version__
 
 from ..conftest import RedisServer
 from ..engine_ngtcp2.harness import UdpRelay
-from .metrics_scrape import Samples, scrape, scrape_until, value
+from .metrics_scrape import Samples, parse, scrape, scrape_until, value
 from .voice_harness import FRAME, LB_CONFIG, SERVER_ID
 
 pytestmark = pytest.mark.integration
@@ -80,11 +81,12 @@ def token(secret: str = SECRET) -> str:
     return issue_token(key, subject="caller-1", now=time.time(), ttl=600, audience=AUDIENCE)
 
 
-def backend_file(tmp_path: Path, engine: str) -> Path:
-    """A backend's file: the engine, a QUIC-LB configuration and required tokens."""
+def backend_file(tmp_path: Path, engine: str, top: str = "") -> Path:
+    """A backend's file: the engine, a QUIC-LB configuration and required tokens (``top``:
+    more top-level lines)."""
     path = tmp_path / "backend.toml"
     path.write_text(
-        f'engine = "{engine}"\nserver_id = "{SERVER_ID.hex()}"\n'
+        top + f'engine = "{engine}"\nserver_id = "{SERVER_ID.hex()}"\n'
         '[[configs]]\nid = 0\nserver_id_len = 4\nnonce_len = 12\nkey = "' + "00" * 16 + '"\n'
         f'[auth]\naudience = "{AUDIENCE}"\n'
         '[[auth.keys]]\nkid = "k1"\nalg = "HS256"\nsecret = "env:QV_METRICS_TEST_SECRET"\n'
@@ -502,3 +504,41 @@ def test_serve_engine_ngtcp2_names_a_metrics_address_in_use(tmp_path: Path) -> N
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"quicvoice serve: metrics: cannot listen on {host}:{port}")
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_worker_serves_its_own_metrics(tmp_path: Path, engine: str) -> None:
+    """``serve --workers 2 --metrics 127.0.0.1:0``: each worker prints its own metrics line
+    and its ``info`` names its own server ID and the engine."""
+    config = backend_file(tmp_path, engine, top=f'reset_key = "{"11" * 32}"\n')
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "quicvoice.cli", "serve", "--config", str(config),
+            "--listen", f"127.0.0.1:{free_udp_port()}", "--metrics", "127.0.0.1:0",
+            "--workers", "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**environment, "QV_METRICS_TEST_SECRET": SECRET},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        lines = [json.loads(process.stdout.readline()) for _ in range(5)]
+        servers = {line["server_id"] for line in lines if "listening" in line}
+        (workers,) = [line["workers"] for line in lines if "workers" in line]
+        assert servers == {worker["server_id"] for worker in workers} and len(servers) == 2
+        seen = set()
+        for line in lines:
+            if "metrics" in line:
+                with urllib.request.urlopen(line["metrics"], timeout=5) as response:
+                    samples = parse(response.read().decode())
+                (info,) = [dict(labels) for name, labels in samples if name == f"{B}info"]
+                assert info["engine"] == engine
+                seen.add(info["server_id"])
+        assert seen == servers
+    finally:
+        status, stderr = stop(process)
+    assert status == 0 and "Traceback" not in stderr, stderr
