@@ -739,7 +739,10 @@ class VoiceServer:
         )
         #: Metrics (``/metrics`` when ``config.metrics`` is set) and OpenTelemetry spans.
         self.telemetry = BackendTelemetry(
-            server_id=config.server_id.hex(), version=__version__, endpoint_counters=self.counters
+            server_id=config.server_id.hex(),
+            version=__version__,
+            endpoint_counters=self.counters,
+            engine="aioquic",
         )
 
     @property

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 
 from ..asyncio.config import BackendConfig
 from ..asyncio.loops import DEFAULT_LOOP
@@ -15,6 +16,7 @@ from ..asyncio.server import VoiceServer
 from ..auth import AcceptHook
 from ..certificates import generate_certificate
 from ..errors import ConfigurationError
+from ..settings import format_address
 from . import require
 from .endpoint import EngineConfig
 from .voice_server import Ngtcp2VoiceServer, SessionHandler
@@ -23,7 +25,7 @@ from .voice_server import Ngtcp2VoiceServer, SessionHandler
 def engine_config(config: BackendConfig) -> tuple[EngineConfig, bytes | None]:
     """The engine's configuration for ``config`` and the SHA-256 of the development
     certificate made when none is configured; ``ConfigurationError`` for what it cannot serve
-    (the extension not built, metrics, no QUIC-LB configuration). Behind a forwarder
+    (the extension not built, no QUIC-LB configuration). Behind a forwarder
     (``config.forwarder``) the engine unwraps its encapsulated datagrams and answers its
     health probes."""
     require()
@@ -31,11 +33,6 @@ def engine_config(config: BackendConfig) -> tuple[EngineConfig, bytes | None]:
         raise ConfigurationError(
             "engine 'ngtcp2': needs a [[configs]] QUIC-LB configuration (every CID it issues "
             "must encode the server ID)"
-        )
-    if config.metrics is not None:
-        raise ConfigurationError(
-            "engine 'ngtcp2': metrics are not served on this engine yet; remove metrics or "
-            'use engine = "aioquic"'
         )
     if config.certificate is not None and config.private_key is not None:
         try:
@@ -75,12 +72,23 @@ def voice_server(
 ) -> tuple[Ngtcp2VoiceServer, bytes | None]:
     """An ngtcp2 voice backend for ``config`` running ``handler``, with its credentials, accept
     hook and session store (those of a ``VoiceServer`` for ``config`` that is never started:
-    release them with its ``aclose()``, the backend's ``services``), and the development
-    certificate's SHA-256 (``None``: configured)."""
+    release them with its ``aclose()``, the backend's ``services``), ``/metrics`` at
+    ``config.metrics`` once started, and the development certificate's SHA-256 (``None``:
+    configured)."""
     engine, fingerprint = engine_config(config)
     services = VoiceServer(config, handler, accept=accept)
-    server = Ngtcp2VoiceServer(engine, handler, accept=accept, services=services)
+    server = Ngtcp2VoiceServer(
+        engine, handler, accept=accept, services=services, metrics=config.metrics
+    )
     return server, fingerprint
+
+
+def _say(message: dict[str, str]) -> None:
+    """Print ``message`` as one JSON line in one write: ``--workers`` share stdout, and
+    ``print`` writes the line and its newline apart when unbuffered (``PYTHONUNBUFFERED``),
+    so two workers' lines could run together."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 
 def serve(
@@ -93,12 +101,17 @@ def serve(
     loop: str = DEFAULT_LOOP,
 ) -> int:
     """Run the backend on event loop ``loop`` until SIGINT or SIGTERM, printing where it
-    listens (as ``quicvoice serve`` does on aioquic)."""
+    listens and where ``/metrics`` is served (as ``quicvoice serve`` does on aioquic)."""
     check_webtransport(webtransport)
     server, fingerprint = voice_server(config, handler, accept=accept)
 
     async def run() -> None:
-        host, port = await server.start()
+        try:
+            host, port = await server.start()
+        except BaseException:  # (a metrics address in use): release the store too
+            if server.services is not None:
+                await server.services.aclose()
+            raise
         stop = asyncio.Event()
         running = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -111,7 +124,10 @@ def serve(
             "engine": "ngtcp2",
             "loop": loop,
         }
-        print(json.dumps(listening), flush=True)
+        _say(listening)
+        metrics = server.telemetry.metrics_address
+        if metrics is not None:
+            _say({"metrics": f"http://{format_address(metrics)}/metrics"})
         try:
             await stop.wait()
         finally:

@@ -28,6 +28,7 @@ passed beside it.
 
 from __future__ import annotations
 
+import enum
 import functools
 import heapq
 from collections.abc import Callable
@@ -61,6 +62,20 @@ LONG_DCID_LEN_OFFSET = 5
 MAX_FORWARDED_REMOTES = 8
 
 
+class ConnectionEnd(enum.Enum):
+    """How a connection ended, as its session application is told (``connection_closed``)."""
+
+    #: An application close (CONNECTION_CLOSE 0x1d): ours, the peer's, or the server's.
+    APPLICATION = "application"
+    #: The peer's transport close (CONNECTION_CLOSE 0x1c): the code is a QUIC transport error.
+    TRANSPORT = "transport"
+    #: No packet arrived within the idle timeout.
+    IDLE_TIMEOUT = "idle_timeout"
+    #: ngtcp2 failed the connection here: the code is ngtcp2's error (a negative
+    #: ``NGTCP2_ERR_*``); the transport close it sent has a code the extension keeps in C.
+    FAILED = "failed"
+
+
 class Application(Protocol):
     """What runs on one connection: it is given stream data and answers through its sink."""
 
@@ -85,8 +100,11 @@ class SessionApplication(Protocol):
         """Before each flush: an application close (code, reason) to send now, or None."""
         ...
 
-    def connection_closed(self, error_code: int, reason: str) -> None:
-        """The connection ended (closed by either side, failed, or timed out); called once."""
+    def connection_closed(
+        self, error_code: int, reason: str, end: ConnectionEnd = ConnectionEnd.APPLICATION
+    ) -> None:
+        """The connection ended (closed by either side, failed, or timed out: ``end``);
+        called once."""
         ...
 
 
@@ -516,13 +534,19 @@ class Ngtcp2Endpoint:
         self._linger(conn, now)
         return out
 
-    def _closed(self, conn: _Conn, error_code: int, reason: str) -> None:
+    def _closed(
+        self,
+        conn: _Conn,
+        error_code: int,
+        reason: str,
+        end: ConnectionEnd = ConnectionEnd.APPLICATION,
+    ) -> None:
         """Tell a session application, once, that its connection ended."""
         session = conn.session
         if session is not None:
             conn.session = None
             self._by_application.pop(id(session), None)
-            session.connection_closed(error_code, reason)
+            session.connection_closed(error_code, reason, end)
 
     def _failed(self, conn: _Conn, status: int, now: int) -> Datagrams:
         assert conn.native is not None
@@ -530,9 +554,14 @@ class Ngtcp2Endpoint:
         if conn.session is not None:
             peer = conn.native.peer_close
             if peer is not None:
-                self._closed(conn, peer[0], peer[1].decode(errors="replace"))
+                code, reason, application = peer
+                end = ConnectionEnd.APPLICATION if application else ConnectionEnd.TRANSPORT
+                self._closed(conn, code, reason.decode(errors="replace"), end)
+            elif status == native.ERR_IDLE_CLOSE:
+                self._closed(conn, 0, "idle timeout", ConnectionEnd.IDLE_TIMEOUT)
             else:
-                self._closed(conn, 0, f"connection failed: {native.strerror(status)}")
+                failure = f"connection failed: {native.strerror(status)}"
+                self._closed(conn, status, failure, ConnectionEnd.FAILED)
         if status in (native.ERR_DROP_CONN, native.ERR_IDLE_CLOSE):
             self._forget(conn)
             return []

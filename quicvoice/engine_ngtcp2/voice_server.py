@@ -14,8 +14,10 @@ store, resume tokens, credentials and ``resume()``, which are engine-independent
 checkpointed, ``welcome`` carries a resume token and a ``hello`` with one resumes the stored
 state; without it such a ``hello`` is refused with ``RESUME_REFUSED``. ``welcome``
 carries a ``home_cid`` (a fresh CID of this backend, given to no connection) for resume
-attempts; behind a forwarder the endpoint unwraps and wraps its datagrams. Not done yet
-(specs/engine-ngtcp2.md): telemetry and metrics, WebTransport, 0-RTT.
+attempts; behind a forwarder the endpoint unwraps and wraps its datagrams. Its
+``telemetry`` (a ``BackendTelemetry``, ``/metrics`` when given ``metrics``) gets the hooks the
+aioquic backend calls, at the same moments, and the endpoint's counters under the same names
+(``telemetry.py`` here). Not done yet (specs/engine-ngtcp2.md): WebTransport, 0-RTT.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ from ..auth import (
     decode_caller,
     encode_caller,
 )
-from ..observability.telemetry import NO_SESSION, SessionTelemetry
+from ..observability.metrics import error_code_name
+from ..observability.telemetry import NO_SESSION, BackendTelemetry, SessionTelemetry
 from ..session.codes import ErrorCode
 from ..session.congestion import CongestionConfig, CongestionResponse
 from ..session.connection import SessionLimits, State, VoiceConnection
-from ..session.events import AudioReceived, HelloReceived, VoiceEvent
+from ..session.events import AudioReceived, HelloReceived, TurnCancelled, VoiceEvent
 from ..session.messages import PROTOCOL_VERSION, Hello, Welcome
 from ..session.stats import Migration, SessionStats
 from ..session.transport import Closed, Datagram, Ready, StreamAborted
@@ -60,8 +63,10 @@ from ..store import (
     ResumeRefused,
     SessionRecord,
 )
-from .endpoint import Address, EngineConfig, Ngtcp2Endpoint
+from ..version import __version__
+from .endpoint import Address, ConnectionEnd, EngineConfig, Ngtcp2Endpoint
 from .server import Ngtcp2Server
+from .telemetry import EndpointCounters, close_terms
 from .transport import NS, Ngtcp2Transport
 
 if TYPE_CHECKING:
@@ -93,7 +98,7 @@ class Ngtcp2Call:
         self.transport = Ngtcp2Transport(native)
         self.voice = VoiceConnection(self.transport, limits=server.limits)
         self.session: ServerSession | None = None
-        #: ``ServerSession`` reports turns to it; this shell has no telemetry yet.
+        #: Metrics and spans of the session (``NO_SESSION`` until it is welcomed).
         self.telemetry: SessionTelemetry = NO_SESSION
         self.peer_address: Address | None = None
         self.events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
@@ -137,6 +142,7 @@ class Ngtcp2Call:
                     gap_ms=(now - self._last_receive) / 1e6,
                 )
             )
+            self.telemetry.migrated(self._migrations[-1])
         self.peer_address = remote
         self._last_receive = now
         native = self.transport.native
@@ -180,10 +186,15 @@ class Ngtcp2Call:
         """The close the voice layer asked for, once its last words are delivered."""
         return self.transport.close_request(now)
 
-    def connection_closed(self, error_code: int, reason: str) -> None:
-        """The connection ended: the voice layer and the app learn it (``SessionClosed``)."""
-        for voice_event in self.voice.handle_transport_event(Closed(error_code, reason), 0.0):
+    def connection_closed(
+        self, error_code: int, reason: str, end: ConnectionEnd = ConnectionEnd.APPLICATION
+    ) -> None:
+        """The connection ended: the voice layer and the app learn it (``SessionClosed``),
+        then the session's telemetry (its close code)."""
+        code = 0 if end is ConnectionEnd.FAILED else error_code  # (ngtcp2's own error there)
+        for voice_event in self.voice.handle_transport_event(Closed(code, reason), 0.0):
             self._on_voice_event(voice_event)
+        self.telemetry.closed(*close_terms(error_code, reason, end))
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None
@@ -212,6 +223,8 @@ class Ngtcp2Call:
             if session.on_audio is not None:
                 session.on_audio(event.frame)
                 return
+        elif isinstance(event, TurnCancelled):
+            self.telemetry.turn_ended(event.turn_id, cancelled_by="client")
         session.deliver(event)
 
     async def _accept(self, hello: Hello) -> None:
@@ -249,6 +262,7 @@ class Ngtcp2Call:
                 caller = server.credentials.authenticate(hello.token, time.time())
                 await self._ask_hook(hello, str(codec), session_id, caller, resumed=False)
         except ResumeRefused as refused:
+            server.telemetry.resume_refused(refused.reason.name)
             # A store that cannot answer now is no verdict on the session: the client retries.
             unavailable = refused.reason is RefusalReason.STATE_UNAVAILABLE
             code = ErrorCode.STATE_UNAVAILABLE if unavailable else ErrorCode.RESUME_REFUSED
@@ -299,6 +313,7 @@ class Ngtcp2Call:
             cast(Any, self), hello, started, self.events, state, checkpointer, caller=caller
         )
         self.session = session
+        self.telemetry = server.telemetry.session_started(session)
         if checkpointer is not None and record is None:
             session.checkpoint()  # stored at once: resumable even before its first event
         for early in voice.take_early_events():
@@ -306,7 +321,8 @@ class Ngtcp2Call:
         self.transmit_soon()
         try:
             await server.handler(session)
-        except Exception:
+        except Exception as error:
+            self.telemetry.handler_failed(error)
             logger.exception("session %s: handler failed", session_id)
             session.close(ErrorCode.INTERNAL_ERROR, "the server application failed")
         finally:
@@ -348,9 +364,15 @@ class Ngtcp2Call:
             raise _HookRefused(decision.refusal_code, decision.reason)
 
     def _refuse(self, code: int, reason: str) -> None:
-        if self.voice.state is State.NEGOTIATING:
-            self.voice.reject(code, reason)
-            self.transmit_soon()
+        """Refuse the session (an ``error`` message, then a close) and count it, unless the
+        connection closed meanwhile."""
+        if self.voice.state is not State.NEGOTIATING:
+            return
+        address = format_address(self.peer_address) if self.peer_address else "?"
+        logger.info("session refused from %s: %s", address, error_code_name(code))
+        self.voice.reject(code, reason)
+        self.server.telemetry.refused(code)
+        self.transmit_soon()
 
     def _on_checkpoint(self, event: CheckpointEvent) -> None:
         session = self.session
@@ -358,6 +380,7 @@ class Ngtcp2Call:
             # The session was resumed on another connection (or backend): this one is stale.
             session.close(ErrorCode.NO_ERROR, "session resumed elsewhere")
         elif isinstance(event, CheckpointFailed):
+            self.server.telemetry.store_failed("checkpoint")
             logger.warning("session checkpoint failed: %s", event.error)
 
     # -- driven by ServerSession -------------------------------------------------------------
@@ -428,12 +451,15 @@ class Ngtcp2VoiceServer:
         accept: AcceptHook | None = None,
         credentials: TokenVerifier | None = None,
         services: VoiceServer | None = None,
+        metrics: Address | None = None,
     ) -> None:
         """``accept``: the accept hook, asked about every call before it starts;
         ``credentials``: verifies callers' tokens (default: ``services``' or an open
         backend's); ``services``: an unstarted ``VoiceServer`` whose session store, resume
-        tokens and ``resume()`` this backend uses (``None``: no store, no resume)."""
+        tokens and ``resume()`` this backend uses (``None``: no store, no resume);
+        ``metrics``: where ``start`` serves ``/metrics`` (``None``: nowhere)."""
         self.config = config
+        self.metrics = metrics
         self.handler = handler
         self.limits = limits or SessionLimits()
         self.accept = accept
@@ -446,6 +472,16 @@ class Ngtcp2VoiceServer:
         #: The sans-I/O endpoint (its ``stats``, ``generator`` and CIDs are public).
         self.endpoint = Ngtcp2Endpoint(config, application=self._new_call)
         self._io = Ngtcp2Server(config, self.endpoint)
+        #: Metrics (``/metrics`` when ``metrics`` is set) and OpenTelemetry spans, as the
+        #: aioquic backend's; ``services`` reports its store failures to it too.
+        self.telemetry = BackendTelemetry(
+            server_id=config.server_id.hex(),
+            version=__version__,
+            endpoint_counters=EndpointCounters(self.endpoint.stats, self._io),
+            engine="ngtcp2",
+        )
+        if services is not None:
+            services.telemetry = self.telemetry
 
     def _new_call(self, native: Any, server_id: str) -> Ngtcp2Call:
         call = Ngtcp2Call(self, native)
@@ -453,8 +489,16 @@ class Ngtcp2VoiceServer:
         return call
 
     async def start(self) -> Address:
-        """Bind ``config.local`` and serve; return the bound address."""
-        return await self._io.start()
+        """Serve ``/metrics`` (when configured), bind ``config.local`` and serve; return the
+        bound address. ``ConfigurationError`` naming ``metrics`` when its address cannot be
+        bound (nothing is left listening then)."""
+        await self.telemetry.start(self.metrics)
+        try:
+            return await self._io.start()
+        except BaseException:
+            self.telemetry.close()
+            await self.telemetry.wait_closed()
+            raise
 
     def sessions(self) -> list[ServerSession]:
         """The sessions running now."""
@@ -469,8 +513,10 @@ class Ngtcp2VoiceServer:
         self._calls.discard(call)
 
     async def wait_closed(self) -> None:
-        """Wait until the socket is closed (after ``close`` or ``abort``): its port is free."""
+        """Wait until the socket and ``/metrics`` are closed (after ``close`` or ``abort``):
+        their ports are free."""
         await self._io.socket_closed.wait()
+        await self.telemetry.wait_closed()
 
     def abort(self) -> None:
         """Stop as a crash would: the socket closes and no peer is told (the apps' tasks are
@@ -479,6 +525,7 @@ class Ngtcp2VoiceServer:
         self._io.abort()
         for call in calls:
             call.cancel()
+        self.telemetry.close()
 
     def close(self) -> None:
         """Close every connection and the socket; the apps see ``SessionClosed``."""
@@ -488,3 +535,4 @@ class Ngtcp2VoiceServer:
             if call.voice.state is not State.CLOSED:
                 call.connection_closed(0, "server shutting down")
             call.cancel()
+        self.telemetry.close()

@@ -27,7 +27,7 @@ RTT_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 
 #: Bucket upper bounds of the jitter histogram, milliseconds (RFC 3550 interarrival jitter).
 JITTER_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
 #: aioquic's own close on an idle timeout (no frame type on the wire: PADDING stands in).
-_IDLE_TIMEOUT_REASON = "Idle timeout"
+IDLE_TIMEOUT_REASON = "Idle timeout"
 #: ``VoiceServer.counters`` keys that count dropped datagrams, and the reason label of each.
 _DROPPED_DATAGRAMS = {
     "unparsable": "unparsable",
@@ -72,7 +72,7 @@ def close_code_name(error_code: int, frame_type: int | None, reason: str) -> str
             return ErrorCode(error_code).name
         except ValueError:
             return "OTHER"
-    if reason == _IDLE_TIMEOUT_REASON and error_code == QuicErrorCode.INTERNAL_ERROR:
+    if reason == IDLE_TIMEOUT_REASON and error_code == QuicErrorCode.INTERNAL_ERROR:
         return "IDLE_TIMEOUT"
     if 0x100 <= error_code <= 0x1FF:
         return "TRANSPORT_CRYPTO_ERROR"  # RFC 9000 §20.1: a TLS alert
@@ -166,8 +166,8 @@ ECN_OUTCOMES = frozenset({"testing", "capable", "bleached", "mangled", "lost", "
 class BackendMetrics:
     """Counters and histograms of one backend, rendered as metric families on demand."""
 
-    def __init__(self, *, server_id: str, version: str) -> None:
-        self._info: Labels = (("server_id", server_id), ("version", version))
+    def __init__(self, *, server_id: str, version: str, engine: str = "aioquic") -> None:
+        self._info: Labels = (("server_id", server_id), ("version", version), ("engine", engine))
         self._accepted: Counter[bool] = Counter({False: 0, True: 0})
         self._refused: Counter[str] = Counter()
         self._closed: Counter[str] = Counter()
@@ -231,7 +231,11 @@ class BackendMetrics:
         """Every metric: ``live`` sums the open sessions' counters, ``endpoint`` is the UDP
         endpoint's datagram counters (``VoiceServer.counters``)."""
         out = [
-            _gauge("info", "The backend's server ID and quicvoice version.", {self._info: 1}),
+            _gauge(
+                "info",
+                "The backend's server ID, quicvoice version and QUIC engine.",
+                {self._info: 1},
+            ),
             _gauge("sessions_open", "Voice sessions open now.", {(): open_sessions}),
             _counter(
                 "sessions_accepted_total",

@@ -116,12 +116,15 @@ class BackendTelemetry:
         server_id: str,
         version: str,
         endpoint_counters: Mapping[str, int],
+        engine: str = "aioquic",
         sample_interval: float = DEFAULT_SAMPLE_INTERVAL,
     ) -> None:
+        """``endpoint_counters``: the UDP endpoint's datagram counters, read at each scrape
+        (``VoiceServer.counters``' keys); ``engine``: the QUIC engine (the ``info`` label)."""
         if not sample_interval > 0:
             raise ValueError("sample_interval must be positive")
         #: The counters and histograms.
-        self.metrics = BackendMetrics(server_id=server_id, version=version)
+        self.metrics = BackendMetrics(server_id=server_id, version=version, engine=engine)
         self._endpoint_counters = endpoint_counters
         self._sample_interval = sample_interval
         self._tracing = _load_tracing(version)
