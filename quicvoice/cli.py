@@ -283,7 +283,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from .asyncio.config import BackendConfig, check_import_string
     from .asyncio.loops import check_loop, run
     from .asyncio.server import VoiceServer
-    from .asyncio.workers import check_worker_count
+    from .asyncio.workers import check_worker_count, say_json
     from .quiclb import LoadBalancerConfig
     from .settings import format_address
 
@@ -357,28 +357,25 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             loop.add_signal_handler(signum, stop.set)
         host, port = server.address
         fingerprint = server.certificate_sha256.hex() if server.certificate_sha256 else "-"
-        print(
-            json.dumps(
-                {
-                    "listening": f"{host}:{port}",
-                    "server_id": config.server_id.hex(),
-                    "certificate_sha256": fingerprint,
-                    "app": app_spec,
-                }
-            ),
-            flush=True,
+        say_json(
+            {
+                "listening": f"{host}:{port}",
+                "server_id": config.server_id.hex(),
+                "certificate_sha256": fingerprint,
+                "app": app_spec,
+            }
         )
         if not config.configs:
             logging.warning("no [[configs]]: connection IDs are unroutable (0b111)")
         metrics = server.telemetry.metrics_address
         if metrics is not None:
-            print(json.dumps({"metrics": f"http://{format_address(metrics)}/metrics"}), flush=True)
+            say_json({"metrics": f"http://{format_address(metrics)}/metrics"})
         web = None
         if args.web is not None:
             from .asyncio.web import start_web
 
             web = await start_web(server, args.web, public_address=args.public_address)
-            print(json.dumps({"web": f"http://{web.address[0]}:{web.address[1]}/"}), flush=True)
+            say_json({"web": f"http://{web.address[0]}:{web.address[1]}/"})
         await stop.wait()
         if web is not None:
             web.close()
@@ -433,6 +430,7 @@ def _gateway(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from .asyncio.workers import say_json
     from .gateway.config import DEFAULT_GATEWAY_CODECS, GatewayConfig
     from .gateway.server import Gateway
     from .settings import format_address
@@ -469,15 +467,12 @@ def _gateway(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        print(
-            json.dumps(
-                {
-                    "listening": format_address(gateway.address),
-                    "dialect": config.dialect,
-                    "backend": config.backend,
-                }
-            ),
-            flush=True,
+        say_json(
+            {
+                "listening": format_address(gateway.address),
+                "dialect": config.dialect,
+                "backend": config.backend,
+            }
         )
         await stop.wait()
         await gateway.aclose()

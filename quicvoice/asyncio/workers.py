@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -45,6 +45,14 @@ __all__ = [
     "worker_address",
     "worker_server_id",
 ]
+
+
+def say_json(message: Mapping[str, object]) -> None:
+    """Print ``message`` as one JSON line in one write: ``--workers`` share stdout, and
+    ``print`` writes the line and its newline apart when unbuffered (``PYTHONUNBUFFERED``),
+    so two workers' lines could run together."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,20 +144,17 @@ def run_workers(serve_argv: Sequence[str], plans: Sequence[WorkerPlan]) -> int:
             if plan.metrics is not None:
                 command += ["--metrics", format_address(plan.metrics)]
             processes.append(subprocess.Popen(command))
-        print(
-            json.dumps(
-                {
-                    "workers": [
-                        {
-                            "pid": process.pid,
-                            "server_id": plan.server_id.hex(),
-                            "listen": format_address(plan.listen),
-                        }
-                        for process, plan in zip(processes, plans, strict=True)
-                    ]
-                }
-            ),
-            flush=True,
+        say_json(
+            {
+                "workers": [
+                    {
+                        "pid": process.pid,
+                        "server_id": plan.server_id.hex(),
+                        "listen": format_address(plan.listen),
+                    }
+                    for process, plan in zip(processes, plans, strict=True)
+                ]
+            }
         )
         _, wait_status = os.wait()
         status = os.waitstatus_to_exitcode(wait_status)

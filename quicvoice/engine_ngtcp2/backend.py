@@ -5,14 +5,13 @@ a running ``Ngtcp2VoiceServer``, or a ``ConfigurationError`` naming what this en
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import sys
 
 from ..asyncio.config import BackendConfig
 from ..asyncio.loops import DEFAULT_LOOP
 from ..asyncio.loops import run as run_on
 from ..asyncio.server import VoiceServer
+from ..asyncio.workers import say_json
 from ..auth import AcceptHook
 from ..certificates import generate_certificate
 from ..errors import ConfigurationError
@@ -83,14 +82,6 @@ def voice_server(
     return server, fingerprint
 
 
-def _say(message: dict[str, str]) -> None:
-    """Print ``message`` as one JSON line in one write: ``--workers`` share stdout, and
-    ``print`` writes the line and its newline apart when unbuffered (``PYTHONUNBUFFERED``),
-    so two workers' lines could run together."""
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
 def serve(
     config: BackendConfig,
     handler: SessionHandler,
@@ -124,10 +115,10 @@ def serve(
             "engine": "ngtcp2",
             "loop": loop,
         }
-        _say(listening)
+        say_json(listening)
         metrics = server.telemetry.metrics_address
         if metrics is not None:
-            _say({"metrics": f"http://{format_address(metrics)}/metrics"})
+            say_json({"metrics": f"http://{format_address(metrics)}/metrics"})
         try:
             await stop.wait()
         finally:
