@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ..encapsulation import EncapsulationError, unwrap, wrap
 from ..errors import ConfigurationError, ProtocolError
 from ..healthprobe import PROBE_CLIENT
-from ..quiclb import LoadBalancerConfig, QuicLbConnectionIdGenerator
+from ..quiclb import LoadBalancerConfig, LoadBalancerDecoder, QuicLbConnectionIdGenerator
 from ..reset_allowance import ResetAllowance
 from ..session.transport import ALPN_VOICE
 from . import require
@@ -198,6 +198,7 @@ class Ngtcp2Endpoint:
             config.server_id, config.lb_config, config.reset_key
         )
         self._cid_len = self._generator.cid_length
+        self._decoder = LoadBalancerDecoder((config.lb_config,))
         self._server_id_hex = config.server_id.hex()
         try:
             self._context = native.ServerContext(
@@ -453,7 +454,9 @@ class Ngtcp2Endpoint:
         forwarded: bool,
     ) -> Datagrams:
         size = len(data)
-        if size <= MIN_RESET_LEN or not self._generator.validate(dcid):
+        # A CID of this deployment (any of its backends, as on the aioquic engine: the key is
+        # shared, and a client misrouted here learns at once), not an unroutable one.
+        if size <= MIN_RESET_LEN or not isinstance(self._decoder.decode(dcid), bytes):
             self.stats.dropped += 1
             return []
         seconds = now / NS

@@ -125,11 +125,19 @@ async def test_a_restarted_backend_resets_with_the_token_the_client_holds() -> N
                 assert 21 <= len(reset) < 1 + CID_LEN + 60
                 assert reset[0] & 0xC0 == 0x40
                 assert reset[-16:] == token
-            # A CID that is not this backend's gets nothing.
-            await loop.sock_sendto(sock, b"\x40" + bytes(CID_LEN) + bytes(60), address)
+            # Another backend's CID of this deployment gets a reset with its token too (as on
+            # the aioquic engine: a client misrouted to a live backend learns at once).
+            other = LB_CONFIG.encode(bytes.fromhex("0a0b0c0e"), bytes(12))
+            await loop.sock_sendto(sock, b"\x40" + other + bytes(60), address)
+            reset, _ = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), 5)
+            assert reset[-16:] == stateless_reset_token(RESET_KEY, other)
+            # A CID of no live configuration, or an unroutable one, gets nothing.
+            for first in (0x40, 0xE0):  # config 2 (not configured), 0b111
+                cid = bytes([first]) + bytes(CID_LEN - 1)
+                await loop.sock_sendto(sock, b"\x40" + cid + bytes(60), address)
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), 0.3)
-        assert restarted.endpoint.stats.resets_sent == len(held)
+        assert restarted.endpoint.stats.resets_sent == len(held) + 1
 
 
 @pytest.mark.asyncio
