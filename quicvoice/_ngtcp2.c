@@ -419,6 +419,74 @@ static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
     return 0;
 }
 
+/* What server and client connections share: their addresses, CID hooks, send-stream slots. */
+static int connection_prepare(ConnectionObject *self, PyObject *local, PyObject *remote,
+                              PyObject *factory, PyObject *retired) {
+    if (parse_address(local, &self->local, &self->local_len) < 0 ||
+        parse_address(remote, &self->remote, &self->remote_len) < 0) {
+        return -1;
+    }
+    for (int i = 0; i < MAX_SEND_STREAMS; i++) {
+        self->streams[i].id = -1;
+    }
+    Py_INCREF(remote);
+    Py_XSETREF(self->remote_obj, remote);
+    Py_INCREF(factory);
+    Py_XSETREF(self->cid_factory, factory);
+    Py_INCREF(retired);
+    Py_XSETREF(self->cid_retired, retired);
+    ngtcp2_connection_close_error_default(&self->ccerr);
+    return 0;
+}
+
+/* The callbacks both sides install (each adds its own for the first Initial). */
+static void common_callbacks(ngtcp2_callbacks *callbacks) {
+    memset(callbacks, 0, sizeof(*callbacks));
+    callbacks->recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    callbacks->encrypt = ngtcp2_crypto_encrypt_cb;
+    callbacks->decrypt = ngtcp2_crypto_decrypt_cb;
+    callbacks->hp_mask = ngtcp2_crypto_hp_mask_cb;
+    callbacks->update_key = ngtcp2_crypto_update_key_cb;
+    callbacks->delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
+    callbacks->delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
+    callbacks->get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
+    callbacks->version_negotiation = ngtcp2_crypto_version_negotiation_cb;
+    callbacks->rand = rand_cb;
+    callbacks->get_new_connection_id = get_new_connection_id_cb;
+    callbacks->remove_connection_id = remove_connection_id_cb;
+    callbacks->recv_stream_data = recv_stream_data_cb;
+    callbacks->recv_datagram = recv_datagram_cb;
+    callbacks->acked_stream_data_offset = acked_stream_data_offset_cb;
+    callbacks->stream_close = stream_close_cb;
+    callbacks->stream_reset = stream_reset_cb;
+}
+
+/* The settings and transport parameters both sides start from (each sets its stream limits). */
+static void common_settings(ngtcp2_settings *settings, ngtcp2_transport_params *params,
+                            unsigned long long now, unsigned long long idle_ms) {
+    ngtcp2_settings_default(settings);
+    settings->initial_ts = (ngtcp2_tstamp)now;
+    /* Acknowledge every ack-eliciting packet at once: ngtcp2 then puts the ACK into the echo
+     * written in the same flush(), where by default it waits max_ack_delay and goes alone
+     * (one ACK-only packet per voice frame). */
+    settings->ack_thresh = 1;
+    ngtcp2_transport_params_default(params);
+    params->initial_max_stream_data_bidi_local = 256 * 1024;
+    params->initial_max_stream_data_bidi_remote = 256 * 1024;
+    params->initial_max_stream_data_uni = 256 * 1024;
+    params->initial_max_data = 1024 * 1024;
+    params->max_idle_timeout = (ngtcp2_duration)idle_ms * NGTCP2_MILLISECONDS;
+    params->active_connection_id_limit = 8;
+}
+
+/* Hand the TLS session to ngtcp2 (and ngtcp2's connection to the crypto callbacks). */
+static void attach_tls(ConnectionObject *self) {
+    self->ref.get_conn = get_conn;
+    self->ref.user_data = self;
+    gnutls_session_set_ptr(self->tls, &self->ref);
+    ngtcp2_conn_set_tls_native_handle(self->conn, self->tls);
+}
+
 static int connection_init(ConnectionObject *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"context",  "client_dcid", "client_scid", "scid",
                             "reset_token", "version",  "local",       "remote",
@@ -449,65 +517,23 @@ static int connection_init(ConnectionObject *self, PyObject *args, PyObject *kwa
         PyErr_SetString(PyExc_TypeError, "cid_factory and cid_retired must be callable");
         goto done;
     }
-    if (parse_address(local, &self->local, &self->local_len) < 0 ||
-        parse_address(remote, &self->remote, &self->remote_len) < 0) {
+    if (connection_prepare(self, local, remote, factory, retired) < 0) {
         goto done;
     }
-    for (int i = 0; i < MAX_SEND_STREAMS; i++) {
-        self->streams[i].id = -1;
-    }
     Py_INCREF(context);
-    self->context = context;
-    Py_INCREF(remote);
-    self->remote_obj = remote;
-    Py_INCREF(factory);
-    self->cid_factory = factory;
-    Py_INCREF(retired);
-    self->cid_retired = retired;
-    ngtcp2_connection_close_error_default(&self->ccerr);
+    Py_XSETREF(self->context, context);
 
     ngtcp2_callbacks callbacks;
-    memset(&callbacks, 0, sizeof(callbacks));
+    common_callbacks(&callbacks);
     callbacks.recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
-    callbacks.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
-    callbacks.encrypt = ngtcp2_crypto_encrypt_cb;
-    callbacks.decrypt = ngtcp2_crypto_decrypt_cb;
-    callbacks.hp_mask = ngtcp2_crypto_hp_mask_cb;
-    callbacks.update_key = ngtcp2_crypto_update_key_cb;
-    callbacks.delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
-    callbacks.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
-    callbacks.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
-    callbacks.version_negotiation = ngtcp2_crypto_version_negotiation_cb;
-    callbacks.rand = rand_cb;
-    callbacks.get_new_connection_id = get_new_connection_id_cb;
-    callbacks.remove_connection_id = remove_connection_id_cb;
-    callbacks.recv_stream_data = recv_stream_data_cb;
-    callbacks.recv_datagram = recv_datagram_cb;
-    callbacks.acked_stream_data_offset = acked_stream_data_offset_cb;
-    callbacks.stream_close = stream_close_cb;
-    callbacks.stream_reset = stream_reset_cb;
-
     ngtcp2_settings settings;
-    ngtcp2_settings_default(&settings);
-    settings.initial_ts = (ngtcp2_tstamp)now;
-    /* Acknowledge every ack-eliciting packet at once: ngtcp2 then puts the ACK into the echo
-     * written in the same flush(), where by default it waits max_ack_delay and goes alone
-     * (one ACK-only packet per voice frame). */
-    settings.ack_thresh = 1;
-
     ngtcp2_transport_params params;
-    ngtcp2_transport_params_default(&params);
-    params.initial_max_stream_data_bidi_local = 256 * 1024;
-    params.initial_max_stream_data_bidi_remote = 256 * 1024;
-    params.initial_max_stream_data_uni = 256 * 1024;
-    params.initial_max_data = 1024 * 1024;
+    common_settings(&settings, &params, now, idle_ms);
     /* As many as aioquic allows (128 each): the voice layer's own limits (SessionLimits:
      * unexpected streams, open peer streams) then close a peer that opens too many with
      * LIMIT_EXCEEDED on both engines, instead of this engine holding it back silently. */
     params.initial_max_streams_bidi = 128;
     params.initial_max_streams_uni = 128;
-    params.max_idle_timeout = (ngtcp2_duration)idle_ms * NGTCP2_MILLISECONDS;
-    params.active_connection_id_limit = 8;
     params.max_datagram_frame_size = 65535;
     params.stateless_reset_token_present = 1;
     memcpy(params.stateless_reset_token, token.buf, NGTCP2_STATELESS_RESET_TOKENLEN);
@@ -546,10 +572,7 @@ static int connection_init(ConnectionObject *self, PyObject *args, PyObject *kwa
         PyErr_Format(PyExc_ValueError, "gnutls session setup failed: %s", gnutls_strerror(rv));
         goto done;
     }
-    self->ref.get_conn = get_conn;
-    self->ref.user_data = self;
-    gnutls_session_set_ptr(self->tls, &self->ref);
-    ngtcp2_conn_set_tls_native_handle(self->conn, self->tls);
+    attach_tls(self);
     result = 0;
 done:
     PyBuffer_Release(&client_dcid);
@@ -1011,57 +1034,19 @@ static PyObject *module_client(PyObject *module, PyObject *args, PyObject *kwarg
         PyErr_SetString(PyExc_ValueError, "alpn of 1..255 octets and callable CID hooks");
         goto fail;
     }
-    if (parse_address(local, &self->local, &self->local_len) < 0 ||
-        parse_address(remote, &self->remote, &self->remote_len) < 0) {
+    if (connection_prepare(self, local, remote, factory, retired) < 0) {
         goto fail;
     }
-    for (int i = 0; i < MAX_SEND_STREAMS; i++) {
-        self->streams[i].id = -1;
-    }
-    Py_INCREF(remote);
-    self->remote_obj = remote;
-    Py_INCREF(factory);
-    self->cid_factory = factory;
-    Py_INCREF(retired);
-    self->cid_retired = retired;
-    ngtcp2_connection_close_error_default(&self->ccerr);
 
     ngtcp2_callbacks callbacks;
-    memset(&callbacks, 0, sizeof(callbacks));
+    common_callbacks(&callbacks);
     callbacks.client_initial = ngtcp2_crypto_client_initial_cb;
     callbacks.recv_retry = ngtcp2_crypto_recv_retry_cb;
-    callbacks.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
-    callbacks.encrypt = ngtcp2_crypto_encrypt_cb;
-    callbacks.decrypt = ngtcp2_crypto_decrypt_cb;
-    callbacks.hp_mask = ngtcp2_crypto_hp_mask_cb;
-    callbacks.update_key = ngtcp2_crypto_update_key_cb;
-    callbacks.delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
-    callbacks.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
-    callbacks.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
-    callbacks.version_negotiation = ngtcp2_crypto_version_negotiation_cb;
-    callbacks.rand = rand_cb;
-    callbacks.get_new_connection_id = get_new_connection_id_cb;
-    callbacks.remove_connection_id = remove_connection_id_cb;
-    callbacks.recv_stream_data = recv_stream_data_cb;
-    callbacks.recv_datagram = recv_datagram_cb;
-    callbacks.acked_stream_data_offset = acked_stream_data_offset_cb;
-    callbacks.stream_close = stream_close_cb;
-    callbacks.stream_reset = stream_reset_cb;
-
     ngtcp2_settings settings;
-    ngtcp2_settings_default(&settings);
-    settings.initial_ts = (ngtcp2_tstamp)now;
-    settings.ack_thresh = 1;
     ngtcp2_transport_params params;
-    ngtcp2_transport_params_default(&params);
-    params.initial_max_stream_data_bidi_local = 256 * 1024;
-    params.initial_max_stream_data_bidi_remote = 256 * 1024;
-    params.initial_max_stream_data_uni = 256 * 1024;
-    params.initial_max_data = 1024 * 1024;
+    common_settings(&settings, &params, now, idle_ms);
     params.initial_max_streams_bidi = 0;
     params.initial_max_streams_uni = 16;
-    params.max_idle_timeout = (ngtcp2_duration)idle_ms * NGTCP2_MILLISECONDS;
-    params.active_connection_id_limit = 8;
 
     uint8_t cid_bytes[26];
     gnutls_rnd(GNUTLS_RND_NONCE, cid_bytes, sizeof(cid_bytes));
@@ -1104,10 +1089,7 @@ static PyObject *module_client(PyObject *module, PyObject *args, PyObject *kwarg
         PyErr_Format(PyExc_ValueError, "gnutls client setup failed: %s", gnutls_strerror(rv));
         goto fail;
     }
-    self->ref.get_conn = get_conn;
-    self->ref.user_data = self;
-    gnutls_session_set_ptr(self->tls, &self->ref);
-    ngtcp2_conn_set_tls_native_handle(self->conn, self->tls);
+    attach_tls(self);
     PyBuffer_Release(&alpn);
     return (PyObject *)self;
 fail:

@@ -91,17 +91,24 @@ def received_tos(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
+def enlarge_buffers(sock: socket.socket) -> None:
+    """Ask for ``SOCKET_BUFFER`` octets of receive and send buffer (the kernel caps it at
+    ``rmem_max``/``wmem_max``): the default overflows when a burst of calls meets a loop that
+    was busy for a few milliseconds."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
 def bind_udp_socket(address: Address, ecn: int = 0) -> socket.socket:
     """Return a non-blocking UDP socket bound to ``address`` with large buffers, marking what
     it sends with ECN codepoint ``ecn`` and reporting the TOS of what it receives."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-            except OSError:
-                pass
+        enlarge_buffers(sock)
         enable_tos_reporting(sock)
         if ecn:
             set_ecn_marking(sock, ecn)
