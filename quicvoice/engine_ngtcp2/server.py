@@ -41,6 +41,7 @@ class Ngtcp2Server:
         #: The sans-I/O endpoint (its ``stats``, ``generator`` and CIDs are public).
         self.endpoint = endpoint if endpoint is not None else Ngtcp2Endpoint(config)
         self._socket: socket.socket | None = None
+        self._family = int(socket.AF_INET)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
@@ -71,6 +72,8 @@ class Ngtcp2Server:
             sock.close()
             raise
         self._socket = sock
+        # As a plain int: ``socket.family`` makes an enum member on every read.
+        self._family = int(sock.family)
         self._loop = loop
         loop.add_reader(sock.fileno(), self._on_readable)
         bound_host, bound_port = sock.getsockname()[:2]
@@ -107,7 +110,7 @@ class Ngtcp2Server:
     def _send(self, datagrams: Datagrams) -> None:
         sock = self._socket
         if sock is not None and datagrams:
-            sent, failed = self._batch.send(sock.fileno(), sock.family, datagrams)
+            sent, failed = self._batch.send(sock.fileno(), self._family, datagrams)
             self.datagrams_sent += sent
             self.send_failures += failed
         self._arm()
