@@ -187,6 +187,10 @@ class _DeliveryClose:
     error_code: int
     reason_phrase: str
     stream_ids: tuple[int, ...]
+    #: Close only when the peer answers (``close_now``) or at the deadline, not when the data
+    #: is acknowledged: a browser acknowledges a WebTransport close capsule before its page
+    #: has read it, and a CONNECTION_CLOSE then overtakes it ("Connection lost").
+    until_answered: bool = False
     #: Set at the first transmission after the close was asked for.
     deadline: float | None = None
 
@@ -369,15 +373,24 @@ class VoiceQuicConnection(QuicConnection):
         return _ECN_APPLICATION_SPACE
 
     def close_after_delivery(
-        self, *, error_code: int, reason_phrase: str, stream_ids: tuple[int, ...]
+        self,
+        *,
+        error_code: int,
+        reason_phrase: str,
+        stream_ids: tuple[int, ...],
+        until_answered: bool = False,
     ) -> None:
         """Close like ``close()``, once what was written on ``stream_ids`` is acknowledged,
         or 3 PTO (at most ``CLOSE_LINGER_MAX``) after the next transmission, whichever is
-        first. Nothing new may be written meanwhile; a later ``close()`` takes over."""
+        first. ``until_answered``: not on the acknowledgement but when the peer answers
+        (``close_now``), or ``CLOSE_LINGER_MAX`` after the next transmission. Nothing new may
+        be written meanwhile; a later ``close()`` takes over."""
         if self._close_event is not None or self._state in _END_STATES:
             return
         if self._delivery_close is None:
-            self._delivery_close = _DeliveryClose(error_code, reason_phrase, stream_ids)
+            self._delivery_close = _DeliveryClose(
+                error_code, reason_phrase, stream_ids, until_answered
+            )
 
     @property
     def closing_after_delivery(self) -> bool:
@@ -400,10 +413,13 @@ class VoiceQuicConnection(QuicConnection):
             return
         if pending.deadline is None:
             linger = 3 * self._loss.get_probe_timeout()
+            if pending.until_answered:
+                linger = CLOSE_LINGER_MAX
             pending.deadline = now + min(CLOSE_LINGER_MAX, linger)
             return  # the data goes out in this transmission
-        if now >= pending.deadline or all(
-            unacked_stream_bytes(self, stream_id) == 0 for stream_id in pending.stream_ids
+        if now >= pending.deadline or (
+            not pending.until_answered
+            and all(unacked_stream_bytes(self, stream_id) == 0 for stream_id in pending.stream_ids)
         ):
             self.close_now()
 
@@ -621,14 +637,23 @@ def mark_local_webtransport_stream(h3: H3Connection, stream_id: int, session_id:
 
 
 def close_after_delivery(
-    quic: QuicConnection, error_code: int, reason_phrase: str, stream_ids: tuple[int, ...]
+    quic: QuicConnection,
+    error_code: int,
+    reason_phrase: str,
+    stream_ids: tuple[int, ...],
+    *,
+    until_answered: bool = False,
 ) -> None:
-    """Close ``quic`` once the data written on ``stream_ids`` is acknowledged (bounded in
-    time, ``VoiceQuicConnection.close_after_delivery``); a plain ``QuicConnection`` closes
-    at once, as aioquic does."""
+    """Close ``quic`` once the data written on ``stream_ids`` is acknowledged, or (with
+    ``until_answered``) once the peer answers it (bounded in time,
+    ``VoiceQuicConnection.close_after_delivery``); a plain ``QuicConnection`` closes at once,
+    as aioquic does."""
     if isinstance(quic, VoiceQuicConnection) and stream_ids:
         quic.close_after_delivery(
-            error_code=error_code, reason_phrase=reason_phrase, stream_ids=stream_ids
+            error_code=error_code,
+            reason_phrase=reason_phrase,
+            stream_ids=stream_ids,
+            until_answered=until_answered,
         )
     else:
         quic.close(error_code=error_code, reason_phrase=reason_phrase)

@@ -265,7 +265,12 @@ class _QuicStreams:
 
     def _close_server(self, error_code: int, reason: str, deliver: tuple[int, ...]) -> None:
         deliver = self._say_goodbye(error_code, reason, deliver)
-        glue.close_after_delivery(self.quic, error_code, reason, deliver)
+        glue.close_after_delivery(
+            self.quic, error_code, reason, deliver, until_answered=self._awaits_answer
+        )
+
+    #: Whether the server's close waits for the peer's answer rather than an acknowledgement.
+    _awaits_answer = False
 
     def _say_goodbye(
         self, error_code: int, reason: str, deliver: tuple[int, ...]
@@ -398,9 +403,9 @@ class WebTransportTransport(_QuicStreams):
         if capsule is None and not ended:
             return []
         if self._close_capsule_sent:
-            # The peer answered our own close (its FIN, or its close crossing ours): the
-            # last words have arrived, so the connection can close now.
-            glue.close_now(self.quic)
+            # The peer answered our own close (its FIN, or its close crossing ours). A
+            # browser's network stack answers before its page has read the close: the
+            # connection closes when the browser closes it, or CLOSE_LINGER_MAX after ours.
             return []
         if capsule is None:
             closed = Closed(0, "WebTransport session closed by the peer")
@@ -426,6 +431,9 @@ class WebTransportTransport(_QuicStreams):
                 pass
             else:
                 deliver = (*deliver, session_id)
+                # A browser acknowledges the capsule before its page has read it; its answer
+                # (FIN on the CONNECT stream) says it has: close then, or after 1 s.
+                self._awaits_answer = True
         return deliver
 
     def _send_connect(self) -> None:

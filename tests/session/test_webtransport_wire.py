@@ -42,6 +42,11 @@ SETTINGS_WT_MAX_SESSIONS_DRAFT14 = 0x14E9CD29
 SETTINGS_WT_ENABLED_DRAFT15 = 0x2C7CF000
 
 
+#: The deadline counts from the first transmission after the refusal, and the test moves
+#: time in steps: the bound on when the close arrives.
+STEP = 0.2
+
+
 class Browserish:
     """An aioquic H3 client with WebTransport, and the voice server it talks to, in memory."""
 
@@ -201,6 +206,7 @@ def test_a_refusal_closes_the_session_with_a_capsule_before_the_connection(
 ) -> None:
     client = Browserish(accept=False)
     session_id, control = client.open_session()
+    refused_at = client.now
     client.say(control, message)
     for _ in range(10):
         client.pump()
@@ -222,10 +228,14 @@ def test_a_refusal_closes_the_session_with_a_capsule_before_the_connection(
     assert msgpack.unpackb(control_data[1:] if control_data[0] < 64 else control_data[2:])[
         "code"
     ] == int(code)
-    # The CONNECTION_CLOSE came after (its data acknowledged), not instead, and soon.
+    # The CONNECTION_CLOSE came after, not instead: this client acknowledges the capsule but
+    # never closes its connection, so the server closes it CLOSE_LINGER_MAX after the capsule
+    # left (a browser acknowledges, and answers with FIN, before its page has read the capsule:
+    # closing then made Chromium report "Connection lost" in 2 of 15 runs of the page tests).
     assert client.client_terminated is not None
     assert client.client_terminated.error_code == code
-    assert client.closed_at is not None and client.closed_at < CLOSE_LINGER_MAX
+    assert client.closed_at is not None
+    assert CLOSE_LINGER_MAX <= client.closed_at - refused_at <= CLOSE_LINGER_MAX + STEP
 
 
 def test_the_close_waits_at_most_the_linger_when_nothing_is_acknowledged() -> None:
@@ -244,7 +254,7 @@ def test_the_close_waits_at_most_the_linger_when_nothing_is_acknowledged() -> No
     assert client.client_terminated is not None
     assert client.client_terminated.error_code == ErrorCode.VERSION_UNSUPPORTED
     assert client.closed_at is not None
-    assert 0 < client.closed_at - refused_at <= CLOSE_LINGER_MAX + 0.05
+    assert 0 < client.closed_at - refused_at <= CLOSE_LINGER_MAX + STEP
     capsule = CapsuleReader().feed(client.connect_stream_bytes(session_id))
     assert capsule is not None and capsule.code == ErrorCode.VERSION_UNSUPPORTED
 
