@@ -1,5 +1,6 @@
 """A deployment on loopback for end-to-end tests: one shared TOML file, a real forwarder
-process, and backends (``VoiceServer``s in the test's event loop) configured from that file."""
+process, and backends configured from that file (``VoiceServer``s in the test's event loop, or
+``quicvoice serve`` processes)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from quicvoice.agent import demo_agent
@@ -103,6 +104,24 @@ class Deployment:
                     raise
                 time.sleep(0.05)
 
+    def metric(self, sample: str, default: float) -> float:
+        """The value of one sample (``name{labels}``) of the forwarder's metrics, or
+        ``default`` when it is not shown."""
+        for line in self.wait_for_metrics().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return default
+
+    def backend_up(self, sid: str) -> float:
+        """The forwarder's health gauge for backend ``sid`` (-1: not shown)."""
+        return self.metric(f'quicvoice_lb_backend_up{{server_id="{sid}"}}', -1.0)
+
+    def went_down(self, sid: str) -> float:
+        """How many times the forwarder has marked backend ``sid`` down."""
+        return self.metric(
+            f'quicvoice_lb_backend_transitions_total{{server_id="{sid}",to="down"}}', 0.0
+        )
+
     def kill_forwarder(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
@@ -165,3 +184,62 @@ def session_home(servers: dict[str, VoiceServer], session_id: str) -> str:
     return homes[0]
 
 
+@contextmanager
+def serve_backend(
+    deployment: Deployment, sid: str, *, engine: str | None = None, app: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``quicvoice serve`` process for backend ``sid`` of the deployment's file
+    (``engine``, ``app``: the file's and the demo agent when ``None``), killed at the end; a
+    backend that logged a traceback fails the test."""
+    log = deployment.path.with_name(f"serve-{sid}.log")
+    command = [
+        sys.executable, "-m", "quicvoice.cli", "serve", "--config", str(deployment.path),
+        "--server-id", sid,
+    ]  # fmt: skip
+    if engine is not None:
+        command += ["--engine", engine]
+    if app is not None:
+        command += ["--app", app]
+    with open(log, "wb") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline(), f"the backend did not start: {log.read_text()}"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        # A backend that raised anything (into its event loop, or out) logged it here.
+        assert "Traceback" not in log.read_text(), log.read_text()
+
+
+async def poll_until(check: Callable[[], object], timeout: float) -> None:
+    """Call ``check`` (in a thread: it may read another process's metrics) every 50 ms until
+    it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+#: Strangers' short headers for CIDs of a backend, ``FLOOD_RATE`` a second straight at it
+#: (``python -c FLOOD host port rate seconds cid,cid,...``; prints how many it sent).
+FLOOD_RATE = 4000
+FLOOD_SECONDS = 5.0
+FLOOD = """
+import os, socket, sys, time
+host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+cids = [bytes.fromhex(c) for c in sys.argv[5].split(",")]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.3", 0))
+start = time.monotonic()
+sent, total = 0, int(rate * seconds)
+while sent < total and time.monotonic() - start < seconds + 2:
+    due = min(total, int((time.monotonic() - start) * rate))
+    while sent < due:
+        sock.sendto(b"\\x41" + cids[sent % len(cids)] + os.urandom(40), (host, port))
+        sent += 1
+    time.sleep(0.001)
+print(sent, flush=True)
+"""

@@ -14,10 +14,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,61 +25,24 @@ from quicvoice.encapsulation import wrap
 from quicvoice.session.events import SessionResumed
 
 from ..conftest import RedisServer
-from .deployment import LB_CONFIG, Deployment, backends, finish, stream
+from .deployment import (
+    FLOOD,
+    FLOOD_RATE,
+    FLOOD_SECONDS,
+    LB_CONFIG,
+    Deployment,
+    backends,
+    finish,
+    poll_until,
+    serve_backend,
+    stream,
+)
 
 pytestmark = pytest.mark.integration
 
 A, B = "0a000001", "0a000002"
 #: The flood: unknown short headers straight at the backend, DCIDs of this deployment (they
 #: decode to a server ID, so each one asks for a stateless reset), bounded in count and time.
-FLOOD_RATE = 4000
-FLOOD_SECONDS = 5.0
-FLOOD = """
-import os, socket, sys, time
-host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-cids = [bytes.fromhex(c) for c in sys.argv[5].split(",")]
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind(("127.0.0.3", 0))
-start = time.monotonic()
-sent, total = 0, int(rate * seconds)
-while sent < total and time.monotonic() - start < seconds + 2:
-    due = min(total, int((time.monotonic() - start) * rate))
-    while sent < due:
-        sock.sendto(b"\\x41" + cids[sent % len(cids)] + os.urandom(40), (host, port))
-        sent += 1
-    time.sleep(0.001)
-print(sent, flush=True)
-"""
-
-
-def scrape(deployment: Deployment) -> dict[str, float]:
-    """The forwarder's metrics, one entry per line (``name{labels}`` -> value)."""
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{deployment.metrics_port}/metrics", timeout=2
-    ) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            values[key] = float(value)
-    return values
-
-
-def up(deployment: Deployment, sid: str) -> float:
-    return scrape(deployment).get(f'quicvoice_lb_backend_up{{server_id="{sid}"}}', -1.0)
-
-
-def went_down(deployment: Deployment, sid: str) -> float:
-    key = f'quicvoice_lb_backend_transitions_total{{server_id="{sid}",to="down"}}'
-    return scrape(deployment).get(key, 0.0)
-
-
-async def wait_until(check: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def test_the_gauge_shows_configured_and_found_states(tmp_path: Path) -> None:
@@ -92,12 +51,12 @@ def test_the_gauge_shows_configured_and_found_states(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with backends(deployment) as servers:
-            await wait_until(lambda: up(deployment, A) == 1.0, 5)
-            assert up(deployment, B) == 0.0  # configured down
+            await poll_until(lambda: deployment.backend_up(A) == 1.0, 5)
+            assert deployment.backend_up(B) == 0.0  # configured down
             await servers[A].aclose()  # its port closes: ICMP, then no probe answer
-            await wait_until(lambda: up(deployment, A) == 0.0, 5)
-            assert went_down(deployment, A) == 1.0
-            assert went_down(deployment, B) == 0.0  # configured down is no transition
+            await poll_until(lambda: deployment.backend_up(A) == 0.0, 5)
+            assert deployment.went_down(A) == 1.0
+            assert deployment.went_down(B) == 0.0  # configured down is no transition
 
     try:
         asyncio.run(scenario())
@@ -115,7 +74,7 @@ def test_a_flood_of_unknown_short_headers_cannot_starve_the_probes(tmp_path: Pat
     async def scenario() -> None:
         async with backends(deployment) as servers:
             server = servers[A]
-            await wait_until(lambda: up(deployment, A) == 1.0, 5)
+            await poll_until(lambda: deployment.backend_up(A) == 1.0, 5)
             host, port = deployment.backends[A]
             flood = subprocess.Popen(
                 [sys.executable, "-c", FLOOD, host, str(port), str(FLOOD_RATE),
@@ -140,8 +99,8 @@ def test_a_flood_of_unknown_short_headers_cannot_starve_the_probes(tmp_path: Pat
             assert server.counters["dropped_unknown_cid"] >= sent * 0.5
             assert server.counters["stateless_resets"] < sent * 0.2
             # ...while the probes were answered all along: never marked down.
-            assert went_down(deployment, A) == 0.0
-            assert up(deployment, A) == 1.0
+            assert deployment.went_down(A) == 0.0
+            assert deployment.backend_up(A) == 1.0
             assert server.counters["probes_answered"] >= 10 * FLOOD_SECONDS * 0.8
 
     try:
@@ -177,7 +136,7 @@ def forged_port_unreachable(
 
 async def probe_answered_after(server: VoiceServer, answered: int) -> int:
     """Wait (0.3 s at most) for ``server`` to answer more probes than ``answered``."""
-    await wait_until(lambda: server.counters["probes_answered"] > answered, 0.3)
+    await poll_until(lambda: server.counters["probes_answered"] > answered, 0.3)
     return server.counters["probes_answered"]
 
 
@@ -193,7 +152,7 @@ def test_a_forged_port_unreachable_does_not_take_a_live_backend_down(tmp_path: P
 
     async def scenario() -> None:
         async with backends(deployment) as servers:
-            await wait_until(lambda: up(deployment, A) == 1.0, 5)
+            await poll_until(lambda: deployment.backend_up(A) == 1.0, 5)
             answered = servers[A].counters["probes_answered"]
             # A datagram of a client, and what looks like a probe without the key's proof
             # (a forger who knows the format): neither confirms the suspicion.
@@ -209,34 +168,14 @@ def test_a_forged_port_unreachable_does_not_take_a_live_backend_down(tmp_path: P
                     # The suspicion's probe comes at once, long before the next regular one.
                     answered = await probe_answered_after(servers[A], answered)
                     await asyncio.sleep(DEFAULT_CONFIRM_TIMEOUT + 0.2)  # past the timeout
-                    assert up(deployment, A) == 1.0
-            assert went_down(deployment, A) == 0.0
-            assert up(deployment, A) == 1.0
+                    assert deployment.backend_up(A) == 1.0
+            assert deployment.went_down(A) == 0.0
+            assert deployment.backend_up(A) == 1.0
 
     try:
         asyncio.run(scenario())
     finally:
         deployment.stop()
-
-
-@contextmanager
-def serve(deployment: Deployment, sid: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``quicvoice serve`` process for backend ``sid``, killed at the end."""
-    log = deployment.path.with_name(f"serve-{sid}.log")
-    with open(log, "wb") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "quicvoice.cli", "serve", "--config", str(deployment.path),
-             "--server-id", sid],
-            stdout=subprocess.PIPE, stderr=errors,
-        )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline(), f"the backend did not start: {log.read_text()}"
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
 
 
 def test_a_killed_backend_process_is_found_by_icmp_and_its_call_resumes_at_once(
@@ -249,7 +188,7 @@ def test_a_killed_backend_process_is_found_by_icmp_and_its_call_resumes_at_once(
     deployment.start_forwarder()
 
     async def scenario(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-        await wait_until(lambda: up(deployment, A) == up(deployment, B) == 1.0, 5)
+        await poll_until(lambda: deployment.backend_up(A) == deployment.backend_up(B) == 1.0, 5)
         async with connect(*deployment.vip, verify=False, liveness_timeout=5.0) as call:
             assert call.session is not None
             home = call.session.server_id
@@ -259,7 +198,7 @@ def test_a_killed_backend_process_is_found_by_icmp_and_its_call_resumes_at_once(
             speaking = asyncio.get_running_loop().create_task(stream(call, 200))
             await asyncio.sleep(0.3)
             # (Each backend may have been found down once already, before its process bound.)
-            downs = {sid: went_down(deployment, sid) for sid in (A, B)}
+            downs = {sid: deployment.went_down(sid) for sid in (A, B)}
             killed_at = asyncio.get_running_loop().time()
             processes[home].send_signal(signal.SIGKILL)
             resumed = await call.wait_resumed(timeout=10)
@@ -273,11 +212,11 @@ def test_a_killed_backend_process_is_found_by_icmp_and_its_call_resumes_at_once(
             assert cart.data == {"items": [{"item": "tea"}]}
             speaking.cancel()
         # The supervisor samples health every 0.1 s: the resume may have been quicker.
-        await wait_until(lambda: went_down(deployment, home) == downs[home] + 1, 2)
-        assert went_down(deployment, other) == downs[other]
+        await poll_until(lambda: deployment.went_down(home) == downs[home] + 1, 2)
+        assert deployment.went_down(other) == downs[other]
 
     try:
-        with serve(deployment, A) as process_a, serve(deployment, B) as process_b:
+        with serve_backend(deployment, A) as process_a, serve_backend(deployment, B) as process_b:
             asyncio.run(scenario({A: process_a, B: process_b}))
     finally:
         deployment.stop()

@@ -19,8 +19,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, ExitStack, contextmanager
+from contextlib import AbstractContextManager, AsyncExitStack, ExitStack
 from pathlib import Path
 
 import pytest
@@ -36,8 +35,16 @@ from quicvoice.store import open_store, unpack_state
 
 from ..conftest import RedisServer
 from ..security.raw import FRAME
-from .deployment import LB_CONFIG, SERVER_IDS, Deployment
-from .test_lb_health import FLOOD, FLOOD_RATE, FLOOD_SECONDS
+from .deployment import (
+    FLOOD,
+    FLOOD_RATE,
+    FLOOD_SECONDS,
+    LB_CONFIG,
+    SERVER_IDS,
+    Deployment,
+    poll_until,
+    serve_backend,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -50,48 +57,12 @@ TIMEOUT = 10.0
 CID_LEN = 17
 
 
-@contextmanager
 def serve(
     deployment: Deployment, sid: str, *, engine: str = "ngtcp2", app: str | None = ECHO_APP
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``quicvoice serve`` process for backend ``sid`` of the deployment's file on
-    ``engine`` (``app``: ``None`` is the demo agent), killed at the end."""
-    log = deployment.path.with_name(f"serve-{sid}.log")
-    command = [
-        sys.executable, "-m", "quicvoice.cli", "serve", "--config", str(deployment.path),
-        "--server-id", sid, "--engine", engine,
-    ]  # fmt: skip
-    if app is not None:
-        command += ["--app", app]
-    with open(log, "wb") as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline(), f"the backend did not start: {log.read_text()}"
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        # A backend that raised anything (into its event loop, or out) logged it here.
-        assert "Traceback" not in log.read_text(), log.read_text()
-
-
-def gauge(deployment: Deployment, sid: str) -> float:
-    """The forwarder's health gauge for backend ``sid`` (-1: not shown)."""
-    key = f'quicvoice_lb_backend_up{{server_id="{sid}"}}'
-    for line in deployment.wait_for_metrics().splitlines():
-        if line.startswith(key + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return -1.0
-
-
-def went_down(deployment: Deployment, sid: str) -> float:
-    key = f'quicvoice_lb_backend_transitions_total{{server_id="{sid}",to="down"}}'
-    for line in deployment.wait_for_metrics().splitlines():
-        if line.startswith(key + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """A real ``quicvoice serve`` process for backend ``sid`` on ``engine`` (``app``: ``None``
+    is the demo agent), killed at the end."""
+    return serve_backend(deployment, sid, engine=engine, app=app)
 
 
 def uplink_packets(deployment: Deployment, sid: str) -> float:
@@ -102,14 +73,6 @@ def uplink_packets(deployment: Deployment, sid: str) -> float:
         if line.startswith(prefix) and 'direction="uplink"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-async def until(check: object, timeout: float) -> None:
-    """Poll the forwarder's metrics (another process: nothing to await) until ``check()``."""
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(check):  # type: ignore[arg-type]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def echoed_utterance(call: VoiceClient, frames: int, *, heard: int | None = None) -> int:
@@ -146,8 +109,8 @@ def test_a_call_through_the_vip_on_ngtcp2_backends_and_their_health(tmp_path: Pa
     deployment.start_forwarder()
 
     async def scenario() -> None:
-        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
-        downs = {sid: went_down(deployment, sid) for sid in (A, B)}
+        await poll_until(lambda: deployment.backend_up(A) == deployment.backend_up(B) == 1.0, 5)
+        downs = {sid: deployment.went_down(sid) for sid in (A, B)}
         homes = set()
         for _ in range(4):
             async with connect(*deployment.vip, verify=False, reconnect=False) as call:
@@ -160,8 +123,8 @@ def test_a_call_through_the_vip_on_ngtcp2_backends_and_their_health(tmp_path: Pa
         assert homes <= {A, B}
         # Probes kept being answered all along (health_interval 0.2 s): no backend went down.
         await asyncio.sleep(1.0)
-        assert gauge(deployment, A) == gauge(deployment, B) == 1.0
-        assert {sid: went_down(deployment, sid) for sid in (A, B)} == downs
+        assert deployment.backend_up(A) == deployment.backend_up(B) == 1.0
+        assert {sid: deployment.went_down(sid) for sid in (A, B)} == downs
 
     try:
         with serve(deployment, A), serve(deployment, B):
@@ -180,7 +143,7 @@ def test_a_call_migrates_through_the_forwarder_127_0_0_2_to_127_0_0_3_on_ngtcp2(
     deployment.start_forwarder()
 
     async def scenario() -> None:
-        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
+        await poll_until(lambda: deployment.backend_up(A) == deployment.backend_up(B) == 1.0, 5)
         async with connect(
             *deployment.vip, verify=False, reconnect=False, local_address="127.0.0.2"
         ) as call:
@@ -230,7 +193,7 @@ def test_a_killed_ngtcp2_backend_s_call_resumes_on_the_other_with_its_state(
             await store.aclose()
 
     async def scenario(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
+        await poll_until(lambda: deployment.backend_up(A) == deployment.backend_up(B) == 1.0, 5)
         async with connect(*deployment.vip, verify=False, liveness_timeout=5.0) as call:
             assert call.session is not None
             home = call.session.server_id
@@ -238,7 +201,7 @@ def test_a_killed_ngtcp2_backend_s_call_resumes_on_the_other_with_its_state(
             call.send_event("order.add", {"item": "tea"})
             await asyncio.wait_for(call.wait_event("order.cart"), TIMEOUT)
             await checkpointed(call.session.session_id)
-            downs = went_down(deployment, home)
+            downs = deployment.went_down(home)
             killed_at = asyncio.get_running_loop().time()
             processes[home].send_signal(signal.SIGKILL)
             processes[home].wait(5)
@@ -256,8 +219,8 @@ def test_a_killed_ngtcp2_backend_s_call_resumes_on_the_other_with_its_state(
             call.send_event("order.list")
             cart = await asyncio.wait_for(call.wait_event("order.cart"), TIMEOUT)
             assert cart.data == {"items": [{"item": "tea"}]}
-        await until(lambda: went_down(deployment, home) == downs + 1, 2)
-        assert gauge(deployment, other) == 1.0
+        await poll_until(lambda: deployment.went_down(home) == downs + 1, 2)
+        assert deployment.backend_up(other) == 1.0
 
     try:
         with serve(deployment, A, app=None) as process_a, serve(deployment, B, app=None) as b:
@@ -278,7 +241,7 @@ def test_after_a_blackout_calls_resume_at_home_on_ngtcp2_through_their_home_cid(
     deployment.start_forwarder()
 
     async def scenario() -> None:
-        await until(lambda: all(gauge(deployment, sid) == 1.0 for sid in SERVER_IDS), 5)
+        await poll_until(lambda: all(deployment.backend_up(sid) == 1.0 for sid in SERVER_IDS), 5)
         relay = BlackoutRelay(deployment.vip)
         entry = await relay.start()
         try:
@@ -338,8 +301,8 @@ def test_a_flood_of_unknown_short_headers_cannot_starve_an_ngtcp2_backend_s_prob
     cids = ",".join(LB_CONFIG.encode(bytes.fromhex(A), os.urandom(12)).hex() for _ in range(64))
 
     async def scenario() -> None:
-        await until(lambda: gauge(deployment, A) == 1.0, 5)
-        down_before = went_down(deployment, A)
+        await poll_until(lambda: deployment.backend_up(A) == 1.0, 5)
+        down_before = deployment.went_down(A)
         host, port = deployment.backends[A]
         flood = subprocess.Popen(
             [sys.executable, "-c", FLOOD, host, str(port), str(FLOOD_RATE),
@@ -359,8 +322,8 @@ def test_a_flood_of_unknown_short_headers_cannot_starve_an_ngtcp2_backend_s_prob
                 flood.wait()
         assert flood.stdout is not None
         assert int(flood.stdout.read()) >= FLOOD_RATE * FLOOD_SECONDS * 0.95
-        assert went_down(deployment, A) == down_before
-        assert gauge(deployment, A) == 1.0
+        assert deployment.went_down(A) == down_before
+        assert deployment.backend_up(A) == 1.0
 
     try:
         with serve(deployment, A):
@@ -394,7 +357,7 @@ def test_garbage_through_the_vip_never_crashes_an_ngtcp2_backend_nor_the_live_ca
     deployment.start_forwarder()
 
     async def scenario(processes: list[subprocess.Popen[bytes]]) -> None:
-        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
+        await poll_until(lambda: deployment.backend_up(A) == deployment.backend_up(B) == 1.0, 5)
         async with connect(*deployment.vip, verify=False, reconnect=False) as call:
             assert call.session is not None
             live = bytes(call._link.quic._peer_cid.cid)
@@ -429,11 +392,11 @@ def test_garbage_through_the_vip_never_crashes_an_ngtcp2_backend_nor_the_live_ca
                     if index % 20 == 19:
                         await asyncio.sleep(0.01)
             # The forwarder carried the garbage aimed at the live CID to the call's backend.
-            await until(lambda: uplink_packets(deployment, home) >= before + aimed, 5)
+            await poll_until(lambda: uplink_packets(deployment, home) >= before + aimed, 5)
             assert await echoed_utterance(call, 20) == 20
             assert await call.bye(timeout=TIMEOUT) == 20
         assert all(process.poll() is None for process in processes)
-        assert gauge(deployment, A) == gauge(deployment, B) == 1.0
+        assert deployment.backend_up(A) == deployment.backend_up(B) == 1.0
 
     try:
         with serve(deployment, A) as a, serve(deployment, B) as b:
@@ -447,7 +410,7 @@ def test_a_mixed_fleet_behind_one_forwarder_takes_calls_on_both_engines(tmp_path
     deployment.start_forwarder()
 
     async def scenario() -> None:
-        await until(lambda: gauge(deployment, A) == gauge(deployment, B) == 1.0, 5)
+        await poll_until(lambda: deployment.backend_up(A) == deployment.backend_up(B) == 1.0, 5)
         homes: dict[str, int] = {}
         for _ in range(20):
             async with connect(*deployment.vip, verify=False, reconnect=False) as call:
@@ -459,7 +422,7 @@ def test_a_mixed_fleet_behind_one_forwarder_takes_calls_on_both_engines(tmp_path
             if len(homes) == 2 and min(homes.values()) >= 2:
                 break
         assert set(homes) == {A, B}, homes
-        assert gauge(deployment, A) == gauge(deployment, B) == 1.0
+        assert deployment.backend_up(A) == deployment.backend_up(B) == 1.0
 
     try:
         with ExitStack() as stack:
