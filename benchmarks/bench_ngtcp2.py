@@ -36,7 +36,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from quicvoice.engine_ngtcp2.endpoint import EngineConfig
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
@@ -59,13 +62,28 @@ async def report_forever(count: Any) -> None:
         )
 
 
-async def serve_ngtcp2(port: int) -> None:
-
+def engine_config(port: int) -> EngineConfig:
+    """The servers' engine configuration: loopback ``port``, fresh keys, a development
+    certificate."""
     from quicvoice.certificates import generate_certificate
-    from quicvoice.engine_ngtcp2.echo import EchoSession, StreamSink
-    from quicvoice.engine_ngtcp2.endpoint import EngineConfig, Ngtcp2Endpoint
-    from quicvoice.engine_ngtcp2.server import Ngtcp2Server
+    from quicvoice.engine_ngtcp2.endpoint import EngineConfig
     from quicvoice.quiclb import LoadBalancerConfig
+
+    certificate = generate_certificate()
+    return EngineConfig(
+        local=("127.0.0.1", port),
+        server_id=bytes.fromhex("0a0b0c0d"),
+        lb_config=LoadBalancerConfig(0, 4, 12, os.urandom(16)),
+        reset_key=os.urandom(32),
+        certificate=certificate.certificate_pem(),
+        private_key=certificate.private_key_pem(),
+    )
+
+
+async def serve_ngtcp2(port: int) -> None:
+    from quicvoice.engine_ngtcp2.echo import EchoSession, StreamSink
+    from quicvoice.engine_ngtcp2.endpoint import Ngtcp2Endpoint
+    from quicvoice.engine_ngtcp2.server import Ngtcp2Server
 
     sessions: list[EchoSession] = []
 
@@ -74,15 +92,7 @@ async def serve_ngtcp2(port: int) -> None:
         sessions.append(session)
         return session
 
-    certificate = generate_certificate()
-    config = EngineConfig(
-        local=("127.0.0.1", port),
-        server_id=bytes.fromhex("0a0b0c0d"),
-        lb_config=LoadBalancerConfig(0, 4, 12, os.urandom(16)),
-        reset_key=os.urandom(32),
-        certificate=certificate.certificate_pem(),
-        private_key=certificate.private_key_pem(),
-    )
+    config = engine_config(port)
     server = Ngtcp2Server(config, Ngtcp2Endpoint(config, application=application))
     await server.start()
     print("ready", flush=True)
@@ -90,12 +100,8 @@ async def serve_ngtcp2(port: int) -> None:
 
 
 async def serve_voice(port: int) -> None:
-
     from quicvoice.asyncio.server import ServerSession
-    from quicvoice.certificates import generate_certificate
-    from quicvoice.engine_ngtcp2.endpoint import EngineConfig
     from quicvoice.engine_ngtcp2.voice_server import Ngtcp2VoiceServer
-    from quicvoice.quiclb import LoadBalancerConfig
     from quicvoice.session.events import SessionClosed
     from quicvoice.session.wire import MediaFrame
 
@@ -114,15 +120,7 @@ async def serve_voice(port: int) -> None:
             if isinstance(event, SessionClosed):
                 return
 
-    certificate = generate_certificate()
-    config = EngineConfig(
-        local=("127.0.0.1", port),
-        server_id=bytes.fromhex("0a0b0c0d"),
-        lb_config=LoadBalancerConfig(0, 4, 12, os.urandom(16)),
-        reset_key=os.urandom(32),
-        certificate=certificate.certificate_pem(),
-        private_key=certificate.private_key_pem(),
-    )
+    config = engine_config(port)
     server = Ngtcp2VoiceServer(config, echo)
     await server.start()
     print("ready", flush=True)
