@@ -110,6 +110,17 @@ MAX_PENDING_DATAGRAMS = 8
 SessionHandler = Callable[["ServerSession"], Awaitable[None]]
 
 
+
+def stored_caller(stored: SessionRecord) -> Caller | None:
+    """The caller a stored session was admitted with (``None``: an open backend's);
+    ``ResumeRefused`` (state unavailable) when the stored blob cannot be read."""
+    if not stored.caller:
+        return None
+    try:
+        return decode_caller(stored.caller)
+    except ValueError as error:
+        raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, str(error)) from None
+
 class ServerSession:
     """One voice session as the server application sees it.
 
@@ -535,15 +546,9 @@ class _ServerConnection:
         self, hello: Hello, codec: str, stored: SessionRecord
     ) -> Caller | None:
         """The caller of a session being resumed; ``_Refused`` when it may not resume."""
-        stored_caller: Caller | None = None
-        if stored.caller:
-            try:
-                stored_caller = decode_caller(stored.caller)
-            except ValueError as error:
-                raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, str(error)) from None
         try:
             caller = self.server.credentials.authenticate_resume(
-                hello.token, time.time(), stored_caller
+                hello.token, time.time(), stored_caller(stored)
             )
         except CredentialRefused as refusal:
             raise _Refused(refusal.error_code, refusal.reason, refusal.detail) from None

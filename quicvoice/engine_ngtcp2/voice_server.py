@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from ..asyncio.accept import run_accept_hook
-from ..asyncio.server import ServerSession, VoiceServer
+from ..asyncio.server import ServerSession, VoiceServer, stored_caller
 from ..audio.codecs import DEFAULT_CODECS, CodecSpec, negotiate
 from ..auth import (
     AcceptHook,
@@ -40,7 +40,6 @@ from ..auth import (
     CallRequest,
     CredentialRefused,
     TokenVerifier,
-    decode_caller,
     encode_caller,
 )
 from ..observability.metrics import error_code_name
@@ -332,14 +331,8 @@ class Ngtcp2Call:
         self, hello: Hello, codec: str, stored: SessionRecord
     ) -> Caller | None:
         """The caller of a session being resumed (its stored caller, re-checked)."""
-        stored_caller: Caller | None = None
-        if stored.caller:
-            try:
-                stored_caller = decode_caller(stored.caller)
-            except ValueError as error:
-                raise ResumeRefused(RefusalReason.STATE_UNAVAILABLE, str(error)) from None
         credentials = self.server.credentials
-        caller = credentials.authenticate_resume(hello.token, time.time(), stored_caller)
+        caller = credentials.authenticate_resume(hello.token, time.time(), stored_caller(stored))
         await self._ask_hook(hello, codec, stored.session_id, caller, resumed=True)
         return caller
 
